@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8080
+WEB_CONCURRENCY ?= 2
+
+.PHONY: install run test bench drills postgres-binaries clean
+
+$(BIN)/.installed: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-test.txt
+	touch $@
+
+install: $(BIN)/.installed
+
+## Serve the whole service on port 8080 with the embedded SQLite default (or $DATABASE_URL).
+run: install
+	mkdir -p instance
+	$(BIN)/flask --app app db upgrade
+	$(BIN)/gunicorn --workers $(WEB_CONCURRENCY) --bind 0.0.0.0:$(PORT) --access-logfile - wsgi:app
+
+## Run the whole suite against a throwaway PostgreSQL that the suite starts itself.
+test: install postgres-binaries
+	$(BIN)/pytest
+
+## The test suite needs PostgreSQL's server binaries (initdb, pg_ctl); install them if we can.
+postgres-binaries:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+	    || [ -n "$$PG_BIN" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing PostgreSQL server binaries with apt-get..."; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	else \
+	    echo "PostgreSQL server binaries (initdb, pg_ctl) are missing." >&2; \
+	    echo "Install them, e.g. 'sudo apt-get install postgresql', or set PG_BIN=/path/to/bin." >&2; \
+	    exit 1; \
+	fi
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache

@@ -1,0 +1,27 @@
+"""The application factory: configuration, extensions, blueprints, error handlers, logging, CLI."""
+from __future__ import annotations
+
+from flask import Flask
+
+import cli
+import logging_setup
+from config import load_config
+from errors import register_error_handlers
+from models import db
+from routes import ops, sap, vendors
+from extensions import migrate
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Create and configure one instance of the service."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.update(load_config())
+    app.config.update(config or {})
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(cli.MIGRATIONS_DIR))
+    for blueprint in (vendors.bp, sap.bp, ops.bp):
+        app.register_blueprint(blueprint)
+    register_error_handlers(app)
+    logging_setup.configure(app)
+    cli.register(app)
+    return app

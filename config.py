@@ -1,0 +1,110 @@
+"""Configuration, read from the environment in this one place."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+INSTANCE_DIR = Path(__file__).resolve().parent / "instance"
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def normalise_database_url(url: str) -> str:
+    """Return a SQLAlchemy URL on the psycopg2 driver; `postgres://` (Cloud Foundry style) is accepted."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+def _is_postgres_service(service: dict) -> bool:
+    tags = [str(tag).lower() for tag in service.get("tags", [])]
+    label = str(service.get("label", "")).lower()
+    uri = str((service.get("credentials") or {}).get("uri", ""))
+    return "postgresql" in tags or "postgres" in label or uri.startswith(("postgres://", "postgresql://"))
+
+
+def _url_from_credentials(credentials: dict) -> str | None:
+    if credentials.get("uri"):
+        return credentials["uri"]
+    keys = ("hostname", "port", "dbname", "username", "password")
+    if all(credentials.get(key) for key in keys):
+        user, password = quote(str(credentials["username"])), quote(str(credentials["password"]))
+        return (f"postgresql://{user}:{password}@{credentials['hostname']}:"
+                f"{credentials['port']}/{credentials['dbname']}")
+    return None
+
+
+def database_url_from_vcap(vcap_services: str | None) -> str | None:
+    """Return the URL of the first bound PostgreSQL service in VCAP_SERVICES, if any."""
+    if not vcap_services:
+        return None
+    for services in json.loads(vcap_services).values():
+        for service in services:
+            credentials = service.get("credentials") or {}
+            url = _url_from_credentials(credentials)
+            if url and _is_postgres_service(service):
+                return url
+    return None
+
+
+def user_provided_settings(vcap_services: str | None, service_name: str | None) -> dict[str, str]:
+    """Return the credentials of the user-provided service named `service_name`, as settings."""
+    if not vcap_services or not service_name:
+        return {}
+    for service in json.loads(vcap_services).get("user-provided", []):
+        if service.get("name") == service_name:
+            return {str(k): str(v) for k, v in (service.get("credentials") or {}).items()}
+    return {}
+
+
+def load_config(environ: dict[str, str] | None = None) -> dict:
+    """Build the Flask config mapping from environment variables."""
+    env = dict(os.environ if environ is None else environ)
+    env = {**user_provided_settings(env.get("VCAP_SERVICES"), env.get("CONFIG_SERVICE_NAME")), **env}
+    database_url = env.get("DATABASE_URL") or database_url_from_vcap(env.get("VCAP_SERVICES"))
+    if not database_url:
+        database_url = f"sqlite:///{INSTANCE_DIR / 'sms-status.sqlite3'}"
+    return {
+        "SQLALCHEMY_DATABASE_URI": normalise_database_url(database_url),
+        "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(database_url, env),
+        "SAP_STATUS_USERNAME": env.get("SAP_STATUS_USERNAME") or None,
+        "SAP_STATUS_PASSWORD": env.get("SAP_STATUS_PASSWORD") or None,
+        "STATUS_PAGE_SIZE": int(env.get("STATUS_PAGE_SIZE", "100")),
+        "ENABLE_CLEAR_ENDPOINT": _flag(env.get("ENABLE_CLEAR_ENDPOINT")),
+        "PORT": int(env.get("PORT", "8080")),
+        "PRODUCTION": _flag(env.get("PRODUCTION")) or "VCAP_APPLICATION" in env,
+        "VENDOR_MAPPINGS_FILE": env.get("VENDOR_MAPPINGS_FILE") or None,
+        "TWILIO_AUTH_TOKEN": env.get("TWILIO_AUTH_TOKEN") or None,
+        "PUBLIC_BASE_URL": (env.get("PUBLIC_BASE_URL") or "http://localhost:8080").rstrip("/"),
+        "CONFIG_ENCRYPTION_KEY": env.get("CONFIG_ENCRYPTION_KEY") or None,
+        "EMARSYS_JWKS_URL": env.get("EMARSYS_JWKS_URL", "https://smsemarsys.accounts.ondemand.com/oauth2/certs"),
+        "EMARSYS_TOKEN_ISSUER": env.get("EMARSYS_TOKEN_ISSUER", "https://smsemarsys.accounts.ondemand.com"),
+        "EMARSYS_OAUTH_CLIENT_ID": env.get("EMARSYS_OAUTH_CLIENT_ID") or None,
+        "EMARSYS_API_BASE_URL": env.get("EMARSYS_API_BASE_URL", "https://api.emarsys.net/sms/partner/v1"),
+        "PARTNER_OAUTH_TOKEN_URL": env.get("PARTNER_OAUTH_TOKEN_URL") or None,
+        "PARTNER_OAUTH_CLIENT_ID": env.get("PARTNER_OAUTH_CLIENT_ID") or None,
+        "PARTNER_OAUTH_CLIENT_SECRET": env.get("PARTNER_OAUTH_CLIENT_SECRET") or None,
+        "FORWARD_LINGER_MS": int(env.get("FORWARD_LINGER_MS", "1000")),
+        "FORWARD_RETRY_SCHEDULE": env.get("FORWARD_RETRY_SCHEDULE", "5s,1m,5m,30m,2h,5h"),
+        "FORWARD_MAX_AGE": env.get("FORWARD_MAX_AGE", "3d"),
+        "SEND_RETRY_DELAY_SECONDS": float(env.get("SEND_RETRY_DELAY_SECONDS", "30")),
+        "SEND_MAX_ATTEMPTS": int(env.get("SEND_MAX_ATTEMPTS", "10")),
+        "VENDOR_TIMEOUT_SECONDS": float(env.get("VENDOR_TIMEOUT_SECONDS", "10")),
+        "LEASE_SECONDS": int(env.get("LEASE_SECONDS", "60")),
+        "RETENTION_DAYS": int(env.get("RETENTION_DAYS", "30")),
+        "ADMIN_USERNAME": env.get("ADMIN_USERNAME") or None,
+        "ADMIN_PASSWORD": env.get("ADMIN_PASSWORD") or None,
+    }
+
+
+def _engine_options(database_url: str, env: dict[str, str]) -> dict:
+    if not database_url.startswith(("postgres://", "postgresql")):
+        return {}
+    # Fail fast while PostgreSQL is down instead of hanging the vendor's request.
+    timeout = int(env.get("DATABASE_CONNECT_TIMEOUT", "3"))
+    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": timeout}}

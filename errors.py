@@ -1,0 +1,113 @@
+"""Domain exceptions that carry their HTTP status, and the one place that renders them."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, jsonify
+from marshmallow import ValidationError
+from sqlalchemy.exc import OperationalError
+
+from mappers.report import MappingError
+from werkzeug.exceptions import HTTPException
+
+
+class ServiceError(Exception):
+    """Base of every error the service answers on purpose."""
+
+    status_code = 400
+    error = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None, headers: dict | None = None,
+                 body: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+        self.body = body
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON body for this error."""
+        if self.body is not None:
+            return self.body
+        payload: dict[str, Any] = {"error": self.error, "message": self.message}
+        if self.field:
+            payload["field"] = self.field
+        return payload
+
+
+class InvalidParameter(ServiceError):
+    """A request parameter is missing or malformed."""
+
+    status_code = 400
+    error = "invalid_parameter"
+
+
+class Unauthorized(ServiceError):
+    """Credentials are missing or wrong."""
+
+    status_code = 401
+    error = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """Credentials are valid but do not grant this request."""
+
+    status_code = 403
+    error = "forbidden"
+
+
+class NotFound(ServiceError):
+    """The addressed resource does not exist."""
+
+    status_code = 404
+    error = "not_found"
+
+
+class Unavailable(ServiceError):
+    """A dependency (usually the database) cannot serve the request right now."""
+
+    status_code = 503
+    error = "unavailable"
+
+
+def validation_error_body(messages: dict[str, Any]) -> dict[str, Any]:
+    """Return a 400 body naming the first faulty field and listing every fault."""
+    field = next(iter(messages), None)
+    fault = messages.get(field)
+    first = fault[0] if isinstance(fault, list) and fault else fault
+    return {"error": "invalid_parameter", "field": field, "message": f"{field} {first}",
+            "fields": messages}
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer every error as JSON, never as an HTML page or a traceback."""
+
+    @app.errorhandler(ServiceError)
+    def handle_service_error(exc: ServiceError):
+        return jsonify(exc.to_dict()), exc.status_code, exc.headers
+
+    @app.errorhandler(ValidationError)
+    def handle_validation_error(exc: ValidationError):
+        return jsonify(validation_error_body(exc.normalized_messages())), 400
+
+    @app.errorhandler(MappingError)
+    def handle_mapping_error(exc: MappingError):
+        body = {"error": "invalid_parameter", "field": exc.field, "message": f"{exc.field} {exc.fault}"}
+        return jsonify(body), 400
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(exc: HTTPException):
+        body = {"error": (exc.name or "error").lower().replace(" ", "_"), "message": exc.description}
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return jsonify(body), exc.code or 500, headers
+
+    @app.errorhandler(OperationalError)
+    def handle_database_down(exc: OperationalError):
+        # Nothing was committed, so the caller must retry: 503, never a 2xx.
+        app.logger.error("database unavailable: %s", type(exc.orig).__name__)
+        return jsonify({"error": "unavailable", "message": "database unavailable, retry later"}), 503
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception):
+        app.logger.exception("unhandled error")
+        return jsonify({"error": "internal_error", "message": "internal server error"}), 500

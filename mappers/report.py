@@ -1,0 +1,88 @@
+"""The normalised vocabulary every vendor report is mapped into."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+
+class Outcome(str, enum.Enum):
+    """Delivery outcome, in Emarsys's DeliveryReport vocabulary."""
+
+    ACCEPTED = "ACCEPTED"
+    DELIVERED = "DELIVERED"
+    SOFTBOUNCE = "SOFTBOUNCE"
+    HARDBOUNCE = "HARDBOUNCE"
+    UNKNOWN = "UNKNOWN"
+    ERROR = "ERROR"
+
+
+class ErrorType(str, enum.Enum):
+    """Why a message ended in ERROR, in Emarsys's vocabulary."""
+
+    AUTHENTICATION = "AUTHENTICATION"
+    INVALID_SENDER_ID = "INVALID_SENDER_ID"
+    INSUFFICIENT_CREDIT = "INSUFFICIENT_CREDIT"
+    UNKNOWN = "UNKNOWN"
+
+
+PERMANENT = "Permanent"
+TEMPORARY = "Temporary"
+
+# A state never moves to a lower rank; equal ranks let the newer event win.
+OUTCOME_RANK = {
+    Outcome.ACCEPTED: 1,
+    Outcome.UNKNOWN: 1,
+    Outcome.SOFTBOUNCE: 2,
+    Outcome.ERROR: 2,
+    Outcome.DELIVERED: 3,
+    Outcome.HARDBOUNCE: 3,
+}
+
+
+class MappingError(ValueError):
+    """A vendor request cannot be mapped: names the parameter and the fault."""
+
+    def __init__(self, field: str, fault: str):
+        super().__init__(f"{field}: {fault}")
+        self.field = field
+        self.fault = fault
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """One vendor delivery report, normalised. Times are naive UTC."""
+
+    vendor_message_id: str
+    recipient: str | None
+    status_code: str
+    status_text: str
+    event_at: datetime
+    outcome: Outcome
+    error_type: ErrorType | None = None
+
+    @property
+    def bounce_type(self) -> str | None:
+        """Return the SAP bounce type this outcome implies, or None."""
+        return bounce_type_for(self.outcome)
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One mobile-originated message, normalised. Times are naive UTC."""
+
+    vendor_message_id: str
+    source: str
+    destination: str
+    body: str
+    received_at: datetime
+
+
+def bounce_type_for(outcome: Outcome) -> str | None:
+    """Return `Permanent`, `Temporary` or None for an outcome."""
+    if outcome is Outcome.HARDBOUNCE:
+        return PERMANENT
+    if outcome in (Outcome.SOFTBOUNCE, Outcome.ERROR):
+        # Errors are not the recipient's fault: never mark the number permanently bad.
+        return TEMPORARY
+    return None

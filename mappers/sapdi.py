@@ -1,0 +1,86 @@
+"""SAP Digital Interconnect status notifications (the SAP bounce blog's `set` call)."""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+
+from mappers.params import lower_keys, required
+from mappers.report import DeliveryReport, MappingError, Outcome
+
+VENDOR = "sapdi"
+
+# The only code SAP Digital Interconnect regards as temporary.
+TEMPORARY_CODE = "0XDBF3"
+
+_STATUS = re.compile(r"^(0x[0-9a-f]{4})(?![0-9a-z])\s*(.*)$", re.IGNORECASE | re.DOTALL)
+_MSISDN = re.compile(r"^\+?[0-9]{3,20}$")
+
+
+def map_delivery_report(params: Mapping[str, str], received_at: datetime,
+                        overrides: Mapping[str, Outcome] | None = None) -> DeliveryReport:
+    """Map one `orderID/time/date/msisdn/status` notification to a normalised report."""
+    values = lower_keys(params)
+    order_id = required(values, "orderid")
+    event_at = parse_event_time(required(values, "date"), required(values, "time"))
+    recipient = repair_msisdn(values.get("msisdn", ""))
+    status_code, status_text = split_status(required(values, "status"))
+    outcome = _outcome(status_code, overrides or {})
+    return DeliveryReport(vendor_message_id=order_id, recipient=recipient, status_code=status_code,
+                          status_text=status_text, event_at=event_at, outcome=outcome)
+
+
+def parse_event_time(date: str, time: str) -> datetime:
+    """Combine `DDMMYYYY` and `HHMMSS` into a naive UTC datetime."""
+    if not re.fullmatch(r"[0-9]{8}", date):
+        raise MappingError("date", "must be DDMMYYYY")
+    if not re.fullmatch(r"[0-9]{6}", time):
+        raise MappingError("time", "must be HHMMSS")
+    try:
+        day = datetime.strptime(date, "%d%m%Y")
+    except ValueError:
+        raise MappingError("date", f"{date!r} is not a calendar date") from None
+    try:
+        clock = datetime.strptime(time, "%H%M%S")
+    except ValueError:
+        raise MappingError("time", f"{time!r} is not a time of day") from None
+    return day.replace(hour=clock.hour, minute=clock.minute, second=clock.second)
+
+
+def repair_msisdn(raw: str) -> str:
+    """Return the phone number, restoring a `+` that arrived un-encoded (decoded as a space)."""
+    value = raw.rstrip()
+    if value.startswith(" ") and value.strip().isdigit():
+        value = "+" + value.strip()
+    value = value.strip()
+    if not value:
+        raise MappingError("msisdn", "is required")
+    if not _MSISDN.fullmatch(value):
+        raise MappingError("msisdn", "must be a phone number: digits with an optional leading +")
+    return value
+
+
+def split_status(raw: str) -> tuple[str, str]:
+    """Split `'0x4503 text'` into (`0x4503`, `text`); a status without a code yields ("", text)."""
+    value = _strip_quotes(raw.strip())
+    match = _STATUS.match(value)
+    if not match:
+        return "", value
+    return match.group(1), _strip_quotes(match.group(2).strip())
+
+
+def _strip_quotes(value: str) -> str:
+    for quote in ("'", '"'):
+        if len(value) >= 2 and value.startswith(quote) and value.endswith(quote):
+            return value[1:-1].strip()
+    return value.strip(" '\"")
+
+
+def _outcome(status_code: str, overrides: Mapping[str, Outcome]) -> Outcome:
+    table = {key.upper(): outcome for key, outcome in overrides.items()}
+    if status_code.upper() in table:
+        return table[status_code.upper()]
+    if not status_code:
+        # The blog: a status without an error code reports a successful delivery.
+        return Outcome.DELIVERED
+    return Outcome.SOFTBOUNCE if status_code.upper() == TEMPORARY_CODE else Outcome.HARDBOUNCE

@@ -1,0 +1,66 @@
+"""Per-message delivery state, the SAP bounce buffer and inbound messages."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models import BigId, db
+
+
+class MessageState(db.Model):
+    """The current, never-backwards delivery state of one vendor message."""
+
+    __tablename__ = "message_states"
+    __table_args__ = (UniqueConstraint("vendor", "vendor_message_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    vendor: Mapped[str] = mapped_column(String(40))
+    vendor_message_id: Mapped[str] = mapped_column(String(100))
+    client_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    emarsys_message_id: Mapped[str | None] = mapped_column(String(100))
+    recipient: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(12))
+    error_type: Mapped[str | None] = mapped_column(String(24))
+    rank: Mapped[int] = mapped_column(SmallInteger)
+    status_code: Mapped[str] = mapped_column(String(40))
+    status_text: Mapped[str] = mapped_column(Text)
+    event_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Bounce(db.Model):
+    """One bounce record per message, as SAP Marketing Cloud pulls it."""
+
+    __tablename__ = "bounces"
+    __table_args__ = (Index("ix_bounces_window", "event_at", "message_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    message_state_id: Mapped[int] = mapped_column(
+        ForeignKey("message_states.id", ondelete="CASCADE"), unique=True)
+    message_id: Mapped[str] = mapped_column(String(100))
+    recipient: Mapped[str] = mapped_column(String(64), default="")
+    status_code: Mapped[str] = mapped_column(String(40))
+    status_text: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(String(20))
+    event_at: Mapped[datetime]
+    # Set when SAP first received the record; a later DELIVERED removes only unpulled bounces.
+    pulled_at: Mapped[datetime | None]
+
+
+class InboundMessageRecord(db.Model):
+    """One mobile-originated message, stored once per vendor message id."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (UniqueConstraint("vendor", "vendor_message_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    vendor: Mapped[str] = mapped_column(String(40))
+    vendor_message_id: Mapped[str] = mapped_column(String(100))
+    client_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    source: Mapped[str] = mapped_column(String(64))
+    destination: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(index=True)

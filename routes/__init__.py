@@ -1,0 +1,1 @@
+"""One blueprint per audience: vendors, SAP Marketing Cloud, Emarsys, operators."""

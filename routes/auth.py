@@ -1,0 +1,37 @@
+"""HTTP Basic authentication for the SAP pull and the operator pages."""
+from __future__ import annotations
+
+import functools
+import hmac
+
+from flask import current_app, request
+
+from errors import Unauthorized
+
+
+def credentials_match(expected_user: str, expected_password: str) -> bool:
+    """Tell whether the request carries these Basic credentials, in constant time."""
+    auth = request.authorization
+    if auth is None or auth.type != "basic":
+        return False
+    user_ok = hmac.compare_digest((auth.username or "").encode(), expected_user.encode())
+    password_ok = hmac.compare_digest((auth.password or "").encode(), expected_password.encode())
+    return user_ok and password_ok
+
+
+def basic_auth_required(user_key: str, password_key: str, realm: str):
+    """Guard a view with Basic credentials from config; open when they are unset."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def guarded(*args, **kwargs):
+            user = current_app.config.get(user_key)
+            password = current_app.config.get(password_key)
+            if user and password and not credentials_match(user, password):
+                raise Unauthorized("valid Basic credentials are required",
+                                   headers={"WWW-Authenticate": f'Basic realm="{realm}", charset="UTF-8"'})
+            return view(*args, **kwargs)
+
+        return guarded
+
+    return decorator

@@ -1,0 +1,37 @@
+"""SAP Marketing Cloud's bounce pull (generic text message adapter) and the blog's helpers."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, jsonify, request
+
+from routes.auth import basic_auth_required
+from schemas.status import StatusQuerySchema
+from services.bounces import bounce_to_sap, clear_all, fetch_bounce_page
+
+bp = Blueprint("sap", __name__)
+
+sap_auth = basic_auth_required("SAP_STATUS_USERNAME", "SAP_STATUS_PASSWORD", "sap-status")
+
+
+@bp.get("/status")
+@bp.get("/hybris_sms/status")
+@bp.get("/api/v1/notifications/get")
+@sap_auth
+def status():
+    """Answer one page of bounces in the requested window."""
+    query = StatusQuerySchema().load(request.args.to_dict())
+    page_size = current_app.config["STATUS_PAGE_SIZE"]
+    if request.path == "/api/v1/notifications/get" and not request.args:
+        page_size = None  # The blog: without parameters, every record at once.
+    page = fetch_bounce_page(query["startTimeUTC"], query["endTimeUTC"], query["page"], page_size)
+    return jsonify({"page": str(page.page), "lastPage": page.last_page,
+                    "status": [bounce_to_sap(record) for record in page.records]})
+
+
+@bp.route("/api/v1/notifications/clear", methods=["GET", "POST", "DELETE"])
+@sap_auth
+def clear():
+    """Delete every record; only for test set-ups with ENABLE_CLEAR_ENDPOINT on."""
+    if not current_app.config["ENABLE_CLEAR_ENDPOINT"]:
+        abort(404)
+    clear_all()
+    return jsonify({"cleared": True})

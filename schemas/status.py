@@ -1,0 +1,44 @@
+"""Query parameters of SAP Marketing Cloud's status pull."""
+from __future__ import annotations
+
+import re
+
+from marshmallow import Schema, ValidationError, fields, validates_schema
+
+from services.bounces import SAP_TIME_FORMAT
+
+
+class SapTimestamp(fields.DateTime):
+    """A `yyyyMMddHHmmss` UTC timestamp."""
+
+    def __init__(self, **kwargs):
+        super().__init__(format=SAP_TIME_FORMAT, **kwargs)
+        self.error_messages["invalid"] = "must be a UTC timestamp in the form yyyyMMddHHmmss"
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        # strptime alone would accept 13 digits (one-digit seconds).
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9]{14}", value):
+            raise self.make_error("invalid", input=value, obj_type="datetime")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StatusQuerySchema(Schema):
+    """`startTimeUTC`, `endTimeUTC`, `page` and `sourceSystem` of a status pull."""
+
+    startTimeUTC = SapTimestamp(load_default=None)
+    endTimeUTC = SapTimestamp(load_default=None)
+    page = fields.Integer(load_default=0, strict=False, error_messages={
+        "invalid": "must be a non-negative integer"})
+    sourceSystem = fields.String(load_default=None)
+
+    class Meta:
+        unknown = "exclude"
+
+    @validates_schema
+    def check_window(self, data, **kwargs):
+        """Reject a negative page and a window whose end lies before its start."""
+        if data["page"] < 0:
+            raise ValidationError("must be a non-negative integer", "page")
+        start, end = data.get("startTimeUTC"), data.get("endTimeUTC")
+        if start and end and end < start:
+            raise ValidationError("must not be before startTimeUTC", "endTimeUTC")

@@ -1,0 +1,120 @@
+"""Store vendor reports: raw event, never-backwards state and bounce record, in one transaction."""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import delete, literal
+from sqlalchemy.dialects import postgresql, sqlite
+
+from mappers.report import OUTCOME_RANK, DeliveryReport, InboundMessage
+from models import Bounce, InboundMessageRecord, MessageState, RawEvent, db
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What storing one vendor request did."""
+
+    duplicate: bool
+    applied: bool
+    message_state_id: int | None = None
+
+
+def utcnow() -> datetime:
+    """Return the current time as naive UTC, the form every table stores."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def record_delivery_report(vendor: str, report: DeliveryReport, params: dict[str, str],
+                           client_id: uuid.UUID | None = None) -> IngestResult:
+    """Store one delivery report and commit; a redelivered request changes nothing."""
+    now = utcnow()
+    if not _insert_raw_event(vendor, "delivery_report", params, client_id, report.vendor_message_id, now):
+        db.session.rollback()
+        return IngestResult(duplicate=True, applied=False)
+    state_id = _upsert_state(vendor, report, client_id, now)
+    if state_id is not None:
+        _sync_bounce(state_id, report)
+    db.session.commit()
+    return IngestResult(duplicate=False, applied=state_id is not None, message_state_id=state_id)
+
+
+def record_inbound_message(vendor: str, message: InboundMessage, params: dict[str, str],
+                           client_id: uuid.UUID | None = None) -> IngestResult:
+    """Store one inbound message once per (vendor, vendor message id) and commit."""
+    now = utcnow()
+    _insert_raw_event(vendor, "inbound_message", params, client_id, message.vendor_message_id, now)
+    stmt = _insert(InboundMessageRecord).values(
+        vendor=vendor, vendor_message_id=message.vendor_message_id, client_id=client_id,
+        source=message.source, destination=message.destination, body=message.body,
+        received_at=message.received_at,
+    ).on_conflict_do_nothing(index_elements=["vendor", "vendor_message_id"])
+    inserted = db.session.execute(stmt.returning(InboundMessageRecord.id)).scalar()
+    db.session.commit()
+    return IngestResult(duplicate=inserted is None, applied=inserted is not None)
+
+
+def fingerprint(vendor: str, kind: str, client_id: uuid.UUID | None, params: dict[str, str]) -> str:
+    """Return a stable hash that identifies a redelivery of the same request."""
+    canonical = json.dumps([vendor, kind, str(client_id or ""), sorted(params.items())],
+                           ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _insert(table):
+    dialect = db.session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def _insert_raw_event(vendor, kind, params, client_id, vendor_message_id, now) -> bool:
+    stmt = _insert(RawEvent).values(
+        vendor=vendor, kind=kind, client_id=client_id, vendor_message_id=vendor_message_id,
+        fingerprint=fingerprint(vendor, kind, client_id, params), params=params, received_at=now,
+    ).on_conflict_do_nothing(index_elements=["fingerprint"])
+    return db.session.execute(stmt.returning(RawEvent.id)).scalar() is not None
+
+
+def _upsert_state(vendor: str, report: DeliveryReport, client_id, now) -> int | None:
+    rank = OUTCOME_RANK[report.outcome]
+    stmt = _insert(MessageState).values(
+        vendor=vendor, vendor_message_id=report.vendor_message_id, client_id=client_id,
+        recipient=report.recipient, outcome=report.outcome.value,
+        error_type=report.error_type.value if report.error_type else None, rank=rank,
+        status_code=report.status_code, status_text=report.status_text,
+        event_at=report.event_at, updated_at=now,
+    )
+    current = MessageState.__table__.c
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["vendor", "vendor_message_id"],
+        set_={
+            "recipient": db.func.coalesce(stmt.excluded.recipient, current.recipient),
+            "client_id": db.func.coalesce(current.client_id, stmt.excluded.client_id),
+            **{name: stmt.excluded[name] for name in
+               ("outcome", "error_type", "rank", "status_code", "status_text", "event_at", "updated_at")},
+        },
+        # Never backwards: a lower rank is ignored; an equal rank needs a newer-or-equal event.
+        where=(stmt.excluded.rank > current.rank)
+        | ((stmt.excluded.rank == current.rank) & (stmt.excluded.event_at >= current.event_at)),
+    )
+    return db.session.execute(stmt.returning(MessageState.id)).scalar()
+
+
+def _sync_bounce(state_id: int, report: DeliveryReport) -> None:
+    if report.bounce_type is None:
+        # The retry worked: withdraw the bounce unless SAP already has it.
+        db.session.execute(delete(Bounce).where(Bounce.message_state_id == state_id,
+                                                Bounce.pulled_at.is_(None)))
+        return
+    recipient = db.select(MessageState.recipient).where(MessageState.id == state_id).scalar_subquery()
+    values = dict(message_id=report.vendor_message_id, status_code=report.status_code,
+                  status_text=report.status_text, type=report.bounce_type, event_at=report.event_at)
+    stmt = _insert(Bounce).values(message_state_id=state_id, recipient=db.func.coalesce(recipient, literal("")),
+                                  pulled_at=None, **values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["message_state_id"],
+        set_={**{name: stmt.excluded[name] for name in (*values, "recipient")}, "pulled_at": None},
+    )
+    db.session.execute(stmt)

@@ -1,0 +1,80 @@
+"""Fixtures: a real PostgreSQL cluster per test session, a clean schema per test."""
+from __future__ import annotations
+
+import pytest
+from flask_migrate import upgrade
+from sqlalchemy import create_engine, text
+
+from app import create_app
+from models import db
+from tests.pg import ThrowawayPostgres
+
+TEST_SETTINGS = {
+    "TESTING": True,
+    "SAP_STATUS_USERNAME": None,
+    "SAP_STATUS_PASSWORD": None,
+    "ENABLE_CLEAR_ENDPOINT": False,
+    "STATUS_PAGE_SIZE": 100,
+    "PRODUCTION": False,
+}
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """Start a throwaway PostgreSQL server for the whole session."""
+    server = ThrowawayPostgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres):
+    """Create the test database and migrate it once to the newest schema."""
+    engine = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("CREATE DATABASE sms_status_test"))
+    engine.dispose()
+    url = postgres.database_url("sms_status_test")
+    app = create_app({**TEST_SETTINGS, "SQLALCHEMY_DATABASE_URI": url})
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+    return url
+
+
+@pytest.fixture
+def make_app(database_url):
+    """Return a factory of apps on the test database; tables are emptied after the test."""
+    created = []
+
+    def factory(**overrides):
+        app = create_app({**TEST_SETTINGS, "SQLALCHEMY_DATABASE_URI": database_url, **overrides})
+        created.append(app)
+        return app
+
+    yield factory
+    for app in created[:1]:
+        with app.app_context():
+            truncate_all_tables()
+    for app in created:
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    """Return the service with default test settings."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    """Return a test client of the service."""
+    return app.test_client()
+
+
+def truncate_all_tables() -> None:
+    """Empty every table, so each test starts from a clean schema."""
+    names = ", ".join(f'"{table.name}"' for table in db.metadata.sorted_tables)
+    db.session.execute(text(f"TRUNCATE TABLE {names} RESTART IDENTITY CASCADE"))
+    db.session.commit()

@@ -1,0 +1,126 @@
+"""SAP Marketing Cloud's status pull, against PostgreSQL."""
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timedelta
+
+import pytest
+
+from models import Bounce, db
+
+PULL_PATHS = ["/status", "/hybris_sms/status", "/api/v1/notifications/get"]
+WINDOW = "startTimeUTC=20180101000000&endTimeUTC=20180102000000"
+
+
+def push_bounce(client, order_id: str, when: datetime, code: str = "0x4503"):
+    query = (f"orderID={order_id}&date={when:%d%m%Y}&time={when:%H%M%S}&msisdn=%2B49123456789"
+             f"&status='{code} failed'")
+    assert client.get("/api/v1/notifications/set?" + query).status_code == 200
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def test_response_has_the_adapter_shape(client):
+    push_bounce(client, "42", datetime(2018, 1, 1, 9, 27, 54), code="0xDBF3")
+    body = client.get(f"/status?{WINDOW}&page=0&sourceSystem=TestSystem1").get_json()
+    assert body == {"page": "0", "lastPage": True, "status": [{
+        "messageId": "42", "recipient": "+49123456789", "statusCode": "0xDBF3",
+        "statusText": "failed", "type": "Temporary", "timestamp": "20180101092754"}]}
+
+
+def test_window_is_start_inclusive_and_end_exclusive(client):
+    push_bounce(client, "at-start", datetime(2018, 1, 1, 0, 0, 0))
+    push_bounce(client, "inside", datetime(2018, 1, 1, 12, 0, 0))
+    push_bounce(client, "at-end", datetime(2018, 1, 2, 0, 0, 0))
+    body = client.get(f"/status?{WINDOW}&page=0").get_json()
+    assert [record["messageId"] for record in body["status"]] == ["at-start", "inside"]
+
+
+def test_records_are_ordered_by_timestamp_then_message_id(client):
+    noon = datetime(2018, 1, 1, 12, 0, 0)
+    for order_id, when in [("b", noon), ("a", noon), ("c", noon - timedelta(hours=1))]:
+        push_bounce(client, order_id, when)
+    body = client.get(f"/status?{WINDOW}&page=0").get_json()
+    assert [record["messageId"] for record in body["status"]] == ["c", "a", "b"]
+
+
+def test_paging_250_records_in_pages_of_100_100_50(client):
+    start = datetime(2018, 1, 1, 0, 0, 0)
+    expected = {f"m{i:03d}" for i in range(250)}
+    for i in range(250):
+        push_bounce(client, f"m{i:03d}", start + timedelta(seconds=i // 3))
+    pages = [client.get(f"/status?{WINDOW}&page={n}").get_json() for n in range(3)]
+    assert [len(p["status"]) for p in pages] == [100, 100, 50]
+    assert [p["lastPage"] for p in pages] == [False, False, True]
+    assert [p["page"] for p in pages] == ["0", "1", "2"]
+    seen = [record["messageId"] for p in pages for record in p["status"]]
+    assert len(seen) == len(set(seen)) and set(seen) == expected
+
+
+def test_page_past_the_end_is_empty_and_last(client):
+    push_bounce(client, "1", datetime(2018, 1, 1, 1, 0, 0))
+    body = client.get(f"/status?{WINDOW}&page=7").get_json()
+    assert (body["status"], body["lastPage"], body["page"]) == ([], True, "7")
+
+
+def test_empty_window_is_the_last_page(client):
+    body = client.get(f"/status?{WINDOW}&page=0").get_json()
+    assert (body["status"], body["lastPage"]) == ([], True)
+
+
+def test_get_without_parameters_returns_every_record(make_app):
+    client = make_app(STATUS_PAGE_SIZE=2).test_client()
+    for i in range(5):
+        push_bounce(client, str(i), datetime(2019 + i, 1, 1))
+    body = client.get("/api/v1/notifications/get").get_json()
+    assert len(body["status"]) == 5 and body["lastPage"] is True
+
+
+@pytest.mark.parametrize("query, field", [
+    ("startTimeUTC=2018010100000&endTimeUTC=20180102000000", "startTimeUTC"),
+    ("startTimeUTC=20181301000000&endTimeUTC=20180102000000", "startTimeUTC"),
+    ("startTimeUTC=20180101000000&endTimeUTC=tomorrow", "endTimeUTC"),
+    ("startTimeUTC=20180102000000&endTimeUTC=20180101000000", "endTimeUTC"),
+    (f"{WINDOW}&page=-1", "page"),
+    (f"{WINDOW}&page=two", "page"),
+    (f"{WINDOW}&page=1.5", "page"),
+])
+def test_bad_pull_parameters_get_400_naming_the_field(client, query, field):
+    response = client.get(f"/status?{query}")
+    assert response.status_code == 400
+    assert response.get_json()["field"] == field
+
+
+@pytest.mark.parametrize("path", PULL_PATHS)
+def test_basic_auth_is_enforced_on_every_pull_path(make_app, path):
+    client = make_app(SAP_STATUS_USERNAME="sap", SAP_STATUS_PASSWORD="s3cret").test_client()
+    anonymous = client.get(f"{path}?{WINDOW}&page=0")
+    wrong = client.get(f"{path}?{WINDOW}&page=0", headers=basic("sap", "guess"))
+    right = client.get(f"{path}?{WINDOW}&page=0", headers=basic("sap", "s3cret"))
+    assert anonymous.status_code == wrong.status_code == 401
+    assert anonymous.headers["WWW-Authenticate"].startswith("Basic ")
+    assert anonymous.get_json()["error"] == "unauthorized"
+    assert right.status_code == 200
+
+
+def test_vendor_push_stays_open_when_pull_credentials_are_set(make_app):
+    client = make_app(SAP_STATUS_USERNAME="sap", SAP_STATUS_PASSWORD="s3cret").test_client()
+    push_bounce(client, "1", datetime(2018, 1, 1, 1))
+
+
+def test_clear_endpoint_is_off_by_default(app, client):
+    push_bounce(client, "1", datetime(2018, 1, 1, 1))
+    assert client.get("/api/v1/notifications/clear").status_code == 404
+    with app.app_context():
+        assert db.session.scalars(db.select(Bounce)).one().message_id == "1"
+
+
+def test_clear_endpoint_deletes_everything_when_enabled(make_app):
+    app = make_app(ENABLE_CLEAR_ENDPOINT=True)
+    client = app.test_client()
+    push_bounce(client, "1", datetime(2018, 1, 1, 1))
+    assert client.get("/api/v1/notifications/clear").status_code == 200
+    assert client.get(f"/status?{WINDOW}").get_json()["status"] == []

@@ -1,0 +1,48 @@
+"""Configuration read from the environment."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from config import database_url_from_vcap, load_config, normalise_database_url
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("postgres://u:p@h:5432/d", "postgresql+psycopg2://u:p@h:5432/d"),
+    ("postgresql://u:p@h/d", "postgresql+psycopg2://u:p@h/d"),
+    ("postgresql+psycopg2://u@h/d", "postgresql+psycopg2://u@h/d"),
+    ("sqlite:///x.db", "sqlite:///x.db"),
+])
+def test_database_urls_are_normalised(url, expected):
+    assert normalise_database_url(url) == expected
+
+
+@pytest.mark.parametrize("services, expected", [
+    ({"postgresql-db": [{"name": "db", "tags": ["postgresql"], "credentials": {"uri": "postgres://a:b@h:1/d"}}]},
+     "postgres://a:b@h:1/d"),
+    ({"user-provided": [{"name": "pg", "credentials": {"hostname": "h", "port": 5432, "dbname": "d",
+                                                       "username": "u", "password": "p@ss"}, "tags": ["postgresql"]}]},
+     "postgresql://u:p%40ss@h:5432/d"),
+    ({"redis": [{"name": "cache", "tags": ["redis"], "credentials": {"uri": "redis://h:6379"}}]}, None),
+])
+def test_bound_postgresql_service_is_found_in_vcap_services(services, expected):
+    assert database_url_from_vcap(json.dumps(services)) == expected
+
+
+def test_database_url_wins_over_vcap_services():
+    vcap = json.dumps({"postgresql-db": [{"tags": ["postgresql"], "credentials": {"uri": "postgres://vcap/d"}}]})
+    config = load_config({"DATABASE_URL": "postgres://env/d", "VCAP_SERVICES": vcap})
+    assert config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg2://env/d"
+
+
+def test_defaults():
+    config = load_config({})
+    assert (config["STATUS_PAGE_SIZE"], config["ENABLE_CLEAR_ENDPOINT"], config["PORT"]) == (100, False, 8080)
+
+
+def test_production_start_without_pull_credentials_logs_a_loud_warning(caplog):
+    from app import create_app
+    caplog.set_level("WARNING")
+    create_app({"PRODUCTION": True, "SAP_STATUS_USERNAME": None, "SQLALCHEMY_DATABASE_URI": "sqlite://"})
+    assert any("SAP_STATUS_USERNAME" in record.getMessage() for record in caplog.records)

@@ -1,0 +1,35 @@
+"""The embedded SQLite default serves the whole bounce flow with no database server."""
+from __future__ import annotations
+
+import pytest
+from flask_migrate import upgrade
+
+from app import create_app
+from config import load_config
+from models import db
+
+
+@pytest.fixture
+def sqlite_app(tmp_path):
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'sms.sqlite3'}"})
+    with app.app_context():
+        upgrade()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_default_database_is_an_sqlite_file_under_instance():
+    url = load_config({})["SQLALCHEMY_DATABASE_URI"]
+    assert url.startswith("sqlite:///") and url.endswith("instance/sms-status.sqlite3")
+
+
+def test_push_and_pull_end_to_end_on_sqlite(sqlite_app):
+    client = sqlite_app.test_client()
+    query = "orderID=77&time=080000&date=02012018&msisdn=+4915112345&status='0xDBF3 absent subscriber'"
+    assert client.get("/api/v1/notifications/set?" + query).status_code == 200
+    assert client.get("/api/v1/notifications/set?" + query).get_json()["duplicate"] is True
+    body = client.get("/status?startTimeUTC=20180102000000&endTimeUTC=20180103000000&page=0").get_json()
+    assert body["lastPage"] is True
+    assert [(r["messageId"], r["recipient"], r["type"], r["timestamp"]) for r in body["status"]] == [
+        ("77", "+4915112345", "Temporary", "20180102080000")]
