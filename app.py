@@ -9,7 +9,7 @@ from config import load_config
 from errors import register_error_handlers
 from models import db
 from routes import ops, sap, vendors
-from extensions import migrate
+from extensions import load_vendor_registry, migrate
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -19,6 +19,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(config or {})
     db.init_app(app)
     migrate.init_app(app, db, directory=str(cli.MIGRATIONS_DIR))
+    app.extensions["vendor_registry"] = load_vendor_registry(app.config["VENDOR_MAPPINGS_FILE"])
     for blueprint in (vendors.bp, sap.bp, ops.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)

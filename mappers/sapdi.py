@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from mappers.params import lower_keys, required
-from mappers.report import DeliveryReport, MappingError, Outcome
+from mappers.report import DeliveryReport, ErrorType, MappingError, Outcome
 
 VENDOR = "sapdi"
 
@@ -17,17 +17,21 @@ _STATUS = re.compile(r"^(0x[0-9a-f]{4})(?![0-9a-z])\s*(.*)$", re.IGNORECASE | re
 _MSISDN = re.compile(r"^\+?[0-9]{3,20}$")
 
 
+OutcomeRule = tuple[Outcome, ErrorType | None]
+Overrides = Mapping[str, "Outcome | OutcomeRule"]
+
+
 def map_delivery_report(params: Mapping[str, str], received_at: datetime,
-                        overrides: Mapping[str, Outcome] | None = None) -> DeliveryReport:
+                        overrides: Overrides | None = None) -> DeliveryReport:
     """Map one `orderID/time/date/msisdn/status` notification to a normalised report."""
     values = lower_keys(params)
     order_id = required(values, "orderid")
     event_at = parse_event_time(required(values, "date"), required(values, "time"))
     recipient = repair_msisdn(values.get("msisdn", ""))
     status_code, status_text = split_status(required(values, "status"))
-    outcome = _outcome(status_code, overrides or {})
+    outcome, error_type = _rule(status_code, overrides or {})
     return DeliveryReport(vendor_message_id=order_id, recipient=recipient, status_code=status_code,
-                          status_text=status_text, event_at=event_at, outcome=outcome)
+                          status_text=status_text, event_at=event_at, outcome=outcome, error_type=error_type)
 
 
 def parse_event_time(date: str, time: str) -> datetime:
@@ -76,11 +80,13 @@ def _strip_quotes(value: str) -> str:
     return value.strip(" '\"")
 
 
-def _outcome(status_code: str, overrides: Mapping[str, Outcome]) -> Outcome:
-    table = {key.upper(): outcome for key, outcome in overrides.items()}
+def _rule(status_code: str, overrides: Overrides) -> OutcomeRule:
+    """Return the outcome of a code; override keys are codes such as `0x4503`, or `""` for success."""
+    table = {key.upper(): value for key, value in overrides.items()}
     if status_code.upper() in table:
-        return table[status_code.upper()]
+        value = table[status_code.upper()]
+        return value if isinstance(value, tuple) else (value, None)
     if not status_code:
         # The blog: a status without an error code reports a successful delivery.
-        return Outcome.DELIVERED
-    return Outcome.SOFTBOUNCE if status_code.upper() == TEMPORARY_CODE else Outcome.HARDBOUNCE
+        return Outcome.DELIVERED, None
+    return (Outcome.SOFTBOUNCE if status_code.upper() == TEMPORARY_CODE else Outcome.HARDBOUNCE), None

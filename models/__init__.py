@@ -28,5 +28,7 @@ db = SQLAlchemy(model_class=Base)
 
 from models.events import RawEvent  # noqa: E402
 from models.messages import Bounce, InboundMessageRecord, MessageState  # noqa: E402
+from models.partner import Client, OutboundMessage, OutboxItem  # noqa: E402
 
-__all__ = ["db", "Base", "BigId", "RawEvent", "MessageState", "Bounce", "InboundMessageRecord"]
+__all__ = ["db", "Base", "BigId", "RawEvent", "MessageState", "Bounce", "InboundMessageRecord",
+           "Client", "OutboundMessage", "OutboxItem"]

@@ -1,12 +1,16 @@
 """Open endpoints where SMS vendors push delivery receipts and inbound messages."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
+from errors import Forbidden, NotFound
 from mappers import sapdi
-from services.ingest import record_delivery_report, utcnow
+from mappers.registry import VendorAdapter
+from services.ingest import record_delivery_report, record_inbound_message, utcnow
+from services.twilio_signature import is_valid_signature
 
 bp = Blueprint("vendors", __name__)
+VENDOR_METHODS = ["GET", "POST"]
 
 
 def request_params() -> dict[str, str]:
@@ -16,10 +20,64 @@ def request_params() -> dict[str, str]:
     return params
 
 
+def vendor_adapter(vendor: str) -> VendorAdapter:
+    """Return the adapter of a known vendor, or raise NotFound."""
+    adapter = current_app.extensions["vendor_registry"].get(vendor)
+    if adapter is None:
+        raise NotFound(f"unknown vendor {vendor!r}", field="vendor")
+    return adapter
+
+
+def check_twilio_signature(auth_token: str | None, params: dict[str, str]) -> None:
+    """Refuse a Twilio request whose X-Twilio-Signature does not match, when a token is known."""
+    if not auth_token:
+        return
+    signed = list(request.form.items(multi=True)) if request.method == "POST" else []
+    if not is_valid_signature(auth_token, public_url(), signed, request.headers.get("X-Twilio-Signature")):
+        raise Forbidden("invalid or missing X-Twilio-Signature", field="X-Twilio-Signature")
+
+
+def public_url() -> str:
+    """Return the URL the vendor called, as seen from outside (behind the platform router)."""
+    return current_app.config["PUBLIC_BASE_URL"] + request.full_path.rstrip("?")
+
+
+def store_report(adapter: VendorAdapter, params: dict[str, str], client_id=None):
+    """Map and store one delivery report, logging a status value no table knows."""
+    report = adapter.map_report(params, utcnow())
+    if not adapter.is_recognised(params):
+        current_app.logger.warning("unrecognised status from %s: code=%r text=%r; stored as UNKNOWN",
+                                   adapter.name, report.status_code, report.status_text[:200])
+    result = record_delivery_report(adapter.name, report, params, client_id)
+    return jsonify({"stored": not result.duplicate, "duplicate": result.duplicate}), 200
+
+
+def store_inbound(adapter: VendorAdapter, params: dict[str, str], client_id=None):
+    """Map and store one inbound message once."""
+    message = adapter.map_inbound(params, utcnow())
+    result = record_inbound_message(adapter.name, message, params, client_id)
+    return jsonify({"stored": not result.duplicate, "duplicate": result.duplicate}), 200
+
+
 @bp.get("/api/v1/notifications/set")
 def sapdi_notification():
     """Store a SAP Digital Interconnect status notification (the blog's `set`)."""
-    params = request_params()
-    report = sapdi.map_delivery_report(params, utcnow())
-    result = record_delivery_report(sapdi.VENDOR, report, params)
-    return jsonify({"stored": not result.duplicate, "duplicate": result.duplicate}), 200
+    return store_report(vendor_adapter(sapdi.VENDOR), request_params())
+
+
+@bp.route("/vendors/<vendor>/delivery-reports", methods=VENDOR_METHODS)
+def delivery_report(vendor: str):
+    """Store a delivery report in the vendor's own format (query string or form)."""
+    adapter, params = vendor_adapter(vendor), request_params()
+    if vendor == "twilio":
+        check_twilio_signature(current_app.config["TWILIO_AUTH_TOKEN"], params)
+    return store_report(adapter, params)
+
+
+@bp.route("/vendors/<vendor>/inbound-messages", methods=VENDOR_METHODS)
+def inbound_message(vendor: str):
+    """Store a mobile-originated message in the vendor's own format."""
+    adapter, params = vendor_adapter(vendor), request_params()
+    if vendor == "twilio":
+        check_twilio_signature(current_app.config["TWILIO_AUTH_TOKEN"], params)
+    return store_inbound(adapter, params)

@@ -1,0 +1,407 @@
+"""Map vendors declared in an operator's mapping file, and load and check that file.
+
+The file (YAML or JSON, see ``vendor-mappings.example.yaml``) has two optional sections:
+- ``vendors``: vendors without code, each naming its request parameters, time format and
+  status table;
+- ``overrides``: entries that replace or extend a built-in vendor's status table, keyed as
+  that vendor's mapper documents.
+
+``status_code`` carries the status parameter as sent; ``status_text`` the status text
+parameter, else the status code. Use ``is_recognised`` to learn whether a status was listed.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from mappers import expertflow, genesys, twilio
+from mappers.params import lower_keys, optional, required
+from mappers.report import DeliveryReport, ErrorType, InboundMessage, MappingError, Outcome
+
+OutcomeRule = tuple[Outcome, ErrorType | None]
+
+BUILT_IN_VENDORS = ("sapdi", genesys.VENDOR, twilio.VENDOR, expertflow.VENDOR)
+OVERRIDE_KEY_PATTERNS = {
+    # SAP Digital Interconnect codes are written 0x4503; mappers/sapdi.py matches them so.
+    "sapdi": re.compile(r"^0x[0-9a-f]{4}$"),
+    genesys.VENDOR: genesys.STATUS_KEY_PATTERN,
+    twilio.VENDOR: twilio.STATUS_KEY_PATTERN,
+    expertflow.VENDOR: expertflow.STATUS_KEY_PATTERN,
+}
+# Vendor names become URL path segments: /vendors/<vendor>/delivery-reports.
+VENDOR_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+EPOCH_UNITS_PER_SECOND = {"epoch": 1, "epoch_ms": 1000}
+
+VENDOR_KEYS = ("parameters", "outcomes", "time_format", "default_outcome", "inbound")
+PARAMETER_KEYS = ("message_id", "status_code", "recipient", "status_text", "event_time")
+INBOUND_KEYS = ("message_id", "source", "destination", "body")
+ENTRY_KEYS = ("outcome", "error_type")
+
+
+@dataclass(frozen=True)
+class InboundFields:
+    """Name the request parameters that carry a declared vendor's inbound message."""
+
+    message_id: str
+    source: str
+    destination: str
+    body: str
+
+
+@dataclass(frozen=True)
+class VendorMapping:
+    """Declare how one vendor's requests are read; parameter names are matched ignoring case."""
+
+    name: str
+    message_id: str
+    status_code: str
+    outcomes: dict[str, OutcomeRule]
+    default_outcome: OutcomeRule = (Outcome.UNKNOWN, None)
+    recipient: str | None = None
+    status_text: str | None = None
+    event_time: str | None = None
+    time_format: str | None = None
+    inbound: InboundFields | None = None
+
+
+@dataclass(frozen=True)
+class MappingFile:
+    """Hold the declared vendors and the overrides of built-in tables, by vendor name."""
+
+    vendors: dict[str, VendorMapping]
+    overrides: dict[str, dict[str, OutcomeRule]]
+
+
+class MappingFileError(Exception):
+    """A mapping file cannot be used; the message names the file and the fault."""
+
+
+class _Fault(Exception):
+    """A fault at one place in the document, before the file name is known."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def map_delivery_report(mapping: VendorMapping, params: Mapping[str, str],
+                        received_at: datetime) -> DeliveryReport:
+    """Map a declared vendor's delivery report to a normalised report."""
+    fields = lower_keys(params)
+    status = _value(fields, mapping.status_code) or ""
+    outcome, error_type = mapping.outcomes.get(status.lower(), mapping.default_outcome)
+    return DeliveryReport(
+        vendor_message_id=_required(fields, mapping.message_id),
+        recipient=_value(fields, mapping.recipient),
+        status_code=status,
+        status_text=_value(fields, mapping.status_text) or status,
+        event_at=_event_time(mapping, fields) or received_at,
+        outcome=outcome,
+        error_type=error_type,
+    )
+
+
+def map_inbound_message(mapping: VendorMapping, params: Mapping[str, str],
+                        received_at: datetime) -> InboundMessage:
+    """Map a declared vendor's inbound message; MappingError if it declares none."""
+    if mapping.inbound is None:
+        raise MappingError("inbound", f"vendor {mapping.name!r} declares no inbound fields")
+    fields = lower_keys(params)
+    names = mapping.inbound
+    return InboundMessage(
+        vendor_message_id=_required(fields, names.message_id),
+        source=_required(fields, names.source),
+        destination=_required(fields, names.destination),
+        body=fields.get(names.body.lower()) or "",  # Whitespace in a body is content.
+        received_at=received_at,
+    )
+
+
+def is_recognised(mapping: VendorMapping, params: Mapping[str, str]) -> bool:
+    """Return whether the report's status value is listed in the vendor's table."""
+    status = _value(lower_keys(params), mapping.status_code) or ""
+    return status.lower() in mapping.outcomes
+
+
+def parse_event_time(raw: str, time_format: str) -> datetime:
+    """Parse a vendor time as naive UTC; ValueError if it does not match the format."""
+    if time_format in EPOCH_UNITS_PER_SECOND:
+        seconds = float(raw) / EPOCH_UNITS_PER_SECOND[time_format]
+        try:
+            return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(tzinfo=None)
+        except (OverflowError, OSError) as error:
+            raise ValueError(str(error)) from None
+    parsed = datetime.strptime(raw, time_format)
+    if parsed.tzinfo is None:
+        return parsed  # Times without an offset are declared to be UTC.
+    return parsed.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def load_mapping_file(path: str) -> MappingFile:
+    """Read and check a YAML or JSON mapping file; MappingFileError names file and fault."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise MappingFileError(f"{path}: cannot be read: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise MappingFileError(f"{path}: is not UTF-8 text") from None
+    return parse_mapping_document(_decode(text, path), path)
+
+
+def parse_mapping_document(document: object, source: str) -> MappingFile:
+    """Check a decoded mapping document; MappingFileError names the source and the fault."""
+    try:
+        return _parse_document(document)
+    except _Fault as fault:
+        where = f"{source}: {fault.path}" if fault.path else source
+        raise MappingFileError(f"{where}: {fault.message}") from None
+
+
+def _value(fields: Mapping[str, str], name: str | None) -> str | None:
+    return optional(fields, name.lower()) if name else None
+
+
+def _required(fields: Mapping[str, str], name: str) -> str:
+    try:
+        return required(fields, name.lower())
+    except MappingError as error:
+        raise MappingError(name, error.fault) from None  # Name it as the file spells it.
+
+
+def _event_time(mapping: VendorMapping, fields: Mapping[str, str]) -> datetime | None:
+    raw = _value(fields, mapping.event_time)
+    if raw is None or mapping.event_time is None or mapping.time_format is None:
+        return None
+    try:
+        return parse_event_time(raw, mapping.time_format)
+    except ValueError:
+        raise MappingError(mapping.event_time,
+                           f"{raw!r} does not match time format {mapping.time_format!r}") from None
+
+
+# --- decoding -----------------------------------------------------------------------------
+
+class _StrictLoader(yaml.SafeLoader):
+    """Load YAML safely, keeping keys as written and refusing a key written twice."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    # Keys stay strings as written: YAML 1.1 would read 8:6 as the number 486 and 'on' as True.
+    loader.flatten_mapping(node)
+    mapping: dict = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value",
+                                                    key_node.start_mark)
+        key = loader.construct_scalar(key_node)
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                                                    key_node.start_mark)
+        mapping[key] = loader.construct_object(value_node, deep=True)
+    return mapping
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _decode(text: str, path: str) -> object:
+    if text.lstrip().startswith("{"):
+        return _decode_json(text, path)
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass.
+    except yaml.YAMLError as error:
+        reason = _describe_yaml_error(error)
+        raise MappingFileError(f"{path}: is not valid YAML: {reason}") from None
+
+
+def _decode_json(text: str, path: str) -> object:
+    try:
+        return json.loads(text, object_pairs_hook=_unique_json_object)
+    except json.JSONDecodeError as error:
+        raise MappingFileError(
+            f"{path}: is not valid JSON: {error.msg} at line {error.lineno}") from None
+    except _Fault as fault:
+        raise MappingFileError(f"{path}: is not valid JSON: {fault.message}") from None
+
+
+def _unique_json_object(pairs: list[tuple[str, object]]) -> dict:
+    mapping: dict = {}
+    for key, value in pairs:
+        if key in mapping:
+            raise _Fault("", f"duplicate key {key!r}")
+        mapping[key] = value
+    return mapping
+
+
+def _describe_yaml_error(error: yaml.YAMLError) -> str:
+    problem = getattr(error, "problem", None) or str(error)
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}" if mark else problem
+
+
+# --- checking -----------------------------------------------------------------------------
+
+def _parse_document(document: object) -> MappingFile:
+    if not isinstance(document, dict) or not document:
+        raise _Fault("", "must be a mapping with 'vendors' and/or 'overrides'")
+    _check_keys(document, "", allowed=("vendors", "overrides"), needed=())
+    vendors = _mapping(document.get("vendors", {}), "vendors")
+    overrides = _mapping(document.get("overrides", {}), "overrides")
+    return MappingFile(
+        vendors={name: _parse_vendor(name, body) for name, body in vendors.items()},
+        overrides={name: _parse_override(name, body) for name, body in overrides.items()},
+    )
+
+
+def _parse_vendor(name: object, body: object) -> VendorMapping:
+    path = f"vendors.{name}"
+    _check_vendor_name(name, path)
+    spec = _mapping(body, path)
+    _check_keys(spec, path, allowed=VENDOR_KEYS, needed=("parameters", "outcomes"))
+    parameters = _parse_parameters(spec["parameters"], f"{path}.parameters")
+    time_format = _parse_time_format(spec.get("time_format"), parameters, path)
+    return VendorMapping(
+        name=str(name),
+        outcomes=_parse_table(spec["outcomes"], f"{path}.outcomes", key_pattern=None),
+        default_outcome=_parse_entry(spec.get("default_outcome", "UNKNOWN"),
+                                     f"{path}.default_outcome"),
+        time_format=time_format,
+        inbound=_parse_inbound(spec["inbound"], f"{path}.inbound") if "inbound" in spec else None,
+        **parameters,
+    )
+
+
+def _check_vendor_name(name: object, path: str) -> None:
+    if name in BUILT_IN_VENDORS:
+        raise _Fault(path, f"clashes with the built-in vendor {name!r}; "
+                           f"change its table under overrides.{name} instead")
+    if not isinstance(name, str) or not VENDOR_NAME_PATTERN.match(name):
+        raise _Fault(path, "a vendor name must be lower-case letters, digits, '-' or '_'")
+
+
+def _parse_parameters(body: object, path: str) -> dict[str, str]:
+    spec = _mapping(body, path)
+    _check_keys(spec, path, allowed=PARAMETER_KEYS, needed=("message_id", "status_code"))
+    return {key: _text(value, f"{path}.{key}") for key, value in spec.items()}
+
+
+def _parse_inbound(body: object, path: str) -> InboundFields:
+    spec = _mapping(body, path)
+    _check_keys(spec, path, allowed=INBOUND_KEYS, needed=INBOUND_KEYS)
+    return InboundFields(**{key: _text(value, f"{path}.{key}") for key, value in spec.items()})
+
+
+def _parse_time_format(value: object, parameters: Mapping[str, str], path: str) -> str | None:
+    path = f"{path}.time_format"
+    if value is None:
+        if "event_time" in parameters:
+            raise _Fault(path, "is required when parameters.event_time is set")
+        return None
+    if "event_time" not in parameters:
+        raise _Fault(path, "is set but parameters.event_time is not")
+    time_format = _text(value, path)
+    if time_format not in EPOCH_UNITS_PER_SECOND:
+        _check_strptime_format(time_format, path)
+    return time_format
+
+
+def _check_strptime_format(time_format: str, path: str) -> None:
+    sample = datetime(2001, 2, 3, 4, 5, 6, 7000, tzinfo=timezone.utc)
+    expected = "a strptime format (e.g. '%Y-%m-%d %H:%M:%S'), 'epoch' or 'epoch_ms'"
+    if "%" not in time_format:
+        raise _Fault(path, f"{time_format!r} is not {expected}")
+    try:
+        datetime.strptime(sample.strftime(time_format), time_format)
+    except ValueError as error:
+        raise _Fault(path, f"{time_format!r} is not {expected}: {error}") from None
+
+
+def _parse_override(vendor: object, body: object) -> dict[str, OutcomeRule]:
+    path = f"overrides.{vendor}"
+    if vendor not in BUILT_IN_VENDORS:
+        raise _Fault(path, f"not a built-in vendor; expected one of {', '.join(BUILT_IN_VENDORS)}")
+    return _parse_table(body, path, key_pattern=OVERRIDE_KEY_PATTERNS.get(str(vendor)))
+
+
+def _parse_table(body: object, path: str,
+                 key_pattern: re.Pattern | None) -> dict[str, OutcomeRule]:
+    table: dict[str, OutcomeRule] = {}
+    for raw_key, value in _mapping(body, path).items():
+        key = _table_key(raw_key, f"{path}.{raw_key}", key_pattern)
+        if key in table:
+            raise _Fault(f"{path}.{raw_key}", "listed twice (status values ignore letter case)")
+        table[key] = _parse_entry(value, f"{path}.{raw_key}")
+    if not table:
+        raise _Fault(path, "must list at least one status value")
+    return table
+
+
+def _table_key(raw_key: object, path: str, key_pattern: re.Pattern | None) -> str:
+    if isinstance(raw_key, bool) or not isinstance(raw_key, (str, int)):
+        raise _Fault(path, "a status value must be text or a number")
+    key = str(raw_key).strip().lower()
+    if not key:
+        raise _Fault(path, "a status value must not be empty")
+    if key_pattern is not None and not key_pattern.match(key):
+        raise _Fault(path, "is not a status key this vendor's mapper understands")
+    return key
+
+
+def _parse_entry(value: object, path: str) -> OutcomeRule:
+    if isinstance(value, dict):
+        _check_keys(value, path, allowed=ENTRY_KEYS, needed=("outcome",))
+        outcome = _outcome(value["outcome"], f"{path}.outcome")
+        error_type = value.get("error_type")
+    else:
+        outcome, error_type = _outcome(value, path), None
+    if outcome is not Outcome.ERROR:
+        if error_type is not None:
+            raise _Fault(f"{path}.error_type",
+                         f"only an ERROR carries an error_type, not {outcome.value}")
+        return outcome, None
+    if error_type is None:
+        raise _Fault(path, "an ERROR needs an error_type: write {outcome: ERROR, error_type: ...}")
+    return outcome, _error_type(error_type, f"{path}.error_type")
+
+
+def _outcome(value: object, path: str) -> Outcome:
+    names = ", ".join(outcome.value for outcome in Outcome)
+    if not isinstance(value, str) or value.strip().upper() not in Outcome.__members__:
+        raise _Fault(path, f"unknown outcome {value!r}; expected one of {names}")
+    return Outcome[value.strip().upper()]
+
+
+def _error_type(value: object, path: str) -> ErrorType:
+    names = ", ".join(error_type.value for error_type in ErrorType)
+    if not isinstance(value, str) or value.strip().upper() not in ErrorType.__members__:
+        raise _Fault(path, f"unknown error_type {value!r}; expected one of {names}")
+    return ErrorType[value.strip().upper()]
+
+
+def _check_keys(spec: dict, path: str, allowed: tuple[str, ...], needed: tuple[str, ...]) -> None:
+    prefix = f"{path}." if path else ""
+    for key in spec:
+        if key not in allowed:
+            raise _Fault(f"{prefix}{key}", f"unknown key; expected one of {', '.join(allowed)}")
+    for key in needed:
+        if key not in spec:
+            raise _Fault(path, f"missing required key {key!r}")
+
+
+def _mapping(value: object, path: str) -> dict:
+    if not isinstance(value, dict):
+        raise _Fault(path, "must be a mapping")
+    return value
+
+
+def _text(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Fault(path, "must be a non-empty text")
+    return value.strip()

@@ -1,0 +1,100 @@
+"""Map Expertflow SMS Connector delivery notifications and received messages.
+
+Status keys (built-in table and operator overrides share them) are the status value,
+``SmsStatus`` or else ``MessageStatus``, matched case-insensitively, e.g. ``"undelivered"``.
+An override replaces the built-in entry with the same key and adds keys the table lacks.
+
+``status_code`` and ``status_text`` both carry the status value as sent. Use
+``is_recognised`` to learn whether a notification's status was in the tables (to log the rest).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+
+from mappers.params import lower_keys, optional, required
+from mappers.report import DeliveryReport, ErrorType, InboundMessage, MappingError, Outcome
+
+VENDOR = "expertflow"
+
+OutcomeRule = tuple[Outcome, ErrorType | None]
+Overrides = Mapping[str, "Outcome | OutcomeRule"]
+
+STATUS_KEY_PATTERN = re.compile(r"^[a-z_]+$")
+
+BUILT_IN_RULES: dict[str, OutcomeRule] = {
+    "delivered": (Outcome.DELIVERED, None),
+    "queued": (Outcome.ACCEPTED, None),
+    "sent": (Outcome.ACCEPTED, None),
+    "undelivered": (Outcome.SOFTBOUNCE, None),
+    "failed": (Outcome.HARDBOUNCE, None),
+}
+
+
+def map_delivery_report(params: Mapping[str, str], received_at: datetime,
+                        overrides: Overrides | None = None) -> DeliveryReport:
+    """Map an Expertflow delivery notification to a normalised report."""
+    fields = lower_keys(params)
+    status = _raw_status(fields)
+    outcome, error_type = _rule_for(status, overrides) or (Outcome.UNKNOWN, None)
+    return DeliveryReport(
+        vendor_message_id=_required(fields, "MessageSid"),
+        recipient=optional(fields, "to"),
+        status_code=status,
+        status_text=status,
+        event_at=received_at,  # Notifications carry no event time.
+        outcome=outcome,
+        error_type=error_type,
+    )
+
+
+def map_inbound_message(params: Mapping[str, str], received_at: datetime) -> InboundMessage:
+    """Map an Expertflow received message to a normalised inbound message."""
+    fields = lower_keys(params)
+    return InboundMessage(
+        vendor_message_id=_sms_sid(fields),
+        source=_required(fields, "From"),
+        destination=_required(fields, "To"),
+        body=fields.get("body") or "",  # Whitespace in a body is content: keep it.
+        received_at=received_at,
+    )
+
+
+def is_recognised(params: Mapping[str, str], overrides: Overrides | None = None) -> bool:
+    """Return whether the notification's status matches a table entry."""
+    return _rule_for(_raw_status(lower_keys(params)), overrides) is not None
+
+
+def _rule_for(status: str, overrides: Overrides | None) -> OutcomeRule | None:
+    key = status.lower()
+    operator_rules = {name.strip().lower(): value for name, value in (overrides or {}).items()}
+    for table in (operator_rules, BUILT_IN_RULES):
+        if key in table:
+            return _as_rule(table[key])
+    return None
+
+
+def _as_rule(value: Outcome | OutcomeRule) -> OutcomeRule:
+    outcome, error_type = value if isinstance(value, tuple) else (value, None)
+    if outcome is Outcome.ERROR and error_type is None:
+        return outcome, ErrorType.UNKNOWN
+    return outcome, error_type if outcome is Outcome.ERROR else None
+
+
+def _raw_status(fields: Mapping[str, str]) -> str:
+    # The connector documents SmsStatus on the form and MessageStatus in its schema.
+    return optional(fields, "smsstatus") or optional(fields, "messagestatus") or ""
+
+
+def _sms_sid(fields: Mapping[str, str]) -> str:
+    # A Twilio-style gateway in front of the connector may send MessageSid only.
+    return (optional(fields, "smssid") or optional(fields, "messagesid")
+            or _required(fields, "SmsSid"))
+
+
+def _required(fields: Mapping[str, str], name: str) -> str:
+    try:
+        return required(fields, name.lower())
+    except MappingError as error:
+        raise MappingError(name, error.fault) from None

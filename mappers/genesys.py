@@ -1,0 +1,135 @@
+"""Map Genesys SMS Aggregation delivery receipts (DR) and mobile-originated messages (MO).
+
+Status keys (built-in table and operator overrides share them):
+- ``"<state>"``: a ``message_state``, e.g. ``"8"``;
+- ``"<state>:<result_code>"``: a state with one result code, e.g. ``"8:6"``;
+- ``"*:<result_code>"``: a result code whatever the state, e.g. ``"*:2"``.
+The most specific key wins: ``state:result_code``, then ``*:result_code``, then ``state``.
+An override replaces the built-in entry with the same key and adds keys the table lacks.
+
+``status_code`` carries the raw values as ``"<state>:<result_code>"`` (``"<state>"`` when
+no result code was sent); ``status_text`` is a short label of the state. Use
+``is_recognised`` to learn whether a report's status was in the tables (to log the rest).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+
+from mappers.params import lower_keys, optional, required
+from mappers.report import DeliveryReport, ErrorType, InboundMessage, MappingError, Outcome
+
+VENDOR = "genesys"
+
+OutcomeRule = tuple[Outcome, ErrorType | None]
+Overrides = Mapping[str, "Outcome | OutcomeRule"]
+
+STATUS_KEY_PATTERN = re.compile(r"^(?:\d+|\d+:\d+|\*:\d+)$")
+
+BUILT_IN_RULES: dict[str, OutcomeRule] = {
+    "1": (Outcome.ACCEPTED, None),
+    "2": (Outcome.DELIVERED, None),
+    "3": (Outcome.SOFTBOUNCE, None),
+    # A message an aggregator deleted was never tried on the handset: nothing says the
+    # number is bad, so it must stay a temporary bounce that a resend can clear.
+    "4": (Outcome.SOFTBOUNCE, None),
+    "5": (Outcome.HARDBOUNCE, None),
+    "6": (Outcome.ACCEPTED, None),
+    "7": (Outcome.UNKNOWN, None),
+    "8": (Outcome.HARDBOUNCE, None),
+    "8:6": (Outcome.SOFTBOUNCE, None),
+    "8:98": (Outcome.SOFTBOUNCE, None),
+    "*:2": (Outcome.ERROR, ErrorType.AUTHENTICATION),
+    "*:4": (Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
+    "*:5": (Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
+}
+
+STATE_LABELS = {
+    "1": "en route",
+    "2": "delivered",
+    "3": "expired",
+    "4": "deleted by aggregator",
+    "5": "undeliverable",
+    "6": "accepted by aggregator",
+    "7": "unknown",
+    "8": "rejected",
+}
+
+RECEIPT_TYPE = "receipt"
+MO_TYPE = "MO"
+
+
+def map_delivery_report(params: Mapping[str, str], received_at: datetime,
+                        overrides: Overrides | None = None) -> DeliveryReport:
+    """Map a Genesys delivery receipt to a normalised report."""
+    fields = lower_keys(params)
+    _expect_type(fields, RECEIPT_TYPE)
+    state, result_code = _state_and_result_code(fields)
+    outcome, error_type = _rule_for(state, result_code, overrides) or (Outcome.UNKNOWN, None)
+    return DeliveryReport(
+        vendor_message_id=required(fields, "message_id"),
+        recipient=None,  # Genesys receipts do not repeat the phone number.
+        status_code=f"{state}:{result_code}" if result_code else state,
+        status_text=STATE_LABELS.get(state, f"message_state {state or '(none)'}"),
+        event_at=received_at,
+        outcome=outcome,
+        error_type=error_type,
+    )
+
+
+def map_inbound_message(params: Mapping[str, str], received_at: datetime) -> InboundMessage:
+    """Map a Genesys mobile-originated message to a normalised inbound message."""
+    fields = lower_keys(params)
+    _expect_type(fields, MO_TYPE)
+    return InboundMessage(
+        vendor_message_id=required(fields, "message_id"),
+        source=required(fields, "phone_number"),
+        destination=required(fields, "shortcode"),
+        body=fields.get("message") or "",  # Whitespace in a body is content: keep it.
+        received_at=received_at,
+    )
+
+
+def is_recognised(params: Mapping[str, str], overrides: Overrides | None = None) -> bool:
+    """Return whether the receipt's state and result code match a table entry."""
+    state, result_code = _state_and_result_code(lower_keys(params))
+    return _rule_for(state, result_code, overrides) is not None
+
+
+def is_inbound(params: Mapping[str, str]) -> bool:
+    """Return whether the request is an MO (``type=MO``) rather than a receipt."""
+    return (optional(lower_keys(params), "type") or "").lower() == MO_TYPE.lower()
+
+
+def _rule_for(state: str, result_code: str, overrides: Overrides | None) -> OutcomeRule | None:
+    keys = [f"{state}:{result_code}", f"*:{result_code}"] if result_code else []
+    keys.append(state)
+    operator_rules = {key.strip().lower(): value for key, value in (overrides or {}).items()}
+    for key in keys:
+        for table in (operator_rules, BUILT_IN_RULES):
+            if key in table:
+                return _as_rule(table[key])
+    return None
+
+
+def _as_rule(value: Outcome | OutcomeRule) -> OutcomeRule:
+    outcome, error_type = value if isinstance(value, tuple) else (value, None)
+    if outcome is Outcome.ERROR and error_type is None:
+        return outcome, ErrorType.UNKNOWN
+    return outcome, error_type if outcome is Outcome.ERROR else None
+
+
+def _state_and_result_code(fields: Mapping[str, str]) -> tuple[str, str]:
+    return _number(optional(fields, "message_state")), _number(optional(fields, "result_code"))
+
+
+def _number(value: str | None) -> str:
+    # "08" and "8" are the same code; anything else is kept as sent so it can be logged.
+    return str(int(value)) if value and value.isdigit() else (value or "")
+
+
+def _expect_type(fields: Mapping[str, str], expected: str) -> None:
+    sent = optional(fields, "type")
+    if sent is not None and sent.lower() != expected.lower():
+        raise MappingError("type", f"is {sent!r}, this endpoint takes {expected!r}")

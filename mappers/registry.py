@@ -1,0 +1,52 @@
+"""Every vendor the service understands: built-in mappers plus those a mapping file declares."""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+
+from mappers import configurable, expertflow, genesys, sapdi, twilio
+from mappers.report import DeliveryReport, InboundMessage, MappingError
+
+Params = Mapping[str, str]
+BUILT_IN = {module.VENDOR: module for module in (sapdi, genesys, twilio, expertflow)}
+
+
+@dataclass(frozen=True)
+class VendorAdapter:
+    """How to read one vendor's delivery reports and inbound messages."""
+
+    name: str
+    map_report: Callable[[Params, datetime], DeliveryReport]
+    map_inbound: Callable[[Params, datetime], InboundMessage]
+    is_recognised: Callable[[Params], bool]
+
+
+def build_registry(mapping_file: configurable.MappingFile | None = None) -> dict[str, VendorAdapter]:
+    """Return the adapters by vendor name, with the file's overrides applied to built-in tables."""
+    overrides = mapping_file.overrides if mapping_file else {}
+    registry = {name: _built_in(name, module, overrides.get(name)) for name, module in BUILT_IN.items()}
+    for name, mapping in (mapping_file.vendors if mapping_file else {}).items():
+        registry[name] = VendorAdapter(
+            name=name,
+            map_report=partial(configurable.map_delivery_report, mapping),
+            map_inbound=partial(configurable.map_inbound_message, mapping),
+            is_recognised=partial(configurable.is_recognised, mapping),
+        )
+    return registry
+
+
+def _built_in(name: str, module, overrides) -> VendorAdapter:
+    inbound = getattr(module, "map_inbound_message", None) or partial(_no_inbound, name)
+    recognised = getattr(module, "is_recognised", None)
+    return VendorAdapter(
+        name=name,
+        map_report=partial(module.map_delivery_report, overrides=overrides),
+        map_inbound=inbound,
+        is_recognised=partial(recognised, overrides=overrides) if recognised else (lambda params: True),
+    )
+
+
+def _no_inbound(vendor: str, params: Params, received_at: datetime) -> InboundMessage:
+    raise MappingError("vendor", f"{vendor} sends no inbound messages")

@@ -1,0 +1,125 @@
+"""Map Twilio-compatible status callbacks and inbound messages.
+
+Status keys (built-in table and operator overrides share them), matched case-insensitively:
+- ``"<MessageStatus>"``, e.g. ``"failed"``;
+- ``"<MessageStatus>:<ErrorCode>"``, e.g. ``"undelivered:30003"``;
+- ``"*:<ErrorCode>"``: an error code whatever the status, e.g. ``"*:21610"``.
+The most specific key wins: ``status:code``, then ``*:code``, then ``status``.
+An override replaces the built-in entry with the same key and adds keys the table lacks.
+
+``status_code`` carries ``ErrorCode`` as sent, or ``MessageStatus`` when no error code was
+sent; ``status_text`` carries ``MessageStatus`` as sent. Use ``is_recognised`` to learn
+whether a callback's status was in the tables (to log the rest).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+
+from mappers.params import lower_keys, optional, required
+from mappers.report import DeliveryReport, ErrorType, InboundMessage, MappingError, Outcome
+
+VENDOR = "twilio"
+
+OutcomeRule = tuple[Outcome, ErrorType | None]
+Overrides = Mapping[str, "Outcome | OutcomeRule"]
+
+STATUS_KEY_PATTERN = re.compile(r"^(?:[a-z_]+|[a-z_]+:\d+|\*:\d+)$")
+
+BUILT_IN_RULES: dict[str, OutcomeRule] = {
+    "delivered": (Outcome.DELIVERED, None),
+    "queued": (Outcome.ACCEPTED, None),
+    "accepted": (Outcome.ACCEPTED, None),
+    "scheduled": (Outcome.ACCEPTED, None),
+    "sending": (Outcome.ACCEPTED, None),
+    "sent": (Outcome.ACCEPTED, None),
+    # Handset unreachable: the number is fine, a later attempt may reach it.
+    "undelivered:30003": (Outcome.SOFTBOUNCE, None),
+    "undelivered": (Outcome.SOFTBOUNCE, None),
+    "failed": (Outcome.HARDBOUNCE, None),
+    # These codes say the number itself cannot take messages (unknown, landline,
+    # invalid, opted out, not mobile), so they are permanent whatever the status says.
+    "*:30005": (Outcome.HARDBOUNCE, None),
+    "*:30006": (Outcome.HARDBOUNCE, None),
+    "*:21211": (Outcome.HARDBOUNCE, None),
+    "*:21610": (Outcome.HARDBOUNCE, None),
+    "*:21614": (Outcome.HARDBOUNCE, None),
+}
+
+
+def map_delivery_report(params: Mapping[str, str], received_at: datetime,
+                        overrides: Overrides | None = None) -> DeliveryReport:
+    """Map a Twilio status callback to a normalised report."""
+    fields = lower_keys(params)
+    status, error_code = _status_and_error_code(fields)
+    outcome, error_type = _rule_for(status, error_code, overrides) or (Outcome.UNKNOWN, None)
+    return DeliveryReport(
+        vendor_message_id=_message_sid(fields),
+        recipient=optional(fields, "to"),
+        status_code=error_code or _raw_status(fields),
+        status_text=_raw_status(fields),
+        event_at=received_at,  # Status callbacks carry no event time.
+        outcome=outcome,
+        error_type=error_type,
+    )
+
+
+def map_inbound_message(params: Mapping[str, str], received_at: datetime) -> InboundMessage:
+    """Map a Twilio inbound message webhook to a normalised inbound message."""
+    fields = lower_keys(params)
+    return InboundMessage(
+        vendor_message_id=_message_sid(fields),
+        source=_required(fields, "From"),
+        destination=_required(fields, "To"),
+        body=fields.get("body") or "",  # Whitespace in a body is content: keep it.
+        received_at=received_at,
+    )
+
+
+def is_recognised(params: Mapping[str, str], overrides: Overrides | None = None) -> bool:
+    """Return whether the callback's status and error code match a table entry."""
+    status, error_code = _status_and_error_code(lower_keys(params))
+    return _rule_for(status, error_code, overrides) is not None
+
+
+def _rule_for(status: str, error_code: str, overrides: Overrides | None) -> OutcomeRule | None:
+    keys = [f"{status}:{error_code}", f"*:{error_code}"] if error_code else []
+    keys.append(status)
+    operator_rules = {key.strip().lower(): value for key, value in (overrides or {}).items()}
+    for key in keys:
+        for table in (operator_rules, BUILT_IN_RULES):
+            if key in table:
+                return _as_rule(table[key])
+    return None
+
+
+def _as_rule(value: Outcome | OutcomeRule) -> OutcomeRule:
+    outcome, error_type = value if isinstance(value, tuple) else (value, None)
+    if outcome is Outcome.ERROR and error_type is None:
+        return outcome, ErrorType.UNKNOWN
+    return outcome, error_type if outcome is Outcome.ERROR else None
+
+
+def _status_and_error_code(fields: Mapping[str, str]) -> tuple[str, str]:
+    # Some gateways send ErrorCode "0" or "" on success; neither is an error.
+    error_code = optional(fields, "errorcode") or ""
+    return _raw_status(fields).lower(), "" if error_code == "0" else error_code
+
+
+def _raw_status(fields: Mapping[str, str]) -> str:
+    # Older Twilio-style gateways name the status SmsStatus instead of MessageStatus.
+    return optional(fields, "messagestatus") or optional(fields, "smsstatus") or ""
+
+
+def _message_sid(fields: Mapping[str, str]) -> str:
+    # Twilio sends SmsSid alongside MessageSid; older gateways send only SmsSid.
+    return (optional(fields, "messagesid") or optional(fields, "smssid")
+            or _required(fields, "MessageSid"))
+
+
+def _required(fields: Mapping[str, str], name: str) -> str:
+    try:
+        return required(fields, name.lower())
+    except MappingError as error:
+        raise MappingError(name, error.fault) from None

@@ -1,0 +1,77 @@
+"""Emarsys clients, the campaign messages they hand over, and the forwarding outbox."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Index, Integer, String, Text, UniqueConstraint, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models import BigId, db
+
+
+class Client(db.Model):
+    """One Emarsys client onboarded to the partner service, with its vendor settings."""
+
+    __tablename__ = "clients"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    vendor: Mapped[str] = mapped_column(String(20))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)  # non-secret custom fields
+    secrets: Mapped[str] = mapped_column(Text)  # Fernet token of the secret custom fields
+    callback_token: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class OutboundMessage(db.Model):
+    """One campaign message Emarsys handed over, and its journey to the vendor."""
+
+    __tablename__ = "outbound_messages"
+    __table_args__ = (
+        UniqueConstraint("client_id", "emarsys_message_id"),
+        Index("ix_outbound_messages_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # Our id at the vendor (Genesys message_id): stable across retries, so a resend is recognised.
+    public_id: Mapped[str] = mapped_column(String(40), unique=True)
+    client_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    emarsys_message_id: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(64))
+    destination: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(12))  # queued, sending, sent, failed, cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    vendor: Mapped[str | None] = mapped_column(String(40))
+    vendor_message_id: Mapped[str | None] = mapped_column(String(100))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class OutboxItem(db.Model):
+    """One delivery report or inbound message waiting to be forwarded to Emarsys."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),
+                      Index("ix_outbox_client_order", "client_id", "message_key", "event_at", "id"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    client_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    kind: Mapped[str] = mapped_column(String(20))  # delivery_report, inbound_message
+    message_key: Mapped[str] = mapped_column(String(120))  # reports of one message keep event order
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    event_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(10), default="pending")  # pending, leased, done, dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]

@@ -1,0 +1,179 @@
+"""The onboarding custom fields a client fills in, and their validation.
+
+Emarsys shows every custom field we define in one onboarding form, whichever
+vendor the client selects, so a Genesys client's body may carry (usually empty)
+Twilio fields and the other way round. Fields that do not belong to the selected
+vendor, and fields we never defined, are therefore ignored and not stored, rather
+than rejected. A blank value (empty or whitespace only) counts as absent: a
+required field then reports `missing`, an optional one takes its default.
+Secrets keep their exact value; every other text value is trimmed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+from errors import ServiceError
+
+GENESYS = "genesys"
+TWILIO = "twilio"
+VENDORS = (GENESYS, TWILIO)
+GENESYS_PRIORITIES = ("BULK_LOW", "BULK", "INTERACTIVE_LOW", "INTERACTIVE")
+DEFAULT_GENESYS_BASE_URL = "https://smsc-api.genesyscloud.com/httpapi/receiver"
+DEFAULT_TWILIO_BASE_URL = "https://api.twilio.com"
+CUSTOM_FIELD_VALUES = "customFieldValues"
+VENDOR_FIELD = "vendor"
+
+# require_tld=False so that a loopback or intranet vendor endpoint stays configurable.
+_HTTP_URL = validate.URL(schemes={"http", "https"}, require_tld=False,
+                         error="must be an absolute http or https URL")
+
+
+def _text(**kwargs: Any) -> fields.String:
+    """Return a string field whose error messages read after the field name."""
+    return fields.String(error_messages={"invalid": "must be a string"}, **kwargs)
+
+
+class InvalidClientConfig(ServiceError):
+    """The custom field values are incomplete or malformed; carries InvalidFieldError dicts."""
+
+    status_code = 400
+    error = "invalid_client_configuration"
+
+    def __init__(self, errors: list[dict[str, str]]):
+        super().__init__("invalid client configuration")
+        self.errors = errors
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the spec's InvalidFieldErrors body."""
+        return {"errors": self.errors}
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """A validated client configuration: the vendor and every stored field, defaults applied."""
+
+    vendor: str
+    fields: dict[str, str]
+    secret_field_names: frozenset[str]
+
+    def redacted(self) -> dict[str, str]:
+        """Return the fields with secret values masked, safe to log."""
+        return {name: "***" if name in self.secret_field_names else value
+                for name, value in self.fields.items()}
+
+
+class _VendorFieldsSchema(Schema):
+    """Base of the per-vendor field schemas."""
+
+    secret_field_names: ClassVar[frozenset[str]] = frozenset()
+
+    class Meta:
+        unknown = EXCLUDE
+
+
+class GenesysFieldsSchema(_VendorFieldsSchema):
+    """Validate the Genesys SMS Aggregation custom fields."""
+
+    secret_field_names = frozenset({"password"})
+
+    login = _text(required=True)
+    password = _text(required=True)
+    sender = _text()
+    priority = _text(validate=validate.OneOf(GENESYS_PRIORITIES, error="must be one of {choices}"))
+    baseUrl = _text(load_default=DEFAULT_GENESYS_BASE_URL, validate=_HTTP_URL)
+
+
+class TwilioFieldsSchema(_VendorFieldsSchema):
+    """Validate the Twilio custom fields."""
+
+    secret_field_names = frozenset({"authToken"})
+
+    # The SID becomes part of request paths, so only the documented shape is allowed.
+    accountSid = _text(required=True, validate=validate.Regexp(
+        r"^AC[0-9a-fA-F]{32}$", error="must be 'AC' followed by 32 hexadecimal digits"))
+    authToken = _text(required=True)
+    messagingServiceSid = _text(validate=validate.Regexp(
+        r"^MG[0-9a-fA-F]{32}$", error="must be 'MG' followed by 32 hexadecimal digits"))
+    baseUrl = _text(load_default=DEFAULT_TWILIO_BASE_URL, validate=_HTTP_URL)
+
+
+VENDOR_SCHEMAS: dict[str, type[_VendorFieldsSchema]] = {
+    GENESYS: GenesysFieldsSchema,
+    TWILIO: TwilioFieldsSchema,
+}
+
+
+def field_error(field_name: str, description: str, error_type: str) -> dict[str, str]:
+    """Return one spec InvalidFieldError."""
+    return {"fieldName": field_name, "description": description, "errorType": error_type}
+
+
+def load_client_config(body: object) -> ClientConfig:
+    """Validate a `{"customFieldValues": {...}}` body, or raise InvalidClientConfig."""
+    values = _custom_field_values(body)
+    vendor = _vendor(values)
+    schema_class = VENDOR_SCHEMAS[vendor]
+    present = _present_values(values, schema_class.secret_field_names)
+    try:
+        loaded = schema_class().load(present)
+    except ValidationError as exc:
+        raise InvalidClientConfig(_field_errors(schema_class(), exc.messages, present, vendor)) from None
+    return ClientConfig(vendor=vendor, fields={VENDOR_FIELD: vendor, **loaded},
+                        secret_field_names=schema_class.secret_field_names)
+
+
+def _custom_field_values(body: object) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidClientConfig([field_error(
+            CUSTOM_FIELD_VALUES, "the body must be a JSON object holding customFieldValues",
+            "invalid")])
+    if body.get(CUSTOM_FIELD_VALUES) is None:
+        raise InvalidClientConfig([field_error(
+            CUSTOM_FIELD_VALUES, "customFieldValues is required", "missing")])
+    values = body[CUSTOM_FIELD_VALUES]
+    if not isinstance(values, dict):
+        raise InvalidClientConfig([field_error(
+            CUSTOM_FIELD_VALUES, "customFieldValues must be an object", "invalid")])
+    return values
+
+
+def _vendor(values: dict[str, Any]) -> str:
+    raw = values.get(VENDOR_FIELD)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise InvalidClientConfig([field_error(
+            VENDOR_FIELD, f"vendor is required: one of {', '.join(VENDORS)}", "missing")])
+    vendor = raw.strip().lower() if isinstance(raw, str) else None
+    if vendor not in VENDORS:
+        raise InvalidClientConfig([field_error(
+            VENDOR_FIELD, f"vendor must be one of {', '.join(VENDORS)}", "invalid")])
+    return vendor
+
+
+def _present_values(values: dict[str, Any], secret_names: frozenset[str]) -> dict[str, Any]:
+    """Drop blank values so they count as absent; trim text that is not a secret."""
+    present: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == VENDOR_FIELD or value is None:
+            continue
+        if isinstance(value, str):
+            if not value.strip():
+                continue
+            value = value if name in secret_names else value.strip()
+        present[name] = value
+    return present
+
+
+def _field_errors(schema: Schema, messages: dict[str, Any], present: dict[str, Any],
+                  vendor: str) -> list[dict[str, str]]:
+    errors = []
+    for name in schema.fields:  # declaration order keeps the answer stable
+        if name not in messages:
+            continue
+        if name not in present:
+            errors.append(field_error(name, f"{name} is required for vendor {vendor}", "missing"))
+        else:
+            errors.append(field_error(name, f"{name} {messages[name][0]}", "invalid"))
+    return errors

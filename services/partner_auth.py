@@ -1,0 +1,270 @@
+"""Verify the OAuth 2 bearer JWTs that Emarsys sends to the partner endpoints.
+
+Signing keys come from the identity service's JWKS. The key set is cached; a token naming
+an unknown ``kid`` triggers a refetch, at most once per ``min_refetch_interval_seconds``, so a
+flood of made-up key ids cannot hammer the JWKS server. The set is also refreshed when it is
+older than ``jwks_max_age_seconds`` so that a key withdrawn from the JWKS stops being trusted.
+
+When no key for the token can be found *because the JWKS server cannot be reached* (and it was
+never fetched, or its refetch just failed), ``verify`` raises ``errors.Unavailable`` (503 with
+``Retry-After``) instead of 401: the caller's token may be perfectly valid, the fault is ours
+and transient, and the spec's ``5XX`` answer tells Emarsys to retry rather than to distrust its
+token. A kid that is absent from a key set we did fetch is the caller's problem: 401.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import requests
+
+from errors import Forbidden, Unauthorized, Unavailable
+
+logger = logging.getLogger(__name__)
+
+REALM = "emarsys-partner"
+DEFAULT_JWKS_URL = "https://smsemarsys.accounts.ondemand.com/oauth2/certs"
+DEFAULT_ISSUER = "https://smsemarsys.accounts.ondemand.com"
+
+# Only signature algorithms whose verification key is public; HMAC and "none" are never
+# accepted, which is what defeats the "HS256 keyed with the public key PEM" confusion attack.
+ASYMMETRIC_ALGORITHMS = frozenset({
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+})
+ASYMMETRIC_KEY_TYPES = frozenset({"RSA", "EC", "OKP"})
+
+# Most specific first: several PyJWT errors subclass DecodeError or InvalidTokenError.
+# Fixed descriptions keep attacker-controlled text (and the token) out of responses and logs.
+_REJECTION_DESCRIPTIONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "token expired"),
+    (jwt.ImmatureSignatureError, "token not yet valid"),
+    (jwt.InvalidIssuerError, "token issuer not accepted"),
+    (jwt.InvalidIssuedAtError, "token iat claim invalid"),
+    (jwt.InvalidAlgorithmError, "token algorithm not accepted"),
+    (jwt.InvalidSignatureError, "token signature invalid"),
+    (jwt.DecodeError, "token malformed"),
+    (jwt.InvalidTokenError, "token invalid"),
+)
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    """Describe which bearer tokens the partner endpoints accept and where their keys live."""
+
+    issuer: str
+    client_id: str
+    jwks_url: str = DEFAULT_JWKS_URL
+    leeway_seconds: float = 30.0
+    min_refetch_interval_seconds: float = 30.0
+    jwks_max_age_seconds: float = 3600.0
+    http_timeout_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("issuer", "client_id", "jwks_url"):
+            if not getattr(self, name):
+                raise ValueError(f"TokenPolicy.{name} must not be empty")
+        for name in ("leeway_seconds", "min_refetch_interval_seconds", "jwks_max_age_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TokenPolicy.{name} must not be negative")
+        if self.http_timeout_seconds <= 0:
+            raise ValueError("TokenPolicy.http_timeout_seconds must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> TokenPolicy:
+        """Build the policy from EMARSYS_TOKEN_ISSUER, EMARSYS_OAUTH_CLIENT_ID and EMARSYS_JWKS_URL."""
+        client_id = environ.get("EMARSYS_OAUTH_CLIENT_ID", "").strip()
+        if not client_id:
+            # No safe default exists: any default would accept tokens issued to someone else.
+            raise ValueError("EMARSYS_OAUTH_CLIENT_ID must be set")
+        return cls(
+            issuer=environ.get("EMARSYS_TOKEN_ISSUER", "").strip() or DEFAULT_ISSUER,
+            client_id=client_id,
+            jwks_url=environ.get("EMARSYS_JWKS_URL", "").strip() or DEFAULT_JWKS_URL,
+        )
+
+
+class EmarsysTokenVerifier:
+    """Check Emarsys bearer tokens against the policy and the identity service's JWKS."""
+
+    def __init__(self, policy: TokenPolicy, session: requests.Session | None = None, *,
+                 clock: Callable[[], float] = time.monotonic):
+        self._policy = policy
+        self._session = session or requests.Session()
+        self._clock = clock
+        # The cache lock is held only for dict reads/swaps; the fetch lock serialises network
+        # fetches so that threads verifying known kids never wait for a slow JWKS server.
+        self._cache_lock = threading.Lock()
+        self._fetch_lock = threading.Lock()
+        self._keys: dict[str, dict[str, Any]] = {}
+        self._keys_fetched_at: float | None = None
+        self._last_fetch_attempt_at: float | None = None
+        self._last_fetch_failed = False
+
+    def verify(self, authorization_header: str | None) -> dict[str, Any]:
+        """Return the token's claims, or raise Unauthorized, Forbidden or Unavailable."""
+        token = _bearer_token(authorization_header)
+        header = _unverified_header(token)
+        algorithm = header["alg"]
+        signing_key = self._signing_key(header["kid"], algorithm)
+        claims = self._decode(token, signing_key, algorithm)
+        self._authorise(claims)
+        return claims
+
+    def _decode(self, token: str, signing_key: jwt.PyJWK, algorithm: str) -> dict[str, Any]:
+        try:
+            return jwt.decode(
+                token, key=signing_key, algorithms=[algorithm], issuer=self._policy.issuer,
+                leeway=self._policy.leeway_seconds,
+                # The audience rule is wider than PyJWT's (azp / client_id / aud), see _authorise.
+                options={"require": ["exp", "iss"], "verify_aud": False},
+            )
+        except jwt.MissingRequiredClaimError as exc:
+            raise _invalid_token(f"token lacks the {exc.claim} claim") from None
+        except jwt.InvalidTokenError as exc:
+            raise _invalid_token(_describe(exc)) from None
+
+    def _authorise(self, claims: Mapping[str, Any]) -> None:
+        client_id = self._policy.client_id
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if client_id in (claims.get("azp"), claims.get("client_id")) or client_id in audiences:
+            return
+        logger.info("bearer token refused: issued to another OAuth client")
+        raise Forbidden("token was not issued to the Emarsys OAuth client")
+
+    def _signing_key(self, kid: str, algorithm: str) -> jwt.PyJWK:
+        jwk = self._jwk_for(kid)
+        declared = jwk.get("alg")
+        if declared and declared != algorithm:
+            raise _invalid_token("token algorithm does not match its key")
+        try:
+            return jwt.PyJWK(jwk, algorithm)
+        except jwt.PyJWTError:
+            raise _invalid_token("token algorithm does not fit its key") from None
+
+    def _jwk_for(self, kid: str) -> dict[str, Any]:
+        jwk, fresh = self._cached_jwk(kid)
+        if jwk is not None and fresh:
+            return jwk
+        with self._fetch_lock:
+            # Another thread may have refetched while this one waited for the lock.
+            jwk, fresh = self._cached_jwk(kid)
+            if (jwk is None or not fresh) and self._refetch_due():
+                self._refresh_keys()
+                jwk, _ = self._cached_jwk(kid)
+            jwks_failing = self._last_fetch_failed
+        if jwk is not None:
+            return jwk
+        if jwks_failing:
+            raise Unavailable("token signing keys unavailable, retry later",
+                              headers={"Retry-After": str(self._retry_after_seconds())})
+        raise _invalid_token("token signing key unknown")
+
+    def _cached_jwk(self, kid: str) -> tuple[dict[str, Any] | None, bool]:
+        with self._cache_lock:
+            fetched_at = self._keys_fetched_at
+            fresh = fetched_at is not None and (
+                self._clock() - fetched_at < self._policy.jwks_max_age_seconds)
+            return self._keys.get(kid), fresh
+
+    def _refetch_due(self) -> bool:
+        last = self._last_fetch_attempt_at
+        return last is None or self._clock() - last >= self._policy.min_refetch_interval_seconds
+
+    def _retry_after_seconds(self) -> int:
+        return max(1, math.ceil(self._policy.min_refetch_interval_seconds))
+
+    def _refresh_keys(self) -> None:
+        self._last_fetch_attempt_at = self._clock()
+        try:
+            keys = self._fetch_keys()
+        except (requests.RequestException, ValueError) as exc:
+            # Keep the previous keys: an unreachable JWKS does not make them untrustworthy.
+            self._last_fetch_failed = True
+            logger.warning("JWKS fetch from %s failed: %s", self._policy.jwks_url, exc)
+            return
+        self._last_fetch_failed = False
+        with self._cache_lock:
+            self._keys = keys
+            self._keys_fetched_at = self._last_fetch_attempt_at
+        logger.info("JWKS fetched from %s: %d usable keys", self._policy.jwks_url, len(keys))
+
+    def _fetch_keys(self) -> dict[str, dict[str, Any]]:
+        response = self._session.get(self._policy.jwks_url, timeout=self._policy.http_timeout_seconds,
+                                     headers={"Accept": "application/json"})
+        response.raise_for_status()
+        return usable_signing_keys(response.json())
+
+
+def usable_signing_keys(document: Any) -> dict[str, dict[str, Any]]:
+    """Return the JWKS document's asymmetric signing keys by kid; raise ValueError if none."""
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError("JWKS document has no keys list")
+    keys = {entry["kid"]: entry for entry in entries if _is_usable_signing_key(entry)}
+    if not keys:
+        # Replacing the cache with nothing would lock every caller out; treat it as a failure.
+        raise ValueError("JWKS document has no usable signing keys")
+    return keys
+
+
+def _is_usable_signing_key(entry: Any) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str):
+        return False
+    if entry.get("kty") not in ASYMMETRIC_KEY_TYPES or entry.get("use", "sig") != "sig":
+        return False
+    if "alg" in entry and entry["alg"] not in ASYMMETRIC_ALGORITHMS:
+        return False
+    try:
+        jwt.PyJWK(entry)
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+        return False
+    return True
+
+
+def _bearer_token(authorization_header: str | None) -> str:
+    if not authorization_header or not authorization_header.strip():
+        raise _missing_token("bearer token required")
+    scheme, _, credentials = authorization_header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        # RFC 6750 3.1: another auth scheme counts as no bearer credentials, so no error code.
+        raise _missing_token("bearer token required")
+    token = credentials.strip()
+    if not token or any(char.isspace() for char in token):
+        raise _invalid_token("authorization header malformed")
+    return token
+
+
+def _unverified_header(token: str) -> dict[str, Any]:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise _invalid_token("token malformed") from None
+    # Rejected before any key lookup, so "none"/HS* tokens never cause a JWKS fetch.
+    algorithm = header.get("alg")
+    if not isinstance(algorithm, str) or algorithm not in ASYMMETRIC_ALGORITHMS:
+        raise _invalid_token("token algorithm not accepted")
+    if not isinstance(header.get("kid"), str) or not header["kid"]:
+        raise _invalid_token("token has no key id")
+    return header
+
+
+def _describe(exc: jwt.InvalidTokenError) -> str:
+    return next(text for kind, text in _REJECTION_DESCRIPTIONS if isinstance(exc, kind))
+
+
+def _missing_token(message: str) -> Unauthorized:
+    return Unauthorized(message, headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
+
+
+def _invalid_token(description: str) -> Unauthorized:
+    logger.info("bearer token rejected: %s", description)
+    challenge = f'Bearer realm="{REALM}", error="invalid_token", error_description="{description}"'
+    return Unauthorized(description, headers={"WWW-Authenticate": challenge})

@@ -1,0 +1,98 @@
+"""When to try a failed Emarsys callback again, and when to give up on it."""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+DEFAULT_SCHEDULE = "5s,1m,5m,30m,2h,5h"
+DEFAULT_MAX_AGE = "3d"
+DEFAULT_JITTER = 0.2
+
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_DELTA_SECONDS = re.compile(r"\d+")
+
+
+def parse_duration(text: str) -> float:
+    """Return the seconds in a duration such as "5s", "30m", "2h", "3d", "250ms" or "90"."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(f"invalid duration {text!r}: expected a number with unit ms, s, m, h or d")
+    number, unit = match.groups()
+    return float(number) * _UNIT_SECONDS[unit or "s"]
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """Return the delays, in seconds, of a comma-separated schedule such as "5s,1m,2h"."""
+    parts = [part for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ValueError("retry schedule is empty: give at least one delay, e.g. '5s,1m'")
+    return tuple(parse_duration(part) for part in parts)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # The models store naive UTC; HTTP dates and clocks may be aware.
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Return the seconds a Retry-After value asks to wait, or None when it is absent or invalid."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if _DELTA_SECONDS.fullmatch(text):
+        return float(text)
+    try:
+        retry_at = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    # A date already past means "now"; a negative wait would be meaningless.
+    return max(0.0, (_as_utc(retry_at) - _as_utc(now)).total_seconds())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff schedule with jitter, plus the age after which an item is given up."""
+
+    delays: tuple[float, ...] = parse_schedule(DEFAULT_SCHEDULE)
+    max_age: float = parse_duration(DEFAULT_MAX_AGE)
+    jitter: float = DEFAULT_JITTER
+
+    def __post_init__(self) -> None:
+        """Reject a policy that could never schedule a sensible retry."""
+        if not self.delays:
+            raise ValueError("retry schedule is empty")
+        if not 0 <= self.jitter < 1:
+            raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
+        if self.max_age <= 0:
+            raise ValueError(f"max age must be positive, got {self.max_age}")
+
+    @classmethod
+    def from_config(cls, schedule: str = DEFAULT_SCHEDULE, max_age: str = DEFAULT_MAX_AGE,
+                    jitter: float = DEFAULT_JITTER) -> RetryPolicy:
+        """Build a policy from configuration strings such as "5s,1m,5m" and "3d"."""
+        return cls(delays=parse_schedule(schedule), max_age=parse_duration(max_age), jitter=jitter)
+
+    def next_delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Return the seconds to wait after the attempt-th failure (1-based), jittered."""
+        if attempt < 1:
+            raise ValueError(f"attempt counts failures so far and starts at 1, got {attempt}")
+        # Past the end of the schedule the last delay repeats until max_age.
+        base = self.delays[min(attempt, len(self.delays)) - 1]
+        # Jitter spreads retries of many batches that failed together.
+        factor = (rng or random).uniform(1 - self.jitter, 1 + self.jitter)
+        return base * factor
+
+    def delay_for(self, attempt: int, retry_after: float | None,
+                  rng: random.Random | None = None) -> float:
+        """Return the server's Retry-After (capped at max_age) if given, else the schedule's delay."""
+        if retry_after is not None:
+            return min(retry_after, self.max_age)
+        return self.next_delay(attempt, rng)
+
+    def is_exhausted(self, first_attempt_at: datetime, now: datetime) -> bool:
+        """Return whether an item first tried at first_attempt_at is now too old to retry."""
+        return (_as_utc(now) - _as_utc(first_attempt_at)).total_seconds() >= self.max_age

@@ -1,0 +1,138 @@
+"""Sending through a client's SMS vendor, and testing its credentials.
+
+Every vendor call goes through one shared `requests.Session` per vendor host, so
+connections are pooled across messages and clients, and always carries a timeout.
+Neither secrets nor message bodies are ever logged.
+"""
+from __future__ import annotations
+
+import http.cookiejar
+import threading
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from mappers.report import ErrorType, Outcome
+from schemas.client_config import GENESYS, TWILIO, ClientConfig
+from schemas.outbound import OutboundMessage
+
+SUCCESS = "success"
+FAILURE = "error"
+CREDENTIAL = "credential"
+TEMPORARY = "temporary"
+INTEGRATION = "integration"
+USER_AGENT = "sms-status-middleware"
+
+_sessions: dict[str, requests.Session] = {}
+_sessions_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What one send attempt achieved; outcome None with retry True means try again later."""
+
+    outcome: Outcome | None
+    error_type: ErrorType | None
+    vendor_message_id: str | None
+    status_code: str
+    status_text: str
+    retry: bool
+
+
+def accepted(vendor_message_id: str | None, status_code: str, status_text: str) -> SendResult:
+    """Return the result of a send the vendor took over."""
+    return SendResult(Outcome.ACCEPTED, None, vendor_message_id, status_code, status_text, False)
+
+
+def retry_later(status_code: str, status_text: str) -> SendResult:
+    """Return the result of a send whose fate is open and that must be retried unchanged."""
+    return SendResult(None, None, None, status_code, status_text, True)
+
+
+def refused(outcome: Outcome, error_type: ErrorType | None, status_code: str,
+            status_text: str) -> SendResult:
+    """Return the result of a send the vendor refused for good."""
+    return SendResult(outcome, error_type, None, status_code, status_text, False)
+
+
+@dataclass(frozen=True)
+class ConnectionTestResult:
+    """The answer of a vendor connection test."""
+
+    state: str
+    error_type: str | None = None
+    description: str | None = None
+
+    @classmethod
+    def success(cls) -> ConnectionTestResult:
+        """Return a successful test."""
+        return cls(SUCCESS)
+
+    @classmethod
+    def failure(cls, error_type: str, description: str) -> ConnectionTestResult:
+        """Return a failed test: error_type is credential, temporary or integration."""
+        return cls(FAILURE, error_type, description)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the spec's TestConnectionSuccessResponse or TestConnectionFailureResponse."""
+        if self.state == SUCCESS:
+            return {"state": SUCCESS}
+        return {"state": FAILURE, "description": self.description or "", "errorType": self.error_type}
+
+
+def session_for(url: str) -> requests.Session:
+    """Return the shared session for the URL's scheme, host and port."""
+    parts = urlsplit(url)
+    key = f"{parts.scheme}://{parts.hostname}:{parts.port}".lower()
+    with _sessions_lock:
+        session = _sessions.get(key)
+        if session is None:
+            session = _sessions[key] = _new_session()
+        return session
+
+
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    # The session is shared by every client of a vendor host: a cookie one client's
+    # credentials earned must never ride along with another client's request.
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def close_sessions() -> None:
+    """Close and forget every shared session (at shutdown, or between tests)."""
+    with _sessions_lock:
+        sessions = list(_sessions.values())
+        _sessions.clear()
+    for session in sessions:
+        session.close()
+
+
+def send_message(config: ClientConfig, message: OutboundMessage, our_message_id: str,
+                 status_callback_url: str | None, timeout: float) -> SendResult:
+    """Send one message through the client's vendor and classify the answer."""
+    return _vendor_module(config.vendor).send_message(
+        config, message, our_message_id, status_callback_url, timeout)
+
+
+def test_connection(config: ClientConfig, timeout: float) -> ConnectionTestResult:
+    """Check the client's vendor credentials with a real, harmless vendor request."""
+    return _vendor_module(config.vendor).test_connection(config, timeout)
+
+
+# pytest would otherwise collect the function above as a test wherever it is imported.
+test_connection.__test__ = False  # type: ignore[attr-defined]
+
+
+def _vendor_module(vendor: str) -> ModuleType:
+    # Imported here because the vendor modules import this package's result types.
+    from services.vendors import genesys, twilio
+
+    modules = {GENESYS: genesys, TWILIO: twilio}
+    if vendor not in modules:
+        raise ValueError(f"unsupported vendor {vendor!r}")
+    return modules[vendor]

@@ -1,0 +1,129 @@
+"""Genesys SMS Aggregation HTTP API: MT sending and the credential check.
+
+Genesys answers HTTP 200 with a body `result_code=N`. Our own message id is sent as
+`message_id`, unchanged across retries, so a retry of a send that did reach Genesys
+answers 7 (duplicate) instead of sending twice; Genesys DRs echo that id back, so it
+is also the vendor message id.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from urllib.parse import parse_qs
+
+import requests
+
+from mappers.report import ErrorType, Outcome
+from schemas.client_config import ClientConfig
+from schemas.outbound import OutboundMessage
+from services.vendors import (CREDENTIAL, INTEGRATION, TEMPORARY, ConnectionTestResult,
+                              SendResult, accepted, refused, retry_later, session_for)
+
+log = logging.getLogger(__name__)
+
+ACCEPTED_CODES = {0: "queued", 7: "duplicate message_id, already accepted"}
+RETRY_CODES = {6: "throttled", 98: "internal server error"}
+REFUSED_CODES: dict[int, tuple[Outcome, ErrorType | None, str]] = {
+    1: (Outcome.HARDBOUNCE, None, "request invalid"),
+    2: (Outcome.ERROR, ErrorType.AUTHENTICATION, "authentication failed"),
+    3: (Outcome.HARDBOUNCE, None, "carrier ID invalid"),
+    4: (Outcome.ERROR, ErrorType.INVALID_SENDER_ID, "source address not allowed"),
+    5: (Outcome.ERROR, ErrorType.INVALID_SENDER_ID, "source address denied"),
+    8: (Outcome.HARDBOUNCE, None, "message body too long"),
+    99: (Outcome.ERROR, ErrorType.UNKNOWN, "other error"),
+}
+CONNECTION_TEST_OK = 1  # "request invalid": the credentials passed, the missing number did not
+CONNECTION_TEST_BAD_CREDENTIALS = 2
+
+
+def send_message(config: ClientConfig, message: OutboundMessage, our_message_id: str,
+                 status_callback_url: str | None, timeout: float) -> SendResult:
+    """Send one MT; Genesys posts DRs to the account's configured URL, not a per-message one."""
+    form = {
+        **_credentials(config),
+        "phone_number": message.destination.lstrip("+"),
+        "sender": config.fields.get("sender") or message.source,
+        "message": message.body,
+        "message_id": our_message_id,
+        "receipt": "TRUE",
+    }
+    if config.fields.get("priority"):
+        form["priority"] = config.fields["priority"]
+    result = _classify_send(_post(config, form, timeout), our_message_id)
+    log.info("genesys send %s: %s %s", our_message_id, result.status_code, result.status_text)
+    return result
+
+
+def test_connection(config: ClientConfig, timeout: float) -> ConnectionTestResult:
+    """Post a request without phone_number: result 1 proves the credentials, 2 refutes them."""
+    form = {**_credentials(config), "message": "connection test", "receipt": "FALSE",
+            "message_id": f"connection-test-{uuid.uuid4()}"}
+    answer = _post(config, form, timeout)
+    if isinstance(answer, str):
+        return ConnectionTestResult.failure(TEMPORARY, f"Genesys could not be reached ({answer})")
+    if answer.status_code >= 500 or answer.status_code == 429:
+        return ConnectionTestResult.failure(TEMPORARY, f"Genesys answered HTTP {answer.status_code}")
+    code = parse_result_code(answer.text) if answer.ok else None
+    return _connection_result(answer.status_code, code)
+
+
+def _connection_result(http_status: int, code: int | None) -> ConnectionTestResult:
+    if code == CONNECTION_TEST_OK:
+        return ConnectionTestResult.success()
+    if code == CONNECTION_TEST_BAD_CREDENTIALS:
+        return ConnectionTestResult.failure(CREDENTIAL, "Genesys refused the login and password")
+    if code in RETRY_CODES:
+        return ConnectionTestResult.failure(TEMPORARY, f"Genesys is {RETRY_CODES[code]}, try again later")
+    answer = f"result_code={code}" if code is not None else f"HTTP {http_status}"
+    return ConnectionTestResult.failure(
+        INTEGRATION, f"unexpected Genesys answer ({answer}); check baseUrl and the account setup")
+
+
+def parse_result_code(body: str) -> int | None:
+    """Return N from a `result_code=N` body, or None when the body is anything else."""
+    values = parse_qs(body.strip()).get("result_code")
+    if not values or not values[0].strip().isdigit():
+        return None
+    return int(values[0])
+
+
+def _credentials(config: ClientConfig) -> dict[str, str]:
+    return {"login": config.fields["login"], "password": config.fields["password"]}
+
+
+def _post(config: ClientConfig, form: dict[str, str], timeout: float) -> requests.Response | str:
+    """Post the form; return the response, or 'timeout' / 'network' when none arrived."""
+    url = config.fields["baseUrl"]
+    try:
+        return session_for(url).post(url, data=form, timeout=timeout,
+                                     headers={"Accept": "text/plain"})
+    except requests.Timeout:
+        return "timeout"
+    except requests.RequestException as exc:
+        log.warning("genesys request failed: %s", type(exc).__name__)
+        return "network"
+
+
+def _classify_send(answer: requests.Response | str, our_message_id: str) -> SendResult:
+    if isinstance(answer, str):
+        # The request may have reached Genesys: the retry reuses message_id, so no double send.
+        return retry_later(answer, f"no answer from Genesys ({answer})")
+    if answer.status_code >= 500 or answer.status_code == 429:
+        return retry_later(f"http_{answer.status_code}", f"Genesys answered HTTP {answer.status_code}")
+    if not answer.ok:
+        return refused(Outcome.ERROR, ErrorType.UNKNOWN, f"http_{answer.status_code}",
+                       f"Genesys answered HTTP {answer.status_code}")
+    return _classify_result_code(parse_result_code(answer.text), our_message_id)
+
+
+def _classify_result_code(code: int | None, our_message_id: str) -> SendResult:
+    if code is None:
+        return refused(Outcome.ERROR, ErrorType.UNKNOWN, "unparsable",
+                       "Genesys answered without a result_code")
+    if code in ACCEPTED_CODES:
+        return accepted(our_message_id, str(code), ACCEPTED_CODES[code])
+    if code in RETRY_CODES:
+        return retry_later(str(code), RETRY_CODES[code])
+    outcome, error_type, text = REFUSED_CODES.get(
+        code, (Outcome.ERROR, ErrorType.UNKNOWN, "undocumented result code"))
+    return refused(outcome, error_type, str(code), text)

@@ -1,0 +1,102 @@
+"""Twilio Programmable Messaging: sending and the credential check, with Basic auth."""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import requests
+
+from mappers.report import ErrorType, Outcome
+from schemas.client_config import ClientConfig
+from schemas.outbound import OutboundMessage
+from services.vendors import (CREDENTIAL, INTEGRATION, TEMPORARY, ConnectionTestResult,
+                              SendResult, accepted, refused, retry_later, session_for)
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "2010-04-01"
+# Twilio error codes that blame the sender: invalid From, From not SMS-capable, From not owned.
+SENDER_ERROR_CODES = {"21212", "21606", "21659"}
+_NAMES_SENDER = re.compile(r"\bFrom\b|MessagingServiceSid")
+MAX_STATUS_TEXT = 200
+
+
+def send_message(config: ClientConfig, message: OutboundMessage, our_message_id: str,
+                 status_callback_url: str | None, timeout: float) -> SendResult:
+    """Create one Twilio message; its status callbacks go to status_callback_url."""
+    form = {"To": "+" + message.destination.lstrip("+"), "Body": message.body}
+    if config.fields.get("messagingServiceSid"):
+        form["MessagingServiceSid"] = config.fields["messagingServiceSid"]
+    else:
+        form["From"] = message.source
+    if status_callback_url:
+        form["StatusCallback"] = status_callback_url
+    answer = _request(config, "POST", "/Messages.json", timeout, data=form)
+    result = _classify_send(answer)
+    log.info("twilio send %s: %s %s", our_message_id, result.status_code, result.status_text)
+    return result
+
+
+def test_connection(config: ClientConfig, timeout: float) -> ConnectionTestResult:
+    """Fetch the account resource with the client's credentials."""
+    answer = _request(config, "GET", ".json", timeout)
+    if isinstance(answer, str):
+        return ConnectionTestResult.failure(TEMPORARY, f"Twilio could not be reached ({answer})")
+    status = answer.status_code
+    if status == 200:
+        return ConnectionTestResult.success()
+    if status in (401, 403):
+        return ConnectionTestResult.failure(CREDENTIAL, "Twilio refused the account SID and auth token")
+    if status >= 500 or status == 429:
+        return ConnectionTestResult.failure(TEMPORARY, f"Twilio answered HTTP {status}, try again later")
+    return ConnectionTestResult.failure(
+        INTEGRATION, f"unexpected Twilio answer (HTTP {status}); check baseUrl and accountSid")
+
+
+def _request(config: ClientConfig, method: str, suffix: str, timeout: float,
+             **kwargs: Any) -> requests.Response | str:
+    """Call the account's resource; return the response, or 'timeout' / 'network'."""
+    account_sid = config.fields["accountSid"]
+    url = f"{config.fields['baseUrl'].rstrip('/')}/{API_VERSION}/Accounts/{account_sid}{suffix}"
+    try:
+        return session_for(url).request(method, url, auth=(account_sid, config.fields["authToken"]),
+                                        timeout=timeout, **kwargs)
+    except requests.Timeout:
+        return "timeout"
+    except requests.RequestException as exc:
+        log.warning("twilio request failed: %s", type(exc).__name__)
+        return "network"
+
+
+def _classify_send(answer: requests.Response | str) -> SendResult:
+    if isinstance(answer, str):
+        return retry_later(answer, f"no answer from Twilio ({answer})")
+    status = answer.status_code
+    if status >= 500 or status == 429:
+        return retry_later(f"http_{status}", f"Twilio answered HTTP {status}")
+    error = _json_object(answer)
+    if answer.ok:
+        return accepted(error.get("sid"), str(status), str(error.get("status") or "accepted"))
+    code = str(error.get("code") or f"http_{status}")
+    text = str(error.get("message") or f"Twilio answered HTTP {status}")[:MAX_STATUS_TEXT]
+    if status == 401:
+        return refused(Outcome.ERROR, ErrorType.AUTHENTICATION, code, text)
+    if status == 400 and _names_sender(error):
+        return refused(Outcome.ERROR, ErrorType.INVALID_SENDER_ID, code, text)
+    if status == 400:
+        return refused(Outcome.HARDBOUNCE, None, code, text)
+    return refused(Outcome.ERROR, ErrorType.UNKNOWN, code, text)
+
+
+def _names_sender(error: dict[str, Any]) -> bool:
+    return str(error.get("code")) in SENDER_ERROR_CODES or bool(
+        _NAMES_SENDER.search(str(error.get("message") or "")))
+
+
+def _json_object(answer: requests.Response) -> dict[str, Any]:
+    try:
+        body = answer.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

@@ -1,0 +1,370 @@
+"""Vendors declared in a mapping file map like built-in ones; bad files are refused clearly."""
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from mappers import configurable, genesys, twilio
+from mappers.configurable import MappingFileError
+from mappers.report import ErrorType, MappingError, Outcome
+
+RECEIVED_AT = datetime(2024, 5, 6, 7, 8, 9)
+EXAMPLE_FILE = Path(__file__).resolve().parents[2] / "vendor-mappings.example.yaml"
+
+ACME_YAML = """\
+vendors:
+  acme:
+    parameters:
+      message_id: msgId
+      status_code: stat
+      recipient: msisdn
+      status_text: statText
+      event_time: doneAt
+    time_format: "%Y-%m-%d %H:%M:%S"
+    outcomes:
+      DELIVRD: DELIVERED
+      ENROUTE: ACCEPTED
+      UNDELIV: SOFTBOUNCE
+      REJECTD: HARDBOUNCE
+      "17":
+        outcome: ERROR
+        error_type: INSUFFICIENT_CREDIT
+    inbound:
+      message_id: moId
+      source: sender
+      destination: receiver
+      body: text
+"""
+
+MINIMAL_VENDOR = {
+    "parameters": {"message_id": "id", "status_code": "status"},
+    "outcomes": {"1": "DELIVERED"},
+}
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    """Write a mapping file and return its path."""
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def acme(tmp_path: Path) -> configurable.VendorMapping:
+    """Return the acme vendor loaded from a YAML file."""
+    return configurable.load_mapping_file(write(tmp_path, "acme.yaml", ACME_YAML)).vendors["acme"]
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome", "error_type"),
+    [
+        ("DELIVRD", Outcome.DELIVERED, None),
+        ("enroute", Outcome.ACCEPTED, None),
+        ("UNDELIV", Outcome.SOFTBOUNCE, None),
+        ("REJECTD", Outcome.HARDBOUNCE, None),
+        ("17", Outcome.ERROR, ErrorType.INSUFFICIENT_CREDIT),
+    ],
+)
+def test_file_adds_a_vendor_whose_statuses_map_to_outcomes(tmp_path, status, outcome, error_type):
+    params = {"msgId": "a-1", "stat": status}
+
+    report = configurable.map_delivery_report(acme(tmp_path), params, RECEIVED_AT)
+
+    assert (report.outcome, report.error_type) == (outcome, error_type)
+    assert configurable.is_recognised(acme(tmp_path), params)
+
+
+def test_declared_parameters_fill_the_report(tmp_path):
+    params = {"MSGID": "a-2", "Stat": "DELIVRD", "msisdn": "+4915100", "STATTEXT": "delivered ok",
+              "doneat": "2024-05-06 06:00:01"}
+
+    report = configurable.map_delivery_report(acme(tmp_path), params, RECEIVED_AT)
+
+    assert report.vendor_message_id == "a-2"
+    assert report.recipient == "+4915100"
+    assert (report.status_code, report.status_text) == ("DELIVRD", "delivered ok")
+    assert report.event_at == datetime(2024, 5, 6, 6, 0, 1)
+
+
+def test_missing_optional_parameters_fall_back(tmp_path):
+    report = configurable.map_delivery_report(acme(tmp_path), {"msgId": "a-3", "stat": "DELIVRD"},
+                                              RECEIVED_AT)
+
+    assert report.recipient is None
+    assert report.status_text == "DELIVRD"
+    assert report.event_at == RECEIVED_AT
+
+
+@pytest.mark.parametrize("status", ["EXPIRED", ""])
+def test_unlisted_status_gets_the_default_outcome(tmp_path, status):
+    params = {"msgId": "a-4", "stat": status}
+
+    report = configurable.map_delivery_report(acme(tmp_path), params, RECEIVED_AT)
+
+    assert report.outcome is Outcome.UNKNOWN
+    assert report.status_code == status
+    assert not configurable.is_recognised(acme(tmp_path), params)
+
+
+def test_default_outcome_can_be_declared():
+    vendor = {**MINIMAL_VENDOR, "default_outcome": {"outcome": "ERROR", "error_type": "UNKNOWN"}}
+    mapping = configurable.parse_mapping_document({"vendors": {"v": vendor}}, "f.yaml").vendors["v"]
+
+    report = configurable.map_delivery_report(mapping, {"id": "1", "status": "x"}, RECEIVED_AT)
+
+    assert (report.outcome, report.error_type) == (Outcome.ERROR, ErrorType.UNKNOWN)
+
+
+def test_declared_vendor_without_message_id_is_refused(tmp_path):
+    with pytest.raises(MappingError) as raised:
+        configurable.map_delivery_report(acme(tmp_path), {"stat": "DELIVRD"}, RECEIVED_AT)
+
+    assert raised.value.field == "msgId"
+
+
+def test_event_time_not_matching_the_format_is_refused(tmp_path):
+    params = {"msgId": "a-5", "stat": "DELIVRD", "doneAt": "06/05/2024"}
+
+    with pytest.raises(MappingError) as raised:
+        configurable.map_delivery_report(acme(tmp_path), params, RECEIVED_AT)
+
+    assert raised.value.field == "doneAt"
+
+
+@pytest.mark.parametrize(
+    ("time_format", "raw", "expected"),
+    [
+        ("epoch", "1715000000", datetime(2024, 5, 6, 12, 53, 20)),
+        ("epoch", "1715000000.5", datetime(2024, 5, 6, 12, 53, 20, 500000)),
+        ("epoch_ms", "1715000000250", datetime(2024, 5, 6, 12, 53, 20, 250000)),
+        ("%Y%m%d%H%M%S%f", "20240506125320123", datetime(2024, 5, 6, 12, 53, 20, 123000)),
+        ("%Y-%m-%dT%H:%M:%S%z", "2024-05-06T14:53:20+0200", datetime(2024, 5, 6, 12, 53, 20)),
+    ],
+)
+def test_event_time_formats_are_read_as_utc(time_format, raw, expected):
+    assert configurable.parse_event_time(raw, time_format) == expected
+
+
+def test_inbound_message_uses_declared_fields(tmp_path):
+    params = {"MOID": "in-1", "sender": "+4915100", "Receiver": "12345", "text": " hi "}
+
+    message = configurable.map_inbound_message(acme(tmp_path), params, RECEIVED_AT)
+
+    assert message.vendor_message_id == "in-1"
+    assert (message.source, message.destination, message.body) == ("+4915100", "12345", " hi ")
+    assert message.received_at == RECEIVED_AT
+
+
+@pytest.mark.parametrize(("missing", "field"), [("moId", "moId"), ("sender", "sender")])
+def test_inbound_message_without_a_declared_field_is_refused(tmp_path, missing, field):
+    params = {"moId": "in-2", "sender": "+1", "receiver": "2", "text": "x"}
+    del params[missing]
+
+    with pytest.raises(MappingError) as raised:
+        configurable.map_inbound_message(acme(tmp_path), params, RECEIVED_AT)
+
+    assert raised.value.field == field
+
+
+def test_inbound_message_for_vendor_without_inbound_fields_is_refused():
+    loaded = configurable.parse_mapping_document({"vendors": {"v": MINIMAL_VENDOR}}, "f.yaml")
+    mapping = loaded.vendors["v"]
+
+    with pytest.raises(MappingError) as raised:
+        configurable.map_inbound_message(mapping, {"id": "1"}, RECEIVED_AT)
+
+    assert raised.value.field == "inbound"
+
+
+def test_file_overrides_built_in_codes(tmp_path):
+    path = write(tmp_path, "overrides.yaml", (
+        "overrides:\n"
+        "  genesys:\n"
+        "    8:1: SOFTBOUNCE\n"
+        "    '*:2': {outcome: ERROR, error_type: UNKNOWN}\n"
+        "  twilio:\n"
+        "    undelivered:30003: HARDBOUNCE\n"
+    ))
+    overrides = configurable.load_mapping_file(path).overrides
+
+    rejected = {"type": "receipt", "message_id": "g", "message_state": "8", "result_code": "1"}
+    auth = {**rejected, "result_code": "2"}
+    unreachable = {"MessageSid": "SM", "MessageStatus": "undelivered", "ErrorCode": "30003"}
+
+    assert genesys.map_delivery_report(rejected, RECEIVED_AT, overrides["genesys"]).outcome \
+        is Outcome.SOFTBOUNCE
+    assert genesys.map_delivery_report(auth, RECEIVED_AT, overrides["genesys"]).error_type \
+        is ErrorType.UNKNOWN
+    assert twilio.map_delivery_report(unreachable, RECEIVED_AT, overrides["twilio"]).outcome \
+        is Outcome.HARDBOUNCE
+
+
+def test_json_file_is_accepted(tmp_path):
+    document = {"vendors": {"acme-json": MINIMAL_VENDOR},
+                "overrides": {"expertflow": {"undelivered": "HARDBOUNCE"},
+                              "sapdi": {"0x4503": "SOFTBOUNCE"}}}
+    path = write(tmp_path, "mappings.json", json.dumps(document, indent="\t"))
+
+    loaded = configurable.load_mapping_file(path)
+
+    assert loaded.vendors["acme-json"].outcomes == {"1": (Outcome.DELIVERED, None)}
+    assert loaded.overrides == {"expertflow": {"undelivered": (Outcome.HARDBOUNCE, None)},
+                                "sapdi": {"0x4503": (Outcome.SOFTBOUNCE, None)}}
+
+
+def test_example_file_loads_and_maps_mymsp():
+    loaded = configurable.load_mapping_file(str(EXAMPLE_FILE))
+    params = {"messageId": "m-1", "status": "1100", "statusTime": "20240506125320123"}
+
+    report = configurable.map_delivery_report(loaded.vendors["mymsp"], params, RECEIVED_AT)
+
+    assert (report.outcome, report.event_at) == (Outcome.DELIVERED,
+                                                 datetime(2024, 5, 6, 12, 53, 20, 123000))
+    assert set(loaded.overrides) == {"genesys", "twilio"}
+
+
+DELETE = object()
+
+
+def broken(path: str, value: object) -> dict:
+    """Return a valid one-vendor document with the value at a dotted path replaced."""
+    document = {"vendors": {"acme": copy.deepcopy(MINIMAL_VENDOR)}}
+    *parents, last = path.split(".")
+    node = document
+    for name in parents:
+        node = node[name]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return document
+
+
+@pytest.mark.parametrize(
+    ("document", "fault"),
+    [
+        (None, "bad.yaml: must be a mapping"),
+        ([], "bad.yaml: must be a mapping"),
+        ({"vendor": {}}, "bad.yaml: vendor: unknown key"),
+        ({"vendors": []}, "bad.yaml: vendors: must be a mapping"),
+        ({"vendors": {"twilio": MINIMAL_VENDOR}},
+         "bad.yaml: vendors.twilio: clashes with the built-in vendor 'twilio'"),
+        ({"vendors": {"sapdi": MINIMAL_VENDOR}},
+         "bad.yaml: vendors.sapdi: clashes with the built-in vendor 'sapdi'"),
+        ({"vendors": {"My MSP": MINIMAL_VENDOR}}, "bad.yaml: vendors.My MSP: a vendor name"),
+        (broken("vendors.acme.outcomes.1", "BLAH"),
+         "bad.yaml: vendors.acme.outcomes.1: unknown outcome 'BLAH'"),
+        (broken("vendors.acme.outcomes.2", "ERROR"),
+         "bad.yaml: vendors.acme.outcomes.2: an ERROR needs an error_type"),
+        (broken("vendors.acme.outcomes.2", {"outcome": "ERROR", "error_type": "BROKE"}),
+         "bad.yaml: vendors.acme.outcomes.2.error_type: unknown error_type 'BROKE'"),
+        (broken("vendors.acme.outcomes.2", {"outcome": "DELIVERED", "error_type": "UNKNOWN"}),
+         "bad.yaml: vendors.acme.outcomes.2.error_type: only an ERROR carries an error_type"),
+        (broken("vendors.acme.outcomes.2", {"outcome": "ERROR", "errortype": "UNKNOWN"}),
+         "bad.yaml: vendors.acme.outcomes.2.errortype: unknown key"),
+        (broken("vendors.acme.outcomes", {}),
+         "bad.yaml: vendors.acme.outcomes: must list at least one status value"),
+        (broken("vendors.acme.outcomes", {"a": "DELIVERED", "A": "ACCEPTED"}),
+         "bad.yaml: vendors.acme.outcomes.A: listed twice"),
+        (broken("vendors.acme.outcomes", {True: "DELIVERED"}),
+         "bad.yaml: vendors.acme.outcomes.True: a status value must be text or a number"),
+        (broken("vendors.acme.outcomes", DELETE),
+         "bad.yaml: vendors.acme: missing required key 'outcomes'"),
+        (broken("vendors.acme.parameters.message_id", DELETE),
+         "bad.yaml: vendors.acme.parameters: missing required key 'message_id'"),
+        (broken("vendors.acme.parameters.status_code", ""),
+         "bad.yaml: vendors.acme.parameters.status_code: must be a non-empty text"),
+        (broken("vendors.acme.parameters.msisdn", "to"),
+         "bad.yaml: vendors.acme.parameters.msisdn: unknown key"),
+        (broken("vendors.acme.colour", "blue"), "bad.yaml: vendors.acme.colour: unknown key"),
+        (broken("vendors.acme.parameters.event_time", "at"),
+         "bad.yaml: vendors.acme.time_format: is required when parameters.event_time is set"),
+        (broken("vendors.acme.time_format", "%Y"),
+         "bad.yaml: vendors.acme.time_format: is set but parameters.event_time is not"),
+        (broken("vendors.acme.default_outcome", "MAYBE"),
+         "bad.yaml: vendors.acme.default_outcome: unknown outcome 'MAYBE'"),
+        (broken("vendors.acme.inbound", {"message_id": "id", "source": "from", "body": "b"}),
+         "bad.yaml: vendors.acme.inbound: missing required key 'destination'"),
+        ({"overrides": {"mymsp": {"1": "DELIVERED"}}},
+         "bad.yaml: overrides.mymsp: not a built-in vendor"),
+        ({"overrides": {"genesys": {"delivered": "DELIVERED"}}},
+         "bad.yaml: overrides.genesys.delivered: is not a status key this vendor's mapper"),
+        ({"overrides": {"twilio": {"undelivered:abc": "DELIVERED"}}},
+         "bad.yaml: overrides.twilio.undelivered:abc: is not a status key"),
+        ({"overrides": {"sapdi": {"4503": "SOFTBOUNCE"}}},
+         "bad.yaml: overrides.sapdi.4503: is not a status key"),
+        ({"overrides": {"expertflow": {"failed": "GONE"}}},
+         "bad.yaml: overrides.expertflow.failed: unknown outcome 'GONE'"),
+    ],
+)
+def test_malformed_document_names_source_and_fault(document, fault):
+    with pytest.raises(MappingFileError) as raised:
+        configurable.parse_mapping_document(document, "bad.yaml")
+
+    assert str(raised.value).startswith(fault)
+
+
+@pytest.mark.parametrize(
+    ("time_format", "raw"),
+    [("%Y-%m-%d", "2024-13-01"), ("epoch", "soon"), ("epoch", "1e300")],
+)
+def test_event_time_parse_errors_are_value_errors(time_format, raw):
+    with pytest.raises(ValueError):
+        configurable.parse_event_time(raw, time_format)
+
+
+@pytest.mark.parametrize("time_format", ["YYYYMMDD", "%Y-%Q"])
+def test_bad_time_format_is_refused(time_format):
+    document = broken("vendors.acme.parameters.event_time", "at")
+    document["vendors"]["acme"]["time_format"] = time_format
+
+    with pytest.raises(MappingFileError) as raised:
+        configurable.parse_mapping_document(document, "bad.yaml")
+
+    assert str(raised.value).startswith(f"bad.yaml: vendors.acme.time_format: {time_format!r}")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fault"),
+    [
+        ("broken.yaml", "vendors: [unclosed\n", "is not valid YAML"),
+        ("twice.yaml", "vendors:\n  a: {}\n  a: {}\n", "is not valid YAML: duplicate key 'a'"),
+        ("broken.json", '{"vendors": {"a": }', "is not valid JSON"),
+        ("twice.json", '{"overrides": {}, "overrides": {}}',
+         "is not valid JSON: duplicate key 'overrides'"),
+        ("empty.yaml", "", "must be a mapping"),
+        ("fault.yaml", "vendors:\n  mymsp:\n    parameters: {message_id: id, status_code: s}\n"
+                       "    outcomes:\n      FOO: BLAH\n",
+         "vendors.mymsp.outcomes.FOO: unknown outcome 'BLAH'"),
+    ],
+)
+def test_malformed_file_error_names_file_and_fault(tmp_path, name, text, fault):
+    path = write(tmp_path, name, text)
+
+    with pytest.raises(MappingFileError) as raised:
+        configurable.load_mapping_file(path)
+
+    assert str(raised.value).startswith(f"{path}: ")
+    assert fault in str(raised.value)
+
+
+def test_missing_file_error_names_file(tmp_path):
+    path = str(tmp_path / "absent.yaml")
+
+    with pytest.raises(MappingFileError) as raised:
+        configurable.load_mapping_file(path)
+
+    assert str(raised.value).startswith(f"{path}: cannot be read")
+
+
+def test_yaml_keys_are_read_as_written(tmp_path):
+    path = write(tmp_path, "keys.yaml", "overrides:\n  genesys:\n    8:6: HARDBOUNCE\n"
+                                        "  expertflow:\n    on: DELIVERED\n")
+
+    overrides = configurable.load_mapping_file(path).overrides
+
+    assert overrides == {"genesys": {"8:6": (Outcome.HARDBOUNCE, None)},
+                         "expertflow": {"on": (Outcome.DELIVERED, None)}}

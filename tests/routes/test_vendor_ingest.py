@@ -1,0 +1,218 @@
+"""Every vendor's delivery reports and inbound messages, end to end against PostgreSQL."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func
+
+from mappers.configurable import MappingFileError
+from models import Bounce, InboundMessageRecord, MessageState, RawEvent, db
+from services.twilio_signature import compute_signature
+
+ALL_TIME = "/status?startTimeUTC=20000101000000&endTimeUTC=21000101000000&page=0"
+EXAMPLE_MAPPINGS = Path(__file__).resolve().parents[2] / "vendor-mappings.example.yaml"
+
+
+def count(model) -> int:
+    return db.session.scalar(db.select(func.count()).select_from(model))
+
+
+def state_of(vendor: str, message_id: str) -> MessageState:
+    return db.session.scalars(db.select(MessageState).filter_by(vendor=vendor, vendor_message_id=message_id)).one()
+
+
+def genesys_dr(client, message_id="g-1", state="2", result_code="0", **extra):
+    form = {"type": "receipt", "message_id": message_id, "message_state": state, "result_code": result_code, **extra}
+    return client.post("/vendors/genesys/delivery-reports", data=form)
+
+
+# (vendor, method, delivery-report params, expected outcome, expected SAP type or None)
+BOUNCES = [
+    ("genesys", "post", {"type": "receipt", "message_id": "g-5", "message_state": "5", "result_code": "1"},
+     "HARDBOUNCE", "Permanent"),
+    ("genesys", "post", {"type": "receipt", "message_id": "g-3", "message_state": "3", "result_code": "0"},
+     "SOFTBOUNCE", "Temporary"),
+    ("twilio", "post", {"MessageSid": "SM1", "MessageStatus": "failed", "To": "+4915112345", "From": "+1555"},
+     "HARDBOUNCE", "Permanent"),
+    ("twilio", "post", {"MessageSid": "SM2", "MessageStatus": "undelivered", "ErrorCode": "30003",
+                        "To": "+4915112345"}, "SOFTBOUNCE", "Temporary"),
+    ("expertflow", "post", {"MessageSid": "EF1", "SmsStatus": "failed"}, "HARDBOUNCE", "Permanent"),
+    ("expertflow", "post", {"MessageSid": "EF2", "MessageStatus": "undelivered"}, "SOFTBOUNCE", "Temporary"),
+    ("sapdi", "get", {"orderID": "S1", "date": "01012020", "time": "101010", "msisdn": "+4915112345",
+                      "status": "'0xDBF3 absent'"}, "SOFTBOUNCE", "Temporary"),
+]
+
+
+@pytest.mark.parametrize("vendor, method, params, outcome, bounce_type", BOUNCES)
+def test_each_vendor_bounce_appears_in_status_with_its_type(app, client, vendor, method, params, outcome,
+                                                           bounce_type):
+    url = f"/vendors/{vendor}/delivery-reports"
+    response = client.get(url, query_string=params) if method == "get" else client.post(url, data=params)
+    assert response.status_code == 200
+    message_id = params.get("message_id") or params.get("MessageSid") or params.get("orderID")
+    records = client.get(ALL_TIME).get_json()["status"]
+    assert [(r["messageId"], r["type"]) for r in records] == [(message_id, bounce_type)]
+    with app.app_context():
+        assert state_of(vendor, message_id).outcome == outcome
+
+
+@pytest.mark.parametrize("vendor, message_id, params, outcome", [
+    ("genesys", "g", {"type": "receipt", "message_id": "g", "message_state": "2", "result_code": "0"}, "DELIVERED"),
+    ("genesys", "g", {"type": "receipt", "message_id": "g", "message_state": "6", "result_code": "0"}, "ACCEPTED"),
+    ("twilio", "SM", {"MessageSid": "SM", "MessageStatus": "delivered"}, "DELIVERED"),
+    ("twilio", "SM", {"MessageSid": "SM", "MessageStatus": "queued"}, "ACCEPTED"),
+    ("expertflow", "EF", {"MessageSid": "EF", "SmsStatus": "sent"}, "ACCEPTED"),
+])
+def test_non_bounce_outcomes_are_stored_but_not_pulled(app, client, vendor, message_id, params, outcome):
+    assert client.post(f"/vendors/{vendor}/delivery-reports", data=params).status_code == 200
+    with app.app_context():
+        assert state_of(vendor, message_id).outcome == outcome
+    assert client.get(ALL_TIME).get_json()["status"] == []
+
+
+def test_an_error_is_a_temporary_bounce_never_a_permanent_one(client):
+    genesys_dr(client, "g-err", state="8", result_code="4")
+    assert [r["type"] for r in client.get(ALL_TIME).get_json()["status"]] == ["Temporary"]
+
+
+def test_genesys_error_keeps_the_error_type(app, client):
+    genesys_dr(client, "g-auth", state="8", result_code="2")
+    with app.app_context():
+        state = state_of("genesys", "g-auth")
+        assert (state.outcome, state.error_type) == ("ERROR", "AUTHENTICATION")
+
+
+def test_genesys_dr_delivered_twice_is_acknowledged_and_stored_once(app, client):
+    assert genesys_dr(client, "dup").status_code == 200
+    assert genesys_dr(client, "dup").status_code == 200
+    with app.app_context():
+        assert (count(RawEvent), count(MessageState)) == (1, 1)
+
+
+@pytest.mark.parametrize("vendor, params, expected", [
+    ("genesys", {"type": "MO", "message_id": "mo-1", "shortcode": "12345", "phone_number": "4915112345",
+                 "carrier": "7", "message": "STOP"}, ("4915112345", "12345", "STOP")),
+    ("twilio", {"MessageSid": "SMmo", "From": "+4915112345", "To": "+1555", "Body": "Hi there"},
+     ("+4915112345", "+1555", "Hi there")),
+    ("expertflow", {"SmsSid": "EFmo", "From": "+4915112345", "To": "8080", "Body": "Grüße"},
+     ("+4915112345", "8080", "Grüße")),
+])
+def test_inbound_message_is_stored_once(app, client, vendor, params, expected):
+    for _ in range(2):
+        assert client.post(f"/vendors/{vendor}/inbound-messages", data=params).status_code == 200
+    with app.app_context():
+        stored = db.session.scalars(db.select(InboundMessageRecord)).one()
+        assert (stored.vendor, stored.source, stored.destination, stored.body) == (vendor, *expected)
+
+
+def test_late_accepted_after_delivered_changes_nothing(app, client):
+    genesys_dr(client, "ooo", state="2")
+    genesys_dr(client, "ooo", state="1")
+    with app.app_context():
+        assert state_of("genesys", "ooo").outcome == "DELIVERED"
+
+
+def test_late_accepted_after_hardbounce_keeps_the_bounce(client):
+    genesys_dr(client, "hb", state="5", result_code="1")
+    genesys_dr(client, "hb", state="6")
+    assert [r["type"] for r in client.get(ALL_TIME).get_json()["status"]] == ["Permanent"]
+
+
+def test_delivered_after_softbounce_withdraws_an_unpulled_bounce(client):
+    genesys_dr(client, "retry", state="3")
+    genesys_dr(client, "retry", state="2")
+    assert client.get(ALL_TIME).get_json()["status"] == []
+
+
+def test_delivered_after_a_pulled_softbounce_leaves_what_sap_has(client):
+    genesys_dr(client, "pulled", state="3")
+    assert len(client.get(ALL_TIME).get_json()["status"]) == 1
+    genesys_dr(client, "pulled", state="2")
+    assert [r["messageId"] for r in client.get(ALL_TIME).get_json()["status"]] == ["pulled"]
+
+
+def test_recipient_comes_from_what_is_already_known(app, client):
+    client.post("/vendors/twilio/delivery-reports", data={"MessageSid": "SMr", "MessageStatus": "sent",
+                                                          "To": "+4915100000"})
+    client.post("/vendors/twilio/delivery-reports", data={"MessageSid": "SMr", "MessageStatus": "failed"})
+    assert [r["recipient"] for r in client.get(ALL_TIME).get_json()["status"]] == ["+4915100000"]
+
+
+def test_unknown_status_is_stored_as_unknown_with_a_warning(app, client, caplog):
+    caplog.set_level("WARNING")
+    response = genesys_dr(client, "odd", state="42")
+    assert response.status_code == 200
+    with app.app_context():
+        assert state_of("genesys", "odd").outcome == "UNKNOWN"
+    assert any("unrecognised status" in r.getMessage() and "42" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("vendor, path, params, field", [
+    ("genesys", "delivery-reports", {"type": "receipt", "message_state": "2"}, "message_id"),
+    ("twilio", "delivery-reports", {"MessageStatus": "delivered"}, "MessageSid"),
+    ("expertflow", "delivery-reports", {"SmsStatus": "delivered"}, "MessageSid"),
+    ("genesys", "inbound-messages", {"type": "MO", "phone_number": "49151", "message": "x"}, "message_id"),
+])
+def test_missing_message_id_gets_400_naming_the_field(app, client, vendor, path, params, field):
+    response = client.post(f"/vendors/{vendor}/{path}", data=params)
+    assert response.status_code == 400
+    assert response.get_json()["field"].lower() == field.lower()
+    with app.app_context():
+        assert (count(RawEvent), count(MessageState), count(InboundMessageRecord)) == (0, 0, 0)
+
+
+def test_unknown_vendor_is_404_with_json(client):
+    response = client.post("/vendors/nosuch/delivery-reports", data={"id": "1"})
+    assert response.status_code == 404 and response.get_json()["field"] == "vendor"
+
+
+def test_twilio_signature_accepted_and_rejected(make_app):
+    client = make_app(TWILIO_AUTH_TOKEN="tw-secret", PUBLIC_BASE_URL="https://sms.example.com").test_client()
+    form = {"MessageSid": "SMsig", "MessageStatus": "delivered", "To": "+4915112345"}
+    url = "https://sms.example.com/vendors/twilio/delivery-reports"
+    good = compute_signature("tw-secret", url, form)
+    assert client.post("/vendors/twilio/delivery-reports", data=form,
+                       headers={"X-Twilio-Signature": good}).status_code == 200
+    tampered = {**form, "MessageStatus": "failed"}
+    rejected = client.post("/vendors/twilio/delivery-reports", data=tampered, headers={"X-Twilio-Signature": good})
+    missing = client.post("/vendors/twilio/inbound-messages", data={"MessageSid": "x", "From": "1", "To": "2",
+                                                                    "Body": "b"})
+    assert (rejected.status_code, missing.status_code) == (403, 403)
+
+
+@pytest.fixture
+def mapping_file(tmp_path):
+    path = tmp_path / "vendor-mappings.yaml"
+    shutil.copy(EXAMPLE_MAPPINGS, path)
+    return path
+
+
+def test_mapping_file_adds_a_vendor(make_app, mapping_file):
+    app = make_app(VENDOR_MAPPINGS_FILE=str(mapping_file))
+    client = app.test_client()
+    response = client.get("/vendors/mymsp/delivery-reports", query_string={
+        "messageId": "msp-1", "status": "1200", "mobileNumber": "+4915112345", "statusText": "failed",
+        "statusTime": "20240102030405123"})
+    assert response.status_code == 200
+    assert [(r["messageId"], r["type"], r["timestamp"]) for r in client.get(ALL_TIME).get_json()["status"]] == [
+        ("msp-1", "Permanent", "20240102030405")]
+    inbound = client.get("/vendors/mymsp/inbound-messages", query_string={
+        "messageId": "in-1", "originator": "+4915112345", "recipient": "4711", "text": "YES"})
+    assert inbound.status_code == 200
+
+
+def test_mapping_file_overrides_a_built_in_code(make_app, mapping_file):
+    client = make_app(VENDOR_MAPPINGS_FILE=str(mapping_file)).test_client()
+    genesys_dr(client, "ov", state="8", result_code="1")
+    assert [r["type"] for r in client.get(ALL_TIME).get_json()["status"]] == ["Temporary"]
+
+
+def test_malformed_mapping_file_stops_start_up_naming_file_and_fault(make_app, tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("vendors:\n  acme:\n    parameters: {message_id: id, status_code: s}\n"
+                    "    outcomes: {'1': DELIVERD}\n")
+    with pytest.raises(MappingFileError) as error:
+        make_app(VENDOR_MAPPINGS_FILE=str(path))
+    assert "broken.yaml" in str(error.value) and "DELIVERD" in str(error.value)
