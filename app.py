@@ -9,7 +9,7 @@ from config import load_config
 from errors import register_error_handlers
 from models import db
 from routes import ops, sap, vendors
-from extensions import load_vendor_registry, migrate
+from extensions import load_vendor_registry, migrate, secret_box_factory
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -20,6 +20,7 @@ def create_app(config: dict | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(cli.MIGRATIONS_DIR))
     app.extensions["vendor_registry"] = load_vendor_registry(app.config["VENDOR_MAPPINGS_FILE"])
+    app.extensions["secret_box"] = secret_box_factory(app)
     for blueprint in (vendors.bp, sap.bp, ops.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)

@@ -3,12 +3,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Flask
+import click
+from flask import Flask, current_app
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def register(app: Flask) -> None:
-    """Attach the service's commands to the Flask CLI."""
-    # Flask-Migrate contributes `flask db ...`; later commands (worker, outbox, purge) join here.
-    return None
+    """Attach the service's commands to the Flask CLI (Flask-Migrate adds `flask db`)."""
+    app.cli.add_command(worker_command)
+
+
+@click.command("worker")
+@click.option("--once", is_flag=True, help="Run one round of every job, then exit.")
+def worker_command(once: bool) -> None:
+    """Send queued campaign messages and forward reports to Emarsys until stopped."""
+    from services.worker import Worker
+
+    Worker.from_app(current_app._get_current_object()).run(once=once)

@@ -21,10 +21,9 @@ from pathlib import Path
 import yaml
 
 from mappers import expertflow, genesys, twilio
-from mappers.params import lower_keys, optional, required
+from mappers.params import lower_keys, optional
 from mappers.report import DeliveryReport, ErrorType, InboundMessage, MappingError, Outcome
-
-OutcomeRule = tuple[Outcome, ErrorType | None]
+from mappers.rules import OutcomeRule, required_as_spelled
 
 BUILT_IN_VENDORS = ("sapdi", genesys.VENDOR, twilio.VENDOR, expertflow.VENDOR)
 OVERRIDE_KEY_PATTERNS = {
@@ -98,7 +97,7 @@ def map_delivery_report(mapping: VendorMapping, params: Mapping[str, str],
     status = _value(fields, mapping.status_code) or ""
     outcome, error_type = mapping.outcomes.get(status.lower(), mapping.default_outcome)
     return DeliveryReport(
-        vendor_message_id=_required(fields, mapping.message_id),
+        vendor_message_id=required_as_spelled(fields, mapping.message_id),
         recipient=_value(fields, mapping.recipient),
         status_code=status,
         status_text=_value(fields, mapping.status_text) or status,
@@ -116,9 +115,9 @@ def map_inbound_message(mapping: VendorMapping, params: Mapping[str, str],
     fields = lower_keys(params)
     names = mapping.inbound
     return InboundMessage(
-        vendor_message_id=_required(fields, names.message_id),
-        source=_required(fields, names.source),
-        destination=_required(fields, names.destination),
+        vendor_message_id=required_as_spelled(fields, names.message_id),
+        source=required_as_spelled(fields, names.source),
+        destination=required_as_spelled(fields, names.destination),
         body=fields.get(names.body.lower()) or "",  # Whitespace in a body is content.
         received_at=received_at,
     )
@@ -166,13 +165,6 @@ def parse_mapping_document(document: object, source: str) -> MappingFile:
 
 def _value(fields: Mapping[str, str], name: str | None) -> str | None:
     return optional(fields, name.lower()) if name else None
-
-
-def _required(fields: Mapping[str, str], name: str) -> str:
-    try:
-        return required(fields, name.lower())
-    except MappingError as error:
-        raise MappingError(name, error.fault) from None  # Name it as the file spells it.
 
 
 def _event_time(mapping: VendorMapping, fields: Mapping[str, str]) -> datetime | None:

@@ -13,13 +13,11 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 
-from mappers.params import lower_keys, optional, required
-from mappers.report import DeliveryReport, ErrorType, InboundMessage, MappingError, Outcome
+from mappers.params import lower_keys, optional
+from mappers.report import DeliveryReport, InboundMessage, Outcome
+from mappers.rules import OutcomeRule, Overrides, find_rule, required_as_spelled
 
 VENDOR = "expertflow"
-
-OutcomeRule = tuple[Outcome, ErrorType | None]
-Overrides = Mapping[str, "Outcome | OutcomeRule"]
 
 STATUS_KEY_PATTERN = re.compile(r"^[a-z_]+$")
 
@@ -39,7 +37,7 @@ def map_delivery_report(params: Mapping[str, str], received_at: datetime,
     status = _raw_status(fields)
     outcome, error_type = _rule_for(status, overrides) or (Outcome.UNKNOWN, None)
     return DeliveryReport(
-        vendor_message_id=_required(fields, "MessageSid"),
+        vendor_message_id=required_as_spelled(fields, "MessageSid"),
         recipient=optional(fields, "to"),
         status_code=status,
         status_text=status,
@@ -54,8 +52,8 @@ def map_inbound_message(params: Mapping[str, str], received_at: datetime) -> Inb
     fields = lower_keys(params)
     return InboundMessage(
         vendor_message_id=_sms_sid(fields),
-        source=_required(fields, "From"),
-        destination=_required(fields, "To"),
+        source=required_as_spelled(fields, "From"),
+        destination=required_as_spelled(fields, "To"),
         body=fields.get("body") or "",  # Whitespace in a body is content: keep it.
         received_at=received_at,
     )
@@ -67,19 +65,7 @@ def is_recognised(params: Mapping[str, str], overrides: Overrides | None = None)
 
 
 def _rule_for(status: str, overrides: Overrides | None) -> OutcomeRule | None:
-    key = status.lower()
-    operator_rules = {name.strip().lower(): value for name, value in (overrides or {}).items()}
-    for table in (operator_rules, BUILT_IN_RULES):
-        if key in table:
-            return _as_rule(table[key])
-    return None
-
-
-def _as_rule(value: Outcome | OutcomeRule) -> OutcomeRule:
-    outcome, error_type = value if isinstance(value, tuple) else (value, None)
-    if outcome is Outcome.ERROR and error_type is None:
-        return outcome, ErrorType.UNKNOWN
-    return outcome, error_type if outcome is Outcome.ERROR else None
+    return find_rule([status.lower()], BUILT_IN_RULES, overrides)
 
 
 def _raw_status(fields: Mapping[str, str]) -> str:
@@ -90,11 +76,4 @@ def _raw_status(fields: Mapping[str, str]) -> str:
 def _sms_sid(fields: Mapping[str, str]) -> str:
     # A Twilio-style gateway in front of the connector may send MessageSid only.
     return (optional(fields, "smssid") or optional(fields, "messagesid")
-            or _required(fields, "SmsSid"))
-
-
-def _required(fields: Mapping[str, str], name: str) -> str:
-    try:
-        return required(fields, name.lower())
-    except MappingError as error:
-        raise MappingError(name, error.fault) from None
+            or required_as_spelled(fields, "SmsSid"))

@@ -19,11 +19,9 @@ from datetime import datetime
 
 from mappers.params import lower_keys, optional, required
 from mappers.report import DeliveryReport, ErrorType, InboundMessage, MappingError, Outcome
+from mappers.rules import OutcomeRule, Overrides, coded_status_keys, find_rule
 
 VENDOR = "genesys"
-
-OutcomeRule = tuple[Outcome, ErrorType | None]
-Overrides = Mapping[str, "Outcome | OutcomeRule"]
 
 STATUS_KEY_PATTERN = re.compile(r"^(?:\d+|\d+:\d+|\*:\d+)$")
 
@@ -103,21 +101,7 @@ def is_inbound(params: Mapping[str, str]) -> bool:
 
 
 def _rule_for(state: str, result_code: str, overrides: Overrides | None) -> OutcomeRule | None:
-    keys = [f"{state}:{result_code}", f"*:{result_code}"] if result_code else []
-    keys.append(state)
-    operator_rules = {key.strip().lower(): value for key, value in (overrides or {}).items()}
-    for key in keys:
-        for table in (operator_rules, BUILT_IN_RULES):
-            if key in table:
-                return _as_rule(table[key])
-    return None
-
-
-def _as_rule(value: Outcome | OutcomeRule) -> OutcomeRule:
-    outcome, error_type = value if isinstance(value, tuple) else (value, None)
-    if outcome is Outcome.ERROR and error_type is None:
-        return outcome, ErrorType.UNKNOWN
-    return outcome, error_type if outcome is Outcome.ERROR else None
+    return find_rule(coded_status_keys(state, result_code), BUILT_IN_RULES, overrides)
 
 
 def _state_and_result_code(fields: Mapping[str, str]) -> tuple[str, str]:

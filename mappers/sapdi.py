@@ -6,19 +6,22 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from mappers.params import lower_keys, required
-from mappers.report import DeliveryReport, ErrorType, MappingError, Outcome
+from mappers.report import DeliveryReport, MappingError, Outcome
+from mappers.rules import OutcomeRule, Overrides, find_rule
 
 VENDOR = "sapdi"
 
 # The only code SAP Digital Interconnect regards as temporary.
 TEMPORARY_CODE = "0XDBF3"
+# The blog: a status without an error code reports a successful delivery; any other code
+# not listed here is permanent.
+_BUILT_IN_RULES: dict[str, OutcomeRule] = {
+    "": (Outcome.DELIVERED, None),
+    TEMPORARY_CODE.lower(): (Outcome.SOFTBOUNCE, None),
+}
 
 _STATUS = re.compile(r"^(0x[0-9a-f]{4})(?![0-9a-z])\s*(.*)$", re.IGNORECASE | re.DOTALL)
 _MSISDN = re.compile(r"^\+?[0-9]{3,20}$")
-
-
-OutcomeRule = tuple[Outcome, ErrorType | None]
-Overrides = Mapping[str, "Outcome | OutcomeRule"]
 
 
 def map_delivery_report(params: Mapping[str, str], received_at: datetime,
@@ -29,7 +32,7 @@ def map_delivery_report(params: Mapping[str, str], received_at: datetime,
     event_at = parse_event_time(required(values, "date"), required(values, "time"))
     recipient = repair_msisdn(values.get("msisdn", ""))
     status_code, status_text = split_status(required(values, "status"))
-    outcome, error_type = _rule(status_code, overrides or {})
+    outcome, error_type = _rule(status_code, overrides)
     return DeliveryReport(vendor_message_id=order_id, recipient=recipient, status_code=status_code,
                           status_text=status_text, event_at=event_at, outcome=outcome, error_type=error_type)
 
@@ -80,13 +83,7 @@ def _strip_quotes(value: str) -> str:
     return value.strip(" '\"")
 
 
-def _rule(status_code: str, overrides: Overrides) -> OutcomeRule:
+def _rule(status_code: str, overrides: Overrides | None) -> OutcomeRule:
     """Return the outcome of a code; override keys are codes such as `0x4503`, or `""` for success."""
-    table = {key.upper(): value for key, value in overrides.items()}
-    if status_code.upper() in table:
-        value = table[status_code.upper()]
-        return value if isinstance(value, tuple) else (value, None)
-    if not status_code:
-        # The blog: a status without an error code reports a successful delivery.
-        return Outcome.DELIVERED, None
-    return (Outcome.SOFTBOUNCE if status_code.upper() == TEMPORARY_CODE else Outcome.HARDBOUNCE), None
+    permanent = (Outcome.HARDBOUNCE, None)
+    return find_rule([status_code.lower()], _BUILT_IN_RULES, overrides) or permanent

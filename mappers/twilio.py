@@ -17,13 +17,11 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 
-from mappers.params import lower_keys, optional, required
-from mappers.report import DeliveryReport, ErrorType, InboundMessage, MappingError, Outcome
+from mappers.params import lower_keys, optional
+from mappers.report import DeliveryReport, InboundMessage, Outcome
+from mappers.rules import OutcomeRule, Overrides, coded_status_keys, find_rule, required_as_spelled
 
 VENDOR = "twilio"
-
-OutcomeRule = tuple[Outcome, ErrorType | None]
-Overrides = Mapping[str, "Outcome | OutcomeRule"]
 
 STATUS_KEY_PATTERN = re.compile(r"^(?:[a-z_]+|[a-z_]+:\d+|\*:\d+)$")
 
@@ -70,8 +68,8 @@ def map_inbound_message(params: Mapping[str, str], received_at: datetime) -> Inb
     fields = lower_keys(params)
     return InboundMessage(
         vendor_message_id=_message_sid(fields),
-        source=_required(fields, "From"),
-        destination=_required(fields, "To"),
+        source=required_as_spelled(fields, "From"),
+        destination=required_as_spelled(fields, "To"),
         body=fields.get("body") or "",  # Whitespace in a body is content: keep it.
         received_at=received_at,
     )
@@ -84,21 +82,7 @@ def is_recognised(params: Mapping[str, str], overrides: Overrides | None = None)
 
 
 def _rule_for(status: str, error_code: str, overrides: Overrides | None) -> OutcomeRule | None:
-    keys = [f"{status}:{error_code}", f"*:{error_code}"] if error_code else []
-    keys.append(status)
-    operator_rules = {key.strip().lower(): value for key, value in (overrides or {}).items()}
-    for key in keys:
-        for table in (operator_rules, BUILT_IN_RULES):
-            if key in table:
-                return _as_rule(table[key])
-    return None
-
-
-def _as_rule(value: Outcome | OutcomeRule) -> OutcomeRule:
-    outcome, error_type = value if isinstance(value, tuple) else (value, None)
-    if outcome is Outcome.ERROR and error_type is None:
-        return outcome, ErrorType.UNKNOWN
-    return outcome, error_type if outcome is Outcome.ERROR else None
+    return find_rule(coded_status_keys(status, error_code), BUILT_IN_RULES, overrides)
 
 
 def _status_and_error_code(fields: Mapping[str, str]) -> tuple[str, str]:
@@ -115,11 +99,4 @@ def _raw_status(fields: Mapping[str, str]) -> str:
 def _message_sid(fields: Mapping[str, str]) -> str:
     # Twilio sends SmsSid alongside MessageSid; older gateways send only SmsSid.
     return (optional(fields, "messagesid") or optional(fields, "smssid")
-            or _required(fields, "MessageSid"))
-
-
-def _required(fields: Mapping[str, str], name: str) -> str:
-    try:
-        return required(fields, name.lower())
-    except MappingError as error:
-        raise MappingError(name, error.fault) from None
+            or required_as_spelled(fields, "MessageSid"))

@@ -6,12 +6,14 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import delete, literal
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mappers.report import OUTCOME_RANK, DeliveryReport, InboundMessage
-from models import Bounce, InboundMessageRecord, MessageState, RawEvent, db
+from models import Bounce, InboundMessageRecord, MessageState, OutboxItem, RawEvent, db
+from schemas.callbacks import delivery_report_item, inbound_message_item
 
 
 @dataclass(frozen=True)
@@ -28,18 +30,28 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def record_delivery_report(vendor: str, report: DeliveryReport, params: dict[str, str],
-                           client_id: uuid.UUID | None = None) -> IngestResult:
-    """Store one delivery report and commit; a redelivered request changes nothing."""
+def record_delivery_report(vendor: str, report: DeliveryReport, params: dict[str, Any],
+                           client_id: uuid.UUID | None = None, emarsys_message_id: str | None = None,
+                           kind: str = "delivery_report") -> IngestResult:
+    """Store one delivery report and commit; a redelivered request changes nothing.
+
+    The raw event, the state, the bounce record and, for a message of an Emarsys client, the
+    outbox row that forwards it are written in one transaction.
+    """
     now = utcnow()
-    if not _insert_raw_event(vendor, "delivery_report", params, client_id, report.vendor_message_id, now):
+    if not _insert_raw_event(vendor, kind, params, client_id, report.vendor_message_id, now):
         db.session.rollback()
         return IngestResult(duplicate=True, applied=False)
-    state_id = _upsert_state(vendor, report, client_id, now)
-    if state_id is not None:
-        _sync_bounce(state_id, report)
+    state = _upsert_state(vendor, report, client_id, emarsys_message_id, now)
+    if state is not None:
+        _sync_bounce(state.id, report)
+        if state.client_id is not None:
+            forward_id = state.emarsys_message_id or report.vendor_message_id
+            enqueue_forward(state.client_id, "delivery_report", forward_id,
+                            delivery_report_item(report, forward_id), report.event_at, now)
     db.session.commit()
-    return IngestResult(duplicate=False, applied=state_id is not None, message_state_id=state_id)
+    return IngestResult(duplicate=False, applied=state is not None,
+                        message_state_id=state.id if state is not None else None)
 
 
 def record_inbound_message(vendor: str, message: InboundMessage, params: dict[str, str],
@@ -53,13 +65,16 @@ def record_inbound_message(vendor: str, message: InboundMessage, params: dict[st
         received_at=message.received_at,
     ).on_conflict_do_nothing(index_elements=["vendor", "vendor_message_id"])
     inserted = db.session.execute(stmt.returning(InboundMessageRecord.id)).scalar()
+    if inserted is not None and client_id is not None:
+        enqueue_forward(client_id, "inbound_message", message.vendor_message_id,
+                        inbound_message_item(message), message.received_at, now)
     db.session.commit()
     return IngestResult(duplicate=inserted is None, applied=inserted is not None)
 
 
-def fingerprint(vendor: str, kind: str, client_id: uuid.UUID | None, params: dict[str, str]) -> str:
+def fingerprint(vendor: str, kind: str, client_id: uuid.UUID | None, params: dict[str, Any]) -> str:
     """Return a stable hash that identifies a redelivery of the same request."""
-    canonical = json.dumps([vendor, kind, str(client_id or ""), sorted(params.items())],
+    canonical = json.dumps([vendor, kind, str(client_id or ""), sorted(params.items())], default=str,
                            ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -77,10 +92,19 @@ def _insert_raw_event(vendor, kind, params, client_id, vendor_message_id, now) -
     return db.session.execute(stmt.returning(RawEvent.id)).scalar() is not None
 
 
-def _upsert_state(vendor: str, report: DeliveryReport, client_id, now) -> int | None:
+def enqueue_forward(client_id: uuid.UUID, kind: str, message_key: str, payload: dict[str, Any],
+                    event_at: datetime, now: datetime) -> None:
+    """Add one item to the Emarsys outbox, inside the caller's transaction."""
+    db.session.execute(_insert(OutboxItem).values(
+        client_id=client_id, kind=kind, message_key=message_key[:120], payload=payload, event_at=event_at,
+        state="pending", attempts=0, next_attempt_at=now, created_at=now))
+
+
+def _upsert_state(vendor: str, report: DeliveryReport, client_id, emarsys_message_id, now):
     rank = OUTCOME_RANK[report.outcome]
     stmt = _insert(MessageState).values(
         vendor=vendor, vendor_message_id=report.vendor_message_id, client_id=client_id,
+        emarsys_message_id=emarsys_message_id,
         recipient=report.recipient, outcome=report.outcome.value,
         error_type=report.error_type.value if report.error_type else None, rank=rank,
         status_code=report.status_code, status_text=report.status_text,
@@ -92,6 +116,7 @@ def _upsert_state(vendor: str, report: DeliveryReport, client_id, now) -> int | 
         set_={
             "recipient": db.func.coalesce(stmt.excluded.recipient, current.recipient),
             "client_id": db.func.coalesce(current.client_id, stmt.excluded.client_id),
+            "emarsys_message_id": db.func.coalesce(current.emarsys_message_id, stmt.excluded.emarsys_message_id),
             **{name: stmt.excluded[name] for name in
                ("outcome", "error_type", "rank", "status_code", "status_text", "event_at", "updated_at")},
         },
@@ -99,7 +124,8 @@ def _upsert_state(vendor: str, report: DeliveryReport, client_id, now) -> int | 
         where=(stmt.excluded.rank > current.rank)
         | ((stmt.excluded.rank == current.rank) & (stmt.excluded.event_at >= current.event_at)),
     )
-    return db.session.execute(stmt.returning(MessageState.id)).scalar()
+    returning = stmt.returning(MessageState.id, MessageState.client_id, MessageState.emarsys_message_id)
+    return db.session.execute(returning).first()
 
 
 def _sync_bounce(state_id: int, report: DeliveryReport) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from cryptography.fernet import Fernet
 from flask_migrate import upgrade
 from sqlalchemy import create_engine, text
 
@@ -16,6 +17,8 @@ TEST_SETTINGS = {
     "ENABLE_CLEAR_ENDPOINT": False,
     "STATUS_PAGE_SIZE": 100,
     "PRODUCTION": False,
+    "CONFIG_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+    "PUBLIC_BASE_URL": "https://sms.example.com",
 }
 
 

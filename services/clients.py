@@ -1,0 +1,87 @@
+"""Emarsys clients: onboarding data, encrypted secrets and callback tokens."""
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy import update
+
+from errors import NotFound
+from models import Client, OutboundMessage, db
+from schemas.client_config import ClientConfig
+from services.crypto import SecretBox
+from services.ingest import utcnow
+
+
+@dataclass(frozen=True)
+class CallbackUrls:
+    """The URLs a client configures at its vendor."""
+
+    delivery_reports: str
+    inbound_messages: str
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        """Render as the spec's ClientCallbackUrls."""
+        return {"deliveryReports": {"url": self.delivery_reports}, "inboundMessages": {"url": self.inbound_messages}}
+
+
+def secret_box() -> SecretBox:
+    """Return the app's encryption box for client secrets."""
+    return current_app.extensions["secret_box"]()
+
+
+def save_client(client_id: uuid.UUID, config: ClientConfig) -> Client:
+    """Create or update a client and commit; an update keeps its callback token."""
+    now = utcnow()
+    secret_values = {k: v for k, v in config.fields.items() if k in config.secret_field_names}
+    plain_values = {k: v for k, v in config.fields.items() if k not in config.secret_field_names}
+    sealed = secret_box().seal(secret_values)
+    client = db.session.get(Client, client_id)
+    if client is None:
+        # 256 bits from the OS CSPRNG: unguessable, and it never leaves our URLs.
+        client = Client(id=client_id, callback_token=secrets.token_urlsafe(32), created_at=now)
+        db.session.add(client)
+    client.vendor, client.settings, client.secrets, client.updated_at = config.vendor, plain_values, sealed, now
+    db.session.commit()
+    return client
+
+
+def get_client(client_id: uuid.UUID) -> Client:
+    """Return a client or raise NotFound."""
+    client = db.session.get(Client, client_id)
+    if client is None:
+        raise NotFound(f"client {client_id} is not configured", field="clientId")
+    return client
+
+
+def client_by_token(token: str) -> Client:
+    """Return the client a callback token belongs to, or raise NotFound."""
+    client = db.session.scalars(db.select(Client).where(Client.callback_token == token)).first()
+    if client is None:
+        raise NotFound("unknown callback URL")
+    return client
+
+
+def delete_client(client_id: uuid.UUID) -> None:
+    """Delete a client, cancel its unsent messages, and commit."""
+    client = get_client(client_id)
+    db.session.execute(update(OutboundMessage)
+                       .where(OutboundMessage.client_id == client_id, OutboundMessage.state == "queued")
+                       .values(state="cancelled", updated_at=utcnow(), lease_owner=None, lease_until=None))
+    db.session.delete(client)
+    db.session.commit()
+
+
+def client_config(client: Client) -> ClientConfig:
+    """Return a client's full configuration, secrets decrypted."""
+    secret_values = secret_box().open(client.secrets)
+    return ClientConfig(vendor=client.vendor, fields={**client.settings, **secret_values},
+                        secret_field_names=frozenset(secret_values))
+
+
+def callback_urls(client: Client) -> CallbackUrls:
+    """Return the client's absolute callback URLs under PUBLIC_BASE_URL."""
+    base = f"{current_app.config['PUBLIC_BASE_URL']}/vendors/{client.vendor}/clients/{client.callback_token}"
+    return CallbackUrls(delivery_reports=f"{base}/delivery-reports", inbound_messages=f"{base}/inbound-messages")
