@@ -8,8 +8,8 @@ import logging_setup
 from config import load_config
 from errors import register_error_handlers
 from models import db
-from routes import ops, sap, vendors
-from extensions import load_vendor_registry, migrate, secret_box_factory
+from routes import ops, partner, sap, vendors
+from extensions import load_vendor_registry, migrate, secret_box_factory, token_verifier_from_config
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -21,7 +21,8 @@ def create_app(config: dict | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(cli.MIGRATIONS_DIR))
     app.extensions["vendor_registry"] = load_vendor_registry(app.config["VENDOR_MAPPINGS_FILE"])
     app.extensions["secret_box"] = secret_box_factory(app)
-    for blueprint in (vendors.bp, sap.bp, ops.bp):
+    app.extensions["emarsys_token_verifier"] = token_verifier_from_config(app.config)
+    for blueprint in (vendors.bp, sap.bp, ops.bp, partner.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     logging_setup.configure(app)

@@ -1,8 +1,9 @@
 """Flask extensions, created unbound and initialised by the factory."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 from flask_migrate import Migrate
@@ -10,6 +11,7 @@ from flask_migrate import Migrate
 from mappers.configurable import load_mapping_file
 from mappers.registry import VendorAdapter, build_registry
 from services.crypto import SecretBox, encryption_keys
+from services.partner_auth import EmarsysTokenVerifier, TokenPolicy
 
 migrate = Migrate()
 
@@ -24,3 +26,13 @@ def secret_box_factory(app: Flask) -> Callable[[], SecretBox]:
     keys = encryption_keys(app.config["CONFIG_ENCRYPTION_KEY"], Path(app.instance_path),
                            app.config["PRODUCTION"])
     return lambda: SecretBox(keys)
+
+
+def token_verifier_from_config(config: Mapping[str, Any]) -> EmarsysTokenVerifier | None:
+    """Build the app's one Emarsys token verifier, or None while EMARSYS_OAUTH_CLIENT_ID is unset."""
+    if not config.get("EMARSYS_OAUTH_CLIENT_ID"):
+        # No safe default exists: any default would accept tokens issued to someone else.
+        return None
+    policy = TokenPolicy(issuer=config["EMARSYS_TOKEN_ISSUER"], client_id=config["EMARSYS_OAUTH_CLIENT_ID"],
+                         jwks_url=config["EMARSYS_JWKS_URL"])
+    return EmarsysTokenVerifier(policy)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from services.health import database_ready
+
 bp = Blueprint("ops", __name__)
 
 
@@ -10,3 +12,12 @@ bp = Blueprint("ops", __name__)
 def health():
     """Answer 200 while the process is up."""
     return jsonify({"status": "up"})
+
+
+@bp.get("/ready")
+def ready():
+    """Answer 200 when the database answers within a second, else 503 with the reason."""
+    problem = database_ready(timeout_seconds=1.0)
+    if problem:
+        return jsonify({"status": "unavailable", "reason": problem}), 503
+    return jsonify({"status": "ready"})

@@ -1,6 +1,8 @@
 """Emarsys clients: onboarding data, encrypted secrets and callback tokens."""
 from __future__ import annotations
 
+import logging
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -14,6 +16,11 @@ from schemas.client_config import ClientConfig
 from services.crypto import SecretBox
 from services.ingest import utcnow
 
+log = logging.getLogger(__name__)
+
+# The spec's clientId is `format: uuid`: the canonical hyphenated form only, any letter case.
+_CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.IGNORECASE)
+
 
 @dataclass(frozen=True)
 class CallbackUrls:
@@ -25,6 +32,11 @@ class CallbackUrls:
     def to_dict(self) -> dict[str, dict[str, str]]:
         """Render as the spec's ClientCallbackUrls."""
         return {"deliveryReports": {"url": self.delivery_reports}, "inboundMessages": {"url": self.inbound_messages}}
+
+
+def parse_client_id(raw: str) -> uuid.UUID | None:
+    """Return the clientId path segment as a UUID, or None when it is not a canonical UUID."""
+    return uuid.UUID(raw) if _CANONICAL_UUID.match(raw) else None
 
 
 def secret_box() -> SecretBox:
@@ -45,6 +57,7 @@ def save_client(client_id: uuid.UUID, config: ClientConfig) -> Client:
         db.session.add(client)
     client.vendor, client.settings, client.secrets, client.updated_at = config.vendor, plain_values, sealed, now
     db.session.commit()
+    log.info("client %s configured: %s", client_id, config.redacted())
     return client
 
 
@@ -64,6 +77,15 @@ def client_by_token(token: str) -> Client:
     return client
 
 
+def client_for_callback(vendor: str, token: str) -> Client:
+    """Return the client of a callback URL, or raise NotFound when the vendor is not the client's."""
+    client = client_by_token(token)
+    if client.vendor != vendor:
+        # Same answer as an unknown token: the URL does not reveal that the token exists.
+        raise NotFound("unknown callback URL")
+    return client
+
+
 def delete_client(client_id: uuid.UUID) -> None:
     """Delete a client, cancel its unsent messages, and commit."""
     client = get_client(client_id)
@@ -72,6 +94,7 @@ def delete_client(client_id: uuid.UUID) -> None:
                        .values(state="cancelled", updated_at=utcnow(), lease_owner=None, lease_until=None))
     db.session.delete(client)
     db.session.commit()
+    log.info("client %s deleted", client_id)
 
 
 def client_config(client: Client) -> ClientConfig:

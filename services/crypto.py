@@ -17,6 +17,12 @@ class EncryptionUnavailable(ServiceError):
     error = "encryption_key_missing"
 
 
+class UndecryptableSecrets(EncryptionUnavailable):
+    """Stored secrets were sealed with a key that CONFIG_ENCRYPTION_KEY no longer holds."""
+
+    error = "secrets_undecryptable"
+
+
 class SecretBox:
     """Encrypt and decrypt small JSON documents; the first key encrypts, every key decrypts."""
 
@@ -30,11 +36,11 @@ class SecretBox:
         return self._fernet.encrypt(json.dumps(values).encode()).decode()
 
     def open(self, token: str) -> dict[str, str]:
-        """Return the values of a token; raise ServiceError when no key fits."""
+        """Return the values of a token; raise UndecryptableSecrets when no key fits."""
         try:
             return json.loads(self._fernet.decrypt(token.encode()))
         except InvalidToken:
-            raise EncryptionUnavailable("stored secrets cannot be decrypted with CONFIG_ENCRYPTION_KEY") from None
+            raise UndecryptableSecrets("stored secrets cannot be decrypted with CONFIG_ENCRYPTION_KEY") from None
 
 
 def encryption_keys(configured: str | None, instance_dir: Path, production: bool) -> list[str]:

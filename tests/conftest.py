@@ -45,8 +45,14 @@ def database_url(postgres):
     return url
 
 
+@pytest.fixture(scope="session")
+def cleaner_app(database_url):
+    """Return an app whose only job is emptying the test database between tests."""
+    return create_app({**TEST_SETTINGS, "SQLALCHEMY_DATABASE_URI": database_url})
+
+
 @pytest.fixture
-def make_app(database_url):
+def make_app(database_url, cleaner_app):
     """Return a factory of apps on the test database; tables are emptied after the test."""
     created = []
 
@@ -56,12 +62,11 @@ def make_app(database_url):
         return app
 
     yield factory
-    for app in created[:1]:
-        with app.app_context():
-            truncate_all_tables()
     for app in created:
         with app.app_context():
             db.engine.dispose()
+    with cleaner_app.app_context():
+        truncate_all_tables()
 
 
 @pytest.fixture

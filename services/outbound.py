@@ -1,0 +1,84 @@
+"""Accept validated outbound batches from Emarsys: check the client can send, then queue."""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from models import Client, OutboundMessage, db
+from schemas.client_config import CUSTOM_FIELD_VALUES, VENDORS, ClientConfig, InvalidClientConfig, load_client_config
+from schemas.outbound import OutboundMessage as BatchMessage
+from schemas.outbound import client_error
+from services.clients import client_config, get_client
+from services.crypto import UndecryptableSecrets
+# The dialect-aware INSERT (PostgreSQL or SQLite ON CONFLICT) that ingest uses too.
+from services.ingest import _insert as dialect_insert
+from services.ingest import utcnow
+
+log = logging.getLogger(__name__)
+
+QUEUED = "queued"
+
+
+@dataclass(frozen=True)
+class AcceptedBatch:
+    """What accepting one batch did."""
+
+    received: int
+    queued: int
+
+    @property
+    def already_known(self) -> int:
+        """Return how many messages this client had already handed over."""
+        return self.received - self.queued
+
+
+def accept_batch(client_id: uuid.UUID, messages: list[BatchMessage]) -> AcceptedBatch:
+    """Queue a validated batch for a client that can send, in one transaction, and commit.
+
+    Raises NotFound for an unknown client and the spec's globalError (errorType client)
+    when the stored configuration can no longer send.
+    """
+    client = get_client(client_id)
+    sendable_config(client)
+    queued = queue_messages(client.id, messages)
+    log.info("client %s: batch of %d accepted, %d queued", client_id, len(messages), queued)
+    return AcceptedBatch(received=len(messages), queued=queued)
+
+
+def sendable_config(client: Client) -> ClientConfig:
+    """Return the client's configuration, or raise the client globalError when it cannot send."""
+    try:
+        config = client_config(client)
+    except UndecryptableSecrets:
+        raise client_error("the stored vendor credentials cannot be decrypted; "
+                           "configure the client again") from None
+    if config.vendor not in VENDORS:
+        raise client_error(f"the stored vendor {config.vendor!r} is not supported")
+    try:
+        # Rules may have tightened since onboarding: what passes now is what the sender needs.
+        load_client_config({CUSTOM_FIELD_VALUES: config.fields})
+    except InvalidClientConfig as exc:
+        raise client_error(f"the stored configuration is no longer valid: {exc.errors[0]['description']}") from None
+    return config
+
+
+def queue_messages(client_id: uuid.UUID, messages: list[BatchMessage]) -> int:
+    """Insert the messages as queued in one statement and commit; return how many were new.
+
+    An emarsysMessageId this client already handed over is skipped by the unique
+    (client_id, emarsys_message_id) constraint, so a re-sent batch is never sent twice.
+    """
+    now = utcnow()
+    rows = [{
+        "public_id": uuid.uuid4().hex, "client_id": client_id,
+        "emarsys_message_id": message.emarsys_message_id, "source": message.source,
+        "destination": message.destination, "body": message.body, "state": QUEUED, "attempts": 0,
+        "next_attempt_at": now, "created_at": now, "updated_at": now,
+    } for message in messages]
+    stmt = (dialect_insert(OutboundMessage).values(rows)
+            .on_conflict_do_nothing(index_elements=["client_id", "emarsys_message_id"])
+            .returning(OutboundMessage.id))
+    queued = len(db.session.execute(stmt).all())
+    db.session.commit()
+    return queued
