@@ -27,8 +27,8 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 
 from models.events import RawEvent  # noqa: E402
-from models.messages import Bounce, InboundMessageRecord, MessageState  # noqa: E402
+from models.messages import Bounce, InboundMessageRecord, MessageState, StatusCursor  # noqa: E402
 from models.partner import Client, OutboundMessage, OutboxItem  # noqa: E402
 
 __all__ = ["db", "Base", "BigId", "RawEvent", "MessageState", "Bounce", "InboundMessageRecord",
-           "Client", "OutboundMessage", "OutboxItem"]
+           "Client", "OutboundMessage", "OutboxItem", "StatusCursor"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint, Uuid
+from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models import BigId, db
@@ -48,6 +48,26 @@ class Bounce(db.Model):
     event_at: Mapped[datetime]
     # Set when SAP first received the record; a later DELIVERED removes only unpulled bounces.
     pulled_at: Mapped[datetime | None]
+    # Id of the raw event that wrote this version: a pull sequence serves versions up to a snapshot.
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class StatusCursor(db.Model):
+    """Where page N of one SAP pull sequence starts, so any page costs one keyset query."""
+
+    __tablename__ = "status_cursors"
+    __table_args__ = (UniqueConstraint("window_start", "window_end", "source_system", "page"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    source_system: Mapped[str] = mapped_column(String(100))
+    page: Mapped[int]
+    snapshot_seq: Mapped[int] = mapped_column(BigInteger)
+    after_event_at: Mapped[datetime | None]
+    after_message_id: Mapped[str | None] = mapped_column(String(100))
+    after_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class InboundMessageRecord(db.Model):

@@ -22,7 +22,8 @@ def status():
     page_size = current_app.config["STATUS_PAGE_SIZE"]
     if request.path == "/api/v1/notifications/get" and not request.args:
         page_size = None  # The blog: without parameters, every record at once.
-    page = fetch_bounce_page(query["startTimeUTC"], query["endTimeUTC"], query["page"], page_size)
+    page = fetch_bounce_page(query["startTimeUTC"], query["endTimeUTC"], query["page"], page_size,
+                             query["sourceSystem"])
     return jsonify({"page": str(page.page), "lastPage": page.last_page,
                     "status": [bounce_to_sap(record) for record in page.records]})
 

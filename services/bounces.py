@@ -1,15 +1,22 @@
-"""Read the SAP bounce buffer page by page."""
+"""Read the SAP bounce buffer page by page, as stable snapshots at flat cost per page.
+
+SAP asks by page number. Page 0 of a (window, sourceSystem) fixes a snapshot: the newest raw
+event id at that moment. Serving page N remembers where page N+1 starts (a keyset position),
+so page 5,000 costs one index range scan like page 0, and a bounce that arrives while SAP pages
+is left for the next pull sequence instead of shifting records between pages.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, tuple_, update
 
-from models import Bounce, InboundMessageRecord, MessageState, RawEvent, db
-from services.ingest import utcnow
+from models import Bounce, InboundMessageRecord, MessageState, RawEvent, StatusCursor, db
+from services.ingest import _insert, utcnow
 
 SAP_TIME_FORMAT = "%Y%m%d%H%M%S"
+EARLIEST, LATEST = datetime(1970, 1, 1), datetime(9999, 12, 31)
 
 
 @dataclass(frozen=True)
@@ -21,27 +28,28 @@ class BouncePage:
     records: list[Bounce]
 
 
-def fetch_bounce_page(start: datetime | None, end: datetime | None, page: int,
-                      page_size: int | None) -> BouncePage:
+def fetch_bounce_page(start: datetime | None, end: datetime | None, page: int, page_size: int | None,
+                      source_system: str | None = None) -> BouncePage:
     """Return page `page` of the bounces in [start, end), ordered by time then message id.
 
     A `page_size` of None returns the whole window as one last page.
     """
-    query = db.select(Bounce).order_by(Bounce.event_at, Bounce.message_id, Bounce.id)
-    if start is not None:
-        query = query.where(Bounce.event_at >= start)
-    if end is not None:
-        query = query.where(Bounce.event_at < end)
+    start, end = start or EARLIEST, end or LATEST
     if page_size is None:
-        records = list(db.session.scalars(query))
-        last_page = True
-    else:
-        # One extra row tells whether another page follows, without a COUNT(*).
-        rows = list(db.session.scalars(query.offset(page * page_size).limit(page_size + 1)))
-        records, last_page = rows[:page_size], len(rows) <= page_size
-    _mark_pulled(records)
-    db.session.commit()
-    return BouncePage(page=page, last_page=last_page, records=records)
+        records = list(db.session.scalars(_window_query(start, end, snapshot=None)))
+        return _served(BouncePage(page=page, last_page=True, records=records))
+    window = (start, end, source_system or "")
+    cursor = _cursor_for(window, page)
+    query = _window_query(start, end, cursor.snapshot_seq)
+    if cursor.after_id is not None:
+        query = query.where(tuple_(Bounce.event_at, Bounce.message_id, Bounce.id)
+                            > (cursor.after_event_at, cursor.after_message_id, cursor.after_id))
+    skip = (page - cursor.page) * page_size  # non-zero only when SAP skipped pages
+    rows = list(db.session.scalars(query.offset(skip).limit(page_size + 1)))
+    records, last_page = rows[:page_size], len(rows) <= page_size
+    if records and not last_page:
+        _remember_cursor(window, page + 1, cursor.snapshot_seq, records[-1])
+    return _served(BouncePage(page=page, last_page=last_page, records=records))
 
 
 def bounce_to_sap(bounce: Bounce) -> dict[str, str]:
@@ -58,12 +66,43 @@ def bounce_to_sap(bounce: Bounce) -> dict[str, str]:
 
 def clear_all() -> None:
     """Delete every bounce, state, inbound message and raw event (the blog's test-only `clear`)."""
-    for model in (Bounce, MessageState, InboundMessageRecord, RawEvent):
+    for model in (StatusCursor, Bounce, MessageState, InboundMessageRecord, RawEvent):
         db.session.execute(delete(model))
     db.session.commit()
 
 
-def _mark_pulled(records: list[Bounce]) -> None:
-    unpulled = [record.id for record in records if record.pulled_at is None]
+def _window_query(start: datetime, end: datetime, snapshot: int | None):
+    query = (db.select(Bounce).where(Bounce.event_at >= start, Bounce.event_at < end)
+             .order_by(Bounce.event_at, Bounce.message_id, Bounce.id))
+    return query if snapshot is None else query.where(Bounce.seq <= snapshot)
+
+
+def _cursor_for(window: tuple[datetime, datetime, str], page: int) -> StatusCursor:
+    """Return the nearest remembered start at or before `page`; page 0 takes a new snapshot."""
+    if page > 0:
+        cursor = db.session.scalars(
+            db.select(StatusCursor)
+            .where(StatusCursor.window_start == window[0], StatusCursor.window_end == window[1],
+                   StatusCursor.source_system == window[2], StatusCursor.page <= page)
+            .order_by(StatusCursor.page.desc()).limit(1)).first()
+        if cursor is not None:
+            return cursor
+    snapshot = db.session.scalar(db.select(func.coalesce(func.max(RawEvent.id), 0)))
+    return StatusCursor(page=0, snapshot_seq=snapshot, after_id=None)
+
+
+def _remember_cursor(window: tuple[datetime, datetime, str], page: int, snapshot: int, last: Bounce) -> None:
+    values = dict(snapshot_seq=snapshot, after_event_at=last.event_at, after_message_id=last.message_id,
+                  after_id=last.id, created_at=utcnow())
+    stmt = _insert(StatusCursor).values(window_start=window[0], window_end=window[1],
+                                        source_system=window[2], page=page, **values)
+    db.session.execute(stmt.on_conflict_do_update(
+        index_elements=["window_start", "window_end", "source_system", "page"], set_=values))
+
+
+def _served(page: BouncePage) -> BouncePage:
+    unpulled = [record.id for record in page.records if record.pulled_at is None]
     if unpulled:
         db.session.execute(update(Bounce).where(Bounce.id.in_(unpulled)).values(pulled_at=utcnow()))
+    db.session.commit()
+    return page

@@ -39,12 +39,13 @@ def record_delivery_report(vendor: str, report: DeliveryReport, params: dict[str
     outbox row that forwards it are written in one transaction.
     """
     now = utcnow()
-    if not _insert_raw_event(vendor, kind, params, client_id, report.vendor_message_id, now):
+    event_id = _insert_raw_event(vendor, kind, params, client_id, report.vendor_message_id, now)
+    if event_id is None:
         db.session.rollback()
         return IngestResult(duplicate=True, applied=False)
     state = _upsert_state(vendor, report, client_id, emarsys_message_id, now)
     if state is not None:
-        _sync_bounce(state.id, report)
+        _sync_bounce(state.id, report, event_id)
         if state.client_id is not None:
             forward_id = state.emarsys_message_id or report.vendor_message_id
             enqueue_forward(state.client_id, "delivery_report", forward_id,
@@ -84,12 +85,12 @@ def _insert(table):
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
-def _insert_raw_event(vendor, kind, params, client_id, vendor_message_id, now) -> bool:
+def _insert_raw_event(vendor, kind, params, client_id, vendor_message_id, now) -> int | None:
     stmt = _insert(RawEvent).values(
         vendor=vendor, kind=kind, client_id=client_id, vendor_message_id=vendor_message_id,
         fingerprint=fingerprint(vendor, kind, client_id, params), params=params, received_at=now,
     ).on_conflict_do_nothing(index_elements=["fingerprint"])
-    return db.session.execute(stmt.returning(RawEvent.id)).scalar() is not None
+    return db.session.execute(stmt.returning(RawEvent.id)).scalar()
 
 
 def enqueue_forward(client_id: uuid.UUID, kind: str, message_key: str, payload: dict[str, Any],
@@ -128,7 +129,7 @@ def _upsert_state(vendor: str, report: DeliveryReport, client_id, emarsys_messag
     return db.session.execute(returning).first()
 
 
-def _sync_bounce(state_id: int, report: DeliveryReport) -> None:
+def _sync_bounce(state_id: int, report: DeliveryReport, event_id: int) -> None:
     if report.bounce_type is None:
         # The retry worked: withdraw the bounce unless SAP already has it.
         db.session.execute(delete(Bounce).where(Bounce.message_state_id == state_id,
@@ -136,7 +137,8 @@ def _sync_bounce(state_id: int, report: DeliveryReport) -> None:
         return
     recipient = db.select(MessageState.recipient).where(MessageState.id == state_id).scalar_subquery()
     values = dict(message_id=report.vendor_message_id, status_code=report.status_code,
-                  status_text=report.status_text, type=report.bounce_type, event_at=report.event_at)
+                  status_text=report.status_text, type=report.bounce_type, event_at=report.event_at,
+                  seq=event_id)
     stmt = _insert(Bounce).values(message_state_id=state_id, recipient=db.func.coalesce(recipient, literal("")),
                                   pulled_at=None, **values)
     stmt = stmt.on_conflict_do_update(

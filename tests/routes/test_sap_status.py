@@ -124,3 +124,38 @@ def test_clear_endpoint_deletes_everything_when_enabled(make_app):
     push_bounce(client, "1", datetime(2018, 1, 1, 1))
     assert client.get("/api/v1/notifications/clear").status_code == 200
     assert client.get(f"/status?{WINDOW}").get_json()["status"] == []
+
+
+def test_bounces_arriving_while_sap_pages_are_neither_duplicated_nor_lost(client):
+    start = datetime(2018, 1, 1, 0, 0, 0)
+    for i in range(250):
+        push_bounce(client, f"old{i:03d}", start + timedelta(minutes=i))
+    first_sequence = []
+    for page in range(10):
+        body = client.get(f"/status?{WINDOW}&page={page}&sourceSystem=SAP1").get_json()
+        first_sequence += [r["messageId"] for r in body["status"]]
+        # New bounces land before, inside and after the pages already served.
+        for j, minute in enumerate((0, 120, 240)):
+            push_bounce(client, f"new{page}-{j}", start + timedelta(minutes=minute, seconds=30))
+        if body["lastPage"]:
+            break
+    assert sorted(first_sequence) == sorted(f"old{i:03d}" for i in range(250))
+    assert len(first_sequence) == len(set(first_sequence))
+    second_sequence = []
+    for page in range(10):
+        body = client.get(f"/status?{WINDOW}&page={page}&sourceSystem=SAP1").get_json()
+        second_sequence += [r["messageId"] for r in body["status"]]
+        if body["lastPage"]:
+            break
+    arrived = {m for m in second_sequence if m.startswith("new")}
+    assert len(arrived) == 3 * (len(first_sequence) // 100 + 1)
+    assert len(second_sequence) == len(set(second_sequence)) == 250 + len(arrived)
+
+
+def test_a_page_asked_for_without_its_predecessor_is_still_right(client):
+    start = datetime(2018, 1, 1, 0, 0, 0)
+    for i in range(250):
+        push_bounce(client, f"m{i:03d}", start + timedelta(minutes=i))
+    page_two = client.get(f"/status?{WINDOW}&page=2").get_json()
+    assert [r["messageId"] for r in page_two["status"]] == [f"m{i:03d}" for i in range(200, 250)]
+    assert page_two["lastPage"] is True
