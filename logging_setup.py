@@ -11,7 +11,8 @@ from pythonjsonlogger.json import JsonFormatter
 
 # Six or more digits (optionally after +): long enough to be a phone number, not a status code.
 # Everything but the last four digits is matched; the lookahead keeps those four.
-PHONE_NUMBER = re.compile(r"\+?\d{2,}(?=\d{4}(?!\d))")
+# Runs inside identifiers (UUIDs, hex ids) are left alone.
+PHONE_NUMBER = re.compile(r"(?<![\w-])\+?\d{2,}(?=\d{4}(?![\w-]))")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import BigInteger, Integer, MetaData
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase
 
 # Stable constraint names keep Alembic migrations portable between SQLite and PostgreSQL.
@@ -26,9 +27,15 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 
+
+def dialect_insert(table):
+    """Return an INSERT for the bound database (PostgreSQL or SQLite) that supports ON CONFLICT."""
+    dialect = db.session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
 from models.events import RawEvent  # noqa: E402
 from models.messages import Bounce, InboundMessageRecord, MessageState, StatusCursor  # noqa: E402
 from models.partner import Client, OutboundMessage, OutboxItem  # noqa: E402
 
-__all__ = ["db", "Base", "BigId", "RawEvent", "MessageState", "Bounce", "InboundMessageRecord",
+__all__ = ["db", "Base", "BigId", "dialect_insert", "RawEvent", "MessageState", "Bounce", "InboundMessageRecord",
            "Client", "OutboundMessage", "OutboxItem", "StatusCursor"]

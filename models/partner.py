@@ -5,10 +5,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String, Text, UniqueConstraint, Uuid
+from sqlalchemy import JSON, Index, Integer, String, Text, UniqueConstraint, Uuid, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models import BigId, db
+
+OPEN_ITEMS = "state IN ('pending', 'leased')"
 
 
 class Client(db.Model):
@@ -58,8 +60,13 @@ class OutboxItem(db.Model):
     """One delivery report or inbound message waiting to be forwarded to Emarsys."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),
-                      Index("ix_outbox_client_order", "client_id", "message_key", "event_at", "id"))
+    __table_args__ = (
+        Index("ix_outbox_due", "state", "next_attempt_at"),
+        Index("ix_outbox_client_order", "client_id", "message_key", "event_at", "id"),
+        # Claims read one client's open items in event order; done rows pile up until retention.
+        Index("ix_outbox_open", "client_id", "kind", "event_at", "id",
+              postgresql_where=text(OPEN_ITEMS), sqlite_where=text(OPEN_ITEMS)),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     client_id: Mapped[uuid.UUID] = mapped_column(Uuid)
@@ -74,4 +81,6 @@ class OutboxItem(db.Model):
     lease_until: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
+    # When a worker first took the item; the retry policy's max age counts from here.
+    first_attempt_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]

@@ -1,11 +1,15 @@
 """Open endpoints where SMS vendors push delivery receipts and inbound messages."""
 from __future__ import annotations
 
+import uuid
+
 from flask import Blueprint, current_app, jsonify, request
 
-from errors import Forbidden, NotFound
-from mappers import sapdi
+from errors import Forbidden, InvalidParameter, NotFound
+from mappers import genesys, sapdi
 from mappers.registry import VendorAdapter
+from models import Client
+from services.clients import client_config, client_for_callback
 from services.ingest import record_delivery_report, record_inbound_message, utcnow
 from services.twilio_signature import is_valid_signature
 
@@ -17,6 +21,10 @@ def request_params() -> dict[str, str]:
     """Return the query string and form fields as one flat dict (first value wins)."""
     params = {key: request.args.get(key, "") for key in request.args}
     params.update({key: request.form.get(key, "") for key in request.form})
+    for key, value in params.items():
+        if "\x00" in key or "\x00" in value:
+            # PostgreSQL text cannot hold NUL: refuse it here rather than fail while storing.
+            raise InvalidParameter("must not contain NUL characters", field=key.replace("\x00", ""))
     return params
 
 
@@ -42,8 +50,13 @@ def public_url() -> str:
     return current_app.config["PUBLIC_BASE_URL"] + request.full_path.rstrip("?")
 
 
-def store_report(adapter: VendorAdapter, params: dict[str, str], client_id=None):
-    """Map and store one delivery report, logging a status value no table knows."""
+def store_report(adapter: VendorAdapter, params: dict[str, str], client_id: uuid.UUID | None = None):
+    """Map and store one delivery report, logging a status value no table knows.
+
+    Genesys may post receipts and MOs to one URL, so a Genesys MO arriving here is stored as inbound.
+    """
+    if adapter.name == genesys.VENDOR and genesys.is_inbound(params):
+        return store_inbound(adapter, params, client_id)
     report = adapter.map_report(params, utcnow())
     if not adapter.is_recognised(params):
         current_app.logger.warning("unrecognised status from %s: code=%r text=%r; stored as UNKNOWN",
@@ -52,7 +65,7 @@ def store_report(adapter: VendorAdapter, params: dict[str, str], client_id=None)
     return jsonify({"stored": not result.duplicate, "duplicate": result.duplicate}), 200
 
 
-def store_inbound(adapter: VendorAdapter, params: dict[str, str], client_id=None):
+def store_inbound(adapter: VendorAdapter, params: dict[str, str], client_id: uuid.UUID | None = None):
     """Map and store one inbound message once."""
     message = adapter.map_inbound(params, utcnow())
     result = record_inbound_message(adapter.name, message, params, client_id)
@@ -81,3 +94,29 @@ def inbound_message(vendor: str):
     if vendor == "twilio":
         check_twilio_signature(current_app.config["TWILIO_AUTH_TOKEN"], params)
     return store_inbound(adapter, params)
+
+
+def client_callback(vendor: str, token: str) -> tuple[Client, VendorAdapter, dict[str, str]]:
+    """Return the client of a callback URL, its vendor adapter and the request parameters.
+
+    A Twilio request must carry a valid X-Twilio-Signature made with the client's own authToken.
+    """
+    client = client_for_callback(vendor, token)
+    adapter, params = vendor_adapter(vendor), request_params()
+    if vendor == "twilio":
+        check_twilio_signature(client_config(client).fields.get("authToken"), params)
+    return client, adapter, params
+
+
+@bp.route("/vendors/<vendor>/clients/<token>/delivery-reports", methods=VENDOR_METHODS)
+def client_delivery_report(vendor: str, token: str):
+    """Store a delivery report for the Emarsys client the callback URL belongs to."""
+    client, adapter, params = client_callback(vendor, token)
+    return store_report(adapter, params, client.id)
+
+
+@bp.route("/vendors/<vendor>/clients/<token>/inbound-messages", methods=VENDOR_METHODS)
+def client_inbound_message(vendor: str, token: str):
+    """Store a mobile-originated message for the Emarsys client the callback URL belongs to."""
+    client, adapter, params = client_callback(vendor, token)
+    return store_inbound(adapter, params, client.id)

@@ -71,8 +71,14 @@ def _not_blank(value: str) -> None:
         raise ValidationError("is empty")
 
 
+def _no_nul(value: str) -> None:
+    # PostgreSQL text cannot hold NUL, and no SMS field needs one.
+    if "\x00" in value:
+        raise ValidationError("contains a NUL character")
+
+
 def _text(*validators: Any) -> fields.String:
-    return fields.String(required=True, validate=[_not_blank, *validators], error_messages={
+    return fields.String(required=True, validate=[_not_blank, _no_nul, *validators], error_messages={
         "required": "is missing", "null": "is missing", "invalid": "must be a string"})
 
 

@@ -12,8 +12,8 @@ from datetime import datetime
 
 from sqlalchemy import delete, func, tuple_, update
 
-from models import Bounce, InboundMessageRecord, MessageState, RawEvent, StatusCursor, db
-from services.ingest import _insert, utcnow
+from models import Bounce, InboundMessageRecord, MessageState, RawEvent, StatusCursor, db, dialect_insert
+from services.ingest import utcnow
 
 SAP_TIME_FORMAT = "%Y%m%d%H%M%S"
 EARLIEST, LATEST = datetime(1970, 1, 1), datetime(9999, 12, 31)
@@ -94,7 +94,7 @@ def _cursor_for(window: tuple[datetime, datetime, str], page: int) -> StatusCurs
 def _remember_cursor(window: tuple[datetime, datetime, str], page: int, snapshot: int, last: Bounce) -> None:
     values = dict(snapshot_seq=snapshot, after_event_at=last.event_at, after_message_id=last.message_id,
                   after_id=last.id, created_at=utcnow())
-    stmt = _insert(StatusCursor).values(window_start=window[0], window_end=window[1],
+    stmt = dialect_insert(StatusCursor).values(window_start=window[0], window_end=window[1],
                                         source_system=window[2], page=page, **values)
     db.session.execute(stmt.on_conflict_do_update(
         index_elements=["window_start", "window_end", "source_system", "page"], set_=values))

@@ -9,10 +9,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import delete, literal
-from sqlalchemy.dialects import postgresql, sqlite
 
 from mappers.report import OUTCOME_RANK, DeliveryReport, InboundMessage
-from models import Bounce, InboundMessageRecord, MessageState, OutboxItem, RawEvent, db
+from models import Bounce, InboundMessageRecord, MessageState, OutboxItem, RawEvent, db, dialect_insert
 from schemas.callbacks import delivery_report_item, inbound_message_item
 
 
@@ -60,7 +59,7 @@ def record_inbound_message(vendor: str, message: InboundMessage, params: dict[st
     """Store one inbound message once per (vendor, vendor message id) and commit."""
     now = utcnow()
     _insert_raw_event(vendor, "inbound_message", params, client_id, message.vendor_message_id, now)
-    stmt = _insert(InboundMessageRecord).values(
+    stmt = dialect_insert(InboundMessageRecord).values(
         vendor=vendor, vendor_message_id=message.vendor_message_id, client_id=client_id,
         source=message.source, destination=message.destination, body=message.body,
         received_at=message.received_at,
@@ -80,13 +79,8 @@ def fingerprint(vendor: str, kind: str, client_id: uuid.UUID | None, params: dic
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _insert(table):
-    dialect = db.session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
 def _insert_raw_event(vendor, kind, params, client_id, vendor_message_id, now) -> int | None:
-    stmt = _insert(RawEvent).values(
+    stmt = dialect_insert(RawEvent).values(
         vendor=vendor, kind=kind, client_id=client_id, vendor_message_id=vendor_message_id,
         fingerprint=fingerprint(vendor, kind, client_id, params), params=params, received_at=now,
     ).on_conflict_do_nothing(index_elements=["fingerprint"])
@@ -96,14 +90,14 @@ def _insert_raw_event(vendor, kind, params, client_id, vendor_message_id, now) -
 def enqueue_forward(client_id: uuid.UUID, kind: str, message_key: str, payload: dict[str, Any],
                     event_at: datetime, now: datetime) -> None:
     """Add one item to the Emarsys outbox, inside the caller's transaction."""
-    db.session.execute(_insert(OutboxItem).values(
+    db.session.execute(dialect_insert(OutboxItem).values(
         client_id=client_id, kind=kind, message_key=message_key[:120], payload=payload, event_at=event_at,
         state="pending", attempts=0, next_attempt_at=now, created_at=now))
 
 
 def _upsert_state(vendor: str, report: DeliveryReport, client_id, emarsys_message_id, now):
     rank = OUTCOME_RANK[report.outcome]
-    stmt = _insert(MessageState).values(
+    stmt = dialect_insert(MessageState).values(
         vendor=vendor, vendor_message_id=report.vendor_message_id, client_id=client_id,
         emarsys_message_id=emarsys_message_id,
         recipient=report.recipient, outcome=report.outcome.value,
@@ -139,7 +133,7 @@ def _sync_bounce(state_id: int, report: DeliveryReport, event_id: int) -> None:
     values = dict(message_id=report.vendor_message_id, status_code=report.status_code,
                   status_text=report.status_text, type=report.bounce_type, event_at=report.event_at,
                   seq=event_id)
-    stmt = _insert(Bounce).values(message_state_id=state_id, recipient=db.func.coalesce(recipient, literal("")),
+    stmt = dialect_insert(Bounce).values(message_state_id=state_id, recipient=db.func.coalesce(recipient, literal("")),
                                   pulled_at=None, **values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["message_state_id"],

@@ -5,14 +5,13 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from models import Client, OutboundMessage, db
+from models import Client, OutboundMessage, db, dialect_insert
 from schemas.client_config import CUSTOM_FIELD_VALUES, VENDORS, ClientConfig, InvalidClientConfig, load_client_config
 from schemas.outbound import OutboundMessage as BatchMessage
 from schemas.outbound import client_error
 from services.clients import client_config, get_client
 from services.crypto import UndecryptableSecrets
 # The dialect-aware INSERT (PostgreSQL or SQLite ON CONFLICT) that ingest uses too.
-from services.ingest import _insert as dialect_insert
 from services.ingest import utcnow
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,230 @@
+"""Forward outbox items to Emarsys: leased per-client batches, sent outside any transaction, retried.
+
+One round (`run_once`) finds the clients whose due items are ready (a full batch, or the oldest
+one has lingered FORWARD_LINGER_MS), claims up to FORWARD_BATCH_SIZE items per client and kind
+with FOR UPDATE SKIP LOCKED, leases them to this worker and commits. It then posts each batch
+and records the answer with set-based updates guarded by `lease_owner = me`, so a worker whose
+lease expired and was taken over cannot mark anything twice.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, and_, func, or_, select, update
+from sqlalchemy.orm import aliased
+
+from models import OutboxItem, db
+from services.emarsys_client import MAX_BATCH_SIZE, CallResult, EmarsysClient
+from services.ingest import utcnow
+from services.oauth import OAuthTokenProvider
+from services.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+PENDING, LEASED, DONE, DEAD = "pending", "leased", "done", "dead"
+DELIVERY_REPORT, INBOUND_MESSAGE = "delivery_report", "inbound_message"
+SENDERS: dict[str, Callable[[EmarsysClient, str, list[dict]], CallResult]] = {
+    DELIVERY_REPORT: EmarsysClient.send_delivery_reports,
+    INBOUND_MESSAGE: EmarsysClient.send_inbound_messages,
+}
+RELEASED = {"lease_owner": None, "lease_until": None}
+
+
+@dataclass(frozen=True)
+class LeasedItem:
+    """One outbox item this worker holds a lease on."""
+
+    id: int
+    payload: dict[str, Any]
+    attempts: int
+    first_attempt_at: datetime
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Leased items of one client and kind, in event order: one call to Emarsys."""
+
+    client_id: uuid.UUID
+    kind: str
+    items: list[LeasedItem]
+
+    @property
+    def ids(self) -> list[int]:
+        """Return the outbox ids of the batch."""
+        return [item.id for item in self.items]
+
+
+def is_due(item: Any, now: datetime) -> ColumnElement[bool]:
+    """Return the condition of an item that may be claimed now (new, retry due, or lease expired)."""
+    return or_(and_(item.state == PENDING, item.next_attempt_at <= now),
+               and_(item.state == LEASED, item.lease_until < now))
+
+
+def is_waiting(item: Any, now: datetime) -> ColumnElement[bool]:
+    """Return the condition of an unfinished item that may not be claimed now (retry later, or leased)."""
+    return or_(and_(item.state == PENDING, item.next_attempt_at > now),
+               and_(item.state == LEASED, item.lease_until >= now))
+
+
+class Forwarder:
+    """Move due outbox items to Emarsys in leased batches; one instance per worker."""
+
+    def __init__(self, emarsys: EmarsysClient | None, policy: RetryPolicy, owner: str,
+                 batch_size: int = MAX_BATCH_SIZE, linger_seconds: float = 1.0,
+                 lease_seconds: float = 60):
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch size must be 1 to {MAX_BATCH_SIZE}, got {batch_size}")
+        self.emarsys = emarsys
+        self.policy = policy
+        self.owner = owner
+        self.batch_size = batch_size
+        self.linger = timedelta(seconds=linger_seconds)
+        self.lease = timedelta(seconds=lease_seconds)
+        self._warned_unconfigured = False
+
+    @classmethod
+    def from_config(cls, config: Mapping, owner: str) -> Forwarder:
+        """Build a forwarder from the app config; without partner OAuth settings it sends nothing."""
+        policy = RetryPolicy.from_config(config["FORWARD_RETRY_SCHEDULE"], config["FORWARD_MAX_AGE"])
+        credentials = [config.get(name) for name in
+                       ("PARTNER_OAUTH_TOKEN_URL", "PARTNER_OAUTH_CLIENT_ID", "PARTNER_OAUTH_CLIENT_SECRET")]
+        emarsys = None
+        if all(credentials):
+            # A call may post twice (401 refresh) and fetch a token: all of it must end inside the lease.
+            read_timeout = max(1.0, min(30.0, config["LEASE_SECONDS"] / 4))
+            emarsys = EmarsysClient(config["EMARSYS_API_BASE_URL"], OAuthTokenProvider(*credentials),
+                                    timeout=(5, read_timeout))
+        return cls(emarsys, policy, owner, batch_size=int(config.get("FORWARD_BATCH_SIZE", MAX_BATCH_SIZE)),
+                   linger_seconds=config["FORWARD_LINGER_MS"] / 1000, lease_seconds=config["LEASE_SECONDS"])
+
+    def run_once(self) -> int:
+        """Forward one batch for every ready client and kind; return how many items were handled."""
+        if self.emarsys is None:
+            if not self._warned_unconfigured:
+                log.warning("PARTNER_OAUTH_TOKEN_URL/CLIENT_ID/CLIENT_SECRET are not set: reports "
+                            "stay in the outbox until they are")
+                self._warned_unconfigured = True
+            return 0
+        handled = 0
+        for client_id, kind in self.ready_groups(utcnow()):
+            batch = self.claim(client_id, kind, utcnow())
+            if batch is not None:
+                self.acknowledge(batch, self.send(batch), utcnow())
+                handled += len(batch.items)
+        return handled
+
+    def ready_groups(self, now: datetime) -> list[tuple[uuid.UUID, str]]:
+        """Return the (client, kind) pairs with a full batch due or a due item older than the linger."""
+        stmt = (select(OutboxItem.client_id, OutboxItem.kind, func.count(), func.min(OutboxItem.created_at))
+                .where(is_due(OutboxItem, now)).group_by(OutboxItem.client_id, OutboxItem.kind))
+        rows = db.session.execute(stmt).all()
+        db.session.commit()
+        ready = [(oldest, client_id, kind) for client_id, kind, due_count, oldest in rows
+                 if due_count >= self.batch_size or oldest <= now - self.linger]
+        # The longest-waiting client goes first, so no client starves behind a busy one.
+        return [(client_id, kind) for _, client_id, kind in sorted(ready, key=lambda row: row[0])]
+
+    def claim(self, client_id: uuid.UUID, kind: str, now: datetime) -> Batch | None:
+        """Lease up to a batch of one client's due items, keeping per-message order, and commit."""
+        candidates = db.session.execute(self._candidates(client_id, kind, now)).all()
+        blocked = self._blocked(client_id, kind, candidates) if candidates else set()
+        ids = [row.id for row in candidates if row.id not in blocked]
+        if not ids:
+            db.session.commit()
+            return None
+        rows = db.session.execute(
+            update(OutboxItem).where(OutboxItem.id.in_(ids))
+            .values(state=LEASED, lease_owner=self.owner, lease_until=now + self.lease,
+                    first_attempt_at=func.coalesce(OutboxItem.first_attempt_at, now))
+            .returning(OutboxItem.id, OutboxItem.event_at, OutboxItem.payload, OutboxItem.attempts,
+                       OutboxItem.first_attempt_at)).all()
+        db.session.commit()
+        ordered = sorted(rows, key=lambda row: (row.event_at, row.id))
+        return Batch(client_id, kind, [LeasedItem(row.id, row.payload, row.attempts, row.first_attempt_at)
+                                       for row in ordered])
+
+    def _candidates(self, client_id: uuid.UUID, kind: str, now: datetime):
+        """Return the locking select of due items whose message has no report waiting for a retry or lease."""
+        # Usually few items wait; excluding their messages up front keeps them from filling the batch.
+        waiting = aliased(OutboxItem)
+        waiting_messages = select(waiting.message_key).where(
+            waiting.client_id == client_id, waiting.kind == kind, is_waiting(waiting, now))
+        return (select(OutboxItem.id, OutboxItem.message_key, OutboxItem.event_at)
+                .where(OutboxItem.client_id == client_id, OutboxItem.kind == kind,
+                       OutboxItem.state.in_((PENDING, LEASED)), is_due(OutboxItem, now),
+                       OutboxItem.message_key.not_in(waiting_messages))
+                .order_by(OutboxItem.event_at, OutboxItem.id).limit(self.batch_size)
+                .with_for_update(skip_locked=True, of=OutboxItem))
+
+    def _blocked(self, client_id: uuid.UUID, kind: str, candidates: list[Row]) -> set[int]:
+        """Return the candidates behind an unfinished earlier report of their message left out of this claim."""
+        # SKIP LOCKED may hand us a message's later report while another worker claims the earlier one.
+        outside = db.session.execute(
+            select(OutboxItem.message_key, OutboxItem.event_at, OutboxItem.id)
+            .where(OutboxItem.client_id == client_id, OutboxItem.kind == kind,
+                   OutboxItem.message_key.in_({row.message_key for row in candidates}),
+                   OutboxItem.state.in_((PENDING, LEASED)),
+                   OutboxItem.id.not_in([row.id for row in candidates]))).all()
+        first_outside: dict[str, tuple[datetime, int]] = {}
+        for key, event_at, item_id in outside:
+            first_outside[key] = min(first_outside.get(key, (event_at, item_id)), (event_at, item_id))
+        return {row.id for row in candidates
+                if row.message_key in first_outside and first_outside[row.message_key] < (row.event_at, row.id)}
+
+    def send(self, batch: Batch) -> CallResult:
+        """Post one batch to Emarsys, outside any database transaction."""
+        assert self.emarsys is not None, "send needs partner OAuth settings"
+        payloads = [item.payload for item in batch.items]
+        return SENDERS[batch.kind](self.emarsys, str(batch.client_id), payloads)
+
+    def acknowledge(self, batch: Batch, result: CallResult, now: datetime) -> int:
+        """Record Emarsys's answer for the items this worker still leases, commit, return rows changed."""
+        if result.kind == "delivered":
+            changed = self._mark(batch.ids, state=DONE, sent_at=now)
+        elif result.kind == "retry":
+            changed = self._reschedule(batch.items, result, now)
+        elif result.kind == "item_errors":
+            changed = self._dead_letter_named(batch.items, result.item_errors, now)
+        else:
+            changed = self._mark(batch.ids, state=DEAD, attempts=OutboxItem.attempts + 1,
+                                 last_error=result.reason)
+        db.session.commit()
+        return changed
+
+    def _mark(self, ids: list[int], **values: Any) -> int:
+        """Update the given items that are still leased to this worker, releasing the lease."""
+        if not ids:
+            return 0
+        stmt = (update(OutboxItem)
+                .where(OutboxItem.id.in_(ids), OutboxItem.state == LEASED, OutboxItem.lease_owner == self.owner)
+                .values(**RELEASED, **values).execution_options(synchronize_session=False))
+        return db.session.execute(stmt).rowcount
+
+    def _reschedule(self, items: list[LeasedItem], result: CallResult, now: datetime) -> int:
+        """Schedule the next attempt per the retry policy; items past the max age become dead letters."""
+        exhausted = [item.id for item in items if self.policy.is_exhausted(item.first_attempt_at, now)]
+        changed = self._mark(exhausted, state=DEAD, attempts=OutboxItem.attempts + 1,
+                             last_error=f"gave up after retrying: {result.reason}"[:500])
+        by_attempts: dict[int, list[int]] = {}
+        for item in items:
+            if item.id not in exhausted:
+                by_attempts.setdefault(item.attempts + 1, []).append(item.id)
+        for attempts, ids in by_attempts.items():
+            delay = self.policy.delay_for(attempts, result.retry_after)
+            changed += self._mark(ids, state=PENDING, attempts=attempts, last_error=result.reason,
+                                  next_attempt_at=now + timedelta(seconds=delay))
+        return changed
+
+    def _dead_letter_named(self, items: list[LeasedItem], item_errors: dict[int, str], now: datetime) -> int:
+        """Dead-letter the items Emarsys named; the others go back for an immediate resend."""
+        changed = 0
+        for index, error in item_errors.items():
+            changed += self._mark([items[index].id], state=DEAD, attempts=OutboxItem.attempts + 1,
+                                  last_error=error)
+        rest = [item.id for index, item in enumerate(items) if index not in item_errors]
+        return changed + self._mark(rest, state=PENDING, next_attempt_at=now)

@@ -1,0 +1,97 @@
+"""Operate the Emarsys outbox: counts by state, the oldest waiting item, dead letters and replay."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import func, select, update
+
+from models import OutboxItem, db
+from services.forwarder import DEAD, LEASED, PENDING
+from services.ingest import utcnow
+from services.retry import parse_duration
+
+STATES = ("pending", "leased", "done", "dead")
+
+
+@dataclass(frozen=True)
+class OutboxStatus:
+    """How many items are in each state, and how long the oldest undelivered one has waited."""
+
+    counts: dict[str, int]
+    oldest_pending_age: timedelta | None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One item given up on; no message body, only what an operator needs to decide on a replay."""
+
+    id: int
+    client_id: uuid.UUID
+    kind: str
+    message_key: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+
+
+def outbox_status(now: datetime | None = None) -> OutboxStatus:
+    """Return the counts by state and the age of the oldest pending or leased item."""
+    rows = db.session.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).all()
+    counts = {state: 0 for state in STATES} | {state: count for state, count in rows}
+    oldest = db.session.scalar(select(func.min(OutboxItem.created_at))
+                               .where(OutboxItem.state.in_((PENDING, LEASED))))
+    age = None if oldest is None else max(timedelta(0), (now or utcnow()) - oldest)
+    return OutboxStatus(counts=counts, oldest_pending_age=age)
+
+
+def dead_letters(limit: int = 100, client_id: uuid.UUID | None = None) -> list[DeadLetter]:
+    """Return up to `limit` dead letters, oldest first."""
+    stmt = (select(OutboxItem.id, OutboxItem.client_id, OutboxItem.kind, OutboxItem.message_key,
+                   OutboxItem.attempts, OutboxItem.last_error, OutboxItem.created_at)
+            .where(OutboxItem.state == DEAD).order_by(OutboxItem.id).limit(limit))
+    if client_id is not None:
+        stmt = stmt.where(OutboxItem.client_id == client_id)
+    return [DeadLetter(*row) for row in db.session.execute(stmt)]
+
+
+def count_dead_letters(client_id: uuid.UUID | None = None) -> int:
+    """Return how many dead letters there are, for one client or all."""
+    stmt = select(func.count()).select_from(OutboxItem).where(OutboxItem.state == DEAD)
+    if client_id is not None:
+        stmt = stmt.where(OutboxItem.client_id == client_id)
+    return db.session.scalar(stmt) or 0
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """Return naive UTC for an ISO time ("2026-01-01T00:00", UTC if no offset) or an age ("2h", "3d")."""
+    try:
+        return (now or utcnow()) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"invalid time {text!r}: give an ISO time such as 2026-01-01T00:00 "
+                         "or an age such as 2h or 3d") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=None)
+
+
+def replay_dead_letters(client_id: uuid.UUID | None = None, since: datetime | None = None,
+                        now: datetime | None = None) -> int:
+    """Re-queue dead letters (optionally of one client, created since a time) and commit; return how many."""
+    now = now or utcnow()
+    stmt = update(OutboxItem).where(OutboxItem.state == DEAD)
+    if client_id is not None:
+        stmt = stmt.where(OutboxItem.client_id == client_id)
+    if since is not None:
+        stmt = stmt.where(OutboxItem.created_at >= since)
+    # A fresh first attempt restarts the max-age clock, else a replayed item would die at once.
+    stmt = stmt.values(state=PENDING, attempts=0, next_attempt_at=now, first_attempt_at=None,
+                       lease_owner=None, lease_until=None)
+    replayed = db.session.execute(stmt.execution_options(synchronize_session=False)).rowcount
+    db.session.commit()
+    return replayed

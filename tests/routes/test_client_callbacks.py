@@ -1,0 +1,136 @@
+"""Client-scoped vendor callback URLs: every report and MO is tied to its client and queued for Emarsys."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import pytest
+from sqlalchemy import func
+
+from models import InboundMessageRecord, MessageState, OutboxItem, db
+from services.twilio_signature import compute_signature
+
+PUBLIC_BASE_URL = "https://sms.example.com"
+GENESYS_DR = {"type": "receipt", "message_id": "g-1", "message_state": "2", "result_code": "0"}
+GENESYS_MO = {"type": "MO", "message_id": "mo-1", "phone_number": "4915112345678", "shortcode": "12345",
+              "message": "STOP"}
+TWILIO_DR = {"MessageSid": "SM1", "MessageStatus": "delivered", "To": "+4915112345678"}
+TWILIO_MO = {"MessageSid": "SM9", "From": "+4915112345678", "To": "+15550001111", "Body": "STOP"}
+
+
+def path_of(url: str) -> str:
+    """Return the path of an absolute callback URL, for the test client."""
+    return urlsplit(url).path
+
+
+def count(app, model, **filters) -> int:
+    """Return how many rows of a table match the filters."""
+    with app.app_context():
+        query = db.select(func.count()).select_from(model).filter_by(**filters)
+        return db.session.scalar(query)
+
+
+def outbox(app) -> list[tuple]:
+    """Return (client_id, kind, message_key) of every outbox row, in insert order."""
+    with app.app_context():
+        return db.session.execute(db.select(OutboxItem.client_id, OutboxItem.kind, OutboxItem.message_key)
+                                  .order_by(OutboxItem.id)).all()
+
+
+def signed_post(client, path: str, form: dict[str, str], auth_token: str):
+    """POST a form with the X-Twilio-Signature made with this auth token."""
+    signature = compute_signature(auth_token, PUBLIC_BASE_URL + path, form)
+    return client.post(path, data=form, headers={"X-Twilio-Signature": signature})
+
+
+@pytest.mark.parametrize("method", ["post", "get"])
+def test_genesys_delivery_report_is_tied_to_the_client(partner_app, partner_client, onboard, method):
+    client_id, urls = onboard()
+    path = path_of(urls["deliveryReports"]["url"])
+    response = (partner_client.post(path, data=GENESYS_DR) if method == "post"
+                else partner_client.get(path, query_string=GENESYS_DR))
+    assert response.status_code == 200
+    assert count(partner_app, MessageState, vendor_message_id="g-1", client_id=client_id) == 1
+    assert outbox(partner_app) == [(client_id, "delivery_report", "g-1")]
+
+
+def test_redelivered_report_is_forwarded_once(partner_app, partner_client, onboard):
+    client_id, urls = onboard()
+    for _ in range(2):
+        assert partner_client.post(path_of(urls["deliveryReports"]["url"]), data=GENESYS_DR).status_code == 200
+    assert outbox(partner_app) == [(client_id, "delivery_report", "g-1")]
+
+
+@pytest.mark.parametrize("url_kind", ["inboundMessages", "deliveryReports"])
+def test_genesys_mo_is_inbound_on_either_client_url(partner_app, partner_client, onboard, url_kind):
+    client_id, urls = onboard()
+    assert partner_client.post(path_of(urls[url_kind]["url"]), data=GENESYS_MO).status_code == 200
+    assert count(partner_app, InboundMessageRecord, vendor_message_id="mo-1", client_id=client_id) == 1
+    assert count(partner_app, MessageState) == 0
+    assert outbox(partner_app) == [(client_id, "inbound_message", "mo-1")]
+
+
+def test_genesys_mo_on_the_unscoped_report_url_is_inbound(partner_app, partner_client):
+    assert partner_client.post("/vendors/genesys/delivery-reports", data=GENESYS_MO).status_code == 200
+    assert count(partner_app, InboundMessageRecord, vendor_message_id="mo-1") == 1
+    assert count(partner_app, MessageState) == 0
+    assert outbox(partner_app) == []  # no client, nothing to forward
+
+
+@pytest.mark.parametrize("url_kind, form, model, kind", [
+    ("deliveryReports", TWILIO_DR, MessageState, "delivery_report"),
+    ("inboundMessages", TWILIO_MO, InboundMessageRecord, "inbound_message"),
+])
+def test_twilio_callback_signed_with_the_clients_token_is_stored(partner_app, partner_client, onboard,
+                                                                 twilio_fields, url_kind, form, model, kind):
+    client_id, urls = onboard(twilio_fields)
+    path = path_of(urls[url_kind]["url"])
+    assert signed_post(partner_client, path, form, twilio_fields["authToken"]).status_code == 200
+    assert count(partner_app, model, vendor_message_id=form["MessageSid"], client_id=client_id) == 1
+    assert outbox(partner_app) == [(client_id, kind, form["MessageSid"])]
+
+
+@pytest.mark.parametrize("signature_token", [None, "another-token"], ids=["unsigned", "wrong-token"])
+@pytest.mark.parametrize("url_kind", ["deliveryReports", "inboundMessages"])
+def test_twilio_callback_without_the_clients_signature_is_403(partner_app, partner_client, onboard, twilio_fields,
+                                                              signature_token, url_kind):
+    _, urls = onboard(twilio_fields)
+    path = path_of(urls[url_kind]["url"])
+    form = TWILIO_DR if url_kind == "deliveryReports" else TWILIO_MO
+    response = (signed_post(partner_client, path, form, signature_token) if signature_token
+                else partner_client.post(path, data=form))
+    assert response.status_code == 403
+    assert response.get_json()["error"] == "forbidden"
+    assert count(partner_app, MessageState) + count(partner_app, InboundMessageRecord) == 0
+
+
+def test_global_twilio_token_does_not_sign_client_callbacks(make_app, onboard, twilio_fields):
+    _, urls = onboard(twilio_fields)
+    app = make_app(TWILIO_AUTH_TOKEN="global-token")
+    path = path_of(urls["deliveryReports"]["url"])
+    assert signed_post(app.test_client(), path, TWILIO_DR, "global-token").status_code == 403
+
+
+@pytest.mark.parametrize("make_path", [
+    lambda token: f"/vendors/genesys/clients/{'x' * 43}/delivery-reports",
+    lambda token: f"/vendors/genesys/clients/{'x' * 43}/inbound-messages",
+    lambda token: f"/vendors/twilio/clients/{token}/delivery-reports",
+    lambda token: f"/vendors/expertflow/clients/{token}/inbound-messages",
+    lambda token: f"/vendors/nosuchvendor/clients/{token}/delivery-reports",
+], ids=["unknown-token-dr", "unknown-token-mo", "other-vendor", "built-in-other-vendor", "unknown-vendor"])
+def test_unknown_token_or_foreign_vendor_is_404(partner_app, partner_client, onboard, make_path):
+    _, urls = onboard()
+    token = path_of(urls["deliveryReports"]["url"]).split("/")[4]
+    response = partner_client.post(make_path(token), data=GENESYS_DR)
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "not_found"
+    assert count(partner_app, MessageState) == 0
+
+
+@pytest.mark.parametrize("url_kind", ["deliveryReports", "inboundMessages"])
+def test_nul_characters_are_a_400_not_a_500(partner_app, partner_client, onboard, url_kind):
+    _, urls = onboard()
+    form = {**(GENESYS_DR if url_kind == "deliveryReports" else GENESYS_MO), "message_id": "g\x001"}
+    response = partner_client.post(path_of(urls[url_kind]["url"]), data=form)
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "message_id"
+    assert count(partner_app, MessageState) + count(partner_app, InboundMessageRecord) == 0

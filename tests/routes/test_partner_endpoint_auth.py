@@ -1,0 +1,98 @@
+"""Every partner endpoint demands a valid Emarsys bearer token (routes, real JWKS server)."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import jwt
+import pytest
+from sqlalchemy import func
+
+from models import Client, db
+from tests.emarsys_spec import requires_spec, validate_schema
+
+CLIENT_ID = "39a281c7-942f-49a9-91c2-8f0dba750f7f"
+BATCH = {"messages": [{"emarsysMessageId": "m1", "source": "ACME", "destination": "+4915112345678",
+                       "message": "hi"}]}
+CONFIG = {"customFieldValues": {"vendor": "genesys", "login": "l", "password": "p"}}
+
+# (method, path, JSON body) of every partner endpoint
+ENDPOINTS = [
+    ("put", f"/clients/{CLIENT_ID}/configuration", CONFIG),
+    ("get", f"/clients/{CLIENT_ID}/configuration", None),
+    ("delete", f"/clients/{CLIENT_ID}/configuration", None),
+    ("post", "/testConnection", CONFIG),
+    ("post", f"/clients/{CLIENT_ID}/messages", BATCH),
+    ("put", "/clients/not-a-uuid/configuration", CONFIG),
+]
+ENDPOINT_IDS = [f"{method} {path}" for method, path, _ in ENDPOINTS]
+
+
+def call(client, method: str, path: str, body, headers: dict[str, str] | None = None):
+    """Send a JSON request with the given method."""
+    return getattr(client, method)(path, json=body, headers=headers or {})
+
+
+def clients_stored(app) -> int:
+    """Return how many clients are stored."""
+    with app.app_context():
+        return db.session.scalar(db.select(func.count()).select_from(Client))
+
+
+@pytest.mark.parametrize("method, path, body", ENDPOINTS, ids=ENDPOINT_IDS)
+def test_missing_token_is_401_with_bearer_challenge(partner_app, partner_client, method, path, body):
+    response = call(partner_client, method, path, body)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert response.get_json()["error"] == "unauthorized"
+    assert clients_stored(partner_app) == 0
+
+
+@pytest.mark.parametrize("make_header, description", [
+    (lambda make_token: "Bearer not-a-jwt", "token malformed"),
+    (lambda make_token: "Bearer " + jwt.encode({"iss": "x"}, None, algorithm="none", headers={"kid": "k"}),
+     "token algorithm not accepted"),
+    (lambda make_token: "Bearer " + make_token(exp=int(time.time()) - 3600), "token expired"),
+    (lambda make_token: "Bearer " + make_token(iss="https://elsewhere.example"), "token issuer not accepted"),
+    (lambda make_token: "Bearer " + make_token(exp=None), "token lacks the exp claim"),
+], ids=["garbage", "alg-none", "expired", "wrong-issuer", "no-exp"])
+def test_invalid_token_is_401_invalid_token(partner_client, make_token, make_header, description):
+    response = partner_client.get(f"/clients/{CLIENT_ID}/configuration",
+                                  headers={"Authorization": make_header(make_token)})
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+    assert response.get_json()["message"] == description
+
+
+@pytest.mark.parametrize("method, path, body", ENDPOINTS, ids=ENDPOINT_IDS)
+def test_token_of_another_oauth_client_is_403(partner_app, partner_client, make_token, method, path, body):
+    other = make_token(azp="someone-else", sub="someone-else")
+    response = call(partner_client, method, path, body, {"Authorization": f"Bearer {other}"})
+    assert response.status_code == 403
+    assert response.get_json()["error"] == "forbidden"
+    assert clients_stored(partner_app) == 0
+
+
+@pytest.mark.parametrize("claim", ["azp", "client_id", "aud"])
+def test_token_issued_to_emarsys_passes(partner_client, make_token, claim):
+    claims = {"azp": None, "sub": "x", claim: "emarsys-sms-client"}
+    token = make_token(**claims)
+    response = partner_client.get(f"/clients/{uuid.uuid4()}/configuration",
+                                  headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 404  # past the guard: the client is simply unknown
+
+
+def test_jwks_is_fetched_once_for_many_requests(partner_client, auth, httpserver):
+    for _ in range(3):
+        assert partner_client.get(f"/clients/{uuid.uuid4()}/configuration", headers=auth).status_code == 404
+    assert sum(1 for request, _ in httpserver.log if request.path == "/oauth2/certs") == 1
+
+
+@requires_spec
+@pytest.mark.parametrize("method, path, body", ENDPOINTS, ids=ENDPOINT_IDS)
+def test_unconfigured_partner_api_answers_503(make_app, auth, method, path, body):
+    app = make_app(EMARSYS_OAUTH_CLIENT_ID=None)
+    response = call(app.test_client(), method, path, body, auth)
+    assert response.status_code == 503
+    assert response.get_json()["message"] == "partner API not configured"
+    validate_schema("common.yaml", "Error", response.get_json())

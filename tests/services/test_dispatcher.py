@@ -1,0 +1,411 @@
+"""Tests of the dispatcher against PostgreSQL and fake Genesys and Twilio servers on loopback."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from werkzeug import Request, Response
+
+from mappers.report import Outcome
+from models import MessageState, OutboundMessage, OutboxItem, RawEvent, db
+from schemas.client_config import load_client_config
+from services import vendors
+from services.clients import callback_urls, delete_client, get_client, save_client
+from services.dispatcher import Dispatcher
+from services.ingest import utcnow
+
+GENESYS_PATH = "/httpapi/receiver"
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+TWILIO_MESSAGES = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
+PASSWORD = "genesys-pa55word"
+AUTH_TOKEN = "twilio-auth-t0ken"
+BODY = "Your one-time code is 424242"
+DESTINATION = "+36301234567"
+FAST_RETRIES = {"SEND_RETRY_DELAY_SECONDS": 0, "VENDOR_TIMEOUT_SECONDS": 5}
+
+
+@pytest.fixture(autouse=True)
+def fresh_sessions():
+    """Start and end every test without pooled connections to an earlier test's server."""
+    vendors.close_sessions()
+    yield
+    vendors.close_sessions()
+
+
+@pytest.fixture
+def settings() -> dict:
+    """Return config overrides; a test parametrizes `settings` to change them."""
+    return {}
+
+
+@pytest.fixture
+def app_context(make_app, settings):
+    """Return an app inside an app context, with fast retries and the test's settings."""
+    app = make_app(**{**FAST_RETRIES, **settings})
+    with app.app_context():
+        yield app
+
+
+def genesys_client(base_url: str) -> uuid.UUID:
+    """Onboard a Genesys client whose vendor is the fake server; return its id."""
+    config = load_client_config({"customFieldValues": {
+        "vendor": "genesys", "login": "acme", "password": PASSWORD, "baseUrl": base_url}})
+    return save_client(uuid.uuid4(), config).id
+
+
+def twilio_client(base_url: str) -> uuid.UUID:
+    """Onboard a Twilio client whose vendor is the fake server; return its id."""
+    config = load_client_config({"customFieldValues": {
+        "vendor": "twilio", "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "baseUrl": base_url}})
+    return save_client(uuid.uuid4(), config).id
+
+
+def queue_messages(client_id: uuid.UUID, count: int = 1) -> list[str]:
+    """Queue `count` due messages for a client and commit; return their public ids."""
+    now = utcnow()
+    rows = [OutboundMessage(public_id=uuid.uuid4().hex, client_id=client_id,
+                            emarsys_message_id=f"emarsys-{uuid.uuid4().hex[:12]}", source="ACME",
+                            destination=DESTINATION, body=BODY, state="queued", attempts=0,
+                            next_attempt_at=now, created_at=now, updated_at=now)
+            for _ in range(count)]
+    db.session.add_all(rows)
+    db.session.commit()
+    return [row.public_id for row in rows]
+
+
+def message(public_id: str) -> OutboundMessage:
+    """Return the committed state of one outbound message."""
+    db.session.rollback()
+    return db.session.scalars(db.select(OutboundMessage).where(OutboundMessage.public_id == public_id)).one()
+
+
+def message_state(vendor: str, vendor_message_id: str) -> MessageState | None:
+    """Return the normalised delivery state of one vendor message, if any."""
+    db.session.rollback()
+    return db.session.scalars(db.select(MessageState).where(
+        MessageState.vendor == vendor, MessageState.vendor_message_id == vendor_message_id)).one_or_none()
+
+
+def forwarded_statuses(emarsys_message_id: str) -> list[str]:
+    """Return the statuses queued for Emarsys about one message, oldest first."""
+    items = db.session.scalars(db.select(OutboxItem).where(OutboxItem.message_key == emarsys_message_id)
+                               .order_by(OutboxItem.id))
+    return [item.payload["status"] for item in items]
+
+
+def dispatcher(app, owner: str = "worker-a") -> Dispatcher:
+    """Return a dispatcher configured from the app."""
+    return Dispatcher.from_config(app.config, owner)
+
+
+def sent_message_ids(httpserver) -> list[str]:
+    """Return the Genesys message_id of every request the fake server received."""
+    return [entry[0].form["message_id"] for entry in httpserver.log]
+
+
+GENESYS_OUTCOMES = [
+    # result_code, row state, outcome, error type
+    (0, "sent", "ACCEPTED", None),
+    (7, "sent", "ACCEPTED", None),
+    (2, "failed", "ERROR", "AUTHENTICATION"),
+    (4, "failed", "ERROR", "INVALID_SENDER_ID"),
+    (1, "failed", "HARDBOUNCE", None),
+    (99, "failed", "ERROR", "UNKNOWN"),
+]
+
+
+@pytest.mark.parametrize("result_code, row_state, outcome, error_type", GENESYS_OUTCOMES)
+def test_genesys_result_becomes_row_state_and_report(app_context, httpserver, result_code, row_state,
+                                                     outcome, error_type):
+    httpserver.expect_request(GENESYS_PATH, method="POST").respond_with_data(f"result_code={result_code}")
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    [public_id] = queue_messages(client_id)
+
+    assert dispatcher(app_context).run_once() == 1
+
+    row = message(public_id)
+    assert (row.state, row.vendor, row.lease_owner, row.lease_until) == (row_state, "genesys", None, None)
+    assert row.vendor_message_id == (public_id if row_state == "sent" else None)
+    state = message_state("genesys", public_id)
+    assert (state.outcome, state.error_type, state.status_code) == (outcome, error_type, str(result_code))
+    assert (state.client_id, state.emarsys_message_id) == (client_id, row.emarsys_message_id)
+    assert forwarded_statuses(row.emarsys_message_id) == [outcome]
+
+
+def test_genesys_request_carries_the_message_and_our_id(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH, method="POST").respond_with_data("result_code=0")
+    [public_id] = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)))
+
+    dispatcher(app_context).run_once()
+
+    form = dict(httpserver.log[0][0].form)
+    assert form == {"login": "acme", "password": PASSWORD, "phone_number": DESTINATION.lstrip("+"),
+                    "sender": "ACME", "message": BODY, "message_id": public_id, "receipt": "TRUE"}
+
+
+TWILIO_OUTCOMES = [
+    # HTTP status, JSON answer, row state, outcome, error type
+    (201, {"sid": "SM" + "1" * 32, "status": "queued"}, "sent", "ACCEPTED", None),
+    (401, {"code": 20003, "message": "Authenticate"}, "failed", "ERROR", "AUTHENTICATION"),
+    (400, {"code": 21212, "message": "The 'From' number is not valid"}, "failed", "ERROR",
+     "INVALID_SENDER_ID"),
+]
+
+
+@pytest.mark.parametrize("http_status, answer, row_state, outcome, error_type", TWILIO_OUTCOMES)
+def test_twilio_answer_becomes_row_state_and_report(app_context, httpserver, http_status, answer,
+                                                    row_state, outcome, error_type):
+    httpserver.expect_request(TWILIO_MESSAGES, method="POST").respond_with_json(answer, status=http_status)
+    client_id = twilio_client(httpserver.url_for("/"))
+    [public_id] = queue_messages(client_id)
+
+    assert dispatcher(app_context).run_once() == 1
+
+    row = message(public_id)
+    report_key = answer.get("sid", public_id)
+    assert (row.state, row.vendor, row.vendor_message_id) == (row_state, "twilio", answer.get("sid"))
+    state = message_state("twilio", report_key)
+    assert (state.outcome, state.error_type) == (outcome, error_type)
+    assert (state.client_id, state.emarsys_message_id) == (client_id, row.emarsys_message_id)
+
+
+def test_twilio_request_asks_for_status_callbacks_at_the_client_url(app_context, httpserver):
+    httpserver.expect_request(TWILIO_MESSAGES, method="POST").respond_with_json(
+        {"sid": "SM" + "2" * 32}, status=201)
+    client_id = twilio_client(httpserver.url_for("/"))
+    queue_messages(client_id)
+
+    dispatcher(app_context).run_once()
+
+    request = httpserver.log[0][0]
+    assert dict(request.form) == {"To": DESTINATION, "From": "ACME", "Body": BODY,
+                                  "StatusCallback": callback_urls(get_client(client_id)).delivery_reports}
+    assert request.authorization.username == ACCOUNT_SID
+
+
+def test_retry_then_success_keeps_the_message_id(app_context, httpserver):
+    httpserver.expect_ordered_request(GENESYS_PATH).respond_with_data("result_code=6")
+    httpserver.expect_ordered_request(GENESYS_PATH).respond_with_data("result_code=0")
+    [public_id] = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)))
+    worker = dispatcher(app_context)
+
+    worker.run_once()
+    after_retry = message(public_id)
+    assert (after_retry.state, after_retry.attempts, after_retry.lease_owner) == ("queued", 1, None)
+    assert message_state("genesys", public_id) is None
+    worker.run_once()
+
+    assert (message(public_id).state, message(public_id).attempts) == ("sent", 2)
+    assert sent_message_ids(httpserver) == [public_id, public_id]
+    assert message_state("genesys", public_id).outcome == "ACCEPTED"
+
+
+@pytest.mark.parametrize("settings", [dict(SEND_RETRY_DELAY_SECONDS=3600)])
+def test_retry_waits_for_the_retry_delay(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=98")
+    [public_id] = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)))
+    worker = dispatcher(app_context)
+
+    worker.run_once()
+
+    assert worker.run_once() == 0
+    assert message(public_id).next_attempt_at > utcnow() + timedelta(minutes=59)
+    assert len(httpserver.log) == 1
+
+
+@pytest.mark.parametrize("settings", [dict(SEND_MAX_ATTEMPTS=3)])
+def test_retries_exhausted_fail_with_unknown_error(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=6")
+    [public_id] = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)))
+    worker = dispatcher(app_context)
+
+    handled = [worker.run_once() for _ in range(4)]
+
+    assert handled == [1, 1, 1, 0]
+    assert sent_message_ids(httpserver) == [public_id] * 3
+    row = message(public_id)
+    assert (row.state, row.attempts) == ("failed", 3)
+    state = message_state("genesys", public_id)
+    assert (state.outcome, state.error_type, state.emarsys_message_id) == ("ERROR", "UNKNOWN",
+                                                                            row.emarsys_message_id)
+
+
+def test_vendor_server_error_is_retried(app_context, httpserver):
+    [public_id] = queue_messages(genesys_client(httpserver.url_for("/nothing-here")))
+    httpserver.expect_request("/nothing-here").respond_with_data("", status=503)
+
+    dispatcher(app_context).run_once()
+
+    row = message(public_id)
+    assert (row.state, row.attempts, row.last_error) == ("queued", 1, "http_503: Genesys answered HTTP 503")
+
+
+def test_later_genesys_report_updates_the_client_message(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    [public_id] = queue_messages(client_id)
+    dispatcher(app_context).run_once()
+
+    answer = app_context.test_client().post("/vendors/genesys/delivery-reports", data={
+        "type": "receipt", "message_id": public_id, "message_state": "2", "result_code": "0"})
+
+    assert answer.status_code == 200
+    row = message(public_id)
+    state = message_state("genesys", public_id)
+    assert (state.outcome, state.client_id, state.emarsys_message_id) == ("DELIVERED", client_id,
+                                                                          row.emarsys_message_id)
+    assert forwarded_statuses(row.emarsys_message_id) == ["ACCEPTED", "DELIVERED"]
+
+
+@pytest.mark.parametrize("settings", [dict(DISPATCH_BATCH_SIZE=25, DISPATCH_CONCURRENCY=8)])
+def test_two_workers_never_send_a_message_twice(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
+    public_ids = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)), 500)
+    handled = Counter()
+
+    def drain(owner: str) -> None:
+        worker = dispatcher(app_context, owner)
+        with app_context.app_context():
+            while count := worker.run_once():
+                handled[owner] += count
+
+    threads = [threading.Thread(target=drain, args=(owner,)) for owner in ("worker-a", "worker-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert Counter(sent_message_ids(httpserver)) == Counter(public_ids)
+    assert sum(handled.values()) == 500
+    db.session.rollback()
+    states = db.session.execute(db.select(OutboundMessage.state, db.func.count())
+                                .group_by(OutboundMessage.state)).all()
+    assert dict(states) == {"sent": 500}
+
+
+@pytest.mark.parametrize("settings", [dict(LEASE_SECONDS=1.0, VENDOR_TIMEOUT_SECONDS=0.5)])
+def test_messages_of_a_dead_worker_are_sent_after_its_lease_expires(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
+    public_ids = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)), 5)
+    jobs, claimed = dispatcher(app_context, "dead-worker").claim()  # ...and never sends them
+    survivor = dispatcher(app_context, "worker-b")
+
+    assert (len(jobs), claimed) == (5, 5)
+    assert survivor.run_once() == 0
+    wait_until_leases_expire()
+    assert survivor.run_once() == 5
+
+    assert Counter(sent_message_ids(httpserver)) == Counter(public_ids)
+    rows = [message(public_id) for public_id in public_ids]
+    assert {(row.state, row.attempts, row.lease_owner) for row in rows} == {("sent", 2, None)}
+
+
+def wait_until_leases_expire() -> None:
+    """Sleep in short steps until no message is under a live lease."""
+    while True:
+        db.session.rollback()
+        latest = db.session.scalar(db.select(db.func.max(OutboundMessage.lease_until)))
+        if latest is None or latest < utcnow():
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("settings", [dict(LEASE_SECONDS=1.0, VENDOR_TIMEOUT_SECONDS=0.5)])
+def test_late_result_of_a_worker_that_lost_its_lease_is_ignored(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
+    [public_id] = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)))
+    slow_worker = dispatcher(app_context, "slow-worker")
+    [job], _ = slow_worker.claim()
+    wait_until_leases_expire()
+    dispatcher(app_context, "worker-b").run_once()
+
+    slow_worker._record(job, vendors.refused(Outcome.HARDBOUNCE, None, "1", "request invalid"))
+
+    row = message(public_id)
+    assert (row.state, row.attempts) == ("sent", 2)
+    assert message_state("genesys", public_id).outcome == "ACCEPTED"
+
+
+@pytest.mark.parametrize("settings", [dict(DISPATCH_CONCURRENCY=1, LEASE_SECONDS=2.0,
+                                           VENDOR_TIMEOUT_SECONDS=1.5)])
+def test_send_that_could_outlive_the_lease_is_handed_back(app_context, httpserver):
+    def slow_genesys(request: Request) -> Response:
+        time.sleep(0.7)  # longer than the 0.5 s the lease leaves for starting sends
+        return Response("result_code=0")
+
+    httpserver.expect_request(GENESYS_PATH).respond_with_handler(slow_genesys)
+    first, second = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)), 2)
+
+    assert dispatcher(app_context).run_once() == 2
+
+    assert len(httpserver.log) == 1
+    sent, handed_back = sorted((message(first), message(second)), key=lambda row: row.state != "sent")
+    assert (sent.state, handed_back.state) == ("sent", "queued")
+    assert (handed_back.attempts, handed_back.lease_owner) == (0, None)
+
+
+def test_messages_of_a_deleted_client_are_never_sent(app_context, httpserver):
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    [public_id] = queue_messages(client_id)
+    delete_client(client_id)
+
+    assert dispatcher(app_context).run_once() == 0
+    assert message(public_id).state == "cancelled"
+    assert httpserver.log == []
+
+
+@pytest.mark.parametrize("settings", [dict(LEASE_SECONDS=1.0, VENDOR_TIMEOUT_SECONDS=0.5)])
+def test_claimed_message_of_a_client_deleted_meanwhile_is_cancelled(app_context, httpserver):
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    [public_id] = queue_messages(client_id)
+    dispatcher(app_context, "dead-worker").claim()
+    delete_client(client_id)
+    wait_until_leases_expire()
+
+    assert dispatcher(app_context, "worker-b").run_once() == 1
+
+    row = message(public_id)
+    assert (row.state, row.lease_owner) == ("cancelled", None)
+    assert httpserver.log == []
+
+
+def test_send_results_are_stored_as_raw_events(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
+    [public_id] = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)))
+
+    dispatcher(app_context).run_once()
+
+    event = db.session.scalars(db.select(RawEvent)).one()
+    assert (event.kind, event.vendor_message_id) == ("send_result", public_id)
+    assert event.params == {"public_id": public_id, "attempt": 1, "status_code": "0", "status_text": "queued"}
+
+
+@pytest.mark.parametrize("settings", [dict(SEND_MAX_ATTEMPTS=2)])
+@pytest.mark.parametrize("answer", ["result_code=6", "result_code=2", "result_code=0"])
+def test_logs_name_no_secret_body_or_full_number(app_context, httpserver, caplog, answer):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data(answer)
+    queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)))
+    worker = dispatcher(app_context)
+
+    with caplog.at_level(logging.DEBUG, logger="services.dispatcher"):
+        worker.run_once()
+        worker.run_once()
+
+    lines = [record.getMessage() for record in caplog.records if record.name == "services.dispatcher"]
+    assert lines and all(f"to {'*' * 8}4567" in line for line in lines)
+    for secret in (PASSWORD, BODY, DESTINATION, DESTINATION.lstrip("+")):
+        assert not any(secret in line for line in lines)
+
+
+@pytest.mark.parametrize("override, fault", [
+    ({"LEASE_SECONDS": 5, "VENDOR_TIMEOUT_SECONDS": 5}, "LEASE_SECONDS"),
+    ({"DISPATCH_CONCURRENCY": 0}, "DISPATCH_CONCURRENCY"),
+])
+def test_unsafe_settings_are_refused(app_context, override, fault):
+    with pytest.raises(ValueError, match=fault):
+        Dispatcher.from_config({**app_context.config, **override}, "worker-a")

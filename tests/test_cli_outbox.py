@@ -1,0 +1,135 @@
+"""`flask outbox status|dead|replay` against PostgreSQL."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import insert, select
+
+from models import OutboxItem, db
+from services.ingest import utcnow
+from services.outbox import parse_since
+
+CLIENT_A = uuid.UUID("39a281c7-942f-49a9-91c2-8f0dba750f7f")
+CLIENT_B = uuid.UUID("5b0e6c55-2f3e-4c1e-9d8e-0a1b2c3d4e5f")
+PRIVATE_BODY = "your code is 123456"
+
+
+def add_item(state: str, client_id: uuid.UUID = CLIENT_A, age: timedelta = timedelta(0), attempts: int = 0,
+             last_error: str | None = None, key: str = "em-1") -> None:
+    """Insert one outbox row of an inbound message whose body must never be printed."""
+    created_at = utcnow() - age
+    payload = {"messageId": key, "source": "4367", "destination": "12345", "message": PRIVATE_BODY,
+               "receivedAt": "2026-01-01T00:00:00Z"}
+    db.session.execute(insert(OutboxItem).values(
+        client_id=client_id, kind="inbound_message", message_key=key, payload=payload, event_at=created_at,
+        state=state, attempts=attempts, next_attempt_at=created_at + timedelta(days=1), created_at=created_at,
+        last_error=last_error, first_attempt_at=created_at))
+    db.session.commit()
+
+
+def run(app, *args: str):
+    """Invoke `flask outbox <args>` and return the result."""
+    return app.test_cli_runner().invoke(args=["outbox", *args])
+
+
+def test_status_prints_counts_by_state_and_the_oldest_pending_age(app):
+    with app.app_context():
+        add_item("pending", age=timedelta(hours=2, minutes=5))
+        add_item("pending", key="em-2")
+        add_item("leased", key="em-3")
+        add_item("done", age=timedelta(days=9), key="em-4")
+        for number in range(3):
+            add_item("dead", key=f"em-d{number}")
+
+    result = run(app, "status")
+
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line.split()[1] for line in result.output.splitlines() if line.strip()}
+    assert (lines["pending"], lines["leased"], lines["done"], lines["dead"]) == ("2", "1", "1", "3")
+    assert "oldest pending: 2h 5m" in result.output
+
+
+def test_status_of_an_empty_outbox_says_nothing_is_pending(app):
+    result = run(app, "status")
+
+    assert result.exit_code == 0
+    assert "oldest pending: none" in result.output
+
+
+def test_dead_lists_dead_letters_without_message_bodies(app):
+    with app.app_context():
+        add_item("dead", attempts=4, last_error="HTTP 404: client does not exist at Emarsys", key="mo-9")
+        add_item("pending", key="mo-10")
+        dead_id = db.session.scalar(select(OutboxItem.id).where(OutboxItem.state == "dead"))
+
+    result = run(app, "dead")
+
+    assert result.exit_code == 0, result.output
+    [row] = [line.split("\t") for line in result.output.splitlines()[1:-1]]
+    assert row == [str(dead_id), str(CLIENT_A), "inbound_message", "mo-9", "4",
+                   "HTTP 404: client does not exist at Emarsys"]
+    assert "1 of 1 dead letter(s) shown" in result.output
+    assert PRIVATE_BODY not in result.output
+
+
+# (arguments, items replayed): A has a dead letter from 3 days ago and one from now, B one from now.
+REPLAYS = [
+    ((), 3),
+    (("--client", str(CLIENT_A)), 2),
+    (("--client", str(CLIENT_B)), 1),
+    (("--since", "2h"), 2),
+    (("--client", str(CLIENT_A), "--since", "1d"), 1),
+    (("--since", "2000-01-01T00:00"), 3),
+    (("--since", "2999-01-01T00:00"), 0),
+]
+
+
+@pytest.mark.parametrize("arguments, replayed", REPLAYS)
+def test_replay_requeues_the_chosen_dead_letters(app, arguments, replayed):
+    with app.app_context():
+        add_item("dead", CLIENT_A, age=timedelta(days=3), attempts=7, last_error="gave up", key="a-old")
+        add_item("dead", CLIENT_A, attempts=1, last_error="HTTP 403", key="a-new")
+        add_item("dead", CLIENT_B, attempts=1, last_error="HTTP 404", key="b-new")
+        add_item("done", CLIENT_A, key="a-done")
+        before = utcnow()
+
+    result = run(app, "replay", *arguments)
+
+    assert result.exit_code == 0, result.output
+    assert f"replayed {replayed} dead letter(s)" in result.output
+    with app.app_context():
+        requeued = db.session.scalars(select(OutboxItem).where(OutboxItem.state == "pending")).all()
+        assert len(requeued) == replayed
+        for item in requeued:
+            assert item.attempts == 0 and item.first_attempt_at is None and item.next_attempt_at >= before
+        assert db.session.scalar(select(OutboxItem.state).where(OutboxItem.message_key == "a-done")) == "done"
+
+
+@pytest.mark.parametrize("arguments", [("--since", "yesterday"), ("--client", "not-a-uuid")])
+def test_replay_refuses_bad_arguments(app, arguments):
+    result = run(app, "replay", *arguments)
+
+    assert result.exit_code == 2
+    assert "Invalid value" in result.output
+
+
+NOW = datetime(2026, 3, 1, 12, 0, 0)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2h", NOW - timedelta(hours=2)),
+    ("3d", NOW - timedelta(days=3)),
+    ("90", NOW - timedelta(seconds=90)),
+    ("2026-01-01T00:00", datetime(2026, 1, 1)),
+    ("2026-01-01", datetime(2026, 1, 1)),
+    ("2026-01-01T02:00+02:00", datetime(2026, 1, 1)),
+])
+def test_since_takes_an_iso_time_in_utc_or_an_age(text, expected):
+    assert parse_since(text, NOW) == expected
+
+
+def test_since_rejects_other_text():
+    with pytest.raises(ValueError, match="ISO time"):
+        parse_since("last week", NOW)
