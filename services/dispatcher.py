@@ -33,7 +33,7 @@ from models import Client, OutboundMessage, db
 from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage as MessageToSend
 from services.clients import callback_urls, client_config
-from services.ingest import record_delivery_report, utcnow
+from services.ingest import add_delivery_report, utcnow
 from services.vendors import SendResult, refused, retry_later, send_message
 
 log = logging.getLogger(__name__)
@@ -232,13 +232,9 @@ class Dispatcher:
             error_type=result.error_type)
         params = {"public_id": message.public_id, "attempt": message.attempts,
                   "status_code": result.status_code, "status_text": result.status_text}
-        stored = record_delivery_report(job.vendor, report, params, client_id=message.client_id,
-                                        emarsys_message_id=message.emarsys_message_id,
-                                        kind=SEND_RESULT_KIND)
-        if stored.duplicate:
-            # The report was already stored, and storing it again rolled back the row update.
-            self._complete(job, result, now)
-            db.session.commit()
+        add_delivery_report(job.vendor, report, params, client_id=message.client_id,
+                            emarsys_message_id=message.emarsys_message_id, kind=SEND_RESULT_KIND)
+        db.session.commit()
         _log_outcome(message, result)
 
     def _complete(self, job: SendJob, result: SendResult, now: datetime) -> bool:

@@ -1,0 +1,54 @@
+-- Store one delivery report in one round trip (PostgreSQL): raw event, never-backwards state,
+-- bounce record (upsert or withdrawal) and, for an Emarsys client's message, the outbox row.
+-- Every data-modifying CTE runs exactly once, in the statement's own transaction.
+WITH ev AS (
+    INSERT INTO raw_events (vendor, kind, client_id, vendor_message_id, fingerprint, params, received_at)
+    VALUES (:vendor, :kind, CAST(:client_id AS uuid), :vmid, :fingerprint, CAST(:params AS json), :now)
+    ON CONFLICT (fingerprint) DO NOTHING
+    RETURNING id
+), st AS (
+    INSERT INTO message_states AS cur (vendor, vendor_message_id, client_id, emarsys_message_id, recipient,
+                                       outcome, error_type, rank, status_code, status_text, event_at, updated_at)
+    SELECT :vendor, :vmid, CAST(:client_id AS uuid), CAST(:emid AS varchar), CAST(:recipient AS varchar),
+           :outcome, CAST(:error_type AS varchar), :rank, :status_code, :status_text, :event_at, :now
+    FROM ev
+    ON CONFLICT (vendor, vendor_message_id) DO UPDATE SET
+        recipient = COALESCE(EXCLUDED.recipient, cur.recipient),
+        client_id = COALESCE(cur.client_id, EXCLUDED.client_id),
+        emarsys_message_id = COALESCE(cur.emarsys_message_id, EXCLUDED.emarsys_message_id),
+        outcome = EXCLUDED.outcome, error_type = EXCLUDED.error_type, rank = EXCLUDED.rank,
+        status_code = EXCLUDED.status_code, status_text = EXCLUDED.status_text,
+        event_at = EXCLUDED.event_at, updated_at = EXCLUDED.updated_at
+    WHERE EXCLUDED.rank > cur.rank OR (EXCLUDED.rank = cur.rank AND EXCLUDED.event_at >= cur.event_at)
+    RETURNING cur.id, cur.client_id, cur.emarsys_message_id, cur.recipient
+), bounce_upsert AS (
+    INSERT INTO bounces AS b (message_state_id, message_id, recipient, status_code, status_text, type,
+                              event_at, pulled_at, seq)
+    SELECT st.id, :vmid, COALESCE(st.recipient, ''), :status_code, :status_text,
+           CAST(:bounce_type AS varchar), :event_at, NULL, ev.id
+    FROM st, ev
+    WHERE CAST(:bounce_type AS varchar) IS NOT NULL
+    ON CONFLICT (message_state_id) DO UPDATE SET
+        message_id = EXCLUDED.message_id, recipient = EXCLUDED.recipient,
+        status_code = EXCLUDED.status_code, status_text = EXCLUDED.status_text, type = EXCLUDED.type,
+        event_at = EXCLUDED.event_at, pulled_at = NULL, seq = EXCLUDED.seq
+    RETURNING b.id
+), bounce_withdraw AS (
+    -- The retry worked: withdraw the bounce unless SAP already has it.
+    DELETE FROM bounces AS b USING st
+    WHERE CAST(:bounce_type AS varchar) IS NULL AND b.message_state_id = st.id AND b.pulled_at IS NULL
+    RETURNING b.id
+), forward AS (
+    INSERT INTO outbox (client_id, kind, message_key, payload, event_at, state, attempts, next_attempt_at,
+                        created_at)
+    SELECT st.client_id, 'delivery_report', LEFT(COALESCE(st.emarsys_message_id, :vmid), 120),
+           CAST(CAST(:payload AS jsonb)
+                || jsonb_build_object('emarsysMessageId', COALESCE(st.emarsys_message_id, :vmid)) AS json),
+           :event_at, 'pending', 0, :now, :now
+    FROM st
+    WHERE st.client_id IS NOT NULL
+    RETURNING id
+)
+SELECT (SELECT id FROM ev) AS event_id, (SELECT id FROM st) AS state_id,
+       (SELECT count(*) FROM bounce_upsert) + (SELECT count(*) FROM bounce_withdraw)
+           + (SELECT count(*) FROM forward) AS side_effects
