@@ -15,10 +15,13 @@ $(BIN)/.installed: requirements.txt requirements-test.txt
 
 install: $(BIN)/.installed
 
-## Serve the whole service on port 8080 with the embedded SQLite default (or $DATABASE_URL).
+## Serve the whole service on port 8080 with the embedded SQLite default (or $DATABASE_URL):
+## the web server and, beside it, the worker that sends messages and forwards reports.
 run: install
 	mkdir -p instance
 	$(BIN)/flask --app app db upgrade
+	$(BIN)/flask --app app worker & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/gunicorn --workers $(WEB_CONCURRENCY) --bind 0.0.0.0:$(PORT) --access-logfile - wsgi:app
 
 ## Run the whole suite against a throwaway PostgreSQL that the suite starts itself.

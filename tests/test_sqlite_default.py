@@ -33,3 +33,25 @@ def test_push_and_pull_end_to_end_on_sqlite(sqlite_app):
     assert body["lastPage"] is True
     assert [(r["messageId"], r["recipient"], r["type"], r["timestamp"]) for r in body["status"]] == [
         ("77", "+4915112345", "Temporary", "20180102080000")]
+
+
+def genesys(client, message_id: str, state: str, result_code: str = "0"):
+    form = {"type": "receipt", "message_id": message_id, "message_state": state, "result_code": result_code}
+    assert client.post("/vendors/genesys/delivery-reports", data=form).status_code == 200
+
+
+def test_state_rules_hold_on_the_sqlite_path_too(sqlite_app):
+    client = sqlite_app.test_client()
+    genesys(client, "late", "2")
+    genesys(client, "late", "1")        # a late ACCEPTED after DELIVERED changes nothing
+    genesys(client, "retry", "3")
+    genesys(client, "retry", "2")       # DELIVERED after SOFTBOUNCE withdraws the unpulled bounce
+    genesys(client, "hard", "5", "1")
+    genesys(client, "hard", "5", "1")   # a redelivery stores nothing new
+    body = client.get("/status?startTimeUTC=20000101000000&endTimeUTC=21000101000000").get_json()
+    assert [(r["messageId"], r["type"]) for r in body["status"]] == [("hard", "Permanent")]
+    with sqlite_app.app_context():
+        from models import MessageState, RawEvent
+        outcomes = dict(db.session.execute(db.select(MessageState.vendor_message_id, MessageState.outcome)).all())
+        assert outcomes == {"late": "DELIVERED", "retry": "DELIVERED", "hard": "HARDBOUNCE"}
+        assert len(db.session.scalars(db.select(RawEvent)).all()) == 5
