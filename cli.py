@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
@@ -33,12 +33,13 @@ outbox_group = AppGroup("outbox", help="Inspect the Emarsys outbox and replay it
 def _format_age(age: timedelta) -> str:
     """Render an age as e.g. "2d 3h 4m 5s"."""
     seconds = int(age.total_seconds())
-    parts = [(seconds // 86400, "d"), (seconds // 3600 % 24, "h"), (seconds // 60 % 60, "m"), (seconds % 60, "s")]
+    parts = [(seconds // 86400, "d"), (seconds // 3600 % 24, "h"), (seconds // 60 % 60, "m"),
+             (seconds % 60, "s")]
     shown = [f"{value}{unit}" for value, unit in parts if value]
     return " ".join(shown) or "0s"
 
 
-def _since(ctx: click.Context, param: click.Parameter, value: str | None):
+def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
     """Turn --since into naive UTC, or fail with a usage error."""
     from services.outbox import parse_since
 
@@ -81,8 +82,9 @@ def outbox_dead_command(client_id: uuid.UUID | None, limit: int) -> None:
 @outbox_group.command("replay")
 @click.option("--client", "client_id", type=click.UUID, help="Only this Emarsys client.")
 @click.option("--since", callback=_since,
-              help="Only items created since an ISO time (UTC), e.g. 2026-01-01T00:00, or an age, e.g. 2h or 3d.")
-def outbox_replay_command(client_id: uuid.UUID | None, since) -> None:
+              help="Only items created since an ISO time (UTC), e.g. 2026-01-01T00:00, "
+                   "or an age, e.g. 2h or 3d.")
+def outbox_replay_command(client_id: uuid.UUID | None, since: datetime | None) -> None:
     """Re-queue dead letters for immediate forwarding and print how many."""
     from services.outbox import replay_dead_letters
 

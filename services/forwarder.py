@@ -5,9 +5,14 @@ one has lingered FORWARD_LINGER_MS), claims up to FORWARD_BATCH_SIZE items per c
 with FOR UPDATE SKIP LOCKED, leases them to this worker and commits. It then posts each batch
 and records the answer with set-based updates guarded by `lease_owner = me`, so a worker whose
 lease expired and was taken over cannot mark anything twice.
+
+Reports of one message go out in event order: a message with a report that waits (for a retry,
+or leased to a worker) has no report claimed, and claims of one client and kind are serialised
+by a transaction-scoped advisory lock so that no claim sees another's half-done work.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -33,6 +38,7 @@ SENDERS: dict[str, Callable[[EmarsysClient, str, list[dict]], CallResult]] = {
     INBOUND_MESSAGE: EmarsysClient.send_inbound_messages,
 }
 RELEASED = {"lease_owner": None, "lease_until": None}
+MAX_ROUNDS_PER_RUN = 10
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,24 @@ def is_waiting(item: Any, now: datetime) -> ColumnElement[bool]:
                and_(item.state == LEASED, item.lease_until >= now))
 
 
+def claim_lock_key(client_id: uuid.UUID, kind: str) -> int:
+    """Return the PostgreSQL advisory lock key that serialises claims of one client and kind."""
+    digest = hashlib.blake2b(f"outbox-claim:{client_id}:{kind}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_claims_of(client_id: uuid.UUID, kind: str) -> None:
+    """Wait until no other worker is claiming this client's items; held until the claim commits.
+
+    SKIP LOCKED alone could hand us a message's later report while another worker's uncommitted
+    claim holds the earlier one. Claims are short and sends happen after commit, so workers still
+    send batches of one client in parallel.
+    """
+    # SQLite has a single writer, and the lease update below re-checks that items are still due.
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(select(func.pg_advisory_xact_lock(claim_lock_key(client_id, kind))))
+
+
 class Forwarder:
     """Move due outbox items to Emarsys in leased batches; one instance per worker."""
 
@@ -103,20 +127,35 @@ class Forwarder:
                    linger_seconds=config["FORWARD_LINGER_MS"] / 1000, lease_seconds=config["LEASE_SECONDS"])
 
     def run_once(self) -> int:
-        """Forward one batch for every ready client and kind; return how many items were handled."""
+        """Forward due batches, round-robin over ready clients and kinds; return the items handled."""
         if self.emarsys is None:
-            if not self._warned_unconfigured:
-                log.warning("PARTNER_OAUTH_TOKEN_URL/CLIENT_ID/CLIENT_SECRET are not set: reports "
-                            "stay in the outbox until they are")
-                self._warned_unconfigured = True
+            self._warn_unconfigured()
             return 0
-        handled = 0
-        for client_id, kind in self.ready_groups(utcnow()):
-            batch = self.claim(client_id, kind, utcnow())
-            if batch is not None:
-                self.acknowledge(batch, self.send(batch), utcnow())
-                handled += len(batch.items)
+        handled, groups = 0, self.ready_groups(utcnow())
+        # A client with a backlog keeps its turn while its batches are full, for a bounded number
+        # of rounds, so the worker's other jobs still run.
+        for _ in range(MAX_ROUNDS_PER_RUN):
+            sizes = {group: self._forward(*group) for group in groups}
+            handled += sum(sizes.values())
+            groups = [group for group, size in sizes.items() if size == self.batch_size]
+            if not groups:
+                break
         return handled
+
+    def _warn_unconfigured(self) -> None:
+        """Log, once per forwarder, that nothing is forwarded without partner OAuth settings."""
+        if not self._warned_unconfigured:
+            log.warning("PARTNER_OAUTH_TOKEN_URL/CLIENT_ID/CLIENT_SECRET are not set: reports "
+                        "stay in the outbox until they are")
+            self._warned_unconfigured = True
+
+    def _forward(self, client_id: uuid.UUID, kind: str) -> int:
+        """Claim, send and acknowledge one batch of a client and kind; return its size."""
+        batch = self.claim(client_id, kind, utcnow())
+        if batch is None:
+            return 0
+        self.acknowledge(batch, self.send(batch), utcnow())
+        return len(batch.items)
 
     def ready_groups(self, now: datetime) -> list[tuple[uuid.UUID, str]]:
         """Return the (client, kind) pairs with a full batch due or a due item older than the linger."""
@@ -131,50 +170,41 @@ class Forwarder:
 
     def claim(self, client_id: uuid.UUID, kind: str, now: datetime) -> Batch | None:
         """Lease up to a batch of one client's due items, keeping per-message order, and commit."""
+        lock_claims_of(client_id, kind)
         candidates = db.session.execute(self._candidates(client_id, kind, now)).all()
-        blocked = self._blocked(client_id, kind, candidates) if candidates else set()
-        ids = [row.id for row in candidates if row.id not in blocked]
-        if not ids:
+        if len(candidates) < self.batch_size and not self._lingered(candidates, now):
             db.session.commit()
             return None
+        ids = [row.id for row in candidates]
         rows = db.session.execute(
-            update(OutboxItem).where(OutboxItem.id.in_(ids))
+            update(OutboxItem).where(OutboxItem.id.in_(ids), is_due(OutboxItem, now))
             .values(state=LEASED, lease_owner=self.owner, lease_until=now + self.lease,
                     first_attempt_at=func.coalesce(OutboxItem.first_attempt_at, now))
             .returning(OutboxItem.id, OutboxItem.event_at, OutboxItem.payload, OutboxItem.attempts,
                        OutboxItem.first_attempt_at)).all()
         db.session.commit()
+        if not rows:
+            return None
         ordered = sorted(rows, key=lambda row: (row.event_at, row.id))
         return Batch(client_id, kind, [LeasedItem(row.id, row.payload, row.attempts, row.first_attempt_at)
                                        for row in ordered])
 
     def _candidates(self, client_id: uuid.UUID, kind: str, now: datetime):
         """Return the locking select of due items whose message has no report waiting for a retry or lease."""
-        # Usually few items wait; excluding their messages up front keeps them from filling the batch.
+        # Excluding the whole message keeps event order: its later reports wait for the earlier one.
         waiting = aliased(OutboxItem)
         waiting_messages = select(waiting.message_key).where(
             waiting.client_id == client_id, waiting.kind == kind, is_waiting(waiting, now))
-        return (select(OutboxItem.id, OutboxItem.message_key, OutboxItem.event_at)
+        return (select(OutboxItem.id, OutboxItem.created_at)
                 .where(OutboxItem.client_id == client_id, OutboxItem.kind == kind,
                        OutboxItem.state.in_((PENDING, LEASED)), is_due(OutboxItem, now),
                        OutboxItem.message_key.not_in(waiting_messages))
                 .order_by(OutboxItem.event_at, OutboxItem.id).limit(self.batch_size)
                 .with_for_update(skip_locked=True, of=OutboxItem))
 
-    def _blocked(self, client_id: uuid.UUID, kind: str, candidates: list[Row]) -> set[int]:
-        """Return the candidates behind an unfinished earlier report of their message left out of this claim."""
-        # SKIP LOCKED may hand us a message's later report while another worker claims the earlier one.
-        outside = db.session.execute(
-            select(OutboxItem.message_key, OutboxItem.event_at, OutboxItem.id)
-            .where(OutboxItem.client_id == client_id, OutboxItem.kind == kind,
-                   OutboxItem.message_key.in_({row.message_key for row in candidates}),
-                   OutboxItem.state.in_((PENDING, LEASED)),
-                   OutboxItem.id.not_in([row.id for row in candidates]))).all()
-        first_outside: dict[str, tuple[datetime, int]] = {}
-        for key, event_at, item_id in outside:
-            first_outside[key] = min(first_outside.get(key, (event_at, item_id)), (event_at, item_id))
-        return {row.id for row in candidates
-                if row.message_key in first_outside and first_outside[row.message_key] < (row.event_at, row.id)}
+    def _lingered(self, candidates: list[Row], now: datetime) -> bool:
+        """Return whether a partial batch has waited long enough: its oldest item is past the linger."""
+        return bool(candidates) and min(row.created_at for row in candidates) <= now - self.linger
 
     def send(self, batch: Batch) -> CallResult:
         """Post one batch to Emarsys, outside any database transaction."""
@@ -201,14 +231,15 @@ class Forwarder:
         if not ids:
             return 0
         stmt = (update(OutboxItem)
-                .where(OutboxItem.id.in_(ids), OutboxItem.state == LEASED, OutboxItem.lease_owner == self.owner)
+                .where(OutboxItem.id.in_(ids), OutboxItem.state == LEASED,
+                       OutboxItem.lease_owner == self.owner)
                 .values(**RELEASED, **values).execution_options(synchronize_session=False))
         return db.session.execute(stmt).rowcount
 
     def _reschedule(self, items: list[LeasedItem], result: CallResult, now: datetime) -> int:
         """Schedule the next attempt per the retry policy; items past the max age become dead letters."""
-        exhausted = [item.id for item in items if self.policy.is_exhausted(item.first_attempt_at, now)]
-        changed = self._mark(exhausted, state=DEAD, attempts=OutboxItem.attempts + 1,
+        exhausted = {item.id for item in items if self.policy.is_exhausted(item.first_attempt_at, now)}
+        changed = self._mark(list(exhausted), state=DEAD, attempts=OutboxItem.attempts + 1,
                              last_error=f"gave up after retrying: {result.reason}"[:500])
         by_attempts: dict[int, list[int]] = {}
         for item in items:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import pytest
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import func, insert, select, text, update
 from werkzeug import Request, Response
 
 from mappers.report import DeliveryReport, Outcome
@@ -20,7 +20,7 @@ from schemas.callbacks import delivery_report_item
 from schemas.client_config import load_client_config
 from services.clients import callback_urls, save_client
 from services.emarsys_client import CallResult
-from services.forwarder import Forwarder
+from services.forwarder import Forwarder, claim_lock_key
 from services.ingest import record_delivery_report, utcnow
 from tests.emarsys_spec import requires_spec, validate_pointer, validate_schema
 
@@ -142,7 +142,8 @@ def drain(app, worker: Forwarder, rounds: int = 50) -> int:
 def report(number: int, outcome: Outcome = Outcome.DELIVERED, at: datetime | None = None) -> DeliveryReport:
     """Return a normalised vendor report."""
     return DeliveryReport(vendor_message_id=f"v-{number}", recipient=None, status_code="2:0",
-                          status_text="DELIVERED", event_at=at or datetime(2026, 1, 1, 12, 0), outcome=outcome)
+                          status_text="DELIVERED", event_at=at or datetime(2026, 1, 1, 12, 0),
+                          outcome=outcome)
 
 
 def seed(client_id: uuid.UUID, count: int, start: int = 0, message_key: str | None = None,
@@ -152,9 +153,10 @@ def seed(client_id: uuid.UUID, count: int, start: int = 0, message_key: str | No
     rows = []
     for number in range(start, start + count):
         key = message_key or f"em-{number}"
-        payload = delivery_report_item(report(number, at=datetime(2026, 1, 1) + timedelta(seconds=number)), key)
+        event_at = datetime(2026, 1, 1) + timedelta(seconds=number)
+        payload = delivery_report_item(report(number, at=event_at), key)
         rows.append(dict(client_id=client_id, kind="delivery_report", message_key=key, payload=payload,
-                         event_at=datetime(2026, 1, 1) + timedelta(seconds=number), state="pending",
+                         event_at=event_at, state="pending",
                          attempts=0, next_attempt_at=now, created_at=now))
     db.session.execute(insert(OutboxItem), rows)
     db.session.commit()
@@ -423,23 +425,45 @@ def test_reports_held_back_behind_a_retry_do_not_fill_the_batch(forwarder_app, e
     assert emarsys.calls[-1]["items"][0]["emarsysMessageId"] == "em-2"
 
 
-def test_a_later_report_is_not_claimed_while_another_worker_locks_the_earlier_one(app, emarsys):
+def wait_until_a_claim_waits_for_the_claim_lock() -> None:
+    """Return once some session waits on an advisory lock; fail if none does."""
+    for _ in range(3000):
+        waiting = db.session.scalar(text("SELECT count(*) FROM pg_stat_activity "
+                                         "WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"))
+        db.session.commit()
+        if waiting:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the claim never waited for the other worker's claim lock")
+
+
+def test_a_claim_waits_for_another_workers_claim_so_a_later_report_cannot_overtake(app, emarsys):
+    claimed: dict[str, object] = {}
+
+    def claim_as_worker_b() -> None:
+        with app.app_context():
+            claimed["batch"] = forwarder(app, "worker-b").claim(CLIENT_A, "delivery_report", utcnow())
+
     with app.app_context():
         seed(CLIENT_A, 2, message_key="em-1")
         first_id = items()[0].id
-    with app.app_context():
         other = db.engine.connect()
         transaction = other.begin()
-        # Another worker's claim in flight: the earlier report is locked, not yet leased.
-        other.execute(text("SELECT id FROM outbox WHERE id = :id FOR UPDATE"), {"id": first_id})
+        # Worker A mid-claim: it holds the client's claim lock and has leased the earlier report.
+        other.execute(select(func.pg_advisory_xact_lock(claim_lock_key(CLIENT_A, "delivery_report"))))
+        other.execute(update(OutboxItem).where(OutboxItem.id == first_id).values(
+            state="leased", lease_owner="worker-a", lease_until=utcnow() + timedelta(minutes=1)))
+        thread = threading.Thread(target=claim_as_worker_b)
+        thread.start()
         try:
-            assert forwarder(app, "worker-b").claim(CLIENT_A, "delivery_report", utcnow()) is None
+            wait_until_a_claim_waits_for_the_claim_lock()
         finally:
-            transaction.rollback()
+            transaction.commit()
             other.close()
-        batch = forwarder(app, "worker-b").claim(CLIENT_A, "delivery_report", utcnow())
-    assert batch is not None and [item.payload["providerMessageIds"] for item in batch.items] == [
-        ["v-0"], ["v-1"]]
+            thread.join()
+        assert [(row.state, row.lease_owner) for row in items()] == [
+            ("leased", "worker-a"), ("pending", None)]
+    assert claimed == {"batch": None}
 
 
 # --- leases and concurrent workers --------------------------------------------------------
