@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 WEB_CONCURRENCY ?= 2
 
-.PHONY: install run test bench drills postgres-binaries clean
+.PHONY: install run test bench drills postgres-binaries chromium clean
 
 $(BIN)/.installed: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,35 @@ run: install
 	$(BIN)/gunicorn --workers $(WEB_CONCURRENCY) --bind 0.0.0.0:$(PORT) --access-logfile - wsgi:app
 
 ## Run the whole suite against a throwaway PostgreSQL that the suite starts itself.
-test: install postgres-binaries
+test: install postgres-binaries chromium
 	$(BIN)/pytest
+
+## Benchmarks against the machine's own ceilings (never part of `make test`); see docs/performance.md.
+bench: install postgres-binaries
+	@if ! command -v wrk >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "Installing wrk with apt-get..."; \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk \
+	            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }; \
+	    else \
+	        echo "The benchmarks need wrk (the HTTP load generator), which is missing." >&2; \
+	        echo "Install it, e.g. 'sudo apt-get install wrk', then run 'make bench' again." >&2; \
+	        exit 1; \
+	    fi; \
+	fi
+	$(BIN)/python -m bench.run_all
+
+## The dashboard's browser test drives Debian's Chromium (not a browser Playwright downloads).
+chromium:
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Chromium with apt-get..."; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+	    echo "Chromium (/usr/bin/chromium) is missing; the dashboard's browser test needs it." >&2; \
+	    echo "Install it, e.g. 'sudo apt-get install chromium'." >&2; \
+	    exit 1; \
+	fi
 
 ## The test suite needs PostgreSQL's server binaries (initdb, pg_ctl); install them if we can.
 postgres-binaries:

@@ -8,7 +8,8 @@ import logging_setup
 from config import load_config
 from errors import register_error_handlers
 from models import db
-from routes import ops, partner, sap, vendors
+from routes import dashboard, ops, partner, sap, vendors
+from services.metrics import init_metrics
 from extensions import load_vendor_registry, migrate, secret_box_factory, token_verifier_from_config
 
 
@@ -22,9 +23,10 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["vendor_registry"] = load_vendor_registry(app.config["VENDOR_MAPPINGS_FILE"])
     app.extensions["secret_box"] = secret_box_factory(app)
     app.extensions["emarsys_token_verifier"] = token_verifier_from_config(app.config)
-    for blueprint in (vendors.bp, sap.bp, ops.bp, partner.bp):
+    for blueprint in (vendors.bp, sap.bp, ops.bp, partner.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    init_metrics(app)
     logging_setup.configure(app)
     cli.register(app)
     return app

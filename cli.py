@@ -2,20 +2,27 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
+from sqlalchemy import Engine, event, text
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# One number every instance agrees on ("sms_mig"): the PostgreSQL advisory lock of migrations.
+MIGRATION_LOCK_KEY = 0x736D735F6D6967
 
 
 def register(app: Flask) -> None:
     """Attach the service's commands to the Flask CLI (Flask-Migrate adds `flask db`)."""
     app.cli.add_command(worker_command)
     app.cli.add_command(outbox_group)
+    app.cli.add_command(db_upgrade_locked_command)
+    app.cli.add_command(purge_command)
 
 
 @click.command("worker")
@@ -89,3 +96,79 @@ def outbox_replay_command(client_id: uuid.UUID | None, since: datetime | None) -
     from services.outbox import replay_dead_letters
 
     click.echo(f"replayed {replay_dead_letters(client_id, since)} dead letter(s)")
+
+
+@contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Hold the migrations' session advisory lock while the block runs; others wait their turn."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+
+
+def lift_statement_timeout(engine: Engine) -> None:
+    """Let this process's new connections wait and migrate without the app's statement timeout."""
+    engine.dispose()
+
+    @event.listens_for(engine, "connect")
+    def _no_statement_timeout(dbapi_connection, _record) -> None:
+        # In autocommit: a SET inside a transaction that is later rolled back would be undone.
+        autocommit, dbapi_connection.autocommit = dbapi_connection.autocommit, True
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET statement_timeout = 0")
+        dbapi_connection.autocommit = autocommit
+
+
+@click.command("db-upgrade-locked")
+def db_upgrade_locked_command() -> None:
+    """Migrate to the newest schema once, however many instances start at the same time."""
+    from flask_migrate import upgrade
+
+    from models import db
+
+    if db.engine.dialect.name != "postgresql":
+        upgrade()  # SQLite serves one local process; there is nobody to race.
+        return
+    # Waiting for the lock, or a long migration, must not be cut off by the 10 s statement timeout.
+    lift_statement_timeout(db.engine)
+    with migration_lock(db.engine):
+        upgrade()
+    click.echo("database schema is up to date", err=True)  # stdout carries only log lines
+
+
+def _age(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    """Turn --older-than (e.g. 30d, 12h) into a positive timedelta, or fail with a usage error."""
+    from services.retry import parse_duration
+
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    if seconds <= 0:
+        raise click.BadParameter("must be more than zero, e.g. 30d", ctx=ctx, param=param)
+    return timedelta(seconds=seconds)
+
+
+@click.command("purge")
+@click.option("--older-than", "older_than", callback=_age,
+              help="Delete rows older than this age, e.g. 30d or 12h (default: RETENTION_DAYS).")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Rows per transaction (default: PURGE_BATCH_SIZE).")
+def purge_command(older_than: timedelta | None, dry_run: bool, batch_size: int | None) -> None:
+    """Delete what has outlived the retention, in short batches, and print the count per table."""
+    from services.ingest import utcnow
+    from services.retention import purge
+
+    cutoff = utcnow() - (older_than or timedelta(days=current_app.config["RETENTION_DAYS"]))
+    results = purge(cutoff, batch_size or current_app.config["PURGE_BATCH_SIZE"], dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"rows older than {cutoff:%Y-%m-%d %H:%M:%S} UTC (status cursors: older than a day)")
+    click.echo(f"{'table':<20}{verb:>14}")
+    for result in results:
+        click.echo(f"{result.table:<20}{result.rows:>14}")
+    click.echo(f"{'total':<20}{sum(result.rows for result in results):>14}")

@@ -28,14 +28,25 @@ def _is_postgres_service(service: dict) -> bool:
     return "postgresql" in tags or "postgres" in label or uri.startswith(("postgres://", "postgresql://"))
 
 
+# Brokers spell the parts differently; the first name present wins.
+_CREDENTIAL_ALIASES = {
+    "hostname": ("hostname", "host"),
+    "port": ("port",),
+    "dbname": ("dbname", "database", "name"),
+    "username": ("username", "user"),
+    "password": ("password",),
+}
+
+
 def _url_from_credentials(credentials: dict) -> str | None:
     if credentials.get("uri"):
         return credentials["uri"]
-    keys = ("hostname", "port", "dbname", "username", "password")
-    if all(credentials.get(key) for key in keys):
-        user, password = quote(str(credentials["username"])), quote(str(credentials["password"]))
-        return (f"postgresql://{user}:{password}@{credentials['hostname']}:"
-                f"{credentials['port']}/{credentials['dbname']}")
+    parts = {key: next((credentials[name] for name in names if credentials.get(name)), None)
+             for key, names in _CREDENTIAL_ALIASES.items()}
+    if all(parts.values()):
+        user, password = quote(str(parts["username"]), safe=""), quote(str(parts["password"]), safe="")
+        return (f"postgresql://{user}:{password}@{parts['hostname']}:"
+                f"{parts['port']}/{quote(str(parts['dbname']), safe='')}")
     return None
 
 
@@ -100,8 +111,14 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "DISPATCH_BATCH_SIZE": int(env.get("DISPATCH_BATCH_SIZE", "200")),
         "DISPATCH_CONCURRENCY": int(env.get("DISPATCH_CONCURRENCY", "10")),
         "RETENTION_DAYS": int(env.get("RETENTION_DAYS", "30")),
+        "PURGE_BATCH_SIZE": int(env.get("PURGE_BATCH_SIZE", "5000")),
+        "PURGE_INTERVAL_SECONDS": float(env.get("PURGE_INTERVAL_SECONDS", "300")),
+        "PURGE_MAX_BATCHES": int(env.get("PURGE_MAX_BATCHES", "20")),
         "ADMIN_USERNAME": env.get("ADMIN_USERNAME") or None,
         "ADMIN_PASSWORD": env.get("ADMIN_PASSWORD") or None,
+        # prometheus_client itself reads this variable at import; the scrape must agree with it.
+        "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+        "METRICS_CACHE_SECONDS": float(env.get("METRICS_CACHE_SECONDS", "5")),
     }
 
 

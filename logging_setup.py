@@ -4,9 +4,11 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 import uuid
+from datetime import datetime, timezone
 
-from flask import Flask, g, has_request_context, request
+from flask import Flask, Response, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
 # Six or more digits (optionally after +): long enough to be a phone number, not a status code.
@@ -14,6 +16,14 @@ from pythonjsonlogger.json import JsonFormatter
 # Runs inside identifiers (UUIDs, hex ids) are left alone.
 PHONE_NUMBER = re.compile(r"(?<![\w-])\+?\d{2,}(?=\d{4}(?![\w-]))")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+CONTEXT_FIELDS = ("request_id", "route", "client_id", "vendor")
+# gunicorn's access log prints this WSGI environ key (`%({sms_status.route}e)s`) instead of the
+# raw path, whose query string carries phone numbers and texts and whose path carries tokens.
+ROUTE_ENVIRON_KEY = "sms_status.route"
+# Platform probes every few seconds would drown the log; their lines are DEBUG.
+QUIET_ROUTES = frozenset({"/health", "/metrics"})
+MAX_REQUEST_ID_LENGTH = 128
+request_log = logging.getLogger("sms_status.request")
 
 
 def mask_phone_numbers(text: str) -> str:
@@ -21,24 +31,49 @@ def mask_phone_numbers(text: str) -> str:
     return PHONE_NUMBER.sub(lambda match: "*" * len(match.group(0)), text)
 
 
+def request_route() -> str:
+    """Return the matched route template (never the token or ids in the path), else the masked path."""
+    return request.url_rule.rule if request.url_rule else mask_phone_numbers(request.path)
+
+
+def request_context() -> dict[str, str | None]:
+    """Return the current request's id, route, client id and vendor."""
+    view_args = request.view_args or {}
+    client_id = g.get("client_id") or view_args.get("client_id")
+    return {"request_id": g.get("request_id"), "route": request_route(),
+            "client_id": None if client_id is None else str(client_id),
+            "vendor": view_args.get("vendor") or g.get("vendor")}
+
+
 class RequestContextFilter(logging.Filter):
     """Add request id, route, client id and vendor to records, and mask phone numbers."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if has_request_context():
-            record.request_id = g.get("request_id")
-            record.route = request.url_rule.rule if request.url_rule else request.path
-            record.client_id = g.get("client_id")
-            record.vendor = (request.view_args or {}).get("vendor") or g.get("vendor")
+        context = request_context() if has_request_context() else {}
+        for name in CONTEXT_FIELDS:
+            if getattr(record, name, None) is None:
+                setattr(record, name, context.get(name))
         message = mask_phone_numbers(record.getMessage())
         record.msg, record.args = message, None
         return True
 
 
+class ServiceJsonFormatter(JsonFormatter):
+    """One JSON object per line, with an ISO 8601 UTC time and masked phone numbers in tracebacks."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """Return the record's time as ISO 8601 UTC with milliseconds."""
+        return datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+
+    def formatException(self, ei) -> str:
+        """Return the traceback with phone numbers masked (exception texts may quote them)."""
+        return mask_phone_numbers(super().formatException(ei))
+
+
 def configure(app: Flask) -> None:
     """Send JSON logs to stdout, tag requests with an id, and warn about unsafe settings."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(LOG_FORMAT, rename_fields={"asctime": "time", "levelname": "level"}))
+    handler.setFormatter(ServiceJsonFormatter(LOG_FORMAT, rename_fields={"asctime": "time", "levelname": "level"}))
     handler.addFilter(RequestContextFilter())
     root = logging.getLogger()
     root.handlers = [h for h in root.handlers if not getattr(h, "sms_status", False)]
@@ -47,13 +82,28 @@ def configure(app: Flask) -> None:
     root.setLevel(logging.INFO)
     app.logger.handlers = []  # propagate to the root handler, once
     app.before_request(assign_request_id)
+    app.after_request(log_request)
     warn_about_open_endpoints(app)
 
 
 def assign_request_id() -> None:
     """Take the platform's request id (Cloud Foundry's X-Vcap-Request-Id) or make one."""
-    g.request_id = (request.headers.get("X-Vcap-Request-Id") or request.headers.get("X-Request-Id")
-                    or uuid.uuid4().hex)
+    given = request.headers.get("X-Vcap-Request-Id") or request.headers.get("X-Request-Id")
+    g.request_id = given[:MAX_REQUEST_ID_LENGTH] if given else uuid.uuid4().hex
+    g.request_started = time.perf_counter()
+    request.environ[ROUTE_ENVIRON_KEY] = request_route()
+
+
+def log_request(response: Response) -> Response:
+    """Log the request's one line: method, route and status, never its query string or body."""
+    started = g.get("request_started")
+    duration_ms = None if started is None else round((time.perf_counter() - started) * 1000, 1)
+    level = logging.DEBUG if request.url_rule and request.url_rule.rule in QUIET_ROUTES else logging.INFO
+    request_log.log(level, "%s %s %s", request.method, request_route(), response.status_code,
+                    extra={"method": request.method, "status": response.status_code, "duration_ms": duration_ms})
+    if g.get("request_id"):
+        response.headers.setdefault("X-Request-Id", g.request_id)
+    return response
 
 
 def warn_about_open_endpoints(app: Flask) -> None:

@@ -18,7 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.pg import ThrowawayPostgres, free_port, wait_for_port  # noqa: E402
+from tests.pg import ThrowawayPostgres, find_pg_bin, free_port, wait_for_port  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 WRK_DIR = REPO / "bench" / "wrk"
@@ -43,6 +44,8 @@ ADMIN_USER, ADMIN_PASSWORD = "admin-bench", "admin-bench-password"
 # Sync workers, as in production; 4 measured best on 2 cores (see docs/performance.md).
 GUNICORN_WORKERS = int(os.environ.get("BENCH_GUNICORN_WORKERS", "4"))
 LOG_DIR = Path(tempfile.gettempdir()) / "sms-status-bench-logs"
+# Taken when the benchmark starts: other work on the machine skews every figure.
+LOAD_AVERAGE_AT_START = os.getloadavg()
 
 
 def utc_now_iso() -> str:
@@ -61,13 +64,32 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def postgres_version() -> str:
+    """Return the version of the PostgreSQL server binaries the benchmarks start."""
+    try:
+        done = subprocess.run([str(find_pg_bin() / "postgres"), "--version"], capture_output=True, text=True,
+                              timeout=10)
+        return done.stdout.strip() or "unknown"
+    except (OSError, RuntimeError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def machine() -> dict[str, Any]:
     """Describe the machine the figures were taken on."""
     return {"nproc": os.cpu_count(), "cpu_model": cpu_model(), "date": utc_now_iso(),
-            "python": platform.python_version(), "kernel": platform.release()}
+            "python": platform.python_version(), "kernel": platform.release(), "postgresql": postgres_version(),
+            "load_average_at_start": [round(value, 2) for value in LOAD_AVERAGE_AT_START]}
 
 
 # ---------------------------------------------------------------- processes
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # SystemExit unwinds the `finally` blocks that stop gunicorn, workers, fakes and PostgreSQL.
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 @dataclass
@@ -139,29 +161,86 @@ class BenchDatabase:
     def start(self, env: dict[str, str]) -> BenchDatabase:
         """Start the cluster, create the database and migrate it with `flask db upgrade`."""
         self.server.start()
-        admin = psycopg2.connect(host="127.0.0.1", port=self.server.port, user="test", dbname="postgres")
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {DATABASE_NAME}")
-        admin.close()
-        subprocess.run([str(BIN / "flask"), "--app", "app", "db", "upgrade"], cwd=REPO, env=env,
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+        try:
+            admin = psycopg2.connect(host="127.0.0.1", port=self.server.port, user="test", dbname="postgres")
+            admin.autocommit = True
+            with admin.cursor() as cur:
+                cur.execute(f"CREATE DATABASE {DATABASE_NAME}")
+            admin.close()
+            migration = subprocess.run([str(BIN / "flask"), "--app", "app", "db", "upgrade"], cwd=REPO, env=env,
+                                       capture_output=True, text=True, timeout=120)
+            if migration.returncode != 0:
+                raise RuntimeError(f"flask db upgrade failed:\n{migration.stderr[-2000:]}")
+        except BaseException:
+            self.server.stop()
+            raise
         return self
 
     def scalar(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> Any:
         """Run one query and return the first column of its first row."""
+        rows = self.rows(sql, params)
+        return rows[0][0] if rows else None
+
+    def rows(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[tuple]:
+        """Run one query and return every row."""
         conn = self.connect()
         try:
             with conn.cursor() as cur:
                 cur.execute(sql, params)
-                row = cur.fetchone()
+                return cur.fetchall()
         finally:
             conn.close()
-        return row[0] if row else None
+
+    def statements_during(self, action: Callable[[], Any]) -> Counter[str]:
+        """Run `action` and return the statements PostgreSQL received meanwhile, by first word.
+
+        The server log shows what the driver really sends (BEGIN, pool_pre_ping's ping, each
+        statement, COMMIT): one network round trip each.
+        """
+        log_file = self.server.root / "log"
+        self._set_statement_logging("'all'")
+        offset = log_file.stat().st_size
+        try:
+            action()
+        finally:
+            self._set_statement_logging(None)
+        with open(log_file, "rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+        return Counter(statement_verb(statement) for statement in logged_statements(text)
+                       if "log_statement" not in statement and "pg_reload_conf" not in statement)
+
+    def _set_statement_logging(self, value: str | None) -> None:
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"ALTER SYSTEM SET log_statement = {value}" if value
+                            else "ALTER SYSTEM RESET log_statement")
+                cur.execute("SELECT pg_reload_conf()")
+        finally:
+            conn.close()
+        time.sleep(0.5)  # the reload reaches every backend asynchronously
 
     def stop(self) -> None:
         """Stop the cluster and delete its files."""
         self.server.stop()
+
+
+def logged_statements(log_text: str) -> list[str]:
+    """Return the statements of a PostgreSQL log (`log_statement = all`); continuation lines start with a tab."""
+    entries: list[str] = []
+    for line in log_text.splitlines():
+        if line.startswith("\t") and entries:
+            entries[-1] += "\n" + line[1:]
+        else:
+            entries.append(line)
+    return [entry.split("statement: ", 1)[1] for entry in entries if "statement: " in entry]
+
+
+def statement_verb(statement: str) -> str:
+    """Return the first SQL word of a statement, after any leading `--` comment lines."""
+    lines = [line for line in statement.splitlines() if line.strip() and not line.strip().startswith("--")]
+    return lines[0].split(None, 1)[0].upper().rstrip(";") if lines else "COMMENT"
 
 
 # ---------------------------------------------------------------- the service
@@ -298,7 +377,9 @@ def run_wrk(url: str, script: str, seconds: float, connections: int, threads: in
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: apt-get install -y wrk (make bench does it as root)")
     command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
-               "--timeout", "10s", "-s", str(WRK_DIR / script), url, *(["--", *script_args] if script_args else [])]
+               "--timeout", "10s", "-s", str(WRK_DIR / script), url]
+    if script_args:
+        command += ["--", *script_args]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=seconds + 60)
     for line in done.stdout.splitlines():
         if line.startswith("WRK_JSON "):
@@ -403,3 +484,63 @@ def report(result: Result) -> Path:
     path.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     print(f"\nwritten: {path.relative_to(REPO)}")
     return path
+
+
+# ---------------------------------------------------------------- Emarsys partner API
+
+
+class EmarsysIdentity:
+    """An RSA key that signs Emarsys bearer tokens, its JWKS, and the service settings that trust it."""
+
+    ISSUER = "https://ias.bench.test"
+    CLIENT_ID = "emarsys-sms-bench"
+    KID = "bench-key-1"
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def jwks(self) -> dict[str, Any]:
+        """Return the JWKS holding the public half of the signing key."""
+        from jwt.algorithms import RSAAlgorithm
+
+        jwk = RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
+        jwk.update({"kid": self.KID, "use": "sig", "alg": "RS256"})
+        return {"keys": [jwk]}
+
+    def settings(self, fakes_url: str) -> dict[str, str]:
+        """Return the service settings that accept this identity's tokens."""
+        return {"EMARSYS_JWKS_URL": f"{fakes_url}/jwks", "EMARSYS_TOKEN_ISSUER": self.ISSUER,
+                "EMARSYS_OAUTH_CLIENT_ID": self.CLIENT_ID}
+
+    def headers(self) -> dict[str, str]:
+        """Return request headers with a fresh, valid bearer token."""
+        import jwt
+
+        now = int(time.time())
+        claims = {"iss": self.ISSUER, "azp": self.CLIENT_ID, "sub": self.CLIENT_ID, "iat": now, "exp": now + 3600}
+        token = jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.KID})
+        return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+def onboard_genesys_client(port: int, identity: EmarsysIdentity, fakes_url: str) -> str:
+    """Configure one Genesys client through PUT /clients/{id}/configuration; return its id."""
+    import uuid
+
+    client_id = str(uuid.uuid4())
+    fields = {"vendor": "genesys", "login": "bench-login", "password": "bench-password",
+              "sender": "BENCH", "baseUrl": f"{fakes_url}/genesys/send"}
+    answer = http_request(port, "PUT", f"/clients/{client_id}/configuration",
+                          json.dumps({"customFieldValues": fields}).encode(), identity.headers())
+    if answer.status != 200:
+        raise RuntimeError(f"onboarding answered {answer.status}: {answer.body[:300]!r}")
+    return client_id
+
+
+def message_batch(prefix: str, count: int = 1000) -> bytes:
+    """Return a valid POST /clients/{id}/messages body of `count` messages with fresh ids."""
+    messages = [{"emarsysMessageId": f"{prefix}-{n}", "source": "BENCH",
+                 "destination": f"+49151{n:08d}", "message": f"Campaign message {n}: 20% off today only"}
+                for n in range(count)]
+    return json.dumps({"messages": messages}).encode()

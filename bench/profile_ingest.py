@@ -10,6 +10,7 @@ Run: python -m bench.profile_ingest [--requests 2000]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import time
@@ -18,7 +19,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.common import BenchDatabase, Result, app_env, report
+from bench.common import LOG_DIR, BenchDatabase, Result, app_env, report
 
 # First matching fragment of a function's file (or name) decides its layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
@@ -57,7 +58,8 @@ def receipt(client, number: int, prefix: str):
     """Send one receipt of the benchmark's mix through the test client."""
     message_id, bounce = f"{prefix}-{number}", number % 10 < 2
     if number % 2 == 0:
-        state = {"message_state": "5", "result_code": "1"} if bounce else {"message_state": "2", "result_code": "0"}
+        state = ({"message_state": "5", "result_code": "1"} if bounce
+                 else {"message_state": "2", "result_code": "0"})
         return client.post("/vendors/genesys/delivery-reports",
                            data={"type": "receipt", "message_id": f"g-{message_id}", **state})
     now = datetime.now(timezone.utc)
@@ -73,7 +75,11 @@ def build_client(database_url: str):
     os.environ.update(app_env(database_url))
     from app import create_app
 
-    app = create_app()
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    # The app logs to the stdout it finds at start-up: a file, as under gunicorn, not this table.
+    log_file = open(LOG_DIR / "profile-app.log", "w")  # noqa: SIM115 (open for the process's lifetime)
+    with contextlib.redirect_stdout(log_file):
+        app = create_app()
     return app, app.test_client()
 
 
@@ -96,30 +102,8 @@ def profile(client, requests: int, prefix: str) -> pstats.Stats:
 
 
 def round_trips(database: BenchDatabase, client, requests: int, prefix: str) -> Counter[str]:
-    """Return the statements PostgreSQL received for the receipts, by first word, from its log.
-
-    The server log counts what the driver really sends: BEGIN, pool_pre_ping's ping, every
-    statement and COMMIT, each one network round trip.
-    """
-    log_file = database.server.root / "log"
-    conn = database.connect()
-    with conn.cursor() as cur:
-        cur.execute("ALTER SYSTEM SET log_statement = 'all'")
-        cur.execute("SELECT pg_reload_conf()")
-        time.sleep(0.5)
-        offset = log_file.stat().st_size
-        for number in range(requests):
-            receipt(client, number, prefix)
-        cur.execute("ALTER SYSTEM RESET log_statement")
-        cur.execute("SELECT pg_reload_conf()")
-    conn.close()
-    time.sleep(0.5)
-    with open(log_file, "rb") as log:
-        log.seek(offset)
-        lines = log.read().decode(errors="replace").splitlines()
-    words = Counter(line.split("statement: ", 1)[1].split(None, 1)[0].upper().rstrip(";")
-                    for line in lines if "statement: " in line and "ALTER SYSTEM" not in line)
-    return words
+    """Return the statements PostgreSQL received for the receipts, by first word."""
+    return database.statements_during(lambda: [receipt(client, number, prefix) for number in range(requests)])
 
 
 def layer_shares(stats: pstats.Stats) -> dict[str, float]:

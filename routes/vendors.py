@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from errors import Forbidden, InvalidParameter, NotFound
 from mappers import genesys, sapdi
@@ -33,6 +33,7 @@ def vendor_adapter(vendor: str) -> VendorAdapter:
     adapter = current_app.extensions["vendor_registry"].get(vendor)
     if adapter is None:
         raise NotFound(f"unknown vendor {vendor!r}", field="vendor")
+    g.vendor = adapter.name  # for the request's log lines
     return adapter
 
 
@@ -102,6 +103,7 @@ def client_callback(vendor: str, token: str) -> tuple[Client, VendorAdapter, dic
     A Twilio request must carry a valid X-Twilio-Signature made with the client's own authToken.
     """
     client = client_for_callback(vendor, token)
+    g.client_id = str(client.id)  # for the request's log lines
     adapter, params = vendor_adapter(vendor), request_params()
     if vendor == "twilio":
         check_twilio_signature(client_config(client).fields.get("authToken"), params)

@@ -31,9 +31,23 @@ _HTTP_URL = validate.URL(schemes={"http", "https"}, require_tld=False,
                          error="must be an absolute http or https URL")
 
 
+class _UnicodeText(fields.String):
+    """A string that can be stored and sent to a vendor: JSON's lone surrogates ("\\udc00") are refused."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise self.make_error("unicode") from None
+        return text
+
+
 def _text(**kwargs: Any) -> fields.String:
     """Return a string field whose error messages read after the field name."""
-    return fields.String(error_messages={"invalid": "must be a string"}, **kwargs)
+    return _UnicodeText(error_messages={"invalid": "must be a string",
+                                        "unicode": "must be valid Unicode text (it holds a lone surrogate)"},
+                        **kwargs)
 
 
 class InvalidClientConfig(ServiceError):

@@ -77,8 +77,16 @@ def _no_nul(value: str) -> None:
         raise ValidationError("contains a NUL character")
 
 
+def _unicode(value: str) -> None:
+    # A lone surrogate (JSON allows "\udc00") cannot be stored in PostgreSQL nor sent to a vendor.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("contains a lone surrogate, not valid Unicode text") from None
+
+
 def _text(*validators: Any) -> fields.String:
-    return fields.String(required=True, validate=[_not_blank, _no_nul, *validators], error_messages={
+    return fields.String(required=True, validate=[_not_blank, _no_nul, _unicode, *validators], error_messages={
         "required": "is missing", "null": "is missing", "invalid": "must be a string"})
 
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import re
 
-from marshmallow import Schema, ValidationError, fields, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from services.bounces import SAP_TIME_FORMAT
+
+MAX_PAGE = 2**31 - 1
 
 
 class SapTimestamp(fields.DateTime):
@@ -27,8 +29,9 @@ class StatusQuerySchema(Schema):
 
     startTimeUTC = SapTimestamp(load_default=None)
     endTimeUTC = SapTimestamp(load_default=None)
-    page = fields.Integer(load_default=0, strict=False, error_messages={
-        "invalid": "must be a non-negative integer"})
+    # The bound keeps page * page size inside PostgreSQL's integer types (an OFFSET, a cursor's page).
+    page = fields.Integer(load_default=0, strict=False, validate=validate.Range(
+        max=MAX_PAGE, error="must be at most {max}"), error_messages={"invalid": "must be a non-negative integer"})
     sourceSystem = fields.String(load_default=None)
 
     class Meta:

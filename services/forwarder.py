@@ -26,6 +26,7 @@ from sqlalchemy.orm import aliased
 from models import OutboxItem, db
 from services.emarsys_client import MAX_BATCH_SIZE, CallResult, EmarsysClient
 from services.ingest import utcnow
+from services.metrics import record_emarsys_call
 from services.oauth import OAuthTokenProvider
 from services.retry import RetryPolicy
 
@@ -223,6 +224,7 @@ class Forwarder:
         else:
             changed = self._mark(batch.ids, state=DEAD, attempts=OutboxItem.attempts + 1,
                                  last_error=result.reason)
+        record_emarsys_call(batch.kind, result.kind)
         db.session.commit()
         return changed
 

@@ -10,6 +10,8 @@ from typing import Any
 import jwt
 import requests
 
+from services.metrics import count_token_refresh
+
 log = logging.getLogger(__name__)
 
 # Used when the token service states no lifetime at all; a 401 still forces a refresh.
@@ -69,6 +71,7 @@ class OAuthTokenProvider:
             if self._access_token is None or self._clock() >= self._refresh_at:
                 self._access_token, self._refresh_at = self._fetch()
                 self.refresh_count += 1
+                count_token_refresh()
             return self._access_token
 
     def invalidate(self) -> None:

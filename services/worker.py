@@ -30,13 +30,15 @@ class Worker:
 
     @classmethod
     def from_app(cls, app: Flask) -> "Worker":
-        """Build the worker with the dispatcher and forwarder configured from the app."""
+        """Build the worker with the dispatcher, forwarder and retention purge configured from the app."""
         from services.dispatcher import Dispatcher
         from services.forwarder import Forwarder
+        from services.retention import RetentionJob
 
         owner = worker_identity()
         return cls(app, [Dispatcher.from_config(app.config, owner).run_once,
-                         Forwarder.from_config(app.config, owner).run_once])
+                         Forwarder.from_config(app.config, owner).run_once,
+                         RetentionJob.from_config(app.config).run_once])
 
     def run(self, once: bool = False) -> None:
         """Loop over the jobs; sleep briefly when none had anything to do."""

@@ -60,8 +60,9 @@ def _request(config: ClientConfig, method: str, suffix: str, timeout: float,
     account_sid = config.fields["accountSid"]
     url = f"{config.fields['baseUrl'].rstrip('/')}/{API_VERSION}/Accounts/{account_sid}{suffix}"
     try:
-        return session_for(url).request(method, url, auth=(account_sid, config.fields["authToken"]),
-                                        timeout=timeout, **kwargs)
+        # As UTF-8 bytes: requests would encode str credentials as Latin-1 and crash on anything else.
+        credentials = (account_sid.encode(), config.fields["authToken"].encode("utf-8", "surrogatepass"))
+        return session_for(url).request(method, url, auth=credentials, timeout=timeout, **kwargs)
     except requests.Timeout:
         return "timeout"
     except requests.RequestException as exc:

@@ -121,7 +121,8 @@ def emarsys(httpserver, token_server):
 def client(emarsys, token_server) -> EmarsysClient:
     """Return a client wired to the local servers."""
     tokens = OAuthTokenProvider(token_server.url, "partner-client", "partner-secret")
-    return EmarsysClient(emarsys.base_url, tokens, timeout=(2, 2))
+    # A generous read timeout: the fake validates every item of a 1000-item batch against the spec.
+    return EmarsysClient(emarsys.base_url, tokens, timeout=(5, 30))
 
 
 def closed_port_url() -> tuple[socket.socket, str]:

@@ -1,0 +1,244 @@
+"""Queries behind the operator dashboard; every value it returns is safe to show (masked, no secrets)."""
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, or_, select
+
+from logging_setup import mask_phone_numbers
+from mappers.report import PERMANENT, TEMPORARY, Outcome
+from models import Bounce, MessageState, OutboundMessage, OutboxItem, RawEvent, db
+from services.charts import StackedBars
+from services.ingest import utcnow
+from services.outbox import outbox_status
+
+CHART_HOURS = 24
+HISTORY_LIMIT = 100
+# Bottom to top of each stacked bar: the good news first, the failures on top where they show.
+OUTCOME_ORDER = [Outcome.DELIVERED, Outcome.ACCEPTED, Outcome.UNKNOWN, Outcome.SOFTBOUNCE,
+                 Outcome.HARDBOUNCE, Outcome.ERROR]
+OUTCOME_COLOURS = {"DELIVERED": "#2e7d32", "ACCEPTED": "#90caf9", "UNKNOWN": "#9e9e9e",
+                   "SOFTBOUNCE": "#f9a825", "HARDBOUNCE": "#c62828", "ERROR": "#6a1b9a"}
+PHONE_KEYS = {"to", "from", "msisdn", "recipient", "destination", "source", "phone_number"}
+BODY_KEYS = {"body", "message", "text", "content"}
+SECRET_KEY = re.compile(r"pass|secret|token|signature|auth|apikey|api_key|credential", re.IGNORECASE)
+ID_KEY = re.compile(r"id$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ForwardingHealth:
+    """How well reports flow to Emarsys."""
+
+    depth: int
+    oldest_pending_age: timedelta | None
+    last_success: datetime | None
+    dead_letters: int
+
+
+@dataclass(frozen=True)
+class MessageHistory:
+    """Everything stored about one message id, as rows of display-safe values."""
+
+    message_id: str
+    identifiers: list[str]
+    raw_events: list[dict[str, Any]]
+    states: list[dict[str, Any]]
+    bounces: list[dict[str, Any]]
+    outbound: list[dict[str, Any]]
+    forwarding: list[dict[str, Any]]
+
+    @property
+    def found(self) -> bool:
+        """Tell whether anything at all is stored about the message."""
+        return any((self.raw_events, self.states, self.bounces, self.outbound, self.forwarding))
+
+
+def mask_phone(value: str | None) -> str:
+    """Replace every digit but the last four with `*`."""
+    if not value:
+        return ""
+    digits_left = sum(character.isdigit() for character in value)
+    masked = []
+    for character in value:
+        if character.isdigit():
+            digits_left -= 1
+            character = character if digits_left < 4 else "*"
+        masked.append(character)
+    return "".join(masked)
+
+
+def safe_text(value: str | None) -> str:
+    """Return free text with phone-number-like runs masked."""
+    return mask_phone_numbers(value or "")
+
+
+def safe_params(params: dict[str, Any] | None) -> dict[str, str]:
+    """Return vendor parameters with secrets and bodies hidden and phone numbers masked."""
+    shown = {}
+    for key, value in (params or {}).items():
+        text, name = str(value), str(key).lower()
+        if SECRET_KEY.search(name):
+            shown[key] = "[hidden]"
+        elif name in BODY_KEYS:
+            shown[key] = f"[{len(text)} characters hidden]"
+        elif name in PHONE_KEYS:
+            shown[key] = mask_phone(text)
+        elif ID_KEY.search(name):
+            shown[key] = text  # Ids are what the operator searches by; some are long digit runs.
+        else:
+            shown[key] = safe_text(text)
+    return shown
+
+
+def chart_start(now: datetime, hours: int = CHART_HOURS) -> datetime:
+    """Return the start of the first hourly bucket of a chart that ends with the current hour."""
+    return now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
+
+
+def reports_per_hour(vendor: str | None, now: datetime | None = None,
+                     hours: int = CHART_HOURS) -> dict[datetime, dict[str, int]]:
+    """Count messages by the hour of their latest applied report and its outcome, for one vendor or all."""
+    start = chart_start(now or utcnow(), hours)
+    hour = _hour_of(MessageState.updated_at)
+    stmt = (select(hour, MessageState.outcome, func.count())
+            .where(MessageState.updated_at >= start).group_by(hour, MessageState.outcome))
+    if vendor:
+        stmt = stmt.where(MessageState.vendor == vendor)
+    counts: dict[datetime, dict[str, int]] = {start + timedelta(hours=n): {} for n in range(hours)}
+    for bucket, outcome, count in db.session.execute(stmt):
+        bucket = datetime.fromisoformat(bucket) if isinstance(bucket, str) else bucket
+        counts.setdefault(bucket, {})[outcome] = count
+    return counts
+
+
+def report_chart(counts: dict[datetime, dict[str, int]], vendor: str | None) -> StackedBars:
+    """Turn hourly counts into a stacked bar chart, one series per outcome."""
+    hours = sorted(counts)
+    series = {outcome.value: [counts[hour].get(outcome.value, 0) for hour in hours] for outcome in OUTCOME_ORDER}
+    title = f"Reports per hour, last {len(hours)} h (UTC), {vendor or 'all vendors'}"
+    return StackedBars(title=title, categories=[f"{hour:%H}:00" for hour in hours], series=series,
+                       colours=OUTCOME_COLOURS)
+
+
+def chart_vendors(known: Iterable[str], now: datetime | None = None) -> list[str]:
+    """Return the configured vendors and every vendor with reports in the chart's window."""
+    since = chart_start(now or utcnow())
+    seen = db.session.scalars(select(MessageState.vendor).where(MessageState.updated_at >= since).distinct())
+    return sorted(set(known) | set(seen))
+
+
+def waiting_bounces() -> dict[str, int]:
+    """Count the bounces SAP has not pulled yet, by type."""
+    rows = db.session.execute(select(Bounce.type, func.count()).where(Bounce.pulled_at.is_(None))
+                              .group_by(Bounce.type))
+    return {PERMANENT: 0, TEMPORARY: 0} | {bounce_type: count for bounce_type, count in rows}
+
+
+def forwarding_health(now: datetime | None = None) -> ForwardingHealth:
+    """Return outbox depth, oldest waiting age, last successful forward and dead letters."""
+    status = outbox_status(now)
+    last_success = db.session.scalar(select(func.max(OutboxItem.sent_at)))
+    return ForwardingHealth(depth=status.counts["pending"] + status.counts["leased"],
+                            oldest_pending_age=status.oldest_pending_age, last_success=last_success,
+                            dead_letters=status.counts["dead"])
+
+
+def message_history(message_id: str) -> MessageHistory:
+    """Return the whole stored history of a message, found by any id it is known by."""
+    identifiers = _related_identifiers(message_id)
+    states = _rows(select(MessageState).where(_any_in(identifiers, MessageState.vendor_message_id,
+                                                      MessageState.emarsys_message_id))
+                   .order_by(MessageState.id))
+    state_ids = [state.id for state in states]
+    return MessageHistory(
+        message_id=message_id, identifiers=sorted(identifiers),
+        raw_events=[_raw_event_view(event) for event in _rows(
+            select(RawEvent).where(RawEvent.vendor_message_id.in_(identifiers)).order_by(RawEvent.id))],
+        states=[_state_view(state) for state in states],
+        bounces=[_bounce_view(bounce) for bounce in _rows(
+            select(Bounce).where(or_(Bounce.message_state_id.in_(state_ids), Bounce.message_id.in_(identifiers)))
+            .order_by(Bounce.id))],
+        outbound=[_outbound_view(message) for message in _rows(_outbound_matching(identifiers))],
+        forwarding=[_forwarding_view(item) for item in _rows(
+            select(OutboxItem).where(OutboxItem.message_key.in_(identifiers)).order_by(OutboxItem.id))],
+    )
+
+
+def _hour_of(column: ColumnElement) -> ColumnElement:
+    if db.session.get_bind().dialect.name == "postgresql":
+        return func.date_trunc("hour", column)
+    return func.strftime("%Y-%m-%d %H:00:00", column)
+
+
+def _rows(stmt) -> list:
+    return list(db.session.scalars(stmt.limit(HISTORY_LIMIT)))
+
+
+def _any_in(identifiers: set[str], *columns: ColumnElement) -> ColumnElement:
+    return or_(*(column.in_(identifiers) for column in columns))
+
+
+def _outbound_matching(identifiers: set[str]):
+    return (select(OutboundMessage)
+            .where(_any_in(identifiers, OutboundMessage.emarsys_message_id, OutboundMessage.public_id,
+                           OutboundMessage.vendor_message_id))
+            .order_by(OutboundMessage.id))
+
+
+def _related_identifiers(message_id: str) -> set[str]:
+    # A message is known by its Emarsys id, our public id and the vendor's id; outbox rows are keyed
+    # by the Emarsys id (or the vendor's id without one), so collect every alias before looking.
+    identifiers = {message_id}
+    for _ in range(2):
+        for message in _rows(_outbound_matching(identifiers)):
+            identifiers |= {message.emarsys_message_id, message.public_id, message.vendor_message_id}
+        for state in _rows(select(MessageState).where(_any_in(
+                identifiers, MessageState.vendor_message_id, MessageState.emarsys_message_id))):
+            identifiers |= {state.vendor_message_id, state.emarsys_message_id}
+        identifiers.discard(None)
+    return identifiers
+
+
+def _client(client_id: uuid.UUID | None) -> str:
+    return str(client_id) if client_id else ""
+
+
+def _raw_event_view(event: RawEvent) -> dict[str, Any]:
+    return {"received_at": event.received_at, "vendor": event.vendor, "kind": event.kind,
+            "client_id": _client(event.client_id), "vendor_message_id": event.vendor_message_id,
+            "params": safe_params(event.params)}
+
+
+def _state_view(state: MessageState) -> dict[str, Any]:
+    return {"vendor": state.vendor, "vendor_message_id": state.vendor_message_id,
+            "emarsys_message_id": state.emarsys_message_id or "", "client_id": _client(state.client_id),
+            "recipient": mask_phone(state.recipient), "outcome": state.outcome,
+            "error_type": state.error_type or "", "status_code": safe_text(state.status_code),
+            "status_text": safe_text(state.status_text), "event_at": state.event_at,
+            "updated_at": state.updated_at}
+
+
+def _bounce_view(bounce: Bounce) -> dict[str, Any]:
+    return {"message_id": bounce.message_id, "type": bounce.type, "recipient": mask_phone(bounce.recipient),
+            "status_code": safe_text(bounce.status_code), "status_text": safe_text(bounce.status_text),
+            "event_at": bounce.event_at, "pulled_at": bounce.pulled_at}
+
+
+def _outbound_view(message: OutboundMessage) -> dict[str, Any]:
+    # The body is the customer's campaign text: never shown.
+    return {"public_id": message.public_id, "emarsys_message_id": message.emarsys_message_id,
+            "client_id": _client(message.client_id), "destination": mask_phone(message.destination),
+            "state": message.state, "attempts": message.attempts, "vendor": message.vendor or "",
+            "vendor_message_id": message.vendor_message_id or "", "last_error": safe_text(message.last_error),
+            "created_at": message.created_at, "updated_at": message.updated_at}
+
+
+def _forwarding_view(item: OutboxItem) -> dict[str, Any]:
+    return {"id": item.id, "kind": item.kind, "message_key": item.message_key, "state": item.state,
+            "attempts": item.attempts, "event_at": item.event_at, "last_error": safe_text(item.last_error),
+            "sent_at": item.sent_at, "created_at": item.created_at}

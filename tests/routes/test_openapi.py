@@ -1,0 +1,140 @@
+"""GET /openapi.json: a valid OpenAPI document that covers every registered route."""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+import pytest
+import yaml
+from flask import Flask
+from openapi_core import OpenAPI
+from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
+from openapi_spec_validator import validate
+
+from mappers.report import DeliveryReport, Outcome
+from schemas.status import StatusQuerySchema
+from services.ingest import record_delivery_report
+from tests.emarsys_spec import SPEC_DIR, requires_spec
+
+IGNORED_METHODS = {"HEAD", "OPTIONS"}
+PATH_TEMPLATE_NAMES = re.compile(r"\{[^}]+\}")
+
+
+def expected_operations(app: Flask) -> set[tuple[str, str]]:
+    """Return (OpenAPI path, method) for every route and method the app serves, but static files."""
+    return {(re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule), method.lower())
+            for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+            for method in rule.methods - IGNORED_METHODS}
+
+
+def undocumented(app: Flask, document: dict) -> list[tuple[str, str]]:
+    """Return the routes and methods of the app that the document lacks or has no documentation for."""
+    paths = document["paths"]
+    return sorted((path, method) for path, method in expected_operations(app)
+                  if method not in paths.get(path, {}) or paths[path][method].get("x-undocumented"))
+
+
+@pytest.fixture
+def document(client) -> dict:
+    """Fetch the service's OpenAPI document."""
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def test_document_is_valid_openapi(document):
+    validate(document)
+    assert document["openapi"].startswith("3.")
+
+
+def test_every_registered_route_and_method_is_documented(app, document):
+    assert len(expected_operations(app)) >= 20
+    assert undocumented(app, document) == []
+
+
+def test_a_route_added_without_documentation_is_reported(make_app):
+    app = make_app()
+    app.add_url_rule("/extra/<int:number>", "extra", lambda number: "", methods=["GET", "POST"])
+    document = app.test_client().get("/openapi.json").get_json()
+    validate(document)
+    assert undocumented(app, document) == [("/extra/{number}", "get"), ("/extra/{number}", "post")]
+
+
+@pytest.mark.parametrize("path, method, security", [
+    ("/vendors/{vendor}/delivery-reports", "post", []),
+    ("/vendors/{vendor}/clients/{token}/inbound-messages", "get", []),
+    ("/api/v1/notifications/set", "get", []),
+    ("/status", "get", [{"sapBasic": []}, {}]),
+    ("/api/v1/notifications/clear", "delete", [{"sapBasic": []}, {}]),
+    ("/clients/{client_id}/configuration", "put", [{"emarsysBearer": []}]),
+    ("/clients/{client_id}/messages", "post", [{"emarsysBearer": []}]),
+    ("/testConnection", "post", [{"emarsysBearer": []}]),
+    ("/dashboard", "get", [{"adminBasic": []}]),
+    ("/metrics", "get", [{"adminBasic": []}, {}]),
+    ("/health", "get", []),
+])
+def test_each_audience_has_its_auth(document, path, method, security):
+    assert document["paths"][path][method]["security"] == security
+
+
+@pytest.mark.parametrize("name, scheme", [("sapBasic", "basic"), ("adminBasic", "basic"), ("emarsysBearer", "bearer")])
+def test_security_schemes_are_http_auth(document, name, scheme):
+    assert document["components"]["securitySchemes"][name]["scheme"] == scheme
+
+
+def test_the_status_pull_parameters_come_from_its_marshmallow_schema(document):
+    parameters = {p["name"]: p for p in document["paths"]["/status"]["get"]["parameters"]}
+    assert set(parameters) == set(StatusQuerySchema().fields)
+    assert parameters["startTimeUTC"]["schema"]["pattern"] == "^[0-9]{14}$"
+
+
+def test_partner_bodies_come_from_the_validation_schemas(document):
+    schemas = document["components"]["schemas"]
+    assert set(schemas["GenesysFields"]["required"]) == {"login", "password"}
+    assert set(schemas["TwilioFields"]["required"]) == {"accountSid", "authToken"}
+    assert schemas["OutboundMessage"]["properties"]["destination"]["pattern"] == r"^\+?[0-9]{6,15}$"
+    body = document["paths"]["/clients/{client_id}/messages"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OutboundBatch"}
+
+
+def test_the_vendor_path_parameter_lists_the_configured_vendors(app, document):
+    parameters = document["paths"]["/vendors/{vendor}/delivery-reports"]["post"]["parameters"]
+    vendor = next(p for p in parameters if p["name"] == "vendor")
+    assert vendor["schema"]["enum"] == sorted(app.extensions["vendor_registry"])
+
+
+@requires_spec
+def test_every_emarsys_partner_operation_is_described(document):
+    official = yaml.safe_load((SPEC_DIR / "partner-service.yaml").read_text(encoding="utf-8"))
+    methods = {"get", "put", "post", "delete", "patch"}
+
+    def shape(paths: dict) -> set[tuple[str, str]]:
+        return {(PATH_TEMPLATE_NAMES.sub("{}", path), method) for path, item in paths.items()
+                for method in item if method in methods}
+
+    assert shape(official["paths"]) <= shape(document["paths"])
+
+
+def add_bounce() -> None:
+    """Store one hard bounce, so the status pull has a record to answer."""
+    record_delivery_report("genesys", DeliveryReport(
+        vendor_message_id="m-1", recipient="+4915112345678", status_code="5:0", status_text="UNDELIVERABLE",
+        event_at=datetime(2026, 1, 1, 12), outcome=Outcome.HARDBOUNCE), {"message_id": "m-1"})
+
+
+@pytest.mark.parametrize("method, url, status", [
+    ("GET", "/health", 200),
+    ("GET", "/ready", 200),
+    ("GET", "/status?startTimeUTC=20260101000000&endTimeUTC=20260102000000&page=0", 200),
+    ("GET", "/status?page=-1", 400),
+    ("GET", "/vendors/nobody/delivery-reports", 404),
+    ("POST", "/vendors/genesys/delivery-reports", 400),
+    ("GET", "/metrics", 200),
+])
+def test_real_answers_match_the_document(app, client, document, method, url, status):
+    with app.app_context():
+        add_bounce()
+    response = client.open(url, method=method)
+    assert response.status_code == status
+    OpenAPI.from_dict(document).validate_response(WerkzeugOpenAPIRequest(response.request),
+                                                  WerkzeugOpenAPIResponse(response))

@@ -1,0 +1,248 @@
+"""Retention: expired rows go in bounded batches, recent rows and dead letters stay, dry runs only count."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import event, func, select
+
+from models import (Bounce, InboundMessageRecord, MessageState, OutboundMessage, OutboxItem, RawEvent,
+                    StatusCursor, db)
+from services.ingest import utcnow
+from services.retention import RetentionJob, purge
+from services.worker import Worker
+
+RETENTION = timedelta(days=30)
+CLIENT_ID = uuid.uuid4()
+
+# Which column carries each test row's name, so a test can list the survivors by name.
+NAME_COLUMNS = {
+    "raw_events": RawEvent.vendor_message_id,
+    "bounces": Bounce.message_id,
+    "message_states": MessageState.vendor_message_id,
+    "inbound_messages": InboundMessageRecord.vendor_message_id,
+    "outbox": OutboxItem.message_key,
+    "outbound_messages": OutboundMessage.emarsys_message_id,
+    "status_cursors": StatusCursor.source_system,
+}
+
+
+def raw_event(name: str, received_at: datetime) -> RawEvent:
+    """Return a raw event received at the given time."""
+    return RawEvent(vendor="genesys", kind="delivery_report", vendor_message_id=name,
+                    fingerprint=uuid.uuid4().hex, params={"id": name}, received_at=received_at)
+
+
+def message_state(name: str, updated_at: datetime) -> MessageState:
+    """Return a delivery state last updated at the given time."""
+    return MessageState(vendor="genesys", vendor_message_id=name, recipient="+4915112345678",
+                        outcome="FAILED", rank=3, status_code="8", status_text="failed",
+                        event_at=updated_at, updated_at=updated_at)
+
+
+def add_bounce(state: MessageState, event_at: datetime) -> None:
+    """Add the state's bounce record, for an event at the given time."""
+    db.session.flush()
+    db.session.add(Bounce(message_state_id=state.id, message_id=state.vendor_message_id,
+                          recipient="+4915112345678", status_code="8", status_text="failed",
+                          type="Permanent", event_at=event_at, seq=1))
+
+
+def outbox_item(name: str, state: str, created_at: datetime) -> OutboxItem:
+    """Return an outbox item in the given state, created at the given time."""
+    return OutboxItem(client_id=CLIENT_ID, kind="delivery_report", message_key=name, payload={"id": name},
+                      event_at=created_at, state=state, attempts=1, next_attempt_at=created_at,
+                      created_at=created_at)
+
+
+def outbound_message(name: str, state: str, updated_at: datetime) -> OutboundMessage:
+    """Return a campaign message in the given state, last touched at the given time."""
+    return OutboundMessage(public_id=uuid.uuid4().hex, client_id=CLIENT_ID, emarsys_message_id=name,
+                           source="ACME", destination="+4915112345678", body="Hello", state=state,
+                           attempts=1, next_attempt_at=updated_at, created_at=updated_at,
+                           updated_at=updated_at)
+
+
+def seed_world(now: datetime) -> None:
+    """Store rows on both sides of the retention cutoff in every purged table, and commit."""
+    old, recent = now - RETENTION - timedelta(days=1), now - RETENTION + timedelta(days=1)
+    db.session.add_all([raw_event("old", old), raw_event("recent", recent)])
+    db.session.add_all([InboundMessageRecord(vendor="genesys", vendor_message_id=name, source="+4915112345678",
+                                             destination="12345", body="STOP", received_at=when)
+                        for name, when in (("old", old), ("recent", recent))])
+    for name, updated, bounce_at in (("old", old, old), ("old-no-bounce", old, None),
+                                     ("old-recent-bounce", old, recent), ("recent", recent, recent)):
+        state = message_state(name, updated)
+        db.session.add(state)
+        if bounce_at is not None:
+            add_bounce(state, bounce_at)
+    db.session.add_all([outbox_item(f"{state}-old", state, old) for state in ("done", "dead", "pending", "leased")])
+    db.session.add(outbox_item("done-recent", "done", recent))
+    db.session.add_all([outbound_message(f"{state}-old", state, old)
+                        for state in ("sent", "failed", "cancelled", "queued", "sending")])
+    db.session.add(outbound_message("sent-recent", "sent", recent))
+    cursor_ages = {"two-days": timedelta(days=2), "an-hour": timedelta(hours=1)}
+    db.session.add_all([StatusCursor(window_start=now, window_end=now, source_system=name, page=1, snapshot_seq=1,
+                                     created_at=now - age) for name, age in cursor_ages.items()])
+    db.session.commit()
+
+
+def names(table: str) -> set[str]:
+    """Return the names of the rows left in a table."""
+    return set(db.session.scalars(select(NAME_COLUMNS[table])))
+
+
+def row_counts() -> dict[str, int]:
+    """Return how many rows each purged table holds."""
+    return {table: db.session.scalar(select(func.count()).select_from(column.class_))
+            for table, column in NAME_COLUMNS.items()}
+
+
+@pytest.fixture
+def context(app) -> Iterator[datetime]:
+    """Enter an app context and return the current time."""
+    with app.app_context():
+        yield utcnow()
+
+
+@pytest.mark.parametrize("table, survivors", [
+    ("raw_events", {"recent"}),
+    ("bounces", {"old-recent-bounce", "recent"}),
+    ("message_states", {"old-recent-bounce", "recent"}),
+    ("inbound_messages", {"recent"}),
+    ("outbox", {"dead-old", "pending-old", "leased-old", "done-recent"}),
+    ("outbound_messages", {"queued-old", "sending-old", "sent-recent"}),
+    ("status_cursors", {"an-hour"}),
+])
+def test_purge_deletes_expired_rows_and_keeps_recent_ones_and_dead_letters(context, table, survivors):
+    seed_world(context)
+    purge(context - RETENTION, batch_size=100, now=context)
+    assert names(table) == survivors
+
+
+def test_purge_reports_rows_deleted_per_table(context):
+    seed_world(context)
+    results = {result.table: result.rows for result in purge(context - RETENTION, batch_size=100, now=context)}
+    assert results == {"status_cursors": 1, "raw_events": 1, "bounces": 1, "message_states": 2,
+                       "inbound_messages": 1, "outbox": 1, "outbound_messages": 3}
+
+
+def test_dry_run_counts_what_would_go_and_deletes_nothing(context):
+    seed_world(context)
+    before = row_counts()
+    dry = {result.table: result.rows for result in purge(context - RETENTION, 100, dry_run=True, now=context)}
+    assert row_counts() == before
+    real = {result.table: result.rows for result in purge(context - RETENTION, 100, now=context)}
+    assert dry == real
+
+
+def test_each_batch_deletes_at_most_batch_size_rows_in_its_own_transaction(context):
+    old = context - RETENTION - timedelta(days=1)
+    db.session.add_all([raw_event(f"e{index}", old) for index in range(35)])
+    db.session.commit()
+    steps: list[str | int] = []
+
+    def on_execute(conn, cursor, statement, parameters, ctx, executemany):
+        if statement.startswith("DELETE FROM raw_events"):
+            steps.append(cursor.rowcount)
+
+    event.listen(db.engine, "after_cursor_execute", on_execute)
+    event.listen(db.engine, "commit", lambda conn: steps.append("commit"))
+    try:
+        [result] = [r for r in purge(context - RETENTION, batch_size=10, now=context) if r.table == "raw_events"]
+    finally:
+        event.remove(db.engine, "after_cursor_execute", on_execute)
+    deletes = [step for step in steps if step != "commit"]
+    assert (result.rows, result.batches, deletes) == (35, 4, [10, 10, 10, 5])
+    for index, step in enumerate(steps[:-1]):
+        if step != "commit":
+            assert steps[index + 1] == "commit"  # no two batches share a transaction
+
+
+def test_max_batches_stops_early_and_says_so(context):
+    old = context - RETENTION - timedelta(days=1)
+    db.session.add_all([raw_event(f"e{index}", old) for index in range(35)])
+    db.session.commit()
+    [result] = [r for r in purge(context - RETENTION, 10, max_batches=2, now=context) if r.table == "raw_events"]
+    assert (result.rows, result.batches, result.finished) == (20, 2, False)
+    assert row_counts()["raw_events"] == 15
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_worker_job_purges_at_most_once_per_interval(context):
+    clock = FakeClock()
+    job = RetentionJob(RETENTION, batch_size=100, max_batches=10, interval_seconds=300, clock=clock)
+    old = context - RETENTION - timedelta(days=1)
+    db.session.add(raw_event("first", old))
+    db.session.commit()
+    assert job.run_once() == 1
+    db.session.add(raw_event("second", old))
+    db.session.commit()
+    clock.now += 299
+    assert (job.run_once(), names("raw_events")) == (0, {"second"})
+    clock.now += 1
+    assert (job.run_once(), names("raw_events")) == (1, set())
+
+
+def test_worker_job_with_a_backlog_carries_on_next_round(context):
+    clock = FakeClock()
+    job = RetentionJob(RETENTION, batch_size=10, max_batches=1, interval_seconds=300, clock=clock)
+    db.session.add_all([raw_event(f"e{index}", context - RETENTION - timedelta(days=1)) for index in range(15)])
+    db.session.commit()
+    assert [job.run_once(), job.run_once(), job.run_once()] == [10, 5, 0]
+
+
+def test_worker_runs_the_retention_job(app):
+    worker = Worker.from_app(app)
+    assert any(isinstance(getattr(job, "__self__", None), RetentionJob) for job in worker.jobs)
+
+
+def test_retention_days_from_config_sets_the_cutoff(make_app):
+    app = make_app(RETENTION_DAYS=45, PURGE_INTERVAL_SECONDS=0)
+    with app.app_context():
+        now = utcnow()
+        db.session.add_all([raw_event("40-days", now - timedelta(days=40)),
+                            raw_event("50-days", now - timedelta(days=50))])
+        db.session.commit()
+        assert RetentionJob.from_config(app.config).run_once() == 1
+        assert names("raw_events") == {"40-days"}
+
+
+@pytest.mark.parametrize("args, deleted, left", [
+    (["purge", "--dry-run"], 1, {"old", "recent"}),
+    (["purge"], 1, {"recent"}),
+    (["purge", "--older-than", "45d"], 0, {"old", "recent"}),
+    (["purge", "--older-than", "12h", "--batch-size", "1"], 2, set()),
+])
+def test_purge_command_prints_counts_per_table(app, context, args, deleted, left):
+    seed_world(context)
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 0, result.output
+    rows = dict(line.split() for line in result.output.splitlines()[2:])
+    assert int(rows["raw_events"]) == deleted
+    assert set(rows) == set(NAME_COLUMNS) | {"total"}
+    db.session.rollback()
+    assert names("raw_events") == left
+
+
+def test_dry_run_says_would_delete(app, context):
+    result = app.test_cli_runner().invoke(args=["purge", "--dry-run"])
+    assert "would delete" in result.output
+
+
+@pytest.mark.parametrize("age", ["soon", "0d", "-3d"])
+def test_purge_command_refuses_a_bad_age(app, age):
+    result = app.test_cli_runner().invoke(args=["purge", "--older-than", age])
+    assert result.exit_code == 2
+    assert "--older-than" in result.output
