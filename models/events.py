@@ -24,4 +24,6 @@ class RawEvent(db.Model):
     # Hash of vendor, kind, client and parameters: a redelivered request stores nothing new.
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The outcome the report was mapped to (None for inbound messages): the dashboard counts by it.
+    outcome: Mapped[str | None] = mapped_column(String(12))
     received_at: Mapped[datetime] = mapped_column(index=True)

@@ -102,13 +102,14 @@ def chart_start(now: datetime, hours: int = CHART_HOURS) -> datetime:
 
 def reports_per_hour(vendor: str | None, now: datetime | None = None,
                      hours: int = CHART_HOURS) -> dict[datetime, dict[str, int]]:
-    """Count messages by the hour of their latest applied report and its outcome, for one vendor or all."""
+    """Count delivery reports by the hour they arrived and their outcome, for one vendor or all."""
     start = chart_start(now or utcnow(), hours)
-    hour = _hour_of(MessageState.updated_at)
-    stmt = (select(hour, MessageState.outcome, func.count())
-            .where(MessageState.updated_at >= start).group_by(hour, MessageState.outcome))
+    hour = _hour_of(RawEvent.received_at)
+    stmt = (select(hour, RawEvent.outcome, func.count())
+            .where(RawEvent.received_at >= start, RawEvent.outcome.is_not(None))
+            .group_by(hour, RawEvent.outcome))
     if vendor:
-        stmt = stmt.where(MessageState.vendor == vendor)
+        stmt = stmt.where(RawEvent.vendor == vendor)
     counts: dict[datetime, dict[str, int]] = {start + timedelta(hours=n): {} for n in range(hours)}
     for bucket, outcome, count in db.session.execute(stmt):
         bucket = datetime.fromisoformat(bucket) if isinstance(bucket, str) else bucket
@@ -128,7 +129,7 @@ def report_chart(counts: dict[datetime, dict[str, int]], vendor: str | None) -> 
 def chart_vendors(known: Iterable[str], now: datetime | None = None) -> list[str]:
     """Return the configured vendors and every vendor with reports in the chart's window."""
     since = chart_start(now or utcnow())
-    seen = db.session.scalars(select(MessageState.vendor).where(MessageState.updated_at >= since).distinct())
+    seen = db.session.scalars(select(RawEvent.vendor).where(RawEvent.received_at >= since).distinct())
     return sorted(set(known) | set(seen))
 
 

@@ -58,7 +58,8 @@ def add_delivery_report(vendor: str, report: DeliveryReport, params: dict[str, A
                         kind: str = "delivery_report") -> IngestResult:
     """Add one delivery report to the caller's transaction, which the caller commits."""
     now = utcnow()
-    event_id = _insert_raw_event(vendor, kind, params, client_id, report.vendor_message_id, now)
+    event_id = _insert_raw_event(vendor, kind, params, client_id, report.vendor_message_id, now,
+                                 report.outcome.value)
     if event_id is None:
         return IngestResult(duplicate=True, applied=False)
     state = _upsert_state(vendor, report, client_id, emarsys_message_id, now)
@@ -97,9 +98,9 @@ def fingerprint(vendor: str, kind: str, client_id: uuid.UUID | None, params: dic
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _insert_raw_event(vendor, kind, params, client_id, vendor_message_id, now) -> int | None:
+def _insert_raw_event(vendor, kind, params, client_id, vendor_message_id, now, outcome=None) -> int | None:
     stmt = dialect_insert(RawEvent).values(
-        vendor=vendor, kind=kind, client_id=client_id, vendor_message_id=vendor_message_id,
+        vendor=vendor, kind=kind, client_id=client_id, vendor_message_id=vendor_message_id, outcome=outcome,
         fingerprint=fingerprint(vendor, kind, client_id, params), params=params, received_at=now,
     ).on_conflict_do_nothing(index_elements=["fingerprint"])
     return db.session.execute(stmt.returning(RawEvent.id)).scalar()

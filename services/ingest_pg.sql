@@ -2,8 +2,10 @@
 -- bounce record (upsert or withdrawal) and, for an Emarsys client's message, the outbox row.
 -- Every data-modifying CTE runs exactly once, in the statement's own transaction.
 WITH ev AS (
-    INSERT INTO raw_events (vendor, kind, client_id, vendor_message_id, fingerprint, params, received_at)
-    VALUES (:vendor, :kind, CAST(:client_id AS uuid), :vmid, :fingerprint, CAST(:params AS json), :now)
+    INSERT INTO raw_events (vendor, kind, client_id, vendor_message_id, fingerprint, params, outcome,
+                            received_at)
+    VALUES (:vendor, :kind, CAST(:client_id AS uuid), :vmid, :fingerprint, CAST(:params AS json), :outcome,
+            :now)
     ON CONFLICT (fingerprint) DO NOTHING
     RETURNING id
 ), st AS (

@@ -107,7 +107,7 @@ def series_total(page: Page, series: str) -> int:
 def read_chart(page: Page, base_url: str) -> None:
     """Open the dashboard, check the chart of every vendor, then pick one vendor."""
     assert page.goto(f"{base_url}/dashboard").status == 200
-    assert page.locator("#chart-total").inner_text().startswith("6 message(s)")
+    assert page.locator("#chart-total").inner_text().startswith("7 delivery report(s)")
     assert series_total(page, "SOFTBOUNCE") == 2
     with page.expect_navigation(url="**/dashboard?vendor=genesys"):
         page.select_option("#vendor", "genesys")

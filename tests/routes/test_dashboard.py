@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from mappers.report import DeliveryReport, Outcome
-from models import Bounce, MessageState, OutboundMessage, OutboxItem, db
+from models import Bounce, MessageState, OutboundMessage, OutboxItem, RawEvent, db
 from routes.dashboard import format_age, replay_token
 from services import dashboard
 from services.charts import StackedBars, nice_ceiling, stacked_bar_svg
@@ -63,6 +63,13 @@ def add_state(vendor: str, vendor_message_id: str, outcome: str, updated_at: dat
     db.session.add(state)
     db.session.flush()
     return state
+
+
+def add_report(vendor: str, vendor_message_id: str, outcome: str, received_at: datetime) -> None:
+    """Store one raw delivery report directly, at a chosen time."""
+    db.session.add(RawEvent(vendor=vendor, kind="delivery_report", vendor_message_id=vendor_message_id,
+                            fingerprint=f"{vendor}-{vendor_message_id}-{outcome}-{received_at}", params={},
+                            outcome=outcome, received_at=received_at))
 
 
 def add_bounce(bounce_type: str, pulled: bool, index: int) -> None:
@@ -163,12 +170,12 @@ def test_forwarding_health_reports_the_oldest_waiting_item(admin_app):
 def test_reports_per_hour_buckets_the_last_24_hours_by_outcome_and_vendor(admin_app):
     now = datetime(2026, 5, 1, 12, 30, 0)
     with admin_app.app_context():
-        add_state("genesys", "g1", "DELIVERED", datetime(2026, 5, 1, 12, 5))
-        add_state("genesys", "g2", "DELIVERED", datetime(2026, 5, 1, 12, 29))
-        add_state("genesys", "g3", "HARDBOUNCE", datetime(2026, 5, 1, 12, 0))
-        add_state("genesys", "g4", "SOFTBOUNCE", datetime(2026, 4, 30, 13, 0))  # the first bucket
-        add_state("genesys", "g5", "DELIVERED", datetime(2026, 4, 30, 12, 59))  # 25th hour: too old
-        add_state("twilio", "t1", "DELIVERED", datetime(2026, 5, 1, 11, 0))
+        add_report("genesys", "g1", "DELIVERED", datetime(2026, 5, 1, 12, 5))
+        add_report("genesys", "g2", "DELIVERED", datetime(2026, 5, 1, 12, 29))
+        add_report("genesys", "g3", "HARDBOUNCE", datetime(2026, 5, 1, 12, 0))
+        add_report("genesys", "g4", "SOFTBOUNCE", datetime(2026, 4, 30, 13, 0))  # the first bucket
+        add_report("genesys", "g5", "DELIVERED", datetime(2026, 4, 30, 12, 59))  # 25th hour: too old
+        add_report("twilio", "t1", "DELIVERED", datetime(2026, 5, 1, 11, 0))
         db.session.commit()
         genesys = dashboard.reports_per_hour("genesys", now)
         everyone = dashboard.reports_per_hour(None, now)
@@ -184,14 +191,15 @@ def test_chart_shows_the_selected_vendors_reports_stacked_by_outcome(admin_app, 
     with admin_app.app_context():
         now = utcnow()
         for index, outcome in enumerate(["DELIVERED"] * 3 + ["HARDBOUNCE"] * 2 + ["ACCEPTED"]):
-            add_state("genesys", f"g{index}", outcome, now)
-        add_state("twilio", "t1", "ERROR", now)
+            add_report("genesys", f"g{index}", outcome, now)
+        add_report("genesys", "g0", "ACCEPTED", now)  # an earlier report of g0: reports, not messages, count
+        add_report("twilio", "t1", "ERROR", now)
         db.session.commit()
     genesys = page(admin, vendor="genesys")
-    assert bar_counts(genesys) == {"DELIVERED": 3, "HARDBOUNCE": 2, "ACCEPTED": 1}
-    assert figure(genesys, "chart-total").startswith("6 message(s)")
+    assert bar_counts(genesys) == {"DELIVERED": 3, "HARDBOUNCE": 2, "ACCEPTED": 2}
+    assert figure(genesys, "chart-total").startswith("7 delivery report(s)")
     assert '<option value="genesys" selected>' in genesys
-    assert bar_counts(page(admin)) == {"DELIVERED": 3, "HARDBOUNCE": 2, "ACCEPTED": 1, "ERROR": 1}
+    assert bar_counts(page(admin)) == {"DELIVERED": 3, "HARDBOUNCE": 2, "ACCEPTED": 2, "ERROR": 1}
 
 
 def deliver(vendor_message_id: str, outcome: Outcome, status_text: str = "ok", minutes: int = 0) -> None:
