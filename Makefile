@@ -43,6 +43,11 @@ bench: install postgres-binaries
 	fi
 	$(BIN)/python -m bench.run_all
 
+## Fault drills (never part of `make test`): each breaks one thing under load, bounded in time, and
+## asserts what must hold; writes docs/reliability.md; fails if any drill did not hold.
+drills: install postgres-binaries
+	$(BIN)/python -m drills.run
+
 ## The dashboard's browser test drives Debian's Chromium (not a browser Playwright downloads).
 chromium:
 	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \

@@ -191,31 +191,30 @@ class BenchDatabase:
         finally:
             conn.close()
 
-    def statements_during(self, action: Callable[[], Any]) -> Counter[str]:
-        """Run `action` and return the statements PostgreSQL received meanwhile, by first word.
+    def statements_during(self, action: Callable[[], Any]) -> StatementLog:
+        """Run `action` and return the statements PostgreSQL received meanwhile, with their server time.
 
-        The server log shows what the driver really sends (BEGIN, pool_pre_ping's ping, each
-        statement, COMMIT): one network round trip each.
+        The server log shows what the driver really sends (BEGIN, pings, each statement, COMMIT):
+        one network round trip each, and how long the server took for it (parse, plan, execute).
         """
         log_file = self.server.root / "log"
-        self._set_statement_logging("'all'")
+        self._set_log_min_duration("0")
         offset = log_file.stat().st_size
         try:
             action()
         finally:
-            self._set_statement_logging(None)
+            self._set_log_min_duration(None)
         with open(log_file, "rb") as log:
             log.seek(offset)
             text = log.read().decode(errors="replace")
-        return Counter(statement_verb(statement) for statement in logged_statements(text)
-                       if "log_statement" not in statement and "pg_reload_conf" not in statement)
+        return StatementLog.parse(text)
 
-    def _set_statement_logging(self, value: str | None) -> None:
+    def _set_log_min_duration(self, value: str | None) -> None:
         conn = self.connect()
         try:
             with conn.cursor() as cur:
-                cur.execute(f"ALTER SYSTEM SET log_statement = {value}" if value
-                            else "ALTER SYSTEM RESET log_statement")
+                cur.execute(f"ALTER SYSTEM SET log_min_duration_statement = {value}" if value
+                            else "ALTER SYSTEM RESET log_min_duration_statement")
                 cur.execute("SELECT pg_reload_conf()")
         finally:
             conn.close()
@@ -226,15 +225,41 @@ class BenchDatabase:
         self.server.stop()
 
 
-def logged_statements(log_text: str) -> list[str]:
-    """Return the statements of a PostgreSQL log (`log_statement = all`); continuation lines start with a tab."""
-    entries: list[str] = []
-    for line in log_text.splitlines():
-        if line.startswith("\t") and entries:
-            entries[-1] += "\n" + line[1:]
-        else:
-            entries.append(line)
-    return [entry.split("statement: ", 1)[1] for entry in entries if "statement: " in entry]
+@dataclass
+class StatementLog:
+    """Statements from PostgreSQL's log (`log_min_duration_statement = 0`): count and server ms per verb."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    server_ms: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def parse(cls, log_text: str) -> StatementLog:
+        """Read `duration: X ms  statement: ...` entries; continuation lines start with a tab."""
+        entries: list[str] = []
+        for line in log_text.splitlines():
+            if line.startswith("\t") and entries:
+                entries[-1] += "\n" + line[1:]
+            else:
+                entries.append(line)
+        statements = cls()
+        for entry in entries:
+            if "duration: " not in entry or "statement: " not in entry or "log_min_duration" in entry:
+                continue
+            millis = float(entry.split("duration: ", 1)[1].split(" ms", 1)[0])
+            verb = statement_verb(entry.split("statement: ", 1)[1])
+            statements.counts[verb] += 1
+            statements.server_ms[verb] += millis
+        return statements
+
+    @property
+    def total(self) -> int:
+        """Return how many statements were sent."""
+        return sum(self.counts.values())
+
+    @property
+    def total_server_ms(self) -> float:
+        """Return the server time of all statements, in milliseconds."""
+        return sum(self.server_ms.values())
 
 
 def statement_verb(statement: str) -> str:
@@ -423,7 +448,7 @@ class Check:
     """One target and whether the measured value meets it."""
 
     name: str
-    value: float
+    value: float | None  # None: could not be measured (e.g. the page was never reached)
     target: str
     met: bool
     unit: str = ""
@@ -455,9 +480,11 @@ class Result:
 
 def format_value(value: Any) -> str:
     """Render a figure compactly: floats with sensible precision, the rest as text."""
+    if value is None:
+        return "n/a"
     if isinstance(value, bool) or not isinstance(value, float):
         return str(value)
-    if value != value:  # NaN
+    if value != value or value in (float("inf"), float("-inf")):  # NaN, or a ratio with nothing to divide
         return "n/a"
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
 

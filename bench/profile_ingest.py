@@ -19,7 +19,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.common import LOG_DIR, BenchDatabase, Result, app_env, report
+from bench.common import LOG_DIR, BenchDatabase, Result, StatementLog, app_env, report
 
 # First matching fragment of a function's file (or name) decides its layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
@@ -101,8 +101,8 @@ def profile(client, requests: int, prefix: str) -> pstats.Stats:
     return pstats.Stats(profiler)
 
 
-def round_trips(database: BenchDatabase, client, requests: int, prefix: str) -> Counter[str]:
-    """Return the statements PostgreSQL received for the receipts, by first word."""
+def round_trips(database: BenchDatabase, client, requests: int, prefix: str) -> StatementLog:
+    """Return the statements PostgreSQL received for the receipts, with their server time."""
     return database.statements_during(lambda: [receipt(client, number, prefix) for number in range(requests)])
 
 
@@ -157,10 +157,11 @@ def main() -> None:
         trips = round_trips(database, client, 200, f"trips-{prefix}")
     finally:
         database.stop()
-    figures: dict[str, object] = {"receipts profiled": args.requests,
-                                  "ms per receipt in-process (no profiler)": plain_ms,
-                                  "round trips per receipt": sum(trips.values()) / 200}
-    figures.update({f"round trips per receipt: {word}": count / 200 for word, count in trips.most_common()})
+    figures: dict[str, object] = {
+        "receipts profiled": args.requests, "ms per receipt in-process (no profiler)": plain_ms,
+        "round trips per receipt": trips.total / 200,
+        "PostgreSQL server ms per receipt (parse, plan, execute)": trips.total_server_ms / 200}
+    figures.update({f"round trips per receipt: {word}": count / 200 for word, count in trips.counts.most_common()})
     figures.update({f"share: {layer}": round(share, 3) for layer, share in layer_shares(stats).items()})
     figures.update({name: round(ms, 3) for name, ms in cumulative(stats, args.requests).items()})
     report(Result("ingest_profile", f"Where one receipt's time goes ({args.requests} receipts, cProfile)",

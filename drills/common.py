@@ -95,12 +95,24 @@ def child_pids(parent_pid: int) -> list[int]:
     return sorted(children)
 
 
+def open_sockets(pid: int) -> int:
+    """Return how many sockets a process holds open (0 if it is gone)."""
+    try:
+        links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    except OSError:
+        return 0
+    return sum(link.startswith("socket:") for link in links)
+
+
 def kill_one_worker(master_pid: int) -> int | None:
-    """SIGKILL one worker of a gunicorn master (never the master); return its pid."""
+    """SIGKILL one worker of a gunicorn master (never the master), preferably one mid-request; return its pid.
+
+    A sync worker serving a request holds one socket more (the client's) than an idle one.
+    """
     workers = child_pids(master_pid)
     if not workers:
         return None
-    victim = workers[0]
+    victim = max(workers, key=open_sockets)
     os.kill(victim, signal.SIGKILL)
     return victim
 

@@ -98,16 +98,20 @@ def evaluate(database: BenchDatabase, peers: FakePeersServer, driver: LoadDriver
               f"> arrival rate {arrival:.0f}/s", drain["backlog drain rate, reports/s"] > arrival),
     ]
     figures = {"503 phase s": phases[0], "timeout phase s": phases[1],
-               "receipts acknowledged": len(driver.acknowledged),
-               "backlog when Emarsys recovered": moments["backlog_at_recovery"],
-               "calls to Emarsys by answer": dict(record.emarsys_calls),
-               "items refused (503)": sum(record.emarsys_refused.values()),
-               "items dropped (timeout)": sum(record.emarsys_dropped.values()),
-               "items acknowledged (202)": sum(record.emarsys_acknowledged.values()),
-               "receipts/s arriving": arrival, **drain,
-               "outbox by state": states}
+               "receipts acknowledged": len(driver.acknowledged), "receipts/s arriving": arrival,
+               "backlog when Emarsys recovered": moments["backlog_at_recovery"], **peer_figures(peers),
+               **drain, "outbox by state": states}
     return DrillResult("emarsys_down", "Emarsys down (503, then timeouts) while reports keep arriving",
                        tried(phases), checks, figures, settings())
+
+
+def peer_figures(peers: FakePeersServer) -> dict[str, object]:
+    """Return what the fake Emarsys saw, by its answer."""
+    record = peers.record
+    return {"calls to Emarsys by answer": dict(record.emarsys_calls),
+            "items refused (503)": sum(record.emarsys_refused.values()),
+            "items dropped (timeout)": sum(record.emarsys_dropped.values()),
+            "items acknowledged (202)": sum(record.emarsys_acknowledged.values())}
 
 
 def drain_figures(acknowledged_after: list[float], moments: dict[str, float]) -> dict[str, float]:

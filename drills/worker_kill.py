@@ -46,8 +46,10 @@ def evaluate(database: BenchDatabase, driver: LoadDriver, victims: list[int], se
     duplicated = [item for item in driver.acknowledged if stored[item] > 1]
     retried_and_stored_once = sum(1 for item in driver.retried if stored[item] == 1)
     latencies = [a.millis for a in driver.attempts if a.status is not None and a.status < 300]
+    cut_off = sum(1 for a in driver.attempts if a.status is None)
     checks = [
         check("workers killed with SIGKILL", len(victims), ">= 1", victims),
+        check("requests cut off by a kill (no answer), then retried", cut_off, ">= 1", cut_off),
         check("acknowledged ids missing from raw_events", len(missing), "= 0", not missing),
         check("acknowledged ids stored more than once", len(duplicated), "= 0", not duplicated),
         check("ids left unanswered after the retries", len(driver.unanswered), "= 0", not driver.unanswered),
