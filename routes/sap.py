@@ -5,7 +5,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 
 from routes.auth import basic_auth_required
 from schemas.status import StatusQuerySchema
-from services.bounces import bounce_to_sap, clear_all, fetch_bounce_page
+from services.bounces import clear_all, fetch_bounce_page
 
 bp = Blueprint("sap", __name__)
 
@@ -25,7 +25,7 @@ def status():
     page = fetch_bounce_page(query["startTimeUTC"], query["endTimeUTC"], query["page"], page_size,
                              query["sourceSystem"])
     return jsonify({"page": str(page.page), "lastPage": page.last_page,
-                    "status": [bounce_to_sap(record) for record in page.records]})
+                    "status": page.status})
 
 
 @bp.route("/api/v1/notifications/clear", methods=["GET", "POST", "DELETE"])

@@ -21,11 +21,11 @@ EARLIEST, LATEST = datetime(1970, 1, 1), datetime(9999, 12, 31)
 
 @dataclass(frozen=True)
 class BouncePage:
-    """One page of bounce records and whether it is the last."""
+    """One page of bounce records, rendered for SAP, and whether it is the last."""
 
     page: int
     last_page: bool
-    records: list[Bounce]
+    status: list[dict[str, str]]
 
 
 def fetch_bounce_page(start: datetime | None, end: datetime | None, page: int, page_size: int | None,
@@ -37,7 +37,7 @@ def fetch_bounce_page(start: datetime | None, end: datetime | None, page: int, p
     start, end = start or EARLIEST, end or LATEST
     if page_size is None:
         records = list(db.session.scalars(_window_query(start, end, snapshot=None)))
-        return _served(BouncePage(page=page, last_page=True, records=records))
+        return _served(page, True, records)
     window = (start, end, source_system or "")
     cursor = _cursor_for(window, page)
     query = _window_query(start, end, cursor.snapshot_seq)
@@ -49,7 +49,7 @@ def fetch_bounce_page(start: datetime | None, end: datetime | None, page: int, p
     records, last_page = rows[:page_size], len(rows) <= page_size
     if records and not last_page:
         _remember_cursor(window, page + 1, cursor.snapshot_seq, records[-1])
-    return _served(BouncePage(page=page, last_page=last_page, records=records))
+    return _served(page, last_page, records)
 
 
 def bounce_to_sap(bounce: Bounce) -> dict[str, str]:
@@ -100,9 +100,12 @@ def _remember_cursor(window: tuple[datetime, datetime, str], page: int, snapshot
         index_elements=["window_start", "window_end", "source_system", "page"], set_=values))
 
 
-def _served(page: BouncePage) -> BouncePage:
-    unpulled = [record.id for record in page.records if record.pulled_at is None]
+def _served(page: int, last_page: bool, records: list[Bounce]) -> BouncePage:
+    # Render before the commit: afterwards every record would be expired and reloaded one by one.
+    served = BouncePage(page=page, last_page=last_page, status=[bounce_to_sap(record) for record in records])
+    unpulled = [record.id for record in records if record.pulled_at is None]
     if unpulled:
-        db.session.execute(update(Bounce).where(Bounce.id.in_(unpulled)).values(pulled_at=utcnow()))
+        db.session.execute(update(Bounce).where(Bounce.id.in_(unpulled)).values(pulled_at=utcnow())
+                           .execution_options(synchronize_session=False))
     db.session.commit()
-    return page
+    return served

@@ -58,6 +58,10 @@ def add_delivery_report(vendor: str, report: DeliveryReport, params: dict[str, A
                         kind: str = "delivery_report") -> IngestResult:
     """Add one delivery report to the caller's transaction, which the caller commits."""
     now = utcnow()
+    if db.session.get_bind().dialect.name == "postgresql":
+        row = db.session.execute(RECORD_REPORT_SQL, _report_values(
+            vendor, report, params, client_id, emarsys_message_id, kind, now)).one()
+        return _result_of(row)
     event_id = _insert_raw_event(vendor, kind, params, client_id, report.vendor_message_id, now,
                                  report.outcome.value)
     if event_id is None:
@@ -108,7 +112,14 @@ def _insert_raw_event(vendor, kind, params, client_id, vendor_message_id, now, o
 
 def _record_in_one_round_trip(vendor, report, params, client_id, emarsys_message_id, kind, now) -> IngestResult:
     # The vendor hot path: one statement in autocommit mode is one round trip and one commit.
-    values = {
+    values = _report_values(vendor, report, params, client_id, emarsys_message_id, kind, now)
+    with db.engine.connect() as connection, driver_autocommit(connection):
+        row = connection.execute(RECORD_REPORT_SQL, values).one()
+    return _result_of(row)
+
+
+def _report_values(vendor, report, params, client_id, emarsys_message_id, kind, now) -> dict[str, Any]:
+    return {
         "vendor": vendor, "kind": kind, "client_id": str(client_id) if client_id else None,
         "vmid": report.vendor_message_id, "fingerprint": fingerprint(vendor, kind, client_id, params),
         "params": json.dumps(params, default=str), "now": now, "emid": emarsys_message_id,
@@ -118,8 +129,9 @@ def _record_in_one_round_trip(vendor, report, params, client_id, emarsys_message
         "status_text": report.status_text, "event_at": report.event_at, "bounce_type": report.bounce_type,
         "payload": json.dumps(delivery_report_item(report, report.vendor_message_id)),
     }
-    with db.engine.connect() as connection, driver_autocommit(connection):
-        row = connection.execute(RECORD_REPORT_SQL, values).one()
+
+
+def _result_of(row) -> IngestResult:
     return IngestResult(duplicate=row.event_id is None, applied=row.state_id is not None,
                         message_state_id=row.state_id)
 

@@ -75,9 +75,11 @@ def queue_messages(client_id: uuid.UUID, messages: list[BatchMessage]) -> int:
         "destination": message.destination, "body": message.body, "state": QUEUED, "attempts": 0,
         "next_attempt_at": now, "created_at": now, "updated_at": now,
     } for message in messages]
-    stmt = (dialect_insert(OutboundMessage).values(rows)
+    # Rows go as parameters of one cached statement (executemany with RETURNING), rather than a
+    # 1000-row VALUES clause that SQLAlchemy would compile afresh for every batch.
+    stmt = (dialect_insert(OutboundMessage)
             .on_conflict_do_nothing(index_elements=["client_id", "emarsys_message_id"])
             .returning(OutboundMessage.id))
-    queued = len(db.session.execute(stmt).all())
+    queued = len(db.session.execute(stmt, rows).all())
     db.session.commit()
     return queued
