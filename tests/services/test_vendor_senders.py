@@ -65,6 +65,14 @@ def slow_handler(request: Request) -> Response:
     return Response("result_code=0")
 
 
+@pytest.fixture
+def slow_vendor(httpserver):
+    """Yield the fake server; afterwards wait out its slow handler so no request lands in the next test."""
+    yield httpserver
+    time.sleep(SLOW_SECONDS * 2)
+    httpserver.clear_log()
+
+
 def sent_form(httpserver) -> dict[str, str]:
     """Return the form of the only request the fake server received."""
     assert len(httpserver.log) == 1
@@ -164,7 +172,7 @@ def test_genesys_retry_reuses_the_message_id_and_duplicate_counts_as_sent(httpse
     assert [entry[0].form["message_id"] for entry in httpserver.log] == ["our-42", "our-42"]
 
 
-def test_genesys_timeout_is_retried(httpserver):
+def test_genesys_timeout_is_retried(httpserver, slow_vendor):
     httpserver.expect_request(GENESYS_PATH).respond_with_handler(slow_handler)
     config = genesys_config(httpserver.url_for(GENESYS_PATH))
 
@@ -243,7 +251,7 @@ def test_twilio_throttling_and_server_errors_are_retried(httpserver, status):
     assert (result.outcome, result.retry, result.status_code) == (None, True, f"http_{status}")
 
 
-def test_twilio_timeout_is_retried(httpserver):
+def test_twilio_timeout_is_retried(httpserver, slow_vendor):
     httpserver.expect_request(TWILIO_MESSAGES).respond_with_handler(slow_handler)
 
     result = vendors.send_message(twilio_config(httpserver.url_for("/")), MESSAGE, "our-1", None,
@@ -303,7 +311,7 @@ def test_twilio_connection_test_fetches_the_account(httpserver, status, expected
 
 @requires_spec
 @pytest.mark.parametrize("make_config", [genesys_config, twilio_config])
-def test_connection_test_timeout_is_temporary(httpserver, make_config):
+def test_connection_test_timeout_is_temporary(httpserver, slow_vendor, make_config):
     for path in ("/slow", "/slow" + TWILIO_ACCOUNT):
         httpserver.expect_request(path).respond_with_handler(slow_handler)
 
