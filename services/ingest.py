@@ -124,23 +124,25 @@ def _record_in_one_round_trip(vendor, report, params, client_id, emarsys_message
     # The vendor hot path: one statement in autocommit mode is one round trip and one commit.
     values = _report_values(vendor, report, params, client_id, emarsys_message_id, kind, now)
     with db.engine.connect() as connection, driver_autocommit(connection):
-        dbapi_connection = connection.connection.dbapi_connection
-        with dbapi_connection.cursor() as cursor:
-            _prepare_once(connection.connection.info, dbapi_connection, cursor)
-            cursor.execute(f"EXECUTE {PREPARED_NAME} ({', '.join(['%s'] * len(REPORT_PARAMETER_TYPES))})",
-                           [values[name] for name in REPORT_PARAMETER_TYPES])
-            event_id, state_id, _ = cursor.fetchone()
+        # Through SQLAlchemy, not the raw cursor: a dropped connection then becomes a 503 and
+        # invalidates the pool, as on every other path.
+        _prepare_once(connection)
+        placeholders = ", ".join(["%s"] * len(REPORT_PARAMETER_TYPES))
+        event_id, state_id, _ = connection.exec_driver_sql(
+            f"EXECUTE {PREPARED_NAME} ({placeholders})",
+            tuple(values[name] for name in REPORT_PARAMETER_TYPES)).one()
     return IngestResult(duplicate=event_id is None, applied=state_id is not None, message_state_id=state_id)
 
 
-def _prepare_once(pool_info: dict, dbapi_connection, cursor) -> None:
+def _prepare_once(connection: Connection) -> None:
+    pool_info, dbapi_connection = connection.connection.info, connection.connection.dbapi_connection
     # Remember the very DBAPI connection: a reconnect after a PostgreSQL restart must prepare again.
     if pool_info.get(PREPARED_NAME) is dbapi_connection:
         return
     positions = {name: index for index, name in enumerate(REPORT_PARAMETER_TYPES, start=1)}
     body = re.sub(r"(?<![:\w]):([a-z_]+)", lambda match: f"${positions[match.group(1)]}", RECORD_REPORT_SQL.text)
     types = ", ".join(REPORT_PARAMETER_TYPES.values())
-    cursor.execute(f"PREPARE {PREPARED_NAME} ({types}) AS {body}".replace("%", "%%"))
+    connection.exec_driver_sql(f"PREPARE {PREPARED_NAME} ({types}) AS {body}")
     pool_info[PREPARED_NAME] = dbapi_connection
 
 
