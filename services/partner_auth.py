@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -75,19 +74,6 @@ class TokenPolicy:
                 raise ValueError(f"TokenPolicy.{name} must not be negative")
         if self.http_timeout_seconds <= 0:
             raise ValueError("TokenPolicy.http_timeout_seconds must be positive")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> TokenPolicy:
-        """Build the policy from EMARSYS_TOKEN_ISSUER, EMARSYS_OAUTH_CLIENT_ID and EMARSYS_JWKS_URL."""
-        client_id = environ.get("EMARSYS_OAUTH_CLIENT_ID", "").strip()
-        if not client_id:
-            # No safe default exists: any default would accept tokens issued to someone else.
-            raise ValueError("EMARSYS_OAUTH_CLIENT_ID must be set")
-        return cls(
-            issuer=environ.get("EMARSYS_TOKEN_ISSUER", "").strip() or DEFAULT_ISSUER,
-            client_id=client_id,
-            jwks_url=environ.get("EMARSYS_JWKS_URL", "").strip() or DEFAULT_JWKS_URL,
-        )
 
 
 class EmarsysTokenVerifier:

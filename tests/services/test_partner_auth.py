@@ -24,8 +24,6 @@ from werkzeug import Request, Response
 
 from errors import Forbidden, Unauthorized, Unavailable
 from services.partner_auth import (
-    DEFAULT_ISSUER,
-    DEFAULT_JWKS_URL,
     EmarsysTokenVerifier,
     TokenPolicy,
     usable_signing_keys,
@@ -486,21 +484,3 @@ def test_cached_keys_survive_jwks_outage(verifier: EmarsysTokenVerifier, jwks: J
 def test_jwks_keeps_only_asymmetric_signing_keys(entry: Any, rsa_key: rsa.RSAPrivateKey) -> None:
     published = rsa_jwk(rsa_key, "k1")
     assert list(usable_signing_keys({"keys": [entry, published]})) == ["k1"]
-
-
-def test_policy_from_env_uses_documented_defaults() -> None:
-    policy = TokenPolicy.from_env({"EMARSYS_OAUTH_CLIENT_ID": CLIENT_ID})
-    assert (policy.issuer, policy.jwks_url, policy.client_id) == (DEFAULT_ISSUER, DEFAULT_JWKS_URL, CLIENT_ID)
-    assert (policy.leeway_seconds, policy.min_refetch_interval_seconds) == (30.0, 30.0)
-
-
-def test_policy_from_env_reads_overrides() -> None:
-    policy = TokenPolicy.from_env({"EMARSYS_OAUTH_CLIENT_ID": CLIENT_ID, "EMARSYS_TOKEN_ISSUER": ISSUER,
-                                   "EMARSYS_JWKS_URL": "http://127.0.0.1:1/certs"})
-    assert (policy.issuer, policy.jwks_url) == (ISSUER, "http://127.0.0.1:1/certs")
-
-
-@pytest.mark.parametrize("environ", [{}, {"EMARSYS_OAUTH_CLIENT_ID": "  "}])
-def test_policy_from_env_requires_client_id(environ: dict[str, str]) -> None:
-    with pytest.raises(ValueError, match="EMARSYS_OAUTH_CLIENT_ID"):
-        TokenPolicy.from_env(environ)
