@@ -571,3 +571,36 @@ def message_batch(prefix: str, count: int = 1000) -> bytes:
                  "destination": f"+49151{n:08d}", "message": f"Campaign message {n}: 20% off today only"}
                 for n in range(count)]
     return json.dumps({"messages": messages}).encode()
+
+
+def run_module_bounded(module: str, limit: float, grace: float) -> tuple[str, str | None]:
+    """Run `python -m module` under a hard time limit; return its output and why it failed, if it did."""
+    process = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        output, _ = process.communicate(timeout=limit)
+        return output or "", None if process.returncode == 0 else last_lines(output)
+    except subprocess.TimeoutExpired:
+        return stop_overrunning(process, grace), f"overran its {limit:g} s limit and was stopped"
+
+
+def stop_overrunning(process: subprocess.Popen, grace: float) -> str:
+    """Stop a run with SIGTERM (it then stops what it started), killing it if it hangs past `grace`."""
+    process.terminate()
+    try:
+        output, _ = process.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output or ""
+
+
+def without_log_lines(output: str | None) -> str:
+    """Drop the app's JSON log lines, which would bury the printed tables."""
+    return "\n".join(line for line in (output or "").splitlines() if not line.startswith('{"time"'))
+
+
+def last_lines(output: str | None, count: int = 10) -> str:
+    """Return the last non-empty lines of a run's output, for the reason it failed."""
+    lines = [line for line in without_log_lines(output).splitlines() if line.strip()]
+    return "\n".join(lines[-count:]) or "no output"

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from typing import Any
 
-from bench.common import REPO, RESULTS_DIR, format_value, machine, utc_now_iso
+from bench.common import REPO, RESULTS_DIR, format_value, machine, run_module_bounded, utc_now_iso
 
 DOC_PATH = REPO / "docs" / "performance.md"
 
@@ -35,35 +33,11 @@ def run_benchmark(name: str, module: str, limit: int) -> None:
     """Run one benchmark; on failure write a result that says it did not run, and why."""
     print(f"\n=== {name} ({module}, at most {limit} s)", flush=True)
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        output, _ = process.communicate(timeout=limit)
-        failure = None if process.returncode == 0 else _last_lines(output)
-    except subprocess.TimeoutExpired:
-        output = stop_overrunning(process)
-        failure = f"overran its {limit} s limit and was stopped"
+    output, failure = run_module_bounded(module, limit, grace=60)
     print(output, flush=True)
     if failure is not None:
         write_failure(name, failure)
     print(f"=== {name}: {'failed' if failure else 'done'} in {time.monotonic() - started:.0f} s", flush=True)
-
-
-def stop_overrunning(process: subprocess.Popen) -> str:
-    """Stop a benchmark with SIGTERM (it then stops what it started), killing it if it hangs."""
-    process.terminate()
-    try:
-        output, _ = process.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-    return output or ""
-
-
-def _last_lines(output: str | bytes | None, count: int = 12) -> str:
-    text = output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
-    lines = [line for line in text.splitlines() if line.strip()]
-    return "\n".join(lines[-count:]) or "no output"
 
 
 def write_failure(name: str, reason: str) -> None:

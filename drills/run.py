@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from typing import Any
 
-from bench.common import REPO, machine, table
+from bench.common import REPO, machine, run_module_bounded, table, without_log_lines
 from drills.common import RESULTS_DIR
 
 DOC_PATH = REPO / "docs" / "reliability.md"
@@ -34,40 +32,13 @@ def run_drill(name: str, module: str, limit: int) -> bool:
     """Run one drill; on a crash or overrun write a result that says so; return whether it held."""
     print(f"\n=== {name} ({module}, at most {limit} s)", flush=True)
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        output, _ = process.communicate(timeout=limit)
-        failure = None if process.returncode == 0 else _last_lines(output)
-    except subprocess.TimeoutExpired:
-        output = stop_overrunning(process)
-        failure = f"overran its {limit} s limit and was stopped"
-    print(_without_log_lines(output), flush=True)
+    output, failure = run_module_bounded(module, limit, grace=30)
+    print(without_log_lines(output), flush=True)
     if failure is not None and not _wrote_result_since(name, started):
         write_failure(name, failure)
     held = failure is None
     print(f"=== {name}: {'held' if held else 'FAILED'} in {time.monotonic() - started:.0f} s", flush=True)
     return held
-
-
-def stop_overrunning(process: subprocess.Popen) -> str:
-    """Stop a drill with SIGTERM (it then stops what it started), killing it if it hangs."""
-    process.terminate()
-    try:
-        output, _ = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-    return output or ""
-
-
-def _without_log_lines(output: str | None) -> str:
-    # The app's JSON log lines (the worker and gunicorn write theirs to files) would bury the tables.
-    return "\n".join(line for line in (output or "").splitlines() if not line.startswith('{"time"'))
-
-
-def _last_lines(output: str | None, count: int = 8) -> str:
-    return "\n".join(_without_log_lines(output).strip().splitlines()[-count:]) or "no output"
 
 
 def _wrote_result_since(name: str, started_monotonic: float) -> bool:
