@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, literal, text
+from sqlalchemy import Connection, delete, literal
 
 from mappers.report import OUTCOME_RANK, DeliveryReport, InboundMessage
 from models import Bounce, InboundMessageRecord, MessageState, OutboxItem, RawEvent, db, dialect_insert
@@ -20,8 +20,7 @@ from schemas.callbacks import delivery_report_item, inbound_message_item
 from services.metrics import count_report
 
 
-RECORD_REPORT_SQL = text((Path(__file__).with_name("ingest_pg.sql")).read_text())
-# The same statement, prepared once per connection: PostgreSQL then skips parsing and planning
+# The report statement is prepared once per connection: PostgreSQL then skips parsing and planning
 # a five-CTE statement on every receipt. Parameter types are declared so none is guessed.
 REPORT_PARAMETER_TYPES = {
     "vendor": "text", "kind": "text", "client_id": "text", "vmid": "text", "fingerprint": "text",
@@ -30,6 +29,17 @@ REPORT_PARAMETER_TYPES = {
     "event_at": "timestamp", "bounce_type": "text", "payload": "text",
 }
 PREPARED_NAME = "sms_record_report"
+
+
+def _prepare_statement() -> str:
+    positions = {name: index for index, name in enumerate(REPORT_PARAMETER_TYPES, start=1)}
+    named = Path(__file__).with_name("ingest_pg.sql").read_text()
+    body = re.sub(r"(?<![:\w]):([a-z_]+)", lambda match: f"${positions[match.group(1)]}", named)
+    return f"PREPARE {PREPARED_NAME} ({', '.join(REPORT_PARAMETER_TYPES.values())}) AS {body}"
+
+
+PREPARE_REPORT_SQL = _prepare_statement()
+EXECUTE_REPORT_SQL = f"EXECUTE {PREPARED_NAME} ({', '.join(['%s'] * len(REPORT_PARAMETER_TYPES))})"
 
 
 @dataclass(frozen=True)
@@ -69,9 +79,8 @@ def add_delivery_report(vendor: str, report: DeliveryReport, params: dict[str, A
     """Add one delivery report to the caller's transaction, which the caller commits."""
     now = utcnow()
     if db.session.get_bind().dialect.name == "postgresql":
-        row = db.session.execute(RECORD_REPORT_SQL, _report_values(
-            vendor, report, params, client_id, emarsys_message_id, kind, now)).one()
-        return _result_of(row)
+        return _execute_prepared(db.session.connection(), _report_values(
+            vendor, report, params, client_id, emarsys_message_id, kind, now))
     event_id = _insert_raw_event(vendor, kind, params, client_id, report.vendor_message_id, now,
                                  report.outcome.value)
     if event_id is None:
@@ -124,13 +133,15 @@ def _record_in_one_round_trip(vendor, report, params, client_id, emarsys_message
     # The vendor hot path: one statement in autocommit mode is one round trip and one commit.
     values = _report_values(vendor, report, params, client_id, emarsys_message_id, kind, now)
     with db.engine.connect() as connection, driver_autocommit(connection):
-        # Through SQLAlchemy, not the raw cursor: a dropped connection then becomes a 503 and
-        # invalidates the pool, as on every other path.
-        _prepare_once(connection)
-        placeholders = ", ".join(["%s"] * len(REPORT_PARAMETER_TYPES))
-        event_id, state_id, _ = connection.exec_driver_sql(
-            f"EXECUTE {PREPARED_NAME} ({placeholders})",
-            tuple(values[name] for name in REPORT_PARAMETER_TYPES)).one()
+        return _execute_prepared(connection, values)
+
+
+def _execute_prepared(connection: Connection, values: dict[str, Any]) -> IngestResult:
+    # Through SQLAlchemy, not the raw cursor: a dropped connection then becomes a 503 and
+    # invalidates the pool, as on every other path.
+    _prepare_once(connection)
+    event_id, state_id, _ = connection.exec_driver_sql(
+        EXECUTE_REPORT_SQL, tuple(values[name] for name in REPORT_PARAMETER_TYPES)).one()
     return IngestResult(duplicate=event_id is None, applied=state_id is not None, message_state_id=state_id)
 
 
@@ -139,10 +150,7 @@ def _prepare_once(connection: Connection) -> None:
     # Remember the very DBAPI connection: a reconnect after a PostgreSQL restart must prepare again.
     if pool_info.get(PREPARED_NAME) is dbapi_connection:
         return
-    positions = {name: index for index, name in enumerate(REPORT_PARAMETER_TYPES, start=1)}
-    body = re.sub(r"(?<![:\w]):([a-z_]+)", lambda match: f"${positions[match.group(1)]}", RECORD_REPORT_SQL.text)
-    types = ", ".join(REPORT_PARAMETER_TYPES.values())
-    connection.exec_driver_sql(f"PREPARE {PREPARED_NAME} ({types}) AS {body}")
+    connection.exec_driver_sql(PREPARE_REPORT_SQL)
     pool_info[PREPARED_NAME] = dbapi_connection
 
 
@@ -157,11 +165,6 @@ def _report_values(vendor, report, params, client_id, emarsys_message_id, kind, 
         "status_text": report.status_text, "event_at": report.event_at, "bounce_type": report.bounce_type,
         "payload": json.dumps(delivery_report_item(report, report.vendor_message_id)),
     }
-
-
-def _result_of(row) -> IngestResult:
-    return IngestResult(duplicate=row.event_id is None, applied=row.state_id is not None,
-                        message_state_id=row.state_id)
 
 
 @contextmanager
