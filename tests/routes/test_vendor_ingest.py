@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func
 
 from mappers.configurable import MappingFileError
-from models import Bounce, InboundMessageRecord, MessageState, RawEvent, db
+from models import InboundMessageRecord, MessageState, RawEvent, db
 from services.twilio_signature import compute_signature
 
 ALL_TIME = "/status?startTimeUTC=20000101000000&endTimeUTC=21000101000000&page=0"
