@@ -4,19 +4,72 @@ SAP asks by page number. Page 0 of a (window, sourceSystem) fixes a snapshot: th
 event id at that moment. Serving page N remembers where page N+1 starts (a keyset position),
 so page 5,000 costs one index range scan like page 0, and a bounce that arrives while SAP pages
 is left for the next pull sequence instead of shifting records between pages.
+
+On PostgreSQL one page is one prepared statement in autocommit mode: it finds the remembered
+position, reads the page, marks its records pulled and remembers where the next page starts.
+Other databases (the SQLite default of `make run`) run the same steps as separate statements.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, tuple_, update
+from sqlalchemy import Connection, delete, func, tuple_, update
 
 from models import Bounce, InboundMessageRecord, MessageState, RawEvent, StatusCursor, db, dialect_insert
-from services.ingest import utcnow
+from services.ingest import driver_autocommit, utcnow
 
 SAP_TIME_FORMAT = "%Y%m%d%H%M%S"
 EARLIEST, LATEST = datetime(1970, 1, 1), datetime(9999, 12, 31)
+# The adapter's fields, in the order of the columns every page query selects.
+SAP_FIELDS = ("messageId", "recipient", "statusCode", "statusText", "type", "timestamp")
+SAP_COLUMNS = (Bounce.message_id, Bounce.recipient, Bounce.status_code, Bounce.status_text, Bounce.type,
+               Bounce.event_at)
+KEY_COLUMNS = (Bounce.event_at, Bounce.message_id, Bounce.id)
+
+PAGE_STATEMENT = "sms_status_page"
+# $1 window start, $2 window end, $3 source system, $4 page, $5 page size, $6 now.
+# Without a remembered position the page starts at (window start, '', -1): before every record of
+# the window, so one row comparison is the index scan's only start key.
+PAGE_SQL = f"""
+PREPARE {PAGE_STATEMENT} (timestamp, timestamp, text, bigint, bigint, timestamp) AS
+WITH remembered AS (
+    SELECT page, snapshot_seq, after_event_at, after_message_id, after_id FROM status_cursors
+    WHERE window_start = $1 AND window_end = $2 AND source_system = $3 AND page <= $4 AND $4 > 0
+    ORDER BY page DESC LIMIT 1
+), position AS (
+    SELECT coalesce(r.page, 0) AS page,
+           coalesce(r.snapshot_seq, (SELECT coalesce(max(id), 0) FROM raw_events)) AS snapshot_seq,
+           coalesce(r.after_event_at, $1) AS after_event_at, coalesce(r.after_message_id, '') AS after_message_id,
+           coalesce(r.after_id, -1) AS after_id
+    FROM (SELECT) AS one LEFT JOIN remembered AS r ON true
+), page_rows AS (
+    SELECT id, message_id, recipient, status_code, status_text, type, event_at, pulled_at,
+           row_number() OVER (ORDER BY event_at, message_id, id) AS n
+    FROM (SELECT * FROM bounces
+          WHERE (event_at, message_id, id) > ((SELECT after_event_at FROM position),
+                                              (SELECT after_message_id FROM position),
+                                              (SELECT after_id FROM position))
+            AND event_at < $2 AND seq <= (SELECT snapshot_seq FROM position)
+          ORDER BY event_at, message_id, id
+          OFFSET ($4 - (SELECT page FROM position)) * $5 LIMIT $5 + 1) AS window_rows
+), pulled AS (
+    UPDATE bounces SET pulled_at = $6
+    WHERE id IN (SELECT id FROM page_rows WHERE n <= $5 AND pulled_at IS NULL) AND pulled_at IS NULL
+), next_position AS (
+    INSERT INTO status_cursors (window_start, window_end, source_system, page, snapshot_seq, after_event_at,
+                                after_message_id, after_id, created_at)
+    SELECT $1, $2, $3, $4 + 1, (SELECT snapshot_seq FROM position), event_at, message_id, id, $6
+    FROM page_rows WHERE n = $5 AND EXISTS (SELECT FROM page_rows WHERE n = $5 + 1)
+    ON CONFLICT (window_start, window_end, source_system, page) DO UPDATE SET
+        snapshot_seq = excluded.snapshot_seq, after_event_at = excluded.after_event_at,
+        after_message_id = excluded.after_message_id, after_id = excluded.after_id,
+        created_at = excluded.created_at
+)
+SELECT message_id, recipient, status_code, status_text, type, to_char(event_at, 'YYYYMMDDHH24MISS')
+FROM page_rows ORDER BY n
+"""
+EXECUTE_PAGE_SQL = f"EXECUTE {PAGE_STATEMENT} (%s, %s, %s, %s, %s, %s)"
 
 
 @dataclass(frozen=True)
@@ -36,32 +89,13 @@ def fetch_bounce_page(start: datetime | None, end: datetime | None, page: int, p
     """
     start, end = start or EARLIEST, end or LATEST
     if page_size is None:
-        records = list(db.session.scalars(_window_query(start, end, snapshot=None)))
-        return _served(page, True, records)
+        return _whole_window(page, start, end)
     window = (start, end, source_system or "")
-    cursor = _cursor_for(window, page)
-    query = _window_query(start, end, cursor.snapshot_seq)
-    if cursor.after_id is not None:
-        query = query.where(tuple_(Bounce.event_at, Bounce.message_id, Bounce.id)
-                            > (cursor.after_event_at, cursor.after_message_id, cursor.after_id))
-    skip = (page - cursor.page) * page_size  # non-zero only when SAP skipped pages
-    rows = list(db.session.scalars(query.offset(skip).limit(page_size + 1)))
-    records, last_page = rows[:page_size], len(rows) <= page_size
-    if records and not last_page:
-        _remember_cursor(window, page + 1, cursor.snapshot_seq, records[-1])
-    return _served(page, last_page, records)
-
-
-def bounce_to_sap(bounce: Bounce) -> dict[str, str]:
-    """Render one bounce as the generic text message adapter expects it."""
-    return {
-        "messageId": bounce.message_id,
-        "recipient": bounce.recipient,
-        "statusCode": bounce.status_code,
-        "statusText": bounce.status_text,
-        "type": bounce.type,
-        "timestamp": bounce.event_at.strftime(SAP_TIME_FORMAT),
-    }
+    if db.session.get_bind().dialect.name == "postgresql":
+        rows = _page_in_one_round_trip(window, page, page_size)
+    else:
+        rows = _page_in_steps(window, page, page_size)
+    return BouncePage(page=page, last_page=len(rows) <= page_size, status=_rendered(rows[:page_size]))
 
 
 def clear_all() -> None:
@@ -71,9 +105,58 @@ def clear_all() -> None:
     db.session.commit()
 
 
+def _rendered(rows) -> list[dict[str, str]]:
+    return [dict(zip(SAP_FIELDS, row)) for row in rows]
+
+
+def _page_in_one_round_trip(window: tuple[datetime, datetime, str], page: int, page_size: int) -> list[tuple]:
+    # The SAP hot path: one statement in autocommit mode is one round trip and one commit, and
+    # PostgreSQL already renders the timestamp, so Python only copies strings into the JSON.
+    with db.engine.connect() as connection, driver_autocommit(connection):
+        _prepare_once(connection)
+        return connection.exec_driver_sql(EXECUTE_PAGE_SQL, (*window, page, page_size, utcnow())).all()
+
+
+def _prepare_once(connection: Connection) -> None:
+    pool_info, dbapi_connection = connection.connection.info, connection.connection.dbapi_connection
+    # Remember the very DBAPI connection: a reconnect after a PostgreSQL restart must prepare again.
+    if pool_info.get(PAGE_STATEMENT) is dbapi_connection:
+        return
+    connection.exec_driver_sql(PAGE_SQL)
+    pool_info[PAGE_STATEMENT] = dbapi_connection
+
+
+def _page_in_steps(window: tuple[datetime, datetime, str], page: int, page_size: int) -> list[tuple]:
+    """Serve one page as separate statements in one transaction (databases without the one-statement path)."""
+    start, end, _ = window
+    cursor = _cursor_for(window, page)
+    query = _window_query(start, end, cursor.snapshot_seq)
+    if cursor.after_id is not None:
+        query = query.where(tuple_(*KEY_COLUMNS) > (cursor.after_event_at, cursor.after_message_id, cursor.after_id))
+    skip = (page - cursor.page) * page_size  # non-zero only when SAP skipped pages
+    rows = db.session.execute(query.offset(skip).limit(page_size + 1)).all()
+    served = rows[:page_size]
+    if served and len(rows) > page_size:
+        _remember_cursor(window, page + 1, cursor.snapshot_seq, served[-1])
+    _mark_pulled(served)
+    db.session.commit()
+    return [_sap_row(row) for row in rows]
+
+
+def _whole_window(page: int, start: datetime, end: datetime) -> BouncePage:
+    rows = db.session.execute(_window_query(start, end, snapshot=None)).all()
+    _mark_pulled(rows)
+    db.session.commit()
+    return BouncePage(page=page, last_page=True, status=_rendered(_sap_row(row) for row in rows))
+
+
+def _sap_row(row) -> tuple:
+    return (*row[:5], row.event_at.strftime(SAP_TIME_FORMAT))
+
+
 def _window_query(start: datetime, end: datetime, snapshot: int | None):
-    query = (db.select(Bounce).where(Bounce.event_at >= start, Bounce.event_at < end)
-             .order_by(Bounce.event_at, Bounce.message_id, Bounce.id))
+    query = (db.select(*SAP_COLUMNS, Bounce.id, Bounce.pulled_at)
+             .where(Bounce.event_at >= start, Bounce.event_at < end).order_by(*KEY_COLUMNS))
     return query if snapshot is None else query.where(Bounce.seq <= snapshot)
 
 
@@ -91,7 +174,7 @@ def _cursor_for(window: tuple[datetime, datetime, str], page: int) -> StatusCurs
     return StatusCursor(page=0, snapshot_seq=snapshot, after_id=None)
 
 
-def _remember_cursor(window: tuple[datetime, datetime, str], page: int, snapshot: int, last: Bounce) -> None:
+def _remember_cursor(window: tuple[datetime, datetime, str], page: int, snapshot: int, last) -> None:
     values = dict(snapshot_seq=snapshot, after_event_at=last.event_at, after_message_id=last.message_id,
                   after_id=last.id, created_at=utcnow())
     stmt = dialect_insert(StatusCursor).values(window_start=window[0], window_end=window[1],
@@ -100,12 +183,8 @@ def _remember_cursor(window: tuple[datetime, datetime, str], page: int, snapshot
         index_elements=["window_start", "window_end", "source_system", "page"], set_=values))
 
 
-def _served(page: int, last_page: bool, records: list[Bounce]) -> BouncePage:
-    # Render before the commit: afterwards every record would be expired and reloaded one by one.
-    served = BouncePage(page=page, last_page=last_page, status=[bounce_to_sap(record) for record in records])
-    unpulled = [record.id for record in records if record.pulled_at is None]
+def _mark_pulled(rows) -> None:
+    unpulled = [row.id for row in rows if row.pulled_at is None]
     if unpulled:
         db.session.execute(update(Bounce).where(Bounce.id.in_(unpulled)).values(pulled_at=utcnow())
                            .execution_options(synchronize_session=False))
-    db.session.commit()
-    return served
