@@ -27,12 +27,13 @@ SAP_COLUMNS = (Bounce.message_id, Bounce.recipient, Bounce.status_code, Bounce.s
                Bounce.event_at)
 KEY_COLUMNS = (Bounce.event_at, Bounce.message_id, Bounce.id)
 
-PAGE_STATEMENT = "sms_status_page"
-# $1 window start, $2 window end, $3 source system, $4 page, $5 page size, $6 now.
+# $1 window start, $2 window end, $3 source system, $4 page, $5 now; {size} is the page size.
+# The size is written into the text, not passed: with a known LIMIT, PostgreSQL's generic plan
+# costs what a custom one does, so after five executions it stops planning the statement anew.
 # Without a remembered position the page starts at (window start, '', -1): before every record of
 # the window, so one row comparison is the index scan's only start key.
-PAGE_SQL = f"""
-PREPARE {PAGE_STATEMENT} (timestamp, timestamp, text, bigint, bigint, timestamp) AS
+PAGE_SQL = """
+PREPARE {name} (timestamp, timestamp, text, bigint, timestamp) AS
 WITH remembered AS (
     SELECT page, snapshot_seq, after_event_at, after_message_id, after_id FROM status_cursors
     WHERE window_start = $1 AND window_end = $2 AND source_system = $3 AND page <= $4 AND $4 > 0
@@ -52,15 +53,15 @@ WITH remembered AS (
                                               (SELECT after_id FROM position))
             AND event_at < $2 AND seq <= (SELECT snapshot_seq FROM position)
           ORDER BY event_at, message_id, id
-          OFFSET ($4 - (SELECT page FROM position)) * $5 LIMIT $5 + 1) AS window_rows
+          OFFSET ($4 - (SELECT page FROM position)) * {size} LIMIT {size} + 1) AS window_rows
 ), pulled AS (
-    UPDATE bounces SET pulled_at = $6
-    WHERE id IN (SELECT id FROM page_rows WHERE n <= $5 AND pulled_at IS NULL) AND pulled_at IS NULL
+    UPDATE bounces SET pulled_at = $5
+    WHERE id IN (SELECT id FROM page_rows WHERE n <= {size} AND pulled_at IS NULL) AND pulled_at IS NULL
 ), next_position AS (
     INSERT INTO status_cursors (window_start, window_end, source_system, page, snapshot_seq, after_event_at,
                                 after_message_id, after_id, created_at)
-    SELECT $1, $2, $3, $4 + 1, (SELECT snapshot_seq FROM position), event_at, message_id, id, $6
-    FROM page_rows WHERE n = $5 AND EXISTS (SELECT FROM page_rows WHERE n = $5 + 1)
+    SELECT $1, $2, $3, $4 + 1, (SELECT snapshot_seq FROM position), event_at, message_id, id, $5
+    FROM page_rows WHERE n = {size} AND EXISTS (SELECT FROM page_rows WHERE n = {size} + 1)
     ON CONFLICT (window_start, window_end, source_system, page) DO UPDATE SET
         snapshot_seq = excluded.snapshot_seq, after_event_at = excluded.after_event_at,
         after_message_id = excluded.after_message_id, after_id = excluded.after_id,
@@ -69,7 +70,6 @@ WITH remembered AS (
 SELECT message_id, recipient, status_code, status_text, type, to_char(event_at, 'YYYYMMDDHH24MISS')
 FROM page_rows ORDER BY n
 """
-EXECUTE_PAGE_SQL = f"EXECUTE {PAGE_STATEMENT} (%s, %s, %s, %s, %s, %s)"
 
 
 @dataclass(frozen=True)
@@ -113,17 +113,19 @@ def _page_in_one_round_trip(window: tuple[datetime, datetime, str], page: int, p
     # The SAP hot path: one statement in autocommit mode is one round trip and one commit, and
     # PostgreSQL already renders the timestamp, so Python only copies strings into the JSON.
     with db.engine.connect() as connection, driver_autocommit(connection):
-        _prepare_once(connection)
-        return connection.exec_driver_sql(EXECUTE_PAGE_SQL, (*window, page, page_size, utcnow())).all()
+        name = _prepare_once(connection, int(page_size))
+        return connection.exec_driver_sql(f"EXECUTE {name} (%s, %s, %s, %s, %s)", (*window, page, utcnow())).all()
 
 
-def _prepare_once(connection: Connection) -> None:
+def _prepare_once(connection: Connection, page_size: int) -> str:
+    """Prepare the page statement for this page size on this connection, once; return its name."""
+    name = f"sms_status_page_{page_size}"
     pool_info, dbapi_connection = connection.connection.info, connection.connection.dbapi_connection
     # Remember the very DBAPI connection: a reconnect after a PostgreSQL restart must prepare again.
-    if pool_info.get(PAGE_STATEMENT) is dbapi_connection:
-        return
-    connection.exec_driver_sql(PAGE_SQL)
-    pool_info[PAGE_STATEMENT] = dbapi_connection
+    if pool_info.get(name) is not dbapi_connection:
+        connection.exec_driver_sql(PAGE_SQL.format(name=name, size=page_size))
+        pool_info[name] = dbapi_connection
+    return name
 
 
 def _page_in_steps(window: tuple[datetime, datetime, str], page: int, page_size: int) -> list[tuple]:
