@@ -5,6 +5,7 @@ import base64
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import event
 
 from models import Bounce, db
 
@@ -29,6 +30,15 @@ def test_response_has_the_adapter_shape(client):
     assert body == {"page": "0", "lastPage": True, "status": [{
         "messageId": "42", "recipient": "+49123456789", "statusCode": "0xDBF3",
         "statusText": "failed", "type": "Temporary", "timestamp": "20180101092754"}]}
+
+
+def test_response_bytes_are_compact_json_with_sorted_keys(client):
+    push_bounce(client, "42", datetime(2018, 1, 1, 9, 27, 54), code="0xDBF3")
+    response = client.get(f"/status?{WINDOW}&page=0&sourceSystem=TestSystem1")
+    assert response.mimetype == "application/json"
+    assert response.data == (b'{"lastPage":true,"page":"0","status":[{"messageId":"42","recipient":"+49123456789",'
+                             b'"statusCode":"0xDBF3","statusText":"failed","timestamp":"20180101092754",'
+                             b'"type":"Temporary"}]}\n')
 
 
 def test_window_is_start_inclusive_and_end_exclusive(client):
@@ -159,3 +169,52 @@ def test_a_page_asked_for_without_its_predecessor_is_still_right(client):
     page_two = client.get(f"/status?{WINDOW}&page=2").get_json()
     assert [r["messageId"] for r in page_two["status"]] == [f"m{i:03d}" for i in range(200, 250)]
     assert page_two["lastPage"] is True
+
+
+def pulled_at(app) -> dict[str, datetime | None]:
+    with app.app_context():
+        return dict(db.session.execute(db.select(Bounce.message_id, Bounce.pulled_at)).all())
+
+
+def test_served_records_and_only_those_are_marked_pulled_once(app, client):
+    start = datetime(2018, 1, 1, 0, 0, 0)
+    for i in range(150):
+        push_bounce(client, f"m{i:03d}", start + timedelta(minutes=i))
+    client.get(f"/status?{WINDOW}&page=0")
+    first = pulled_at(app)
+    assert {m for m, when in first.items() if when} == {f"m{i:03d}" for i in range(100)}
+    client.get(f"/status?{WINDOW}&page=0")
+    client.get(f"/status?{WINDOW}&page=1")
+    again = pulled_at(app)
+    assert all(again.values())
+    assert {m: again[m] for m in first if first[m]} == {m: when for m, when in first.items() if when}
+
+
+def test_a_page_is_one_statement_on_postgresql(app, client):
+    start = datetime(2018, 1, 1, 0, 0, 0)
+    for i in range(250):
+        push_bounce(client, f"m{i:03d}", start + timedelta(minutes=i))
+    client.get(f"/status?{WINDOW}&page=0&sourceSystem=SAP1")  # prepares the statement on the connection
+    with app.app_context():
+        engine = db.engine
+    sent = []
+    listener = lambda conn, cursor, statement, *args: sent.append(statement)  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        pages = [client.get(f"/status?{WINDOW}&page={n}&sourceSystem=SAP1").get_json() for n in range(3)]
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert [len(page["status"]) for page in pages] == [100, 100, 50]
+    assert len(sent) == 3 and all(statement.startswith("EXECUTE ") for statement in sent)
+
+
+def test_a_changed_page_size_pages_correctly(make_app):
+    client = make_app(STATUS_PAGE_SIZE=100).test_client()
+    start = datetime(2018, 1, 1, 0, 0, 0)
+    for i in range(120):
+        push_bounce(client, f"m{i:03d}", start + timedelta(minutes=i))
+    assert len(client.get(f"/status?{WINDOW}&page=0").get_json()["status"]) == 100
+    small = make_app(STATUS_PAGE_SIZE=50).test_client()
+    pages = [small.get(f"/status?{WINDOW}&page={n}&sourceSystem=small").get_json() for n in range(3)]
+    assert [len(page["status"]) for page in pages] == [50, 50, 20]
+    assert [r["messageId"] for page in pages for r in page["status"]] == [f"m{i:03d}" for i in range(120)]
