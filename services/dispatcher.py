@@ -5,9 +5,12 @@ that expired because its worker died) are locked with `FOR UPDATE SKIP LOCKED`, 
 concurrent workers take disjoint rows, and are marked `sending` under this worker's
 lease. SQLite ignores the lock clause, which is safe because SQLite has one writer.
 
-Sends run outside any transaction, in a thread pool that never touches the database;
-the calling thread records each outcome as it arrives, while other sends are in flight,
-and only while the row is still leased to this worker: a worker whose lease expired
+Sends run outside any transaction, in a thread pool that never touches the database.
+While other sends are in flight, the calling thread records the outcomes that have
+arrived since it last looked, together: one transaction of a few set-based statements
+(row updates, then every report through the same prepared statement as vendor reports),
+so recording costs per chunk, not per message, and a result waits for at most one chunk.
+Rows change only while still leased to this worker: a worker whose lease expired
 cannot overwrite the result of the worker that took the message over.
 
 `attempts` counts the times a message was handed to a worker, so a message that kills
@@ -20,12 +23,12 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import String, column, or_, update, values
 
 from logging_setup import mask_phone_numbers
 from mappers.report import DeliveryReport, ErrorType, Outcome
@@ -33,7 +36,7 @@ from models import Client, OutboundMessage, db
 from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage as MessageToSend
 from services.clients import callback_urls, client_config
-from services.ingest import add_delivery_report, utcnow
+from services.ingest import ReportToAdd, add_delivery_reports, utcnow
 from services.vendors import SendResult, refused, retry_later, send_message
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,10 @@ class SendJob:
     status_callback_url: str
 
 
+# A finished send and its result; None when it was never started (handed back).
+SendOutcome = tuple[SendJob, SendResult | None]
+
+
 class Dispatcher:
     """Claim due outbound messages and send them through each client's vendor."""
 
@@ -155,27 +162,34 @@ class Dispatcher:
                 for message in messages if message.client_id in clients]
 
     def _send_all(self, jobs: list[SendJob], send_deadline: float) -> None:
-        """Send in a thread pool; record each outcome here, as it arrives, while others are in flight."""
+        """Send in a thread pool; while sends are in flight, record those that have finished."""
         with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(jobs)),
                                 thread_name_prefix="dispatch") as pool:
-            futures = {pool.submit(self._send_before, job, send_deadline): job for job in jobs}
-            for future in as_completed(futures):
-                self._settle(futures[future], future.result())
+            pending = {pool.submit(self._send_before, job, send_deadline): job for job in jobs}
+            while pending:
+                # Everything that finished while the last chunk was being recorded is recorded
+                # next, together: the chunk grows with the load, and no result waits for a batch.
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                self._settle_all([(pending.pop(future), future.result()) for future in done])
 
     def _send_before(self, job: SendJob, send_deadline: float) -> SendResult | None:
         """Send the job in a pool thread, or return None when the deadline to start has passed."""
         return None if time.monotonic() > send_deadline else self._send(job)
 
-    def _settle(self, job: SendJob, result: SendResult | None) -> None:
-        """Record one outcome, or hand back an unsent job; a failure is left to the lease."""
+    def _settle_all(self, outcomes: list[SendOutcome]) -> None:
+        """Record a chunk of outcomes in one transaction, or one by one if the chunk fails."""
         try:
-            if result is None:
-                self._hand_back(job.message)
-            else:
-                self._record(job, result)
-        except Exception as exc:  # One message must not stop the batch; its lease will expire.
+            self._record_all(outcomes)
+        except Exception as exc:
             db.session.rollback()
-            log.error("recording message %s failed: %s", job.message.public_id, type(exc).__name__)
+            if len(outcomes) == 1:  # One message must not stop the batch; its lease will expire.
+                log.error("recording message %s failed: %s", outcomes[0][0].message.public_id,
+                          type(exc).__name__)
+                return
+            log.warning("recording %d outcomes together failed (%s); recording them one by one",
+                        len(outcomes), type(exc).__name__)
+            for outcome in outcomes:
+                self._settle_all([outcome])
 
     def _send(self, job: SendJob) -> SendResult:
         """Call the vendor, or decide without calling it when sending cannot or must not happen."""
@@ -196,64 +210,78 @@ class Dispatcher:
             return retry_later("exception", f"sending raised {type(exc).__name__}")
 
     def _record(self, job: SendJob, result: SendResult) -> None:
-        """Store the outcome: requeue a retry while attempts remain, otherwise finish the message."""
-        now, message = utcnow(), job.message
-        if result.retry and message.attempts < self.settings.max_attempts:
-            self._requeue(message, result, now)
-            return
-        if result.retry:
-            result = refused(Outcome.ERROR, ErrorType.UNKNOWN, result.status_code,
-                             f"gave up after {message.attempts} attempts: {result.status_text}")
-        self._finish(job, result, now)
+        """Store one outcome, as _record_all stores a chunk of them."""
+        self._record_all([(job, result)])
 
-    def _requeue(self, message: ClaimedMessage, result: SendResult, now: datetime) -> None:
-        """Queue the message again after the retry delay, keeping its public id."""
-        updated = db.session.execute(_owned_by(self.owner, [message.id]).values(
-            state="queued", lease_owner=None, lease_until=None, updated_at=now,
-            next_attempt_at=now + timedelta(seconds=self.settings.retry_delay_seconds),
-            last_error=f"{result.status_code}: {result.status_text}"))
+    def _record_all(self, outcomes: list[SendOutcome]) -> None:
+        """Hand back, requeue or finish each message of the chunk, in one transaction.
+
+        Only rows still leased to this worker change, and only for those is a report written:
+        a worker whose lease expired cannot overwrite the result of the one that took over.
+        """
+        now = utcnow()
+        hand_backs, retries, finals = [], [], []
+        for job, result in sorted(outcomes, key=lambda outcome: outcome[0].message.id):
+            if result is None:
+                hand_backs.append(job.message)
+            elif result.retry and job.message.attempts < self.settings.max_attempts:
+                retries.append((job.message, result))
+            else:
+                finals.append((job, self._final(job.message, result)))
+        self._hand_back(hand_backs, now)
+        requeued = self._requeue(retries, now)
+        finished = self._finish(finals, now)
         db.session.commit()
-        log.info("message %s to %s: attempt %d will be retried (%s %s)%s", message.public_id,
-                 mask_phone_numbers(message.destination), message.attempts, result.status_code,
-                 mask_phone_numbers(result.status_text), "" if updated.rowcount else "; lease lost")
+        _log_recorded(hand_backs, retries, requeued, finals, finished)
 
-    def _finish(self, job: SendJob, result: SendResult, now: datetime) -> None:
-        """Mark the row sent or failed and store the outcome as a report, in one transaction."""
-        message = job.message
-        if not self._complete(job, result, now):
-            db.session.rollback()
-            log.warning("message %s: lease lost before its outcome was stored; the new owner "
-                        "records it", message.public_id)
-            return
-        report = DeliveryReport(
-            vendor_message_id=result.vendor_message_id or message.public_id,
-            recipient=message.destination, status_code=result.status_code,
-            status_text=result.status_text, event_at=now, outcome=result.outcome,
-            error_type=result.error_type)
-        params = {"public_id": message.public_id, "attempt": message.attempts,
-                  "status_code": result.status_code, "status_text": result.status_text}
-        add_delivery_report(job.vendor, report, params, client_id=message.client_id,
-                            emarsys_message_id=message.emarsys_message_id, kind=SEND_RESULT_KIND)
-        db.session.commit()
-        _log_outcome(message, result)
+    def _final(self, message: ClaimedMessage, result: SendResult) -> SendResult:
+        """Return the outcome to store for good: a retry without attempts left becomes an error."""
+        if not result.retry:
+            return result
+        return refused(Outcome.ERROR, ErrorType.UNKNOWN, result.status_code,
+                       f"gave up after {message.attempts} attempts: {result.status_text}")
 
-    def _complete(self, job: SendJob, result: SendResult, now: datetime) -> bool:
-        """Write the final state if the row is still leased to this worker; say whether it was."""
-        state = "failed" if result.outcome in FAILED_OUTCOMES else "sent"
-        updated = db.session.execute(_owned_by(self.owner, [job.message.id]).values(
-            state=state, vendor=job.vendor, vendor_message_id=result.vendor_message_id,
-            lease_owner=None, lease_until=None, updated_at=now,
-            last_error=None if state == "sent" else f"{result.status_code}: {result.status_text}"))
-        return updated.rowcount == 1
+    def _hand_back(self, messages: list[ClaimedMessage], now: datetime) -> None:
+        """Return unsent messages to the queue, undoing their claim's attempt."""
+        if messages:
+            db.session.execute(_owned_by(self.owner, [message.id for message in messages]).values(
+                state="queued", lease_owner=None, lease_until=None, updated_at=now,
+                attempts=OutboundMessage.attempts - 1))
 
-    def _hand_back(self, message: ClaimedMessage) -> None:
-        """Return an unsent message to the queue, undoing its claim's attempt."""
-        db.session.execute(_owned_by(self.owner, [message.id]).values(
-            state="queued", lease_owner=None, lease_until=None, updated_at=utcnow(),
-            attempts=OutboundMessage.attempts - 1))
-        db.session.commit()
-        log.warning("message %s handed back: the lease would end before a send could finish",
-                    message.public_id)
+    def _requeue(self, retries: list[tuple[ClaimedMessage, SendResult]], now: datetime) -> set[int]:
+        """Queue messages again after the retry delay, keeping their public ids; return those requeued."""
+        if not retries:
+            return set()
+        errors = _rows("id", "last_error", rows=[
+            (message.id, f"{result.status_code}: {result.status_text}") for message, result in retries])
+        return self._update_owned(errors, state="queued", lease_owner=None, lease_until=None,
+                                  updated_at=now, last_error=errors.c.last_error,
+                                  next_attempt_at=now + timedelta(seconds=self.settings.retry_delay_seconds))
+
+    def _finish(self, finals: list[tuple[SendJob, SendResult]], now: datetime) -> set[int]:
+        """Mark rows sent or failed and store each outcome as a report; return the rows finished."""
+        if not finals:
+            return set()
+        outcomes = _rows("id", "state", "vendor", "vendor_message_id", "last_error", rows=[
+            (job.message.id, _row_state(result), job.vendor, result.vendor_message_id,
+             None if _row_state(result) == "sent" else f"{result.status_code}: {result.status_text}")
+            for job, result in finals])
+        finished = self._update_owned(
+            outcomes, state=outcomes.c.state, vendor=outcomes.c.vendor,
+            vendor_message_id=outcomes.c.vendor_message_id, last_error=outcomes.c.last_error,
+            lease_owner=None, lease_until=None, updated_at=now)
+        add_delivery_reports([_report(job, result, now) for job, result in finals
+                              if job.message.id in finished])
+        return finished
+
+    def _update_owned(self, rows, **values) -> set[int]:
+        """Update the rows joined to `rows` that are still leased to this worker; return their ids."""
+        return set(db.session.scalars(
+            update(OutboundMessage)
+            .where(OutboundMessage.id == rows.c.id, OutboundMessage.state == "sending",
+                   OutboundMessage.lease_owner == self.owner)
+            .values(**values).returning(OutboundMessage.id)
+            .execution_options(synchronize_session=False)))
 
 
 def _is_due(now: datetime):
@@ -279,9 +307,54 @@ def _readable_config(client: Client) -> ClientConfig | None:
         return None
 
 
+def _rows(*names: str, rows: list[tuple]):
+    """Return rows as a VALUES CTE with the given columns (the first an integer id) to join an UPDATE to."""
+    columns = [column(names[0], OutboundMessage.id.type), *(column(name, String) for name in names[1:])]
+    return values(*columns, name="v").data(rows).cte("v")
+
+
+def _row_state(result: SendResult) -> str:
+    """Return the final row state of a message with this outcome."""
+    return "failed" if result.outcome in FAILED_OUTCOMES else "sent"
+
+
+def _report(job: SendJob, result: SendResult, now: datetime) -> ReportToAdd:
+    """Return the outcome of a send as the delivery report that records it."""
+    message = job.message
+    report = DeliveryReport(
+        vendor_message_id=result.vendor_message_id or message.public_id,
+        recipient=message.destination, status_code=result.status_code,
+        status_text=result.status_text, event_at=now, outcome=result.outcome,
+        error_type=result.error_type)
+    params = {"public_id": message.public_id, "attempt": message.attempts,
+              "status_code": result.status_code, "status_text": result.status_text}
+    return ReportToAdd(job.vendor, report, params, client_id=message.client_id,
+                       emarsys_message_id=message.emarsys_message_id, kind=SEND_RESULT_KIND)
+
+
+def _log_recorded(hand_backs: list[ClaimedMessage], retries: list[tuple[ClaimedMessage, SendResult]],
+                  requeued: set[int], finals: list[tuple[SendJob, SendResult]], finished: set[int]) -> None:
+    """Log what a committed chunk did, message by message."""
+    for message in hand_backs:
+        log.warning("message %s handed back: the lease would end before a send could finish",
+                    message.public_id)
+    for message, result in retries:
+        log.info("message %s to %s: attempt %d will be retried (%s %s)%s", message.public_id,
+                 mask_phone_numbers(message.destination), message.attempts, result.status_code,
+                 mask_phone_numbers(result.status_text), "" if message.id in requeued else "; lease lost")
+    for job, result in finals:
+        if job.message.id in finished:
+            _log_outcome(job.message, result)
+        else:
+            log.warning("message %s: lease lost before its outcome was stored; the new owner "
+                        "records it", job.message.public_id)
+
+
 def _log_outcome(message: ClaimedMessage, result: SendResult) -> None:
     """Log a finished send without its body; the number keeps only its last four digits."""
     level = logging.INFO if result.outcome in FAILED_OUTCOMES else logging.DEBUG
+    if not log.isEnabledFor(level):  # masking every number of a batch costs more than the log call
+        return
     log.log(level, "message %s to %s: %s%s (%s %s)", message.public_id,
             mask_phone_numbers(message.destination), result.outcome.value,
             f"/{result.error_type.value}" if result.error_type else "", result.status_code,
