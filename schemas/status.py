@@ -5,9 +5,12 @@ import re
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from models import StatusCursor
 from services.bounces import SAP_TIME_FORMAT
 
 MAX_PAGE = 2**31 - 1
+# A page remembers where the next one starts under its sourceSystem: a longer name cannot be stored.
+MAX_SOURCE_SYSTEM = StatusCursor.__table__.c.source_system.type.length
 
 
 class SapTimestamp(fields.DateTime):
@@ -32,7 +35,8 @@ class StatusQuerySchema(Schema):
     # The bound keeps page * page size inside PostgreSQL's integer types (an OFFSET, a cursor's page).
     page = fields.Integer(load_default=0, strict=False, validate=validate.Range(
         max=MAX_PAGE, error="must be at most {max}"), error_messages={"invalid": "must be a non-negative integer"})
-    sourceSystem = fields.String(load_default=None)
+    sourceSystem = fields.String(load_default=None, validate=validate.Length(
+        max=MAX_SOURCE_SYSTEM, error="must be at most {max} characters"))
 
     class Meta:
         unknown = "exclude"

@@ -97,6 +97,7 @@ def test_get_without_parameters_returns_every_record(make_app):
     (f"{WINDOW}&page=-1", "page"),
     (f"{WINDOW}&page=two", "page"),
     (f"{WINDOW}&page=1.5", "page"),
+    (f"{WINDOW}&sourceSystem={'x' * 101}", "sourceSystem"),
 ])
 def test_bad_pull_parameters_get_400_naming_the_field(client, query, field):
     response = client.get(f"/status?{query}")
