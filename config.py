@@ -109,7 +109,7 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "VENDOR_TIMEOUT_SECONDS": float(env.get("VENDOR_TIMEOUT_SECONDS", "10")),
         "LEASE_SECONDS": int(env.get("LEASE_SECONDS", "60")),
         "DISPATCH_BATCH_SIZE": int(env.get("DISPATCH_BATCH_SIZE", "200")),
-        "DISPATCH_CONCURRENCY": int(env.get("DISPATCH_CONCURRENCY", "10")),
+        "DISPATCH_CONCURRENCY": int(env.get("DISPATCH_CONCURRENCY", "16")),
         "RETENTION_DAYS": int(env.get("RETENTION_DAYS", "30")),
         "PURGE_BATCH_SIZE": int(env.get("PURGE_BATCH_SIZE", "5000")),
         "PURGE_INTERVAL_SECONDS": float(env.get("PURGE_INTERVAL_SECONDS", "300")),

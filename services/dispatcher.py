@@ -42,6 +42,8 @@ from services.vendors import SendResult, refused, retry_later, send_message
 log = logging.getLogger(__name__)
 
 SEND_RESULT_KIND = "send_result"
+# How long the outcomes of sends that finish close together wait to be recorded together.
+GATHER_SECONDS = 0.02
 FAILED_OUTCOMES = frozenset({Outcome.ERROR, Outcome.HARDBOUNCE, Outcome.SOFTBOUNCE})
 _CLAIMED_COLUMNS = (OutboundMessage.id, OutboundMessage.public_id, OutboundMessage.client_id,
                     OutboundMessage.emarsys_message_id, OutboundMessage.source,
@@ -167,9 +169,10 @@ class Dispatcher:
                                 thread_name_prefix="dispatch") as pool:
             pending = {pool.submit(self._send_before, job, send_deadline): job for job in jobs}
             while pending:
-                # Everything that finished while the last chunk was being recorded is recorded
-                # next, together: the chunk grows with the load, and no result waits for a batch.
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                wait(pending, return_when=FIRST_COMPLETED)
+                # Let the sends in flight with it finish too: recording costs per chunk, so a
+                # chunk of a whole round of sends leaves the pool threads more of the CPU.
+                done, _ = wait(pending, timeout=GATHER_SECONDS)
                 self._settle_all([(pending.pop(future), future.result()) for future in done])
 
     def _send_before(self, job: SendJob, send_deadline: float) -> SendResult | None:

@@ -12,7 +12,7 @@ import pytest
 from werkzeug import Request, Response
 
 from mappers.report import Outcome
-from models import MessageState, OutboundMessage, OutboxItem, RawEvent, db
+from models import Bounce, MessageState, OutboundMessage, OutboxItem, RawEvent, db
 from schemas.client_config import load_client_config
 from services import vendors
 from services.clients import callback_urls, delete_client, get_client, save_client
@@ -409,3 +409,108 @@ def test_logs_name_no_secret_body_or_full_number(app_context, httpserver, caplog
 def test_unsafe_settings_are_refused(app_context, override, fault):
     with pytest.raises(ValueError, match=fault):
         Dispatcher.from_config({**app_context.config, **override}, "worker-a")
+
+
+def rows_per(model, column) -> Counter:
+    """Return how many committed rows of the model there are per value of the column."""
+    db.session.rollback()
+    return Counter(db.session.scalars(db.select(column).select_from(model)))
+
+
+@pytest.mark.parametrize("settings", [dict(DISPATCH_CONCURRENCY=9)])
+def test_a_batch_of_mixed_outcomes_ends_each_message_in_its_state_with_one_report(app_context, httpserver):
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    public_ids = queue_messages(client_id, 9)
+    codes = dict(zip(public_ids, [0, 1, 6] * 3))  # sent, failed for good, retried
+    httpserver.expect_request(GENESYS_PATH).respond_with_handler(
+        lambda request: Response(f"result_code={codes[request.form['message_id']]}"))
+    worker = dispatcher(app_context)
+
+    assert worker.run_once() == 9
+
+    rows = {public_id: message(public_id) for public_id in public_ids}
+    expected = {0: ("sent", "ACCEPTED"), 1: ("failed", "HARDBOUNCE"), 6: ("queued", None)}
+    for public_id, row in rows.items():
+        state, outcome = expected[codes[public_id]]
+        assert (row.state, row.attempts, row.lease_owner) == (state, 1, None)
+        reported = message_state("genesys", public_id)
+        assert (reported.outcome if reported else None) == outcome
+        assert forwarded_statuses(row.emarsys_message_id) == ([outcome] if outcome else [])
+    finished = [public_id for public_id in public_ids if codes[public_id] != 6]
+    assert rows_per(RawEvent, RawEvent.vendor_message_id) == Counter(finished)
+    assert sum(rows_per(Bounce, Bounce.message_id).values()) == 3
+
+    codes.update({public_id: 0 for public_id, code in codes.items() if code == 6})
+    assert worker.run_once() == 3  # the retries, now accepted: one more report each, no other
+
+    assert Counter(sent_message_ids(httpserver)) == Counter(public_ids + public_ids[2::3])
+    assert rows_per(RawEvent, RawEvent.vendor_message_id) == Counter(public_ids)
+    assert rows_per(OutboxItem, OutboxItem.message_key) == Counter(
+        rows[public_id].emarsys_message_id for public_id in public_ids)
+    assert {message(public_id).state for public_id in public_ids[2::3]} == {"sent"}
+
+
+@pytest.mark.parametrize("settings", [dict(LEASE_SECONDS=1.0, VENDOR_TIMEOUT_SECONDS=0.5)])
+def test_a_chunk_changes_only_the_rows_still_leased_to_its_worker(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
+    first, second, third = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)), 3)
+    slow_worker = dispatcher(app_context, "slow-worker")
+    jobs, _ = slow_worker.claim()
+    wait_until_leases_expire()
+    taker = Dispatcher.from_config({**app_context.config, "DISPATCH_BATCH_SIZE": 1}, "worker-b")
+    assert taker.run_once() == 1  # takes over the first message only
+    by_id = {job.message.public_id: job for job in jobs}
+
+    slow_worker._record_all([
+        (by_id[first], vendors.refused(Outcome.HARDBOUNCE, None, "1", "request invalid")),
+        (by_id[second], vendors.refused(Outcome.HARDBOUNCE, None, "1", "request invalid")),
+        (by_id[third], None)])
+
+    assert (message(first).state, message(first).attempts) == ("sent", 2)
+    assert message_state("genesys", first).outcome == "ACCEPTED"
+    assert (message(second).state, message_state("genesys", second).outcome) == ("failed", "HARDBOUNCE")
+    assert (message(third).state, message(third).attempts, message(third).lease_owner) == ("queued", 0, None)
+    assert message_state("genesys", third) is None
+    assert rows_per(RawEvent, RawEvent.vendor_message_id) == Counter([first, second])
+
+
+def test_an_outcome_that_cannot_be_stored_does_not_lose_the_rest_of_its_chunk(app_context, httpserver,
+                                                                            caplog):
+    public_ids = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)), 3)
+    worker = dispatcher(app_context)
+    jobs, _ = worker.claim()
+    unstorable = vendors.refused(Outcome.ERROR, None, "99", "vendor text with a NUL \x00 byte")
+    fine = vendors.accepted(None, "0", "queued")
+
+    with caplog.at_level(logging.WARNING, logger="services.dispatcher"):
+        worker._settle_all([(jobs[0], fine), (jobs[1], unstorable), (jobs[2], fine)])
+
+    sent, unstored, also_sent = (job.message.public_id for job in jobs)
+    assert {public_id: message(public_id).state for public_id in public_ids} == {
+        sent: "sent", unstored: "sending", also_sent: "sent"}  # the bad one is left to its lease
+    assert rows_per(RawEvent, RawEvent.vendor_message_id) == Counter([sent, also_sent])
+    assert any("one by one" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("settings", [dict(DISPATCH_BATCH_SIZE=40, DISPATCH_CONCURRENCY=16)])
+def test_two_workers_recording_in_chunks_send_and_report_each_message_once(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
+    public_ids = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)), 400)
+
+    def drain(owner: str) -> None:
+        worker = dispatcher(app_context, owner)
+        with app_context.app_context():
+            while worker.run_once():
+                pass
+
+    threads = [threading.Thread(target=drain, args=(owner,)) for owner in ("worker-a", "worker-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert Counter(sent_message_ids(httpserver)) == Counter(public_ids)
+    assert rows_per(RawEvent, RawEvent.vendor_message_id) == Counter(public_ids)
+    assert rows_per(MessageState, MessageState.vendor_message_id) == Counter(public_ids)
+    assert sum(rows_per(OutboxItem, OutboxItem.message_key).values()) == 400
+    assert rows_per(OutboundMessage, OutboundMessage.state) == Counter({"sent": 400})
