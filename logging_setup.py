@@ -22,6 +22,10 @@ CONTEXT_FIELDS = ("request_id", "route", "client_id", "vendor")
 ROUTE_ENVIRON_KEY = "sms_status.route"
 # Platform probes every few seconds would drown the log; their lines are DEBUG.
 QUIET_ROUTES = frozenset({"/health", "/metrics"})
+# A campaign burst brings thousands of vendor receipts a second: a line each would exceed Cloud
+# Foundry's log rate limit and drop the lines that matter. Stored receipts are in raw_events
+# and in the access log, so their lines are DEBUG; a refused receipt is still logged.
+QUIET_WHEN_ANSWERED_2XX = frozenset({"vendors"})
 MAX_REQUEST_ID_LENGTH = 128
 request_log = logging.getLogger("sms_status.request")
 
@@ -96,14 +100,25 @@ def assign_request_id() -> None:
 
 def log_request(response: Response) -> Response:
     """Log the request's one line: method, route and status, never its query string or body."""
-    started = g.get("request_started")
-    duration_ms = None if started is None else round((time.perf_counter() - started) * 1000, 1)
-    level = logging.DEBUG if request.url_rule and request.url_rule.rule in QUIET_ROUTES else logging.INFO
-    request_log.log(level, "%s %s %s", request.method, request_route(), response.status_code,
-                    extra={"method": request.method, "status": response.status_code, "duration_ms": duration_ms})
+    level = request_log_level(response.status_code)
+    if request_log.isEnabledFor(level):
+        started = g.get("request_started")
+        duration_ms = None if started is None else round((time.perf_counter() - started) * 1000, 1)
+        request_log.log(level, "%s %s %s", request.method, request_route(), response.status_code,
+                        extra={"method": request.method, "status": response.status_code,
+                               "duration_ms": duration_ms})
     if g.get("request_id"):
         response.headers.setdefault("X-Request-Id", g.request_id)
     return response
+
+
+def request_log_level(status: int) -> int:
+    """Return the level of a request's line: DEBUG for probes and for vendor receipts answered 2xx."""
+    if request.url_rule is not None and request.url_rule.rule in QUIET_ROUTES:
+        return logging.DEBUG
+    if status < 300 and request.blueprint in QUIET_WHEN_ANSWERED_2XX:
+        return logging.DEBUG
+    return logging.INFO
 
 
 def warn_about_open_endpoints(app: Flask) -> None:

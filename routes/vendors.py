@@ -19,8 +19,9 @@ VENDOR_METHODS = ["GET", "POST"]
 
 def request_params() -> dict[str, str]:
     """Return the query string and form fields as one flat dict (first value wins)."""
-    params = {key: request.args.get(key, "") for key in request.args}
-    params.update({key: request.form.get(key, "") for key in request.form})
+    args, form = request.args, request.form
+    params = {key: args.get(key, "") for key in args}
+    params.update({key: form.get(key, "") for key in form})
     for key, value in params.items():
         if "\x00" in key or "\x00" in value:
             # PostgreSQL text cannot hold NUL: refuse it here rather than fail while storing.

@@ -12,12 +12,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import Connection, delete, literal
 
 from mappers.report import OUTCOME_RANK, DeliveryReport, InboundMessage
 from models import Bounce, InboundMessageRecord, MessageState, OutboxItem, RawEvent, db, dialect_insert
 from schemas.callbacks import delivery_report_item, inbound_message_item
 from services.metrics import count_report
+from services.thread_connections import ThreadConnections
 
 
 # The report statement is prepared once per connection: PostgreSQL then skips parsing and planning
@@ -29,6 +31,7 @@ REPORT_PARAMETER_TYPES = {
     "event_at": "timestamp", "bounce_type": "text", "payload": "text",
 }
 PREPARED_NAME = "sms_record_report"
+REPORT_CONNECTIONS = "report_connections"
 
 
 def _prepare_statement() -> str:
@@ -65,7 +68,7 @@ def record_delivery_report(vendor: str, report: DeliveryReport, params: dict[str
     outbox row that forwards it are written in one transaction. On PostgreSQL that is one
     statement: the vendor hot path costs one round trip.
     """
-    if db.session.get_bind().dialect.name == "postgresql":
+    if db.engine.dialect.name == "postgresql":
         return count_report(vendor, report.outcome, _record_in_one_round_trip(
             vendor, report, params, client_id, emarsys_message_id, kind, utcnow()))
     result = add_delivery_report(vendor, report, params, client_id, emarsys_message_id, kind)
@@ -132,8 +135,18 @@ def _insert_raw_event(vendor, kind, params, client_id, vendor_message_id, now, o
 def _record_in_one_round_trip(vendor, report, params, client_id, emarsys_message_id, kind, now) -> IngestResult:
     # The vendor hot path: one statement in autocommit mode is one round trip and one commit.
     values = _report_values(vendor, report, params, client_id, emarsys_message_id, kind, now)
-    with db.engine.connect() as connection, driver_autocommit(connection):
-        return _execute_prepared(connection, values)
+    event_id, state_id, _ = report_connections().fetch_one(
+        EXECUTE_REPORT_SQL, tuple(values[name] for name in REPORT_PARAMETER_TYPES))
+    return IngestResult(duplicate=event_id is None, applied=state_id is not None, message_state_id=state_id)
+
+
+def report_connections() -> ThreadConnections:
+    """Return the app's per-thread connections that have the report statement prepared."""
+    connections = current_app.extensions.get(REPORT_CONNECTIONS)
+    if connections is None:
+        connections = current_app.extensions.setdefault(
+            REPORT_CONNECTIONS, ThreadConnections(db.engine, PREPARE_REPORT_SQL))
+    return connections
 
 
 def _execute_prepared(connection: Connection, values: dict[str, Any]) -> IngestResult:

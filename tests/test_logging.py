@@ -30,6 +30,15 @@ def request_lines(lines: list[dict]) -> list[dict]:
 
 
 @pytest.fixture
+def debug_request_lines():
+    """Emit the request lines logged at DEBUG (stored vendor receipts) for the test."""
+    request_logger = logging.getLogger("sms_status.request")
+    request_logger.setLevel(logging.DEBUG)
+    yield
+    request_logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture
 def partner_setup(make_app, jwks_url: str):  # noqa: F811
     """Return a factory of the partner-configured service, to be called once stdout is captured."""
     return lambda: make_app(EMARSYS_JWKS_URL=jwks_url, EMARSYS_TOKEN_ISSUER=ISSUER,
@@ -44,12 +53,12 @@ def partner_setup(make_app, jwks_url: str):  # noqa: F811
 ])
 def test_request_log_line_is_one_json_object_with_the_request_context(make_app, capsys, headers, expected_id):
     client = make_app().test_client()
-    response = client.post("/vendors/genesys/delivery-reports", data=GENESYS_DR, headers=headers)
-    assert response.status_code == 200
+    response = client.post("/vendors/genesys/delivery-reports", data={"type": "receipt"}, headers=headers)
+    assert response.status_code == 400
     [line] = request_lines(log_lines(capsys.readouterr().out))
     assert CONTEXT_KEYS <= set(line)
     assert (line["level"], line["route"], line["vendor"], line["status"]) == (
-        "INFO", "/vendors/<vendor>/delivery-reports", "genesys", 200)
+        "INFO", "/vendors/<vendor>/delivery-reports", "genesys", 400)
     assert datetime.fromisoformat(line["time"]).utcoffset().total_seconds() == 0
     if expected_id is None:
         assert re.fullmatch(r"[0-9a-f]{32}", line["request_id"])
@@ -67,7 +76,8 @@ def test_partner_request_lines_carry_the_client_id(partner_setup, make_token, ca
     assert (line["route"], line["client_id"]) == ("/clients/<client_id>/configuration", str(client_id))
 
 
-def test_secrets_tokens_and_message_bodies_never_appear_in_logs(partner_setup, make_token, capsys):  # noqa: F811
+def test_secrets_tokens_and_message_bodies_never_appear_in_logs(partner_setup, make_token, capsys,  # noqa: F811
+                                                                 debug_request_lines):
     client, client_id, bearer = partner_setup().test_client(), uuid.uuid4(), make_token()
     auth = {"Authorization": f"Bearer {bearer}"}
     body_text, mo_text = "Your secret code is kiwi-banana", "Please call me back about kiwi-mango"
@@ -134,4 +144,19 @@ def test_lines_outside_requests_are_json_with_empty_context(make_app, capsys):
 def test_health_probes_do_not_fill_the_log(make_app, capsys):
     client = make_app().test_client()
     assert client.get("/health").status_code == 200
+    assert request_lines(log_lines(capsys.readouterr().out)) == []
+
+
+def test_stored_vendor_receipts_are_logged_at_debug_only(make_app, capsys, debug_request_lines):
+    client = make_app().test_client()
+    response = client.post("/vendors/genesys/delivery-reports", data=GENESYS_DR)
+    assert response.status_code == 200
+    [line] = request_lines(log_lines(capsys.readouterr().out))
+    assert (line["level"], line["status"], line["vendor"]) == ("DEBUG", 200, "genesys")
+    assert response.headers["X-Request-Id"] == line["request_id"]
+
+
+def test_stored_vendor_receipts_do_not_fill_the_log(make_app, capsys):
+    client = make_app().test_client()
+    assert client.post("/vendors/genesys/delivery-reports", data=GENESYS_DR).status_code == 200
     assert request_lines(log_lines(capsys.readouterr().out)) == []

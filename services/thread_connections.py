@@ -1,0 +1,69 @@
+"""One autocommit PostgreSQL connection per thread, for the vendor hot path.
+
+A vendor receipt is one EXECUTE of a prepared statement in autocommit: one round trip and one
+commit. Checking a connection out of SQLAlchemy's pool for it, wrapping it and resetting it on
+the way back cost more Python time than the statement costs PostgreSQL (bench/profile_ingest.py),
+so each thread keeps one connection of its own. It is taken from the engine's pool and detached,
+so it has the engine's connect arguments (connect and statement timeouts) but is never shared,
+returned or reset. A dropped connection is thrown away and the error re-raised as SQLAlchemy's,
+so the caller answers 503 exactly as on every other path, and the next receipt reconnects.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+
+
+class ThreadConnections:
+    """Per-thread autocommit DBAPI connections of one engine, each set up once with `setup_sql`."""
+
+    def __init__(self, engine: Engine, setup_sql: str):
+        self.engine = engine
+        self.setup_sql = setup_sql
+        self._local = threading.local()
+
+    def fetch_one(self, sql: str, parameters: Sequence[Any]) -> tuple:
+        """Run one statement in autocommit on this thread's connection and return its first row."""
+        connection = self._connection()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, parameters)
+                return cursor.fetchone()
+        except self.engine.dialect.loaded_dbapi.Error as error:
+            raise self._translated(error, connection, sql, parameters) from error
+
+    def close(self) -> None:
+        """Close this thread's connection, if it has one."""
+        connection, self._local.connection = getattr(self._local, "connection", None), None
+        if connection is not None and not connection.closed:
+            connection.close()
+
+    def _connection(self):
+        connection = getattr(self._local, "connection", None)
+        # A forked process must not share its parent's socket.
+        if connection is not None and not connection.closed and self._local.pid == os.getpid():
+            return connection
+        pooled = self.engine.raw_connection()  # raises OperationalError (503) while PostgreSQL is down
+        pooled.detach()
+        connection = pooled.dbapi_connection
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(self.setup_sql)
+        except self.engine.dialect.loaded_dbapi.Error as error:
+            connection.close()
+            raise self._translated(error, connection, self.setup_sql, ()) from error
+        self._local.connection, self._local.pid = connection, os.getpid()
+        return connection
+
+    def _translated(self, error: Exception, connection, sql: str, parameters: Sequence[Any]) -> DBAPIError:
+        disconnected = self.engine.dialect.is_disconnect(error, connection, None)
+        if disconnected:
+            self.close()
+        return DBAPIError.instance(sql, parameters, error, self.engine.dialect.loaded_dbapi.Error,
+                                   connection_invalidated=disconnected, dialect=self.engine.dialect)

@@ -1,0 +1,70 @@
+"""The vendor hot path's own connections: a dropped one is a 503 and the next receipt reconnects."""
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import text
+
+from models import RawEvent, db
+from services.ingest import report_connections
+
+GENESYS_DR = {"type": "receipt", "message_state": "2", "result_code": "0"}
+
+
+def post_receipt(client, message_id: str):
+    """Post one Genesys delivery receipt."""
+    return client.post("/vendors/genesys/delivery-reports", data={**GENESYS_DR, "message_id": message_id})
+
+
+def stored_message_ids(app) -> set[str]:
+    """Return the vendor message ids of every stored raw event."""
+    with app.app_context():
+        return set(db.session.scalars(db.select(RawEvent.vendor_message_id)))
+
+
+def hot_path_backend_pids(app) -> set[int]:
+    """Return the PostgreSQL backends that have the report statement prepared (the hot path's)."""
+    with app.app_context():
+        return set(db.session.scalars(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND query LIKE 'EXECUTE sms_record_report%'")))
+
+
+def terminate(app, pids: set[int]) -> None:
+    """Drop the given PostgreSQL backends, as a database restart or failover would."""
+    with app.app_context():
+        for pid in pids:
+            db.session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        db.session.commit()
+
+
+def test_receipts_of_one_thread_share_one_connection(app, client):
+    assert [post_receipt(client, f"m-{n}").status_code for n in range(3)] == [200, 200, 200]
+    assert len(hot_path_backend_pids(app)) == 1
+
+
+def test_a_dropped_connection_is_a_503_and_the_next_receipt_reconnects(app, client):
+    assert post_receipt(client, "before").status_code == 200
+    terminate(app, hot_path_backend_pids(app))
+    dropped = post_receipt(client, "while-dropped")
+    assert dropped.status_code == 503
+    assert dropped.get_json()["error"] == "unavailable"
+    assert post_receipt(client, "after").status_code == 200
+    assert post_receipt(client, "while-dropped").status_code == 200  # the vendor's retry
+    assert stored_message_ids(app) == {"before", "while-dropped", "after"}
+
+
+def test_each_thread_has_its_own_connection(app):
+    pids: list[int] = []
+
+    def store_one(number: int) -> None:
+        with app.app_context():
+            pid = report_connections().fetch_one("SELECT pg_backend_pid()", ())[0]
+            pids.append(pid)
+
+    threads = [threading.Thread(target=store_one, args=(number,)) for number in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(pids)) == 3
