@@ -141,11 +141,15 @@ def _record_in_one_round_trip(vendor, report, params, client_id, emarsys_message
 
 
 def report_connections() -> ThreadConnections:
-    """Return the app's per-thread connections that have the report statement prepared."""
+    """Return the app's per-thread connections that have the report statement prepared.
+
+    A connection taken from the pool may have the statement prepared already (by
+    add_delivery_report); it serves only the hot path from then on, so it starts afresh.
+    """
     connections = current_app.extensions.get(REPORT_CONNECTIONS)
     if connections is None:
         connections = current_app.extensions.setdefault(
-            REPORT_CONNECTIONS, ThreadConnections(db.engine, PREPARE_REPORT_SQL))
+            REPORT_CONNECTIONS, ThreadConnections(db.engine, f"DEALLOCATE ALL; {PREPARE_REPORT_SQL}"))
     return connections
 
 

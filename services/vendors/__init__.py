@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import requests.adapters
 
 from mappers.report import ErrorType, Outcome
 from schemas.client_config import GENESYS, TWILIO, ClientConfig
@@ -26,6 +27,7 @@ TEMPORARY = "temporary"
 INTEGRATION = "integration"
 USER_AGENT = "sms-status-middleware"
 
+CONNECTIONS_PER_HOST = 64
 _sessions: dict[str, requests.Session] = {}
 _sessions_lock = threading.Lock()
 
@@ -100,6 +102,11 @@ def _new_session() -> requests.Session:
     # credentials earned must never ride along with another client's request.
     session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     session.headers["User-Agent"] = USER_AGENT
+    # Every send thread of the dispatcher (DISPATCH_CONCURRENCY) may call one host at once;
+    # urllib3 keeps only pool_maxsize connections, and one over that is opened and thrown away.
+    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=CONNECTIONS_PER_HOST)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
     return session
 
 
