@@ -294,7 +294,8 @@ def start_gunicorn(name: str, wsgi_target: str, env: dict[str, str],
                    workers: int = GUNICORN_WORKERS) -> tuple[Process, int]:
     """Run a WSGI app under gunicorn with sync workers and no access log; return it and its port."""
     port = free_port()
-    command = [str(BIN / "gunicorn"), "-k", "sync", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+    # No -k: it would override gunicorn.conf.py's sync worker that answers gunicorn's own rejections as JSON.
+    command = [str(BIN / "gunicorn"), "-w", str(workers), "-b", f"127.0.0.1:{port}",
                "--log-level", "warning", "--graceful-timeout", "5", wsgi_target]
     process = start_process(name, command, env)
     try:

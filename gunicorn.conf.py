@@ -1,0 +1,19 @@
+"""Gunicorn settings every start shares (manifest, `make run`, benchmarks, drills, tests).
+
+Gunicorn reads ./gunicorn.conf.py from its working directory, and all of them start it from the
+repository root. Command-line flags override these, so none of them passes -k.
+"""
+import os
+
+# Vendors push inbound SMS and delivery receipts by GET with the text in the query string. A long
+# concatenated Unicode SMS (10 UCS-2 segments of 67 characters, 3 UTF-8 bytes each, 9 once
+# percent-encoded) is ~6,000 bytes before the other parameters, over gunicorn's default of 4094, and
+# a vendor retries a 414 forever. 8190 is gunicorn's largest bounded value; 0 (unlimited) would let
+# any client make a worker buffer an arbitrarily long line. Over it, the answer is a JSON 414.
+limit_request_line = 8190
+
+# GUNICORN_THREADS picks the worker, as the manifest's --threads does the thread count: gunicorn's
+# own sync-to-gthread switch would use its stock worker, whose rejections are HTML pages.
+threads = int(os.environ.get("GUNICORN_THREADS") or "1")
+worker_class = ("gunicorn_workers.ThreadJsonWorker" if threads > 1
+                else "gunicorn_workers.SyncJsonWorker")
