@@ -5,7 +5,7 @@ import logging
 import re
 import sys
 import time
-import uuid
+import secrets
 from datetime import datetime, timezone
 
 from flask import Flask, Response, g, has_request_context, request
@@ -93,7 +93,7 @@ def configure(app: Flask) -> None:
 def assign_request_id() -> None:
     """Take the platform's request id (Cloud Foundry's X-Vcap-Request-Id) or make one."""
     given = request.headers.get("X-Vcap-Request-Id") or request.headers.get("X-Request-Id")
-    g.request_id = given[:MAX_REQUEST_ID_LENGTH] if given else uuid.uuid4().hex
+    g.request_id = given[:MAX_REQUEST_ID_LENGTH] if given else secrets.token_hex(16)
     g.request_started = time.perf_counter()
     request.environ[ROUTE_ENVIRON_KEY] = request_route()
 

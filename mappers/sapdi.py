@@ -43,15 +43,15 @@ def parse_event_time(date: str, time: str) -> datetime:
         raise MappingError("date", "must be DDMMYYYY")
     if not re.fullmatch(r"[0-9]{6}", time):
         raise MappingError("time", "must be HHMMSS")
+    # Fixed-width digits: slicing is exact, and several times cheaper than strptime per receipt.
     try:
-        day = datetime.strptime(date, "%d%m%Y")
+        day = datetime(int(date[4:]), int(date[2:4]), int(date[:2]))
     except ValueError:
         raise MappingError("date", f"{date!r} is not a calendar date") from None
     try:
-        clock = datetime.strptime(time, "%H%M%S")
+        return day.replace(hour=int(time[:2]), minute=int(time[2:4]), second=int(time[4:]))
     except ValueError:
         raise MappingError("time", f"{time!r} is not a time of day") from None
-    return day.replace(hour=clock.hour, minute=clock.minute, second=clock.second)
 
 
 def repair_msisdn(raw: str) -> str:

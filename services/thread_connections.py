@@ -15,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError
 
 
@@ -26,6 +26,10 @@ class ThreadConnections:
         self.engine = engine
         self.setup_sql = setup_sql
         self._local = threading.local()
+        self._opened: list = []
+        self._opened_lock = threading.Lock()
+        # Detached connections are not the pool's: disposing the engine must close them too.
+        event.listen(engine, "engine_disposed", self.close_all)
 
     def fetch_one(self, sql: str, parameters: Sequence[Any]) -> tuple:
         """Run one statement in autocommit on this thread's connection and return its first row."""
@@ -40,7 +44,21 @@ class ThreadConnections:
     def close(self) -> None:
         """Close this thread's connection, if it has one."""
         connection, self._local.connection = getattr(self._local, "connection", None), None
-        if connection is not None and not connection.closed:
+        if connection is not None:
+            self._forget(connection)
+
+    def close_all(self, *_engine) -> None:
+        """Close every thread's connection (when the engine is disposed)."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for connection in opened:
+            if not connection.closed:
+                connection.close()
+
+    def _forget(self, connection) -> None:
+        with self._opened_lock:
+            self._opened = [known for known in self._opened if known is not connection]
+        if not connection.closed:
             connection.close()
 
     def _connection(self):
@@ -58,6 +76,8 @@ class ThreadConnections:
         except self.engine.dialect.loaded_dbapi.Error as error:
             connection.close()
             raise self._translated(error, connection, self.setup_sql, ()) from error
+        with self._opened_lock:
+            self._opened.append(connection)
         self._local.connection, self._local.pid = connection, os.getpid()
         return connection
 

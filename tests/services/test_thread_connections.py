@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from sqlalchemy import text
 
@@ -22,12 +23,17 @@ def stored_message_ids(app) -> set[str]:
         return set(db.session.scalars(db.select(RawEvent.vendor_message_id)))
 
 
-def hot_path_backend_pids(app) -> set[int]:
-    """Return the PostgreSQL backends that have the report statement prepared (the hot path's)."""
+def hot_path_backend_pid(app) -> int:
+    """Return the PostgreSQL backend of this thread's hot-path connection."""
+    with app.app_context():
+        return report_connections().fetch_one("SELECT pg_backend_pid()", ())[0]
+
+
+def open_backend_pids(app) -> set[int]:
+    """Return the PostgreSQL backends connected to the test database, but this session's own."""
     with app.app_context():
         return set(db.session.scalars(text(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            " AND query LIKE 'EXECUTE sms_record_report%'")))
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")))
 
 
 def terminate(app, pids: set[int]) -> None:
@@ -39,19 +45,33 @@ def terminate(app, pids: set[int]) -> None:
 
 
 def test_receipts_of_one_thread_share_one_connection(app, client):
-    assert [post_receipt(client, f"m-{n}").status_code for n in range(3)] == [200, 200, 200]
-    assert len(hot_path_backend_pids(app)) == 1
+    assert post_receipt(client, "m-1").status_code == 200
+    first = hot_path_backend_pid(app)
+    assert [post_receipt(client, f"m-{n}").status_code for n in (2, 3)] == [200, 200]
+    assert hot_path_backend_pid(app) == first
 
 
 def test_a_dropped_connection_is_a_503_and_the_next_receipt_reconnects(app, client):
     assert post_receipt(client, "before").status_code == 200
-    terminate(app, hot_path_backend_pids(app))
+    terminate(app, {hot_path_backend_pid(app)})
     dropped = post_receipt(client, "while-dropped")
     assert dropped.status_code == 503
     assert dropped.get_json()["error"] == "unavailable"
     assert post_receipt(client, "after").status_code == 200
     assert post_receipt(client, "while-dropped").status_code == 200  # the vendor's retry
     assert stored_message_ids(app) == {"before", "while-dropped", "after"}
+
+
+def test_disposing_the_engine_closes_the_hot_path_connections(app, client):
+    assert post_receipt(client, "m-1").status_code == 200
+    pid = hot_path_backend_pid(app)
+    with app.app_context():
+        db.engine.dispose()
+    # The backend exits once it reads the client's goodbye: give it a moment.
+    deadline = time.monotonic() + 5
+    while pid in open_backend_pids(app) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pid not in open_backend_pids(app)
 
 
 def test_each_thread_has_its_own_connection(app):
