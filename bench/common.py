@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -415,6 +416,43 @@ def run_wrk(url: str, script: str, seconds: float, connections: int, threads: in
                           seconds=raw["duration_us"] / 1e6, p50_ms=raw["p50_us"] / 1000,
                           p90_ms=raw["p90_us"] / 1000, p99_ms=raw["p99_us"] / 1000, max_ms=raw["max_us"] / 1000)
     raise RuntimeError(f"wrk printed no summary:\n{done.stdout}\n{done.stderr}")
+
+
+# Whose CPU a benchmark spends, by a fragment of each process's command line.
+CPU_ROLES = (("PostgreSQL", "postgres"), ("service (gunicorn)", "gunicorn"))
+LOAD_GENERATOR_ROLE = "load generator (wrk)"
+
+
+def _cpu_seconds_by_pid() -> dict[int, tuple[str, float]]:
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        role = next((name for name, fragment in CPU_ROLES if fragment in command), None)
+        if role is not None:
+            found[int(entry.name)] = (role, (int(fields[11]) + int(fields[12])) / ticks)
+    return found
+
+
+def measure_cpu(drive: Callable[[], WrkRun]) -> tuple[WrkRun, dict[str, float]]:
+    """Run one load and return its summary with the CPU ms each role spent per request."""
+    before, children_before = _cpu_seconds_by_pid(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = drive()
+    after, children_after = _cpu_seconds_by_pid(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent: Counter[str] = Counter()
+    for pid, (role, seconds) in after.items():
+        spent[role] += seconds - before.get(pid, (role, 0.0))[1]
+    # wrk has exited by now: its CPU is in this process's children's usage.
+    spent[LOAD_GENERATOR_ROLE] = (children_after.ru_utime + children_after.ru_stime
+                                  - children_before.ru_utime - children_before.ru_stime)
+    requests = max(run.requests, 1)
+    return run, {role: round(seconds * 1000 / requests, 3) for role, seconds in spent.items()}
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

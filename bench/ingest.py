@@ -2,7 +2,9 @@
 
 A mix of Genesys receipts (form POST) and SAP Digital Interconnect notifications (GET),
 each for a new message, one in five a bounce, is driven by wrk for --seconds. The same
-wrk settings then measure bench/hello_wsgi.py under the same gunicorn configuration.
+wrk settings then measure bench/hello_wsgi.py under the same gunicorn configuration, and the
+same receipts against bench/bare_insert_wsgi.py (one raw psycopg2 INSERT per request): the
+two ceilings of this machine, side by side with the service.
 Afterwards every receipt answered 2xx must be in raw_events.
 
 Run: python -m bench.ingest [--seconds 20] [--connections 8]
@@ -12,9 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 import uuid
+from dataclasses import dataclass
 
-from bench.common import (GUNICORN_WORKERS, BenchDatabase, Check, Result, WrkRun, app_env, report, run_wrk,
-                          running, start_gunicorn, wait_until_answers)
+from bench.common import (GUNICORN_WORKERS, BenchDatabase, Check, Result, WrkRun, app_env, measure_cpu, report,
+                          run_wrk, running, start_gunicorn, wait_until_answers)
 
 WARM_UP_SECONDS = 2
 RATIO_TARGET = 0.40
@@ -28,44 +31,71 @@ def measure_ingest(database: BenchDatabase, seconds: float, connections: int) ->
         wait_until_answers(port, "/health")
         run_wrk(f"http://127.0.0.1:{port}", "ingest.lua", WARM_UP_SECONDS, connections, script_args=["warm"])
         before = database.scalar("SELECT count(*) FROM raw_events")
-        run = run_wrk(f"http://127.0.0.1:{port}", "ingest.lua", seconds, connections,
-                      script_args=[uuid.uuid4().hex[:8]])
+        run, cpu = measure_cpu(lambda: run_wrk(f"http://127.0.0.1:{port}", "ingest.lua", seconds, connections,
+                                               script_args=[uuid.uuid4().hex[:8]]))
         # Requests in flight when wrk closed its connections may still commit.
         time.sleep(1.0)
         stored = database.scalar("SELECT count(*) FROM raw_events") - before
-    return run, stored
+    return Measured(run, cpu), stored
 
 
-def measure_hello(database: BenchDatabase, seconds: float, connections: int) -> WrkRun:
-    """Drive the hello-world app under the same gunicorn settings and return wrk's summary."""
-    process, port = start_gunicorn("hello-app", "bench.hello_wsgi:app", app_env(database.url))
+@dataclass(frozen=True)
+class Measured:
+    """One load's wrk summary and the CPU ms per request each role spent on it."""
+
+    run: WrkRun
+    cpu: dict[str, float]
+
+
+def measure_ceiling(database: BenchDatabase, wsgi_target: str, script: str, seconds: float,
+                    connections: int) -> Measured:
+    """Drive a ceiling app (hello-world or bare insert) under the same gunicorn settings."""
+    process, port = start_gunicorn(wsgi_target.split(":")[0].rsplit(".", 1)[-1], wsgi_target,
+                                   app_env(database.url))
     with running(process):
-        wait_until_answers(port, "/")
-        run_wrk(f"http://127.0.0.1:{port}", "hello.lua", WARM_UP_SECONDS, connections)
-        return run_wrk(f"http://127.0.0.1:{port}", "hello.lua", seconds, connections)
+        run_wrk(f"http://127.0.0.1:{port}", script, WARM_UP_SECONDS, connections, script_args=["warm"])
+        return Measured(*measure_cpu(lambda: run_wrk(f"http://127.0.0.1:{port}", script, seconds, connections,
+                                                     script_args=[uuid.uuid4().hex[:8]])))
 
 
-def build_result(ingest: WrkRun, stored: int, hello: WrkRun, seconds: float, connections: int) -> Result:
-    """Turn the two runs into figures and checks."""
-    ratio = ingest.per_second / hello.per_second if hello.per_second else 0.0
-    missing = max(0, ingest.acknowledged - stored)
+def cpu_figures(label: str, measured: Measured) -> dict[str, float]:
+    """Return the CPU ms per request of each role, and their sum, as figures."""
+    figures = {f"{label} CPU ms per request: {role}": value for role, value in sorted(measured.cpu.items())}
+    figures[f"{label} CPU ms per request: all"] = round(sum(measured.cpu.values()), 3)
+    return figures
+
+
+def build_result(ingest: Measured, stored: int, hello: Measured, bare: Measured, seconds: float,
+                 connections: int) -> Result:
+    """Turn the three runs into figures and checks."""
+    ratio = ingest.run.per_second / hello.run.per_second if hello.run.per_second else 0.0
+    missing = max(0, ingest.run.acknowledged - stored)
     figures = {
-        "receipts/s": ingest.per_second, "receipts answered": ingest.requests,
-        "receipts answered 2xx": ingest.acknowledged, "receipts answered non-2xx": ingest.non_2xx,
-        "socket errors/timeouts": ingest.socket_errors, "raw events stored": stored,
-        "ingest p50 ms": ingest.p50_ms, "ingest p90 ms": ingest.p90_ms, "ingest max ms": ingest.max_ms,
-        "hello-world requests/s": hello.per_second, "hello-world p50 ms": hello.p50_ms,
-        "hello-world p99 ms": hello.p99_ms,
+        "receipts/s": ingest.run.per_second, "receipts answered": ingest.run.requests,
+        "receipts answered 2xx": ingest.run.acknowledged, "receipts answered non-2xx": ingest.run.non_2xx,
+        "socket errors/timeouts": ingest.run.socket_errors, "raw events stored": stored,
+        "ingest p50 ms": ingest.run.p50_ms, "ingest p90 ms": ingest.run.p90_ms, "ingest max ms": ingest.run.max_ms,
+        "hello-world requests/s": hello.run.per_second, "hello-world p50 ms": hello.run.p50_ms,
+        "hello-world p99 ms": hello.run.p99_ms,
+        "bare insert requests/s": bare.run.per_second, "bare insert p50 ms": bare.run.p50_ms,
+        "bare insert answered non-2xx": bare.run.non_2xx + bare.run.socket_errors,
+        "ratio bare insert/hello-world": _ratio(bare.run, hello.run),
+        "ratio ingest/bare insert": _ratio(ingest.run, bare.run),
+        **cpu_figures("ingest", ingest), **cpu_figures("bare insert", bare), **cpu_figures("hello-world", hello),
     }
     checks = [
         Check("ratio ingest/hello-world", round(ratio, 3), f">= {RATIO_TARGET}", ratio >= RATIO_TARGET),
-        Check("ingest p99 ms", ingest.p99_ms, f"< {P99_TARGET_MS:g}", ingest.p99_ms < P99_TARGET_MS, "ms"),
+        Check("ingest p99 ms", ingest.run.p99_ms, f"< {P99_TARGET_MS:g}", ingest.run.p99_ms < P99_TARGET_MS, "ms"),
         Check("acknowledged receipts missing from the database", missing, "= 0", missing == 0),
     ]
     settings = {"seconds": seconds, "connections": connections, "gunicorn": f"-k sync -w {GUNICORN_WORKERS}",
                 "mix": "Genesys POST / SAP DI GET alternately, 20% bounces, each a new message"}
     return Result("ingest", f"Ingest: receipts at saturation ({seconds:g} s, {connections} connections)",
                   figures, checks, settings)
+
+
+def _ratio(run: WrkRun, reference: WrkRun) -> float:
+    return round(run.per_second / reference.per_second, 3) if reference.per_second else 0.0
 
 
 def main() -> None:
@@ -78,10 +108,11 @@ def main() -> None:
     database.start(app_env(database.url))
     try:
         ingest, stored = measure_ingest(database, args.seconds, args.connections)
-        hello = measure_hello(database, args.seconds, args.connections)
+        hello = measure_ceiling(database, "bench.hello_wsgi:app", "hello.lua", args.seconds, args.connections)
+        bare = measure_ceiling(database, "bench.bare_insert_wsgi:app", "ingest.lua", args.seconds, args.connections)
     finally:
         database.stop()
-    report(build_result(ingest, stored, hello, args.seconds, args.connections))
+    report(build_result(ingest, stored, hello, bare, args.seconds, args.connections))
 
 
 if __name__ == "__main__":
