@@ -87,10 +87,6 @@ def evaluate(outcome: dict, notes: list[str], target: int) -> DrillResult:
                **{f"{name}: {key}": value for name, t in tallies.items() for key, value in t.summary().items()}}
     for finding in findings[:MAX_FINDINGS_SHOWN]:
         notes.append(f"{finding.operation} ({finding.mode}): {finding.problem}; {finding.request[:300]}")
-    refused = sum(n for t in tallies.values() for n in t.server_rejections.values())
-    if refused:
-        notes.append(f"{refused} request(s) refused by gunicorn itself before the app (e.g. 414 for a request "
-                     "line over its 4094-byte limit), answered with gunicorn's HTML page; not app findings")
     skipped = sorted({s for t in tallies.values() for s in t.skipped})
     notes += [f"not generated: {s}" for s in skipped]
     return DrillResult("fuzz", "Fuzz: schemathesis against /openapi.json and partner-service.yaml", tried(target),

@@ -31,7 +31,6 @@ PARTNER_SPEC_FILE = "partner-service.yaml"
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 BODY_EXCERPT = 300
 # What gunicorn answers on its own: bad request line or headers, URI or header fields too long.
-GUNICORN_REJECTIONS = frozenset({400, 414, 431})
 
 
 def spec_dir() -> Path:
@@ -109,13 +108,11 @@ class FuzzTally:
     operation_statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
     findings: list[Finding] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    server_rejections: Counter[int] = field(default_factory=Counter)
 
     def summary(self) -> dict[str, Any]:
         """Return the tally as JSON-ready figures."""
         return {"requests": self.requests, "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
-                "operations": len(self.per_operation), "findings": len(self.findings),
-                "refused by gunicorn before the app": dict(self.server_rejections)}
+                "operations": len(self.per_operation), "findings": len(self.findings)}
 
 
 def response_problem(status: int, content_type: str | None, body: bytes) -> str | None:
@@ -130,16 +127,6 @@ def response_problem(status: int, content_type: str | None, body: bytes) -> str 
         except ValueError:
             return f"{status} whose body is not valid JSON"
     return None
-
-
-def is_http_server_rejection(status: int, content_type: str | None, body: bytes) -> bool:
-    """Tell whether gunicorn itself refused a malformed or oversized request, before the app saw it.
-
-    Its own error page (e.g. 414 for a request line over 4094 bytes) is HTML; the app cannot
-    render it, so it is counted apart rather than as a finding of the app.
-    """
-    is_html = (content_type or "").startswith("text/html")
-    return status in GUNICORN_REJECTIONS and is_html and body.lstrip().startswith(b"<html>") and b"<h1><p>" in body
 
 
 def point_vendor_urls_at(case: Case, sink_url: str) -> None:
@@ -227,9 +214,6 @@ class Fuzzer:
         self.tally.statuses[response.status_code] += 1
         self.tally.operation_statuses[(label, response.status_code)] += 1
         content_type = (response.headers.get("content-type") or [None])[0]
-        if is_http_server_rejection(response.status_code, content_type, response.content):
-            self.tally.server_rejections[response.status_code] += 1
-            return
         problem = response_problem(response.status_code, content_type, response.content)
         if problem:
             self.tally.findings.append(Finding(label, mode.value, response.status_code, problem,

@@ -36,10 +36,9 @@ FINDINGS = """## What the drills found, and what was changed
 
 LIMITS = """## Known limits (not failures of a drill)
 
-- Requests that gunicorn itself refuses before the app sees them (a request line over 4094 bytes: 414;
-  a malformed request line or header: 400; header fields too large: 431) get gunicorn's own HTML page,
-  not a JSON body. The fuzz drill counts them apart ("refused by gunicorn before the app"). A JSON page
-  there needs a gunicorn worker class that overrides `handle_error`.
+- Requests that gunicorn itself refuses before the app sees them (a request line over 8190 bytes: 414;
+  a malformed request line: 400; too many or too large header fields: 431) get a JSON error from the
+  worker class in `gunicorn_workers.py`, so the fuzz drill treats any HTML page as a finding.
 - Schemathesis deliberately leaves the credentials out of some negative cases; those get 401 (JSON).
 - A PostgreSQL that is restarted or stopped is drilled; one that hangs without closing connections
   (e.g. a network partition) is not: a statement already sent on a pooled connection then waits for

@@ -19,7 +19,7 @@ from flask import Flask
 from jwt.algorithms import RSAAlgorithm
 from pytest_httpserver import HTTPServer
 
-from drills.fuzzing import (Credentials, Fuzzer, FuzzTally, basic, is_http_server_rejection, load_own_schema,
+from drills.fuzzing import (Credentials, Fuzzer, FuzzTally, basic, load_own_schema,
                             load_partner_schema, point_vendor_urls_at, response_problem, spec_dir)
 
 ISSUER = "https://ias.fuzz.test"
@@ -119,18 +119,6 @@ def test_partner_spec_operations_never_answer_5xx_and_every_4xx_is_json(fuzzer: 
 ])
 def test_response_problem_allows_no_5xx_and_only_json_4xx(status, content_type, body, problem):
     assert response_problem(status, content_type, body) == problem
-
-
-@pytest.mark.parametrize(("status", "content_type", "body", "rejected"), [
-    (414, "text/html", b"<html>\n  <head>\n    <title>Request URI Too Long</title>\n  </head>\n  <body>\n"
-                       b"    <h1><p>Request URI Too Long</p></h1>\n", True),
-    (400, "text/html", b"<html><head></head><body><h1><p>Bad Request</p></h1></body></html>", True),
-    (404, "text/html", b"<html><h1><p>Not Found</p></h1></html>", False),
-    (414, "application/json", b'{"error": "uri_too_long"}', False),
-    (400, "text/html", b"<!doctype html><p>from the app</p>", False),
-])
-def test_only_gunicorn_error_pages_count_as_refused_before_the_app(status, content_type, body, rejected):
-    assert is_http_server_rejection(status, content_type, body) is rejected
 
 
 @pytest.mark.parametrize(("body", "expected"), [
