@@ -66,7 +66,12 @@ class ThreadConnections:
         # A forked process must not share its parent's socket.
         if connection is not None and not connection.closed and self._local.pid == os.getpid():
             return connection
-        pooled = self.engine.raw_connection()  # raises OperationalError (503) while PostgreSQL is down
+        try:
+            pooled = self.engine.raw_connection()
+        except self.engine.dialect.loaded_dbapi.Error as error:
+            # The pool raises the driver's own error; wrapped, PostgreSQL being down is a 503.
+            raise DBAPIError.instance(None, None, error, self.engine.dialect.loaded_dbapi.Error,
+                                      connection_invalidated=True, dialect=self.engine.dialect) from error
         pooled.detach()
         connection = pooled.dbapi_connection
         connection.autocommit = True

@@ -8,6 +8,7 @@ from sqlalchemy import text
 
 from models import RawEvent, db
 from services.ingest import report_connections
+from tests.pg import free_port
 
 GENESYS_DR = {"type": "receipt", "message_state": "2", "result_code": "0"}
 
@@ -88,3 +89,10 @@ def test_each_thread_has_its_own_connection(app):
     for thread in threads:
         thread.join()
     assert len(set(pids)) == 3
+
+
+def test_an_unreachable_database_is_a_503_and_nothing_is_acknowledged(make_app):
+    app = make_app(SQLALCHEMY_DATABASE_URI=f"postgresql+psycopg2://test@127.0.0.1:{free_port()}/nowhere")
+    answer = post_receipt(app.test_client(), "while-down")
+    assert answer.status_code == 503
+    assert answer.get_json() == {"error": "unavailable", "message": "database unavailable, retry later"}
