@@ -390,3 +390,23 @@ def test_shared_session_keeps_no_vendor_cookies(httpserver):
     vendors.send_message(config, MESSAGE, "our-2", None, TIMEOUT)
 
     assert [entry[0].headers.get("Cookie") for entry in httpserver.log] == [None, None]
+
+
+def test_as_many_sends_in_flight_as_the_dispatcher_runs_reuse_pooled_connections(httpserver, caplog):
+    httpserver.expect_request("/ping").respond_with_data("ok")
+    session = vendors.session_for(httpserver.url_for("/ping"))
+    in_flight = 16  # DISPATCH_CONCURRENCY's default
+    barrier = threading.Barrier(in_flight)
+
+    def call() -> None:
+        barrier.wait(timeout=TIMEOUT)
+        session.get(httpserver.url_for("/ping"), timeout=TIMEOUT).close()
+
+    threads = [threading.Thread(target=call) for _ in range(in_flight)]
+    with caplog.at_level(logging.WARNING, logger="urllib3.connectionpool"):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=2 * TIMEOUT)
+    assert len(httpserver.log) == in_flight
+    assert not [record for record in caplog.records if "pool is full" in record.getMessage()]
