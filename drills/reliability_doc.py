@@ -19,9 +19,15 @@ FINDINGS = """## What the drills found, and what was changed
   the commit, resetting the isolation level on the way back to the pool raised a raw
   `psycopg2.OperationalError`: the error handler did not recognise it (500 for a stored receipt), and
   SQLAlchemy skipped returning the connection record to the pool, so every such event leaks one of the
-  worker's 15 pool slots until requests wait 30 s for a connection. Fixed in `services/ingest.py`
+  worker's 15 pool slots until requests wait 30 s for a connection. Fixed in `services/prepared.py`
   (`driver_autocommit`): autocommit is switched on the driver connection for the statement and back off
   guarded, invalidating the connection when that fails; still one round trip per receipt.
+- **While PostgreSQL was down, receipts were answered 500 instead of 503** (drill 2, 2026-12-01). The
+  hot path had just moved to a connection per web thread (`services/thread_connections.py`), made
+  with `engine.raw_connection()`, which raises the driver's own `psycopg2.OperationalError` rather
+  than SQLAlchemy's, so the 503 handler did not see it. Nothing was acknowledged that was not
+  stored, but a vendor should be told to retry: the connect error is now wrapped like every other
+  database error (503), with a test against an unreachable database.
 - **`GET /status?page=<huge>` answered 500** (fuzz): the page turned into an OFFSET beyond `bigint`.
   `schemas/status.py` now bounds `page` to 2^31−1 (400 above it, also in /openapi.json).
 - **`POST /testConnection` with a non-Latin-1 Twilio `authToken` answered 500** (fuzz): requests encodes

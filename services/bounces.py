@@ -17,7 +17,8 @@ from datetime import datetime
 from sqlalchemy import Connection, delete, func, tuple_, update
 
 from models import Bounce, InboundMessageRecord, MessageState, RawEvent, StatusCursor, db, dialect_insert
-from services.ingest import driver_autocommit, utcnow
+from services.ingest import utcnow
+from services.prepared import driver_autocommit, prepare_once
 
 SAP_TIME_FORMAT = "%Y%m%d%H%M%S"
 EARLIEST, LATEST = datetime(1970, 1, 1), datetime(9999, 12, 31)
@@ -113,18 +114,14 @@ def _page_in_one_round_trip(window: tuple[datetime, datetime, str], page: int, p
     # The SAP hot path: one statement in autocommit mode is one round trip and one commit, and
     # PostgreSQL already renders the timestamp, so Python only copies strings into the JSON.
     with db.engine.connect() as connection, driver_autocommit(connection):
-        name = _prepare_once(connection, int(page_size))
+        name = _prepared_page_statement(connection, int(page_size))
         return connection.exec_driver_sql(f"EXECUTE {name} (%s, %s, %s, %s, %s)", (*window, page, utcnow())).all()
 
 
-def _prepare_once(connection: Connection, page_size: int) -> str:
+def _prepared_page_statement(connection: Connection, page_size: int) -> str:
     """Prepare the page statement for this page size on this connection, once; return its name."""
     name = f"sms_status_page_{page_size}"
-    pool_info, dbapi_connection = connection.connection.info, connection.connection.dbapi_connection
-    # Remember the very DBAPI connection: a reconnect after a PostgreSQL restart must prepare again.
-    if pool_info.get(name) is not dbapi_connection:
-        connection.exec_driver_sql(PAGE_SQL.format(name=name, size=page_size))
-        pool_info[name] = dbapi_connection
+    prepare_once(connection, name, PAGE_SQL.format(name=name, size=page_size))
     return name
 
 

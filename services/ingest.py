@@ -5,8 +5,6 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +17,7 @@ from mappers.report import OUTCOME_RANK, DeliveryReport, InboundMessage
 from models import Bounce, InboundMessageRecord, MessageState, OutboxItem, RawEvent, db, dialect_insert
 from schemas.callbacks import delivery_report_item, inbound_message_item
 from services.metrics import count_report
+from services.prepared import prepare_once
 from services.thread_connections import ThreadConnections
 
 
@@ -156,19 +155,10 @@ def report_connections() -> ThreadConnections:
 def _execute_prepared(connection: Connection, values: dict[str, Any]) -> IngestResult:
     # Through SQLAlchemy, not the raw cursor: a dropped connection then becomes a 503 and
     # invalidates the pool, as on every other path.
-    _prepare_once(connection)
+    prepare_once(connection, PREPARED_NAME, PREPARE_REPORT_SQL)
     event_id, state_id, _ = connection.exec_driver_sql(
         EXECUTE_REPORT_SQL, tuple(values[name] for name in REPORT_PARAMETER_TYPES)).one()
     return IngestResult(duplicate=event_id is None, applied=state_id is not None, message_state_id=state_id)
-
-
-def _prepare_once(connection: Connection) -> None:
-    pool_info, dbapi_connection = connection.connection.info, connection.connection.dbapi_connection
-    # Remember the very DBAPI connection: a reconnect after a PostgreSQL restart must prepare again.
-    if pool_info.get(PREPARED_NAME) is dbapi_connection:
-        return
-    connection.exec_driver_sql(PREPARE_REPORT_SQL)
-    pool_info[PREPARED_NAME] = dbapi_connection
 
 
 def _report_values(vendor, report, params, client_id, emarsys_message_id, kind, now) -> dict[str, Any]:
@@ -182,26 +172,6 @@ def _report_values(vendor, report, params, client_id, emarsys_message_id, kind, 
         "status_text": report.status_text, "event_at": report.event_at, "bounce_type": report.bounce_type,
         "payload": json.dumps(delivery_report_item(report, report.vendor_message_id)),
     }
-
-
-@contextmanager
-def driver_autocommit(connection: Connection) -> Iterator[None]:
-    """Run the block with the driver in autocommit: one statement is one round trip and one commit.
-
-    SQLAlchemy's isolation_level="AUTOCOMMIT" option would do the same, but its reset on the
-    way back to the pool is unguarded: when PostgreSQL drops the connection right after the
-    commit (a restart), the reset raises, a stored receipt is answered 500 and the pool loses
-    that connection slot for good (found by drills/postgres_restart.py).
-    """
-    dbapi_connection = connection.connection.dbapi_connection
-    dbapi_connection.autocommit = True
-    try:
-        yield
-    finally:
-        try:
-            dbapi_connection.autocommit = False
-        except connection.dialect.loaded_dbapi.Error:
-            connection.invalidate()
 
 
 def enqueue_forward(client_id: uuid.UUID, kind: str, message_key: str, payload: dict[str, Any],
@@ -288,7 +258,7 @@ def add_delivery_reports(reports: list[ReportToAdd]) -> None:
                                 item.emarsys_message_id, item.kind)
         return
     connection, now = db.session.connection(), utcnow()
-    _prepare_once(connection)
+    prepare_once(connection, PREPARED_NAME, PREPARE_REPORT_SQL)
     for start in range(0, len(reports), REPORTS_PER_ROUND_TRIP):
         page = reports[start:start + REPORTS_PER_ROUND_TRIP]
         values = [_report_values(item.vendor, item.report, item.params, item.client_id,
