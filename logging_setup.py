@@ -92,10 +92,11 @@ def configure(app: Flask) -> None:
 
 def assign_request_id() -> None:
     """Take the platform's request id (Cloud Foundry's X-Vcap-Request-Id) or make one."""
-    given = request.headers.get("X-Vcap-Request-Id") or request.headers.get("X-Request-Id")
+    environ = request.environ
+    given = environ.get("HTTP_X_VCAP_REQUEST_ID") or environ.get("HTTP_X_REQUEST_ID")
     g.request_id = given[:MAX_REQUEST_ID_LENGTH] if given else secrets.token_hex(16)
     g.request_started = time.perf_counter()
-    request.environ[ROUTE_ENVIRON_KEY] = request_route()
+    environ[ROUTE_ENVIRON_KEY] = request_route()
 
 
 def log_request(response: Response) -> Response:

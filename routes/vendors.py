@@ -12,9 +12,11 @@ from mappers.registry import VendorAdapter
 from models import Client
 from services.clients import client_config, client_for_callback
 from services.ingest import record_delivery_report, record_inbound_message, utcnow
+from services.metrics import observe_vendor_request
 from services.twilio_signature import is_valid_signature
 
 bp = Blueprint("vendors", __name__)
+bp.after_request(observe_vendor_request)
 VENDOR_METHODS = ["GET", "POST"]
 
 
