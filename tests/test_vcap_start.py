@@ -190,6 +190,9 @@ def test_processes_start_from_vcap_services_and_serve_push_and_pull(
                             params={"orderID": "cf-1", "date": "01012018", "time": f"09275{index}", "msisdn": PHONE,
                                     "status": "'0x4503 failed'"})
         assert push.status_code == 200
+    refused = requests.get(f"{base_url}{PUSH_ROUTE}", timeout=10, headers={"X-Vcap-Request-Id": "cf-req-refused"},
+                           params={"date": "01012018", "time": "092750", "status": "delivered"})
+    assert refused.status_code == 400
     window = {"startTimeUTC": "20180101000000", "endTimeUTC": "20180102000000", "page": "0", "sourceSystem": "CF"}
     assert requests.get(f"{base_url}/status", params=window, timeout=10).status_code == 401
     pulled = requests.get(f"{base_url}/status", params=window, timeout=10, headers=basic(PULL_USER, PULL_PASSWORD))
@@ -198,7 +201,7 @@ def test_processes_start_from_vcap_services_and_serve_push_and_pull(
     scrape = requests.get(f"{base_url}/metrics", timeout=10, headers=basic(ADMIN_USER, ADMIN_PASSWORD))
     assert scrape.status_code == 200
     # Two gunicorn workers served the pushes: the manifest's PROMETHEUS_MULTIPROC_DIR adds them up.
-    assert request_count(scrape.text, PUSH_ROUTE) == PUSHES
+    assert request_count(scrape.text, PUSH_ROUTE) == PUSHES + 1  # and the refused one
     stop(server)
 
     stdout = (tmp_path / f"{server.name}.out").read_text()
@@ -207,9 +210,11 @@ def test_processes_start_from_vcap_services_and_serve_push_and_pull(
     app_lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     access_lines = [line for line in stdout.splitlines() if not line.startswith("{")]
     assert all(ACCESS_LINE.fullmatch(line) for line in access_lines), access_lines
-    [push_line] = [line for line in app_lines if line.get("request_id") == "cf-req-1"]
-    assert (push_line["level"], push_line["route"], push_line["status"]) == ("INFO", PUSH_ROUTE, 200)
+    # A stored receipt is quiet in the app log (DEBUG) but in the access log; a refused one is in both.
+    assert [line for line in app_lines if line.get("request_id") == "cf-req-1"] == []
     assert any(f'"GET {PUSH_ROUTE}"' in line and line.endswith(" cf-req-1") for line in access_lines)
+    [refused_line] = [line for line in app_lines if line.get("request_id") == "cf-req-refused"]
+    assert (refused_line["level"], refused_line["route"], refused_line["status"]) == ("INFO", PUSH_ROUTE, 400)
 
 
 def lock_waiters(engine, database: str) -> int:
