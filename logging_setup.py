@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import sys
 import time
-import secrets
 from datetime import datetime, timezone
 
 from flask import Flask, Response, g, has_request_context, request

@@ -1,11 +1,11 @@
 """Ingest benchmark: vendor receipts at saturation against a hello-world under the same gunicorn.
 
 A mix of Genesys receipts (form POST) and SAP Digital Interconnect notifications (GET),
-each for a new message, one in five a bounce, is driven by wrk for --seconds. The same
-wrk settings then measure bench/hello_wsgi.py under the same gunicorn configuration, and the
-same receipts against bench/bare_insert_wsgi.py (one raw psycopg2 INSERT per request): the
-two ceilings of this machine, side by side with the service.
-Afterwards every receipt answered 2xx must be in raw_events.
+each for a new message, one in five a bounce, is driven by wrk for --seconds. Side by side,
+under the same gunicorn configuration and wrk settings, the machine's two ceilings get the same
+time: bench/hello_wsgi.py, and the same receipts against bench/bare_insert_wsgi.py (one raw
+psycopg2 INSERT per request). The three loads alternate in ROUNDS rounds. Afterwards every
+receipt answered 2xx must be in raw_events.
 
 Run: python -m bench.ingest [--seconds 20] [--connections 8]
 """
@@ -14,48 +14,65 @@ from __future__ import annotations
 import argparse
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 
-from bench.common import (GUNICORN_WORKERS, BenchDatabase, Check, Result, WrkRun, app_env, measure_cpu, report,
-                          run_wrk, running, start_gunicorn, wait_until_answers)
+from bench.common import (GUNICORN_WORKERS, BenchDatabase, Check, Result, WrkRun, app_env, measure_cpu, median,
+                          report, run_wrk, running, start_gunicorn, wait_until_answers)
 
 WARM_UP_SECONDS = 2
+# Each app's seconds are split into rounds that alternate the three apps: a slow spell of the
+# shared machine then hits all three alike, not whichever happened to run during it.
+ROUNDS = 4
+APPS = (("ingest", "wsgi:app", "ingest.lua"), ("hello-world", "bench.hello_wsgi:app", "hello.lua"),
+        ("bare insert", "bench.bare_insert_wsgi:app", "ingest.lua"))
 RATIO_TARGET = 0.40
 P99_TARGET_MS = 50.0
 
 
-def measure_ingest(database: BenchDatabase, seconds: float, connections: int) -> tuple[WrkRun, int]:
-    """Drive receipts at the service; return wrk's summary and how many raw events it stored."""
-    process, port = start_gunicorn("ingest-app", "wsgi:app", app_env(database.url))
-    with running(process):
-        wait_until_answers(port, "/health")
-        run_wrk(f"http://127.0.0.1:{port}", "ingest.lua", WARM_UP_SECONDS, connections, script_args=["warm"])
-        before = database.scalar("SELECT count(*) FROM raw_events")
-        run, cpu = measure_cpu(lambda: run_wrk(f"http://127.0.0.1:{port}", "ingest.lua", seconds, connections,
-                                               script_args=[uuid.uuid4().hex[:8]]))
-        # Requests in flight when wrk closed its connections may still commit.
-        time.sleep(1.0)
-        stored = database.scalar("SELECT count(*) FROM raw_events") - before
-    return Measured(run, cpu), stored
-
-
 @dataclass(frozen=True)
 class Measured:
-    """One load's wrk summary and the CPU ms per request each role spent on it."""
+    """One app's load: wrk's summary and the CPU ms per request each role spent on it."""
 
     run: WrkRun
     cpu: dict[str, float]
 
 
-def measure_ceiling(database: BenchDatabase, wsgi_target: str, script: str, seconds: float,
-                    connections: int) -> Measured:
-    """Drive a ceiling app (hello-world or bare insert) under the same gunicorn settings."""
-    process, port = start_gunicorn(wsgi_target.split(":")[0].rsplit(".", 1)[-1], wsgi_target,
-                                   app_env(database.url))
-    with running(process):
-        run_wrk(f"http://127.0.0.1:{port}", script, WARM_UP_SECONDS, connections, script_args=["warm"])
-        return Measured(*measure_cpu(lambda: run_wrk(f"http://127.0.0.1:{port}", script, seconds, connections,
-                                                     script_args=[uuid.uuid4().hex[:8]])))
+def measure_side_by_side(database: BenchDatabase, seconds: float, connections: int) -> tuple[dict[str, Measured], int]:
+    """Drive the service and both ceilings in alternating rounds; return each one's load and the receipts stored."""
+    servers = [(name, *start_gunicorn(name.replace(" ", "-"), target, app_env(database.url)), script)
+               for name, target, script in APPS]
+    with ExitStack() as stack:
+        for _, process, _, _ in servers:
+            stack.enter_context(running(process))
+        wait_until_answers(servers[0][2], "/health")
+        for _, _, port, script in servers:
+            run_wrk(f"http://127.0.0.1:{port}", script, WARM_UP_SECONDS, connections, script_args=["warm"])
+        before = database.scalar("SELECT count(*) FROM raw_events")
+        rounds: dict[str, list[tuple[WrkRun, dict[str, float]]]] = {name: [] for name, _, _ in APPS}
+        for _ in range(ROUNDS):
+            for name, _, port, script in servers:
+                rounds[name].append(measure_cpu(lambda: run_wrk(
+                    f"http://127.0.0.1:{port}", script, seconds / ROUNDS, connections,
+                    script_args=[uuid.uuid4().hex[:8]])))
+        # Requests in flight when wrk closed its connections may still commit.
+        time.sleep(1.0)
+        stored = database.scalar("SELECT count(*) FROM raw_events") - before
+    return {name: combined(loads) for name, loads in rounds.items()}, stored
+
+
+def combined(loads: list[tuple[WrkRun, dict[str, float]]]) -> Measured:
+    """Add up one app's rounds: counts and times summed, p50 the median round's, p99 and max the worst."""
+    runs = [run for run, _ in loads]
+    requests = sum(run.requests for run in runs) or 1
+    run = WrkRun(requests=sum(run.requests for run in runs), non_2xx=sum(run.non_2xx for run in runs),
+                 socket_errors=sum(run.socket_errors for run in runs), seconds=sum(run.seconds for run in runs),
+                 p50_ms=median([run.p50_ms for run in runs]), p90_ms=max(run.p90_ms for run in runs),
+                 p99_ms=max(run.p99_ms for run in runs), max_ms=max(run.max_ms for run in runs))
+    roles = {role for _, cpu in loads for role in cpu}
+    cpu = {role: round(sum(cpu.get(role, 0.0) * run.requests for run, cpu in loads) / requests, 3)
+           for role in roles}
+    return Measured(run, cpu)
 
 
 def cpu_figures(label: str, measured: Measured) -> dict[str, float]:
@@ -88,7 +105,8 @@ def build_result(ingest: Measured, stored: int, hello: Measured, bare: Measured,
         Check("ingest p99 ms", ingest.run.p99_ms, f"< {P99_TARGET_MS:g}", ingest.run.p99_ms < P99_TARGET_MS, "ms"),
         Check("acknowledged receipts missing from the database", missing, "= 0", missing == 0),
     ]
-    settings = {"seconds": seconds, "connections": connections, "gunicorn": f"-k sync -w {GUNICORN_WORKERS}",
+    settings = {"seconds": seconds, "rounds": ROUNDS, "connections": connections,
+                "gunicorn": f"sync workers, -w {GUNICORN_WORKERS}",
                 "mix": "Genesys POST / SAP DI GET alternately, 20% bounces, each a new message"}
     return Result("ingest", f"Ingest: receipts at saturation ({seconds:g} s, {connections} connections)",
                   figures, checks, settings)
@@ -99,7 +117,7 @@ def _ratio(run: WrkRun, reference: WrkRun) -> float:
 
 
 def main() -> None:
-    """Start PostgreSQL, measure ingest then hello-world, report."""
+    """Start PostgreSQL, measure the service and both ceilings side by side, report."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--connections", type=int, default=2 * GUNICORN_WORKERS)
@@ -107,12 +125,11 @@ def main() -> None:
     database = BenchDatabase()
     database.start(app_env(database.url))
     try:
-        ingest, stored = measure_ingest(database, args.seconds, args.connections)
-        hello = measure_ceiling(database, "bench.hello_wsgi:app", "hello.lua", args.seconds, args.connections)
-        bare = measure_ceiling(database, "bench.bare_insert_wsgi:app", "ingest.lua", args.seconds, args.connections)
+        loads, stored = measure_side_by_side(database, args.seconds, args.connections)
     finally:
         database.stop()
-    report(build_result(ingest, stored, hello, bare, args.seconds, args.connections))
+    report(build_result(loads["ingest"], stored, loads["hello-world"], loads["bare insert"], args.seconds,
+                        args.connections))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ DESCRIPTIONS = {
         "driven by wrk (`bench/wrk/ingest.lua`) with 2 connections per gunicorn worker. In the same run "
         "and under the same gunicorn configuration, the machine's two ceilings are measured side by side: "
         "a hello-world Flask app (`bench/hello_wsgi.py`) with the same wrk settings, and the same receipts "
-        "against one raw psycopg2 `INSERT … ON CONFLICT` per request (`bench/bare_insert_wsgi.py`). For "
+        "against one raw psycopg2 `INSERT … ON CONFLICT` per request (`bench/bare_insert_wsgi.py`). The "
+        "three loads alternate in 4 rounds of 5 s each, so a slow spell of the shared machine hits all three "
+        "alike (p50 is the median round's, p90, p99 and max the worst round's). For "
         "each of the three, the CPU time every role spent per request (the gunicorn workers, PostgreSQL, "
         "wrk) is read from `/proc`. Afterwards every receipt answered 2xx must be in `raw_events`."),
     "paging": (

@@ -262,11 +262,9 @@ def test_later_genesys_report_updates_the_client_message(app_context, httpserver
     assert forwarded_statuses(row.emarsys_message_id) == ["ACCEPTED", "DELIVERED"]
 
 
-@pytest.mark.parametrize("settings", [dict(DISPATCH_BATCH_SIZE=25, DISPATCH_CONCURRENCY=8)])
-def test_two_workers_never_send_a_message_twice(app_context, httpserver):
-    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
-    public_ids = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)), 500)
-    handled = Counter()
+def drain_with_two_workers(app_context) -> Counter[str]:
+    """Run two dispatchers in threads until neither finds work; return how many each handled."""
+    handled: Counter[str] = Counter()
 
     def drain(owner: str) -> None:
         worker = dispatcher(app_context, owner)
@@ -279,6 +277,14 @@ def test_two_workers_never_send_a_message_twice(app_context, httpserver):
         thread.start()
     for thread in threads:
         thread.join()
+    return handled
+
+
+@pytest.mark.parametrize("settings", [dict(DISPATCH_BATCH_SIZE=25, DISPATCH_CONCURRENCY=8)])
+def test_two_workers_never_send_a_message_twice(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
+    public_ids = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)), 500)
+    handled = drain_with_two_workers(app_context)
 
     assert Counter(sent_message_ids(httpserver)) == Counter(public_ids)
     assert sum(handled.values()) == 500
@@ -496,18 +502,7 @@ def test_an_outcome_that_cannot_be_stored_does_not_lose_the_rest_of_its_chunk(ap
 def test_two_workers_recording_in_chunks_send_and_report_each_message_once(app_context, httpserver):
     httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
     public_ids = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)), 400)
-
-    def drain(owner: str) -> None:
-        worker = dispatcher(app_context, owner)
-        with app_context.app_context():
-            while worker.run_once():
-                pass
-
-    threads = [threading.Thread(target=drain, args=(owner,)) for owner in ("worker-a", "worker-b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    drain_with_two_workers(app_context)
 
     assert Counter(sent_message_ids(httpserver)) == Counter(public_ids)
     assert rows_per(RawEvent, RawEvent.vendor_message_id) == Counter(public_ids)
