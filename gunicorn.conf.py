@@ -17,3 +17,7 @@ limit_request_line = 8190
 threads = int(os.environ.get("GUNICORN_THREADS") or "1")
 worker_class = ("gunicorn_workers.ThreadJsonWorker" if threads > 1
                 else "gunicorn_workers.SyncJsonWorker")
+
+# The access log names the route template, never the raw path: query strings carry phone numbers
+# and texts, client callback paths carry tokens (logging_setup.py puts the template in the environ).
+access_log_format = '%(h)s "%(m)s %({sms_status.route}e)s" %(s)s %(b)s %(M)sms %({x-vcap-request-id}i)s'
