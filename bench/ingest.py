@@ -12,18 +12,29 @@ Run: python -m bench.ingest [--seconds 20] [--connections 8]
 from __future__ import annotations
 
 import argparse
+import re
+import subprocess
+import tempfile
 import time
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
-from bench.common import (GUNICORN_WORKERS, BenchDatabase, Check, Result, WrkRun, app_env, measure_cpu, median,
-                          report, run_wrk, running, start_gunicorn, wait_until_answers)
+from bench.common import (DATABASE_NAME, GUNICORN_WORKERS, BenchDatabase, Check, Result, WrkRun, app_env,
+                          find_pg_bin, measure_cpu, median, report, run_wrk, running, start_gunicorn,
+                          wait_until_answers)
 
 WARM_UP_SECONDS = 2
 # Each app's seconds are split into rounds that alternate the three apps: a slow spell of the
 # shared machine then hits all three alike, not whichever happened to run during it.
 ROUNDS = 4
+PG_ALONE_SECONDS = 5
+PG_ALONE_FIGURE = "PostgreSQL alone: single-row inserts/s (pgbench, one client per gunicorn worker)"
+PG_ALONE_TABLE = ("CREATE TABLE IF NOT EXISTS bench_pg_alone "
+                  "(id bigserial PRIMARY KEY, message_id text UNIQUE, params json, received_at timestamp)")
+PG_ALONE_INSERT = ("INSERT INTO bench_pg_alone (message_id, params, received_at) "
+                   "VALUES (gen_random_uuid()::text, '{}', now()) ON CONFLICT (message_id) DO NOTHING;")
 APPS = (("ingest", "wsgi:app", "ingest.lua"), ("hello-world", "bench.hello_wsgi:app", "hello.lua"),
         ("bare insert", "bench.bare_insert_wsgi:app", "ingest.lua"))
 RATIO_TARGET = 0.40
@@ -59,6 +70,26 @@ def measure_side_by_side(database: BenchDatabase, seconds: float, connections: i
         time.sleep(1.0)
         stored = database.scalar("SELECT count(*) FROM raw_events") - before
     return {name: combined(loads) for name, loads in rounds.items()}, stored
+
+
+def measure_postgres_alone(database: BenchDatabase, seconds: float, clients: int) -> float:
+    """Return the single-row inserts/s PostgreSQL commits alone (pgbench, no HTTP, no Python)."""
+    script = Path(tempfile.mkdtemp(prefix="sms-status-pgbench-")) / "insert.sql"
+    script.write_text(PG_ALONE_INSERT + "\n")
+    connection = database.connect()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(PG_ALONE_TABLE)
+    finally:
+        connection.close()
+    done = subprocess.run(
+        [str(find_pg_bin() / "pgbench"), "-n", "-c", str(clients), "-j", "2", "-T", f"{seconds:g}", "-f", str(script),
+         "-h", "127.0.0.1", "-p", str(database.server.port), "-U", "test", DATABASE_NAME],
+        capture_output=True, text=True, timeout=seconds + 60)
+    match = re.search(r"tps = ([0-9.]+)", done.stdout)
+    if done.returncode != 0 or match is None:
+        raise RuntimeError(f"pgbench failed:\n{done.stdout[-1000:]}\n{done.stderr[-1000:]}")
+    return float(match.group(1))
 
 
 def combined(loads: list[tuple[WrkRun, dict[str, float]]]) -> Measured:
@@ -126,10 +157,13 @@ def main() -> None:
     database.start(app_env(database.url))
     try:
         loads, stored = measure_side_by_side(database, args.seconds, args.connections)
+        postgres_alone = measure_postgres_alone(database, PG_ALONE_SECONDS, GUNICORN_WORKERS)
     finally:
         database.stop()
-    report(build_result(loads["ingest"], stored, loads["hello-world"], loads["bare insert"], args.seconds,
-                        args.connections))
+    result = build_result(loads["ingest"], stored, loads["hello-world"], loads["bare insert"], args.seconds,
+                          args.connections)
+    result.figures[PG_ALONE_FIGURE] = postgres_alone
+    report(result)
 
 
 if __name__ == "__main__":

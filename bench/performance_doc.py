@@ -5,6 +5,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.common import format_value
+from bench.ingest import PG_ALONE_FIGURE
 
 DESCRIPTIONS = {
     "ingest": (
@@ -16,7 +17,8 @@ DESCRIPTIONS = {
         "a hello-world Flask app (`bench/hello_wsgi.py`) with the same wrk settings, and the same receipts "
         "against one raw psycopg2 `INSERT … ON CONFLICT` per request (`bench/bare_insert_wsgi.py`). The "
         "three loads alternate in 4 rounds of 5 s each, so a slow spell of the shared machine hits all three "
-        "alike (p50 is the median round's, p90, p99 and max the worst round's). For "
+        "alike (p50 is the median round's, p90, p99 and max the worst round's). PostgreSQL alone (pgbench, "
+        "the same kind of insert, no HTTP and no Python) is measured for 5 s after them. For "
         "each of the three, the CPU time every role spent per request (the gunicorn workers, PostgreSQL, "
         "wrk) is read from `/proc`. Afterwards every receipt answered 2xx must be in `raw_events`."),
     "paging": (
@@ -136,7 +138,9 @@ def _ingest_limits(result: dict[str, Any], results: dict[str, dict[str, Any]]) -
         "metrics and request bookkeeping on top of Flask.",
         f"On this machine the bare insert itself reaches {format_value(_figure(result, 'ratio bare insert/hello-world'))}"
         " of hello-world; the full path reaches "
-        f"{format_value(_figure(result, 'ratio ingest/bare insert'))} of the bare insert.",
+        f"{format_value(_figure(result, 'ratio ingest/bare insert'))} of the bare insert. PostgreSQL alone commits "
+        f"{format_value(_figure(result, PG_ALONE_FIGURE, 0))} such inserts/s: the database is not what limits "
+        "ingest, the Python per request is.",
     ]
     reasons += [
         "Already cut, measured on 2026-12-01 (service CPU per receipt under this benchmark): SQLAlchemy's "
