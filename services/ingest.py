@@ -81,7 +81,7 @@ def add_delivery_report(vendor: str, report: DeliveryReport, params: dict[str, A
     """Add one delivery report to the caller's transaction, which the caller commits."""
     now = utcnow()
     if db.session.get_bind().dialect.name == "postgresql":
-        return _execute_prepared(db.session.connection(), _report_values(
+        return _execute_prepared(db.session.connection(), _report_parameters(
             vendor, report, params, client_id, emarsys_message_id, kind, now))
     event_id = _insert_raw_event(vendor, kind, params, client_id, report.vendor_message_id, now,
                                  report.outcome.value)
@@ -133,36 +133,31 @@ def _insert_raw_event(vendor, kind, params, client_id, vendor_message_id, now, o
 
 def _record_in_one_round_trip(vendor, report, params, client_id, emarsys_message_id, kind, now) -> IngestResult:
     # The vendor hot path: one statement in autocommit mode is one round trip and one commit.
-    values = _report_values(vendor, report, params, client_id, emarsys_message_id, kind, now)
-    event_id, state_id, _ = report_connections().fetch_one(
-        EXECUTE_REPORT_SQL, tuple(values[name] for name in REPORT_PARAMETER_TYPES))
+    parameters = _report_parameters(vendor, report, params, client_id, emarsys_message_id, kind, now)
+    event_id, state_id, _ = report_connections().fetch_one(EXECUTE_REPORT_SQL, parameters)
     return IngestResult(duplicate=event_id is None, applied=state_id is not None, message_state_id=state_id)
 
 
 def report_connections() -> ThreadConnections:
-    """Return the app's per-thread connections that have the report statement prepared.
-
-    A connection taken from the pool may have the statement prepared already (by
-    add_delivery_report); it serves only the hot path from then on, so it starts afresh.
-    """
+    """Return the app's per-thread connections that have the report statement prepared."""
     connections = current_app.extensions.get(REPORT_CONNECTIONS)
     if connections is None:
         connections = current_app.extensions.setdefault(
-            REPORT_CONNECTIONS, ThreadConnections(db.engine, f"DEALLOCATE ALL; {PREPARE_REPORT_SQL}"))
+            REPORT_CONNECTIONS, ThreadConnections(db.engine, PREPARE_REPORT_SQL))
     return connections
 
 
-def _execute_prepared(connection: Connection, values: dict[str, Any]) -> IngestResult:
+def _execute_prepared(connection: Connection, parameters: tuple) -> IngestResult:
     # Through SQLAlchemy, not the raw cursor: a dropped connection then becomes a 503 and
     # invalidates the pool, as on every other path.
     prepare_once(connection, PREPARED_NAME, PREPARE_REPORT_SQL)
-    event_id, state_id, _ = connection.exec_driver_sql(
-        EXECUTE_REPORT_SQL, tuple(values[name] for name in REPORT_PARAMETER_TYPES)).one()
+    event_id, state_id, _ = connection.exec_driver_sql(EXECUTE_REPORT_SQL, parameters).one()
     return IngestResult(duplicate=event_id is None, applied=state_id is not None, message_state_id=state_id)
 
 
-def _report_values(vendor, report, params, client_id, emarsys_message_id, kind, now) -> dict[str, Any]:
-    return {
+def _report_parameters(vendor, report, params, client_id, emarsys_message_id, kind, now) -> tuple:
+    # In the order of REPORT_PARAMETER_TYPES, the prepared statement's parameters.
+    values = {
         "vendor": vendor, "kind": kind, "client_id": str(client_id) if client_id else None,
         "vmid": report.vendor_message_id, "fingerprint": fingerprint(vendor, kind, client_id, params),
         "params": json.dumps(params, default=str), "now": now, "emid": emarsys_message_id,
@@ -172,6 +167,7 @@ def _report_values(vendor, report, params, client_id, emarsys_message_id, kind, 
         "status_text": report.status_text, "event_at": report.event_at, "bounce_type": report.bounce_type,
         "payload": json.dumps(delivery_report_item(report, report.vendor_message_id)),
     }
+    return tuple(values[name] for name in REPORT_PARAMETER_TYPES)
 
 
 def enqueue_forward(client_id: uuid.UUID, kind: str, message_key: str, payload: dict[str, Any],
@@ -261,9 +257,9 @@ def add_delivery_reports(reports: list[ReportToAdd]) -> None:
     prepare_once(connection, PREPARED_NAME, PREPARE_REPORT_SQL)
     for start in range(0, len(reports), REPORTS_PER_ROUND_TRIP):
         page = reports[start:start + REPORTS_PER_ROUND_TRIP]
-        values = [_report_values(item.vendor, item.report, item.params, item.client_id,
-                                 item.emarsys_message_id, item.kind, now) for item in page]
+        parameters = [_report_parameters(item.vendor, item.report, item.params, item.client_id,
+                                         item.emarsys_message_id, item.kind, now) for item in page]
         # One string of EXECUTEs: psycopg2 sends it as one simple query, i.e. one round trip,
         # and SQLAlchemy still turns a dropped connection into its disconnect handling.
-        connection.exec_driver_sql(";".join([EXECUTE_REPORT_SQL] * len(page)), tuple(
-            row[name] for row in values for name in REPORT_PARAMETER_TYPES)).close()
+        connection.exec_driver_sql(";".join([EXECUTE_REPORT_SQL] * len(page)),
+                                   tuple(value for row in parameters for value in row)).close()

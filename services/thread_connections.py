@@ -77,6 +77,9 @@ class ThreadConnections:
         connection.autocommit = True
         try:
             with connection.cursor() as cursor:
+                # A pooled connection may carry statements another path prepared (and recorded in
+                # the pool's bookkeeping, which no longer applies): start from none.
+                cursor.execute("DEALLOCATE ALL")
                 cursor.execute(self.setup_sql)
         except self.engine.dialect.loaded_dbapi.Error as error:
             connection.close()
