@@ -88,6 +88,9 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "STATUS_PAGE_SIZE": int(env.get("STATUS_PAGE_SIZE", "100")),
         "ENABLE_CLEAR_ENDPOINT": _flag(env.get("ENABLE_CLEAR_ENDPOINT")),
         "PORT": int(env.get("PORT", "8080")),
+        # A vendor receipt is a few hundred bytes and a partner batch of 1,000 messages a few MB;
+        # a larger body is refused with 413 before it is read into memory.
+        "MAX_CONTENT_LENGTH": int(env.get("MAX_REQUEST_BYTES", str(16 * 1024 * 1024))),
         "PRODUCTION": _flag(env.get("PRODUCTION")) or "VCAP_APPLICATION" in env,
         "VENDOR_MAPPINGS_FILE": env.get("VENDOR_MAPPINGS_FILE") or None,
         "TWILIO_AUTH_TOKEN": env.get("TWILIO_AUTH_TOKEN") or None,

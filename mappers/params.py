@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from urllib.parse import unquote_to_bytes
 
 from mappers.report import MappingError
 
@@ -23,3 +24,29 @@ def optional(params: Mapping[str, str], name: str) -> str | None:
     """Return a parameter's trimmed value, or None when absent or empty."""
     value = (params.get(name) or "").strip()
     return value or None
+
+
+def decode_form(encoded: bytes, charset: str | None = None) -> dict[str, str]:
+    """Return the fields of a query string or URL-encoded body, the first of a repeated name winning.
+
+    Vendors are not consistent about text encoding: a percent-escaped byte that is not UTF-8
+    (a Latin-1 `%E4` for "ä") is read in the declared charset, else as Windows-1252, rather
+    than kept escaped or dropped with the whole body.
+    """
+    fields: dict[str, str] = {}
+    for pair in encoded.split(b"&"):
+        if pair:
+            name, _, value = pair.partition(b"=")
+            fields.setdefault(_decode_component(name, charset), _decode_component(value, charset))
+    return fields
+
+
+def _decode_component(component: bytes, charset: str | None) -> str:
+    raw = unquote_to_bytes(component.replace(b"+", b" "))
+    for encoding in (charset, "utf-8"):
+        if encoding:
+            try:
+                return raw.decode(encoding)
+            except (UnicodeDecodeError, LookupError):
+                pass
+    return raw.decode("cp1252", errors="replace")

@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, g, request
 
 from errors import Forbidden, InvalidParameter, NotFound
 from mappers import genesys, sapdi
+from mappers.params import decode_form
 from mappers.registry import VendorAdapter
 from models import Client
 from services.clients import client_config, client_for_callback
@@ -20,10 +21,18 @@ bp.after_request(observe_vendor_request)
 VENDOR_METHODS = ["GET", "POST"]
 
 
+URLENCODED = "application/x-www-form-urlencoded"
+
+
 def request_params() -> dict[str, str]:
-    """Return the query string and form fields as one flat dict (first value wins)."""
-    params = request.args.to_dict()
-    params.update(request.form.to_dict())
+    """Return the query string and form fields as one flat dict (first value wins, form over query)."""
+    params = decode_form(request.query_string)
+    if request.mimetype == URLENCODED:
+        # Decoded here, not by request.form: werkzeug drops a body that is not UTF-8, and its
+        # parser costs more than the receipt's mapping (bench/ingest.py).
+        params.update(decode_form(request.get_data(), request.mimetype_params.get("charset")))
+    else:
+        params.update(request.form.to_dict())
     for key, value in params.items():
         if "\x00" in key or "\x00" in value:
             # PostgreSQL text cannot hold NUL: refuse it here rather than fail while storing.

@@ -134,7 +134,7 @@ def _insert_raw_event(vendor, kind, params, client_id, vendor_message_id, now, o
 def _record_in_one_round_trip(vendor, report, params, client_id, emarsys_message_id, kind, now) -> IngestResult:
     # The vendor hot path: one statement in autocommit mode is one round trip and one commit.
     parameters = _report_parameters(vendor, report, params, client_id, emarsys_message_id, kind, now)
-    event_id, state_id, _ = report_connections().fetch_one(EXECUTE_REPORT_SQL, parameters)
+    event_id, state_id = report_connections().fetch_one(EXECUTE_REPORT_SQL, parameters)
     return IngestResult(duplicate=event_id is None, applied=state_id is not None, message_state_id=state_id)
 
 
@@ -151,7 +151,7 @@ def _execute_prepared(connection: Connection, parameters: tuple) -> IngestResult
     # Through SQLAlchemy, not the raw cursor: a dropped connection then becomes a 503 and
     # invalidates the pool, as on every other path.
     prepare_once(connection, PREPARED_NAME, PREPARE_REPORT_SQL)
-    event_id, state_id, _ = connection.exec_driver_sql(EXECUTE_REPORT_SQL, parameters).one()
+    event_id, state_id = connection.exec_driver_sql(EXECUTE_REPORT_SQL, parameters).one()
     return IngestResult(duplicate=event_id is None, applied=state_id is not None, message_state_id=state_id)
 
 

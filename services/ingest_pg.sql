@@ -1,6 +1,7 @@
 -- Store one delivery report in one round trip (PostgreSQL): raw event, never-backwards state,
 -- bounce record (upsert or withdrawal) and, for an Emarsys client's message, the outbox row.
--- Every data-modifying CTE runs exactly once, in the statement's own transaction.
+-- Every data-modifying CTE runs exactly once, in the statement's own transaction, whether or not
+-- the final SELECT reads it.
 WITH ev AS (
     INSERT INTO raw_events (vendor, kind, client_id, vendor_message_id, fingerprint, params, outcome,
                             received_at)
@@ -34,12 +35,10 @@ WITH ev AS (
         message_id = EXCLUDED.message_id, recipient = EXCLUDED.recipient,
         status_code = EXCLUDED.status_code, status_text = EXCLUDED.status_text, type = EXCLUDED.type,
         event_at = EXCLUDED.event_at, pulled_at = NULL, seq = EXCLUDED.seq
-    RETURNING b.id
 ), bounce_withdraw AS (
     -- The retry worked: withdraw the bounce unless SAP already has it.
     DELETE FROM bounces AS b USING st
     WHERE CAST(:bounce_type AS varchar) IS NULL AND b.message_state_id = st.id AND b.pulled_at IS NULL
-    RETURNING b.id
 ), forward AS (
     INSERT INTO outbox (client_id, kind, message_key, payload, event_at, state, attempts, next_attempt_at,
                         created_at)
@@ -49,8 +48,5 @@ WITH ev AS (
            :event_at, 'pending', 0, :now, :now
     FROM st
     WHERE st.client_id IS NOT NULL
-    RETURNING id
 )
-SELECT (SELECT id FROM ev) AS event_id, (SELECT id FROM st) AS state_id,
-       (SELECT count(*) FROM bounce_upsert) + (SELECT count(*) FROM bounce_withdraw)
-           + (SELECT count(*) FROM forward) AS side_effects
+SELECT (SELECT id FROM ev) AS event_id, (SELECT id FROM st) AS state_id

@@ -107,6 +107,45 @@ def test_inbound_message_is_stored_once(app, client, vendor, params, expected):
         assert (stored.vendor, stored.source, stored.destination, stored.body) == (vendor, *expected)
 
 
+FORM = "application/x-www-form-urlencoded"
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b"message=Gr%FC%DFe", f"{FORM}; charset=ISO-8859-1"),
+    (b"message=Gr%FC%DFe", FORM),
+    (b"message=Gr\xfc\xdfe", FORM),
+    (b"message=Gr%C3%BC%C3%9Fe", FORM),
+    (b"message=Gr%C3%BC%C3%9Fe", "multipart/form-data; boundary=x"),
+])
+def test_inbound_text_in_odd_encodings_is_stored_as_sent(app, client, body, content_type):
+    fields = b"type=MO&message_id=mo-enc&shortcode=12345&phone_number=4915112345&" + body
+    if content_type.startswith("multipart"):
+        parts = [part.split(b"=", 1) for part in fields.split(b"&")]
+        fields = b"".join(b'--x\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (name, value)
+                          for name, value in parts).replace(b"Gr%C3%BC%C3%9Fe", "Grüße".encode()) + b"--x--\r\n"
+    response = client.post("/vendors/genesys/inbound-messages", data=fields, content_type=content_type)
+    assert response.status_code == 200, response.get_json()
+    with app.app_context():
+        assert db.session.scalars(db.select(InboundMessageRecord.body)).one() == "Grüße"
+
+
+def test_query_string_and_form_are_merged_with_the_form_winning(app, client):
+    response = client.post("/vendors/genesys/delivery-reports?message_id=g-query&message_state=5&result_code=1",
+                           data={"type": "receipt", "message_state": "2"})
+    assert response.status_code == 200
+    with app.app_context():
+        assert state_of("genesys", "g-query").outcome == "DELIVERED"
+
+
+def test_body_over_the_size_limit_is_a_json_413_and_stores_nothing(make_app):
+    app = make_app(MAX_CONTENT_LENGTH=1024)
+    response = app.test_client().post("/vendors/genesys/delivery-reports",
+                                      data={"type": "receipt", "message_id": "g-big", "message": "x" * 2048})
+    assert response.status_code == 413 and response.get_json()["error"] == "request_entity_too_large"
+    with app.app_context():
+        assert count(RawEvent) == 0
+
+
 def test_late_accepted_after_delivered_changes_nothing(app, client):
     genesys_dr(client, "ooo", state="2")
     genesys_dr(client, "ooo", state="1")

@@ -1,0 +1,26 @@
+import pytest
+
+from mappers.params import decode_form
+
+
+@pytest.mark.parametrize("encoded, charset, expected", [
+    (b"", None, {}),
+    (b"a=1&b=2", None, {"a": "1", "b": "2"}),
+    (b"a=1&a=2", None, {"a": "1"}),
+    (b"a&b=", None, {"a": "", "b": ""}),
+    (b"&&a=1&", None, {"a": "1"}),
+    (b"text=hello+world%21", None, {"text": "hello world!"}),
+    (b"msisdn=%2B4915112345678", None, {"msisdn": "+4915112345678"}),
+    (b"text=%C3%A4%E2%82%AC", None, {"text": "ä€"}),
+    (b"text=%E4", None, {"text": "ä"}),
+    (b"text=%80", None, {"text": "€"}),
+    (b"text=\xe4", None, {"text": "ä"}),
+    (b"text=%E4", "iso-8859-1", {"text": "ä"}),
+    (b"text=%A4", "iso-8859-15", {"text": "€"}),
+    (b"text=%C3%A4", "no-such-charset", {"text": "ä"}),
+    (b"text=%81", None, {"text": "\ufffd"}),
+    (b"a=b=c", None, {"a": "b=c"}),
+    (b"=x", None, {"": "x"}),
+])
+def test_decode_form_reads_fields_in_the_encoding_they_came_in(encoded, charset, expected):
+    assert decode_form(encoded, charset) == expected
