@@ -37,7 +37,8 @@ def mask_phone_numbers(text: str) -> str:
 
 def request_route() -> str:
     """Return the matched route template (never the token or ids in the path), else the masked path."""
-    return request.url_rule.rule if request.url_rule else mask_phone_numbers(request.path)
+    rule = request.url_rule
+    return rule.rule if rule is not None else mask_phone_numbers(request.path)
 
 
 def request_context() -> dict[str, str | None]:
@@ -115,7 +116,8 @@ def log_request(response: Response) -> Response:
 
 def request_log_level(status: int) -> int:
     """Return the level of a request's line: DEBUG for probes and for vendor receipts answered 2xx."""
-    if request.url_rule is not None and request.url_rule.rule in QUIET_ROUTES:
+    rule = request.url_rule
+    if rule is not None and rule.rule in QUIET_ROUTES:
         return logging.DEBUG
     if status < 300 and request.blueprint in QUIET_WHEN_ANSWERED_2XX:
         return logging.DEBUG

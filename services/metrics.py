@@ -243,7 +243,8 @@ class DatabaseCollector(Collector):
 
 def route(request: Request) -> str:
     """Return the URL rule that served the request: bounded label values, and no callback tokens."""
-    return request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
+    rule = request.url_rule
+    return rule.rule if rule is not None else UNMATCHED_ROUTE
 
 
 @dataclass(frozen=True)
