@@ -1,21 +1,20 @@
 """The application factory: configuration, extensions, blueprints, error handlers, logging, CLI."""
 from __future__ import annotations
 
-from flask import Flask
-
 import cli
 import logging_setup
 from config import load_config
 from errors import register_error_handlers
+from extensions import load_vendor_registry, migrate, secret_box_factory, token_verifier_from_config
+from flask_app import SyncFlask
 from models import db
 from routes import dashboard, ops, partner, sap, vendors
 from services.metrics import init_metrics
-from extensions import load_vendor_registry, migrate, secret_box_factory, token_verifier_from_config
 
 
-def create_app(config: dict | None = None) -> Flask:
+def create_app(config: dict | None = None) -> SyncFlask:
     """Create and configure one instance of the service."""
-    app = Flask(__name__, instance_relative_config=True)
+    app = SyncFlask(__name__, instance_relative_config=True)
     app.config.update(load_config())
     app.config.update(config or {})
     db.init_app(app)

@@ -277,6 +277,7 @@ ENCRYPTION_KEY = Fernet.generate_key().decode()
 
 def app_env(database_url: str, **settings: str) -> dict[str, str]:
     """Return the environment of the service in production mode on the bench database."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
     env = {name: value for name, value in os.environ.items()
            if not name.startswith(("VCAP_", "DATABASE_", "SAP_", "ADMIN_", "EMARSYS_", "PARTNER_",
                                    "DISPATCH_", "FORWARD_", "SEND_", "LEASE_"))}
@@ -286,6 +287,8 @@ def app_env(database_url: str, **settings: str) -> dict[str, str]:
         "ADMIN_USERNAME": ADMIN_USER, "ADMIN_PASSWORD": ADMIN_PASSWORD,
         "CONFIG_ENCRYPTION_KEY": ENCRYPTION_KEY, "STATUS_PAGE_SIZE": "100",
         "PUBLIC_BASE_URL": "http://127.0.0.1:8080", "PYTHONUNBUFFERED": "1",
+        # As the manifest does: gunicorn workers keep their metrics in files, one directory per instance.
+        "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="metrics-", dir=LOG_DIR),
     })
     env.update(settings)
     return env

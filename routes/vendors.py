@@ -13,7 +13,7 @@ from mappers.registry import VendorAdapter
 from models import Client
 from services.clients import client_config, client_for_callback
 from services.ingest import record_delivery_report, record_inbound_message, utcnow
-from services.metrics import observe_vendor_request
+from services.metrics import observe_vendor_request, untracked_by_exporter
 from services.twilio_signature import is_valid_signature
 
 bp = Blueprint("vendors", __name__)
@@ -22,16 +22,18 @@ VENDOR_METHODS = ["GET", "POST"]
 
 
 URLENCODED = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data"
 
 
 def request_params() -> dict[str, str]:
     """Return the query string and form fields as one flat dict (first value wins, form over query)."""
     params = decode_form(request.query_string)
-    if request.mimetype == URLENCODED:
+    mimetype = request.mimetype
+    if mimetype == URLENCODED:
         # Decoded here, not by request.form: werkzeug drops a body that is not UTF-8, and its
         # parser costs more than the receipt's mapping (bench/ingest.py).
         params.update(decode_form(request.get_data(), request.mimetype_params.get("charset")))
-    else:
+    elif mimetype == MULTIPART:
         params.update(request.form.to_dict())
     for key, value in params.items():
         if "\x00" in key or "\x00" in value:
@@ -97,12 +99,14 @@ def stored_answer(duplicate: bool):
 
 
 @bp.get("/api/v1/notifications/set")
+@untracked_by_exporter
 def sapdi_notification():
     """Store a SAP Digital Interconnect status notification (the blog's `set`)."""
     return store_report(vendor_adapter(sapdi.VENDOR), request_params())
 
 
 @bp.route("/vendors/<vendor>/delivery-reports", methods=VENDOR_METHODS)
+@untracked_by_exporter
 def delivery_report(vendor: str):
     """Store a delivery report in the vendor's own format (query string or form)."""
     adapter, params = vendor_adapter(vendor), request_params()
@@ -112,6 +116,7 @@ def delivery_report(vendor: str):
 
 
 @bp.route("/vendors/<vendor>/inbound-messages", methods=VENDOR_METHODS)
+@untracked_by_exporter
 def inbound_message(vendor: str):
     """Store a mobile-originated message in the vendor's own format."""
     adapter, params = vendor_adapter(vendor), request_params()
@@ -134,6 +139,7 @@ def client_callback(vendor: str, token: str) -> tuple[Client, VendorAdapter, dic
 
 
 @bp.route("/vendors/<vendor>/clients/<token>/delivery-reports", methods=VENDOR_METHODS)
+@untracked_by_exporter
 def client_delivery_report(vendor: str, token: str):
     """Store a delivery report for the Emarsys client the callback URL belongs to."""
     client, adapter, params = client_callback(vendor, token)
@@ -141,6 +147,7 @@ def client_delivery_report(vendor: str, token: str):
 
 
 @bp.route("/vendors/<vendor>/clients/<token>/inbound-messages", methods=VENDOR_METHODS)
+@untracked_by_exporter
 def client_inbound_message(vendor: str, token: str):
     """Store a mobile-originated message for the Emarsys client the callback URL belongs to."""
     client, adapter, params = client_callback(vendor, token)
