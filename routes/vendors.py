@@ -19,8 +19,6 @@ from services.twilio_signature import is_valid_signature
 bp = Blueprint("vendors", __name__)
 bp.after_request(observe_vendor_request)
 VENDOR_METHODS = ["GET", "POST"]
-
-
 URLENCODED = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
 
