@@ -84,30 +84,36 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ServiceError)
     def handle_service_error(exc: ServiceError):
+        """Answer a domain error with its own status, body and headers."""
         return jsonify(exc.to_dict()), exc.status_code, exc.headers
 
     @app.errorhandler(ValidationError)
     def handle_validation_error(exc: ValidationError):
+        """Answer a schema violation with 400 and the fields at fault."""
         return jsonify(validation_error_body(exc.normalized_messages())), 400
 
     @app.errorhandler(MappingError)
     def handle_mapping_error(exc: MappingError):
+        """Answer a vendor request a mapper cannot read with 400 naming the parameter."""
         body = {"error": "invalid_parameter", "field": exc.field, "message": f"{exc.field} {exc.fault}"}
         return jsonify(body), 400
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc: HTTPException):
+        """Answer werkzeug's own errors (404, 405, 413...) as JSON with their status."""
         body = {"error": (exc.name or "error").lower().replace(" ", "_"), "message": exc.description}
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
         return jsonify(body), exc.code or 500, headers
 
     @app.errorhandler(OperationalError)
     def handle_database_down(exc: OperationalError):
+        """Answer 503 while the database is unreachable."""
         # Nothing was committed, so the caller must retry: 503, never a 2xx.
         app.logger.error("database unavailable: %s", type(exc.orig).__name__)
         return jsonify({"error": "unavailable", "message": "database unavailable, retry later"}), 503
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception):
+        """Log an unexpected error with its traceback and answer a bare JSON 500."""
         app.logger.exception("unhandled error")
         return jsonify({"error": "internal_error", "message": "internal server error"}), 500

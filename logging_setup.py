@@ -54,6 +54,7 @@ class RequestContextFilter(logging.Filter):
     """Add request id, route, client id and vendor to records, and mask phone numbers."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Fill in the request context the record lacks, mask its message, and keep it."""
         context = request_context() if has_request_context() else {}
         for name in CONTEXT_FIELDS:
             if getattr(record, name, None) is None:
