@@ -22,12 +22,12 @@ import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from flask import Flask, Request, Response, g, request
+from flask import Flask, Request, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -36,6 +36,7 @@ from prometheus_flask_exporter import PrometheusMetrics
 from sqlalchemy import case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from logging_setup import STARTED_ENVIRON_KEY
 from mappers.report import Outcome
 from models import OutboundMessage, OutboxItem, db, dialect_insert
 from models.counters import WorkerCounter
@@ -95,7 +96,7 @@ def count_report(vendor: str, outcome: Outcome, result: IngestOutcome) -> Ingest
 
 def observe_vendor_request(response: Response) -> Response:
     """Count one vendor push by route and status, with its duration, and return the response."""
-    started = g.get("request_started")
+    started = request.environ.get(STARTED_ENVIRON_KEY)
     seconds = time.perf_counter() - started if started is not None else 0.0
     labelled(VENDOR_REQUESTS, request.method, route(request), str(response.status_code)).observe(seconds)
     return response

@@ -49,6 +49,9 @@ def partner_setup(make_app, jwks_url: str):  # noqa: F811
     ({"X-Vcap-Request-Id": "vcap-1"}, "vcap-1"),
     ({"X-Request-Id": "req-2"}, "req-2"),
     ({"X-Vcap-Request-Id": "vcap-3", "X-Request-Id": "req-3"}, "vcap-3"),
+    ({"X-Request-Id": "r" * 200}, "r" * 128),
+    ({"X-Request-Id": "req\x7f"}, None),
+    ({"X-Request-Id": "réq"}, None),
     ({}, None),
 ])
 def test_request_log_line_is_one_json_object_with_the_request_context(make_app, capsys, headers, expected_id):
@@ -65,6 +68,16 @@ def test_request_log_line_is_one_json_object_with_the_request_context(make_app, 
     else:
         assert line["request_id"] == expected_id
     assert response.headers["X-Request-Id"] == line["request_id"]
+
+
+def test_requests_refused_before_any_view_still_carry_a_request_id(make_app, capsys):
+    client = make_app().test_client()
+    for response in (client.get("/no/such/path"), client.delete("/api/v1/notifications/set")):
+        assert response.status_code in (404, 405)
+        assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Request-Id"])
+    lines = request_lines(log_lines(capsys.readouterr().out))
+    assert [line["status"] for line in lines] == [404, 405]
+    assert len({line["request_id"] for line in lines}) == 2
 
 
 def test_partner_request_lines_carry_the_client_id(partner_setup, make_token, capsys):  # noqa: F811
