@@ -27,7 +27,7 @@ REPORT_PARAMETER_TYPES = {
     "vendor": "text", "kind": "text", "client_id": "text", "vmid": "text", "fingerprint": "text",
     "params": "text", "now": "timestamp", "emid": "text", "recipient": "text", "outcome": "text",
     "error_type": "text", "rank": "smallint", "status_code": "text", "status_text": "text",
-    "event_at": "timestamp", "bounce_type": "text", "payload": "text",
+    "event_at": "timestamp", "bounce_type": "text",
 }
 PREPARED_NAME = "sms_record_report"
 REPORT_CONNECTIONS = "report_connections"
@@ -165,7 +165,6 @@ def _report_parameters(vendor, report, params, client_id, emarsys_message_id, ki
         "error_type": report.error_type.value if report.error_type else None,
         "rank": OUTCOME_RANK[report.outcome], "status_code": report.status_code,
         "status_text": report.status_text, "event_at": report.event_at, "bounce_type": report.bounce_type,
-        "payload": json.dumps(delivery_report_item(report, report.vendor_message_id)),
     }
     return tuple(values[name] for name in REPORT_PARAMETER_TYPES)
 

@@ -42,9 +42,18 @@ WITH ev AS (
 ), forward AS (
     INSERT INTO outbox (client_id, kind, message_key, payload, event_at, state, attempts, next_attempt_at,
                         created_at)
+    -- The Emarsys DeliveryReport item, as schemas.callbacks.delivery_report_item builds it (a test
+    -- holds the two equal). Built here, it costs nothing for the receipts no client receives.
     SELECT st.client_id, 'delivery_report', LEFT(COALESCE(st.emarsys_message_id, :vmid), 120),
-           CAST(CAST(:payload AS jsonb)
-                || jsonb_build_object('emarsysMessageId', COALESCE(st.emarsys_message_id, :vmid)) AS json),
+           CAST(jsonb_build_object(
+                    'emarsysMessageId', COALESCE(st.emarsys_message_id, :vmid),
+                    'receivedAt', to_char(:event_at, 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                    'status', :outcome,
+                    'details', jsonb_build_object('providerStatus', :status_text, 'providerCode', :status_code),
+                    'providerMessageIds', jsonb_build_array(:vmid))
+                || CASE WHEN :outcome = 'ERROR'
+                        THEN jsonb_build_object('errorType', COALESCE(:error_type, 'UNKNOWN'))
+                        ELSE '{}' END AS json),
            :event_at, 'pending', 0, :now, :now
     FROM st
     WHERE st.client_id IS NOT NULL

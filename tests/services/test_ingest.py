@@ -1,0 +1,38 @@
+"""The PostgreSQL report statement against the Python definitions it mirrors."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import pytest
+
+from mappers.report import DeliveryReport, ErrorType, Outcome
+from models import OutboxItem, db
+from schemas.callbacks import delivery_report_item
+from services.ingest import record_delivery_report
+
+CLIENT = uuid.UUID("0b7c9a3e-5d2f-4c1a-9e8b-7f6a5d4c3b2a")
+
+
+@pytest.mark.parametrize("outcome, error_type", [
+    (Outcome.DELIVERED, None),
+    (Outcome.ACCEPTED, None),
+    (Outcome.SOFTBOUNCE, None),
+    (Outcome.HARDBOUNCE, None),
+    (Outcome.UNKNOWN, None),
+    (Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
+    (Outcome.ERROR, None),
+])
+@pytest.mark.parametrize("emarsys_message_id", [None, "em-42"])
+def test_the_outbox_item_the_statement_builds_is_the_python_delivery_report_item(
+        app, outcome, error_type, emarsys_message_id):
+    report = DeliveryReport(vendor_message_id="v-1", recipient="+4915112345678", status_code="8:6",
+                            status_text='rejected "by carrier" – Grüße', outcome=outcome, error_type=error_type,
+                            event_at=datetime(2026, 12, 1, 9, 30, 15, 987654))
+    with app.app_context():
+        assert db.engine.dialect.name == "postgresql"
+        record_delivery_report("genesys", report, {"message_id": "v-1"}, CLIENT, emarsys_message_id)
+        [item] = db.session.scalars(db.select(OutboxItem)).all()
+        assert (item.client_id, item.kind, item.message_key) == (
+            CLIENT, "delivery_report", emarsys_message_id or "v-1")
+        assert item.payload == delivery_report_item(report, emarsys_message_id or "v-1")
