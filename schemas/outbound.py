@@ -20,6 +20,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from errors import ServiceError
+from schemas.text import no_nul_characters
 
 MAX_BATCH_SIZE = 1000
 # Column widths of the outbound message store; longer values could not be kept.
@@ -71,12 +72,6 @@ def _not_blank(value: str) -> None:
         raise ValidationError("is empty")
 
 
-def _no_nul(value: str) -> None:
-    # PostgreSQL text cannot hold NUL, and no SMS field needs one.
-    if "\x00" in value:
-        raise ValidationError("contains a NUL character")
-
-
 def _unicode(value: str) -> None:
     # A lone surrogate (JSON allows "\udc00") cannot be stored in PostgreSQL nor sent to a vendor.
     try:
@@ -86,7 +81,7 @@ def _unicode(value: str) -> None:
 
 
 def _text(*validators: Any) -> fields.String:
-    return fields.String(required=True, validate=[_not_blank, _no_nul, _unicode, *validators], error_messages={
+    return fields.String(required=True, validate=[_not_blank, no_nul_characters, _unicode, *validators], error_messages={
         "required": "is missing", "null": "is missing", "invalid": "must be a string"})
 
 

@@ -6,6 +6,7 @@ import re
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from models import StatusCursor
+from schemas.text import no_nul_characters
 from services.bounces import SAP_TIME_FORMAT
 
 MAX_PAGE = 2**31 - 1
@@ -35,8 +36,8 @@ class StatusQuerySchema(Schema):
     # The bound keeps page * page size inside PostgreSQL's integer types (an OFFSET, a cursor's page).
     page = fields.Integer(load_default=0, strict=False, validate=validate.Range(
         max=MAX_PAGE, error="must be at most {max}"), error_messages={"invalid": "must be a non-negative integer"})
-    sourceSystem = fields.String(load_default=None, validate=validate.Length(
-        max=MAX_SOURCE_SYSTEM, error="must be at most {max} characters"))
+    sourceSystem = fields.String(load_default=None, validate=[validate.Length(
+        max=MAX_SOURCE_SYSTEM, error="must be at most {max} characters"), no_nul_characters])
 
     class Meta:
         unknown = "exclude"

@@ -98,6 +98,8 @@ def test_get_without_parameters_returns_every_record(make_app):
     (f"{WINDOW}&page=two", "page"),
     (f"{WINDOW}&page=1.5", "page"),
     (f"{WINDOW}&sourceSystem={'x' * 101}", "sourceSystem"),
+    (f"{WINDOW}&sourceSystem=ERP%00", "sourceSystem"),
+    ("sourceSystem=%0C7%3D%F1%99%88%A6%00%C3%9D&startTimeUTC=20260101000000", "sourceSystem"),
 ])
 def test_bad_pull_parameters_get_400_naming_the_field(client, query, field):
     response = client.get(f"/status?{query}")
