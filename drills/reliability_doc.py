@@ -38,7 +38,10 @@ FINDINGS = """## What the drills found, and what was changed
   `schemas/outbound.py` and `schemas/client_config.py` now refuse them as invalid fields (400 with the
   spec's error bodies).
 - **`GET /dashboard?message_id=%00` (or `vendor=`) answered 500** (fuzz): PostgreSQL text cannot hold
-  NUL. `routes/dashboard.py` now answers 400."""
+  NUL. `routes/dashboard.py` now answers 400.
+- **`GET /status?sourceSystem=<text with %00>` answered 500** (fuzz, 2026-12-01): the same NUL, reaching
+  the paging statement. `schemas/status.py` now refuses it as an invalid `sourceSystem` (400), with the
+  NUL check every schema shares (`schemas/text.py`)."""
 
 LIMITS = """## Known limits (not failures of a drill)
 
