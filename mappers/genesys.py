@@ -110,7 +110,8 @@ def _state_and_result_code(fields: Mapping[str, str]) -> tuple[str, str]:
 
 def _number(value: str | None) -> str:
     # "08" and "8" are the same code; anything else is kept as sent so it can be logged.
-    return str(int(value)) if value and value.isdigit() else (value or "")
+    # isascii: "²".isdigit() is true, and int() refuses it.
+    return str(int(value)) if value and value.isascii() and value.isdigit() else (value or "")
 
 
 def _expect_type(fields: Mapping[str, str], expected: str) -> None:

@@ -50,7 +50,7 @@ def replay_token(issued_at: int | None = None) -> str:
 def replay_token_is_valid(token: str) -> bool:
     """Tell whether a replay token is ours and still fresh."""
     issued_text, _, signature = token.partition(".")
-    if not issued_text.isdigit():
+    if not (issued_text.isascii() and issued_text.isdigit()):
         return False
     age = time.time() - int(issued_text)
     fresh = 0 <= age <= REPLAY_TOKEN_LIFETIME.total_seconds()

@@ -82,7 +82,7 @@ def _connection_result(http_status: int, code: int | None) -> ConnectionTestResu
 def parse_result_code(body: str) -> int | None:
     """Return N from a `result_code=N` body, or None when the body is anything else."""
     values = parse_qs(body.strip()).get("result_code")
-    if not values or not values[0].strip().isdigit():
+    if not values or not (values[0].strip().isascii() and values[0].strip().isdigit()):
         return None
     return int(values[0])
 

@@ -68,7 +68,7 @@ def test_receipt_without_result_code_has_state_as_status_code():
 
 @pytest.mark.parametrize(
     ("state", "result_code"),
-    [("9", "0"), ("", "0"), ("abc", "0"), ("99", "42")],
+    [("9", "0"), ("", "0"), ("abc", "0"), ("99", "42"), ("²", "0"), ("9", "³")],
 )
 def test_unknown_state_maps_to_unknown_and_keeps_raw_value(state, result_code):
     params = receipt(state, result_code)

@@ -290,6 +290,7 @@ def test_replay_button_asks_for_confirmation_and_is_off_without_dead_letters(adm
 @pytest.mark.parametrize("form, headers, status", [
     ({"confirm": "yes"}, {}, 403),
     ({"confirm": "yes", "csrf_token": "1.forged"}, {}, 403),
+    ({"confirm": "yes", "csrf_token": "².forged"}, {}, 403),
     ({"confirm": "yes", "csrf_token": "expired"}, {}, 403),
     ({"csrf_token": "valid"}, {}, 400),
     ({"confirm": "yes", "csrf_token": "valid"}, {"Origin": "https://evil.example"}, 403),

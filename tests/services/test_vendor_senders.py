@@ -268,6 +268,7 @@ def test_twilio_timeout_is_retried(httpserver, slow_vendor):
     ("", 502, {"state": "error", "errorType": "temporary"}),
     ("result_code=0", 200, {"state": "error", "errorType": "integration"}),
     ("result_code=99", 200, {"state": "error", "errorType": "integration"}),
+    ("result_code=²", 200, {"state": "error", "errorType": "integration"}),
     ("<html>login</html>", 200, {"state": "error", "errorType": "integration"}),
     ("", 404, {"state": "error", "errorType": "integration"}),
 ])
