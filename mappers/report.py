@@ -40,6 +40,13 @@ OUTCOME_RANK = {
 }
 
 
+# The longest values the stores keep (models use these widths); a longer one is refused with 400
+# rather than failing in PostgreSQL after the request was read.
+MAX_MESSAGE_ID_LENGTH = 100
+MAX_PHONE_NUMBER_LENGTH = 64
+MAX_STATUS_CODE_LENGTH = 40
+
+
 class MappingError(ValueError):
     """A vendor request cannot be mapped: names the parameter and the fault."""
 
@@ -61,6 +68,11 @@ class DeliveryReport:
     outcome: Outcome
     error_type: ErrorType | None = None
 
+    def __post_init__(self) -> None:
+        check_lengths({"vendor_message_id": (self.vendor_message_id, MAX_MESSAGE_ID_LENGTH),
+                       "recipient": (self.recipient, MAX_PHONE_NUMBER_LENGTH),
+                       "status_code": (self.status_code, MAX_STATUS_CODE_LENGTH)})
+
     @property
     def bounce_type(self) -> str | None:
         """Return the SAP bounce type this outcome implies, or None."""
@@ -76,6 +88,18 @@ class InboundMessage:
     destination: str
     body: str
     received_at: datetime
+
+    def __post_init__(self) -> None:
+        check_lengths({"vendor_message_id": (self.vendor_message_id, MAX_MESSAGE_ID_LENGTH),
+                       "source": (self.source, MAX_PHONE_NUMBER_LENGTH),
+                       "destination": (self.destination, MAX_PHONE_NUMBER_LENGTH)})
+
+
+def check_lengths(values: dict[str, tuple[str | None, int]]) -> None:
+    """Raise MappingError for the first value longer than its store keeps."""
+    for field, (value, limit) in values.items():
+        if value is not None and len(value) > limit:
+            raise MappingError(field, f"must be at most {limit} characters")
 
 
 def bounce_type_for(outcome: Outcome) -> str | None:

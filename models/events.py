@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
+from mappers.report import MAX_MESSAGE_ID_LENGTH
 from models import BigId, db
 
 
@@ -20,7 +21,7 @@ class RawEvent(db.Model):
     vendor: Mapped[str] = mapped_column(String(40))
     kind: Mapped[str] = mapped_column(String(20))
     client_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
-    vendor_message_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    vendor_message_id: Mapped[str | None] = mapped_column(String(MAX_MESSAGE_ID_LENGTH), index=True)
     # Hash of vendor, kind, client and parameters: a redelivered request stores nothing new.
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)

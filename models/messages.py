@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
+from mappers.report import MAX_MESSAGE_ID_LENGTH, MAX_PHONE_NUMBER_LENGTH, MAX_STATUS_CODE_LENGTH
 from models import BigId, db
 
 
@@ -18,14 +19,14 @@ class MessageState(db.Model):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     vendor: Mapped[str] = mapped_column(String(40))
-    vendor_message_id: Mapped[str] = mapped_column(String(100))
+    vendor_message_id: Mapped[str] = mapped_column(String(MAX_MESSAGE_ID_LENGTH))
     client_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
     emarsys_message_id: Mapped[str | None] = mapped_column(String(100))
-    recipient: Mapped[str | None] = mapped_column(String(64))
+    recipient: Mapped[str | None] = mapped_column(String(MAX_PHONE_NUMBER_LENGTH))
     outcome: Mapped[str] = mapped_column(String(12))
     error_type: Mapped[str | None] = mapped_column(String(24))
     rank: Mapped[int] = mapped_column(SmallInteger)
-    status_code: Mapped[str] = mapped_column(String(40))
+    status_code: Mapped[str] = mapped_column(String(MAX_STATUS_CODE_LENGTH))
     status_text: Mapped[str] = mapped_column(Text)
     event_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -40,9 +41,9 @@ class Bounce(db.Model):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     message_state_id: Mapped[int] = mapped_column(
         ForeignKey("message_states.id", ondelete="CASCADE"), unique=True)
-    message_id: Mapped[str] = mapped_column(String(100))
-    recipient: Mapped[str] = mapped_column(String(64), default="")
-    status_code: Mapped[str] = mapped_column(String(40))
+    message_id: Mapped[str] = mapped_column(String(MAX_MESSAGE_ID_LENGTH))
+    recipient: Mapped[str] = mapped_column(String(MAX_PHONE_NUMBER_LENGTH), default="")
+    status_code: Mapped[str] = mapped_column(String(MAX_STATUS_CODE_LENGTH))
     status_text: Mapped[str] = mapped_column(Text)
     type: Mapped[str] = mapped_column(String(20))
     event_at: Mapped[datetime]
@@ -65,7 +66,7 @@ class StatusCursor(db.Model):
     page: Mapped[int]
     snapshot_seq: Mapped[int] = mapped_column(BigInteger)
     after_event_at: Mapped[datetime | None]
-    after_message_id: Mapped[str | None] = mapped_column(String(100))
+    after_message_id: Mapped[str | None] = mapped_column(String(MAX_MESSAGE_ID_LENGTH))
     after_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(index=True)
 
@@ -78,9 +79,9 @@ class InboundMessageRecord(db.Model):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     vendor: Mapped[str] = mapped_column(String(40))
-    vendor_message_id: Mapped[str] = mapped_column(String(100))
+    vendor_message_id: Mapped[str] = mapped_column(String(MAX_MESSAGE_ID_LENGTH))
     client_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
-    source: Mapped[str] = mapped_column(String(64))
-    destination: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(MAX_PHONE_NUMBER_LENGTH))
+    destination: Mapped[str] = mapped_column(String(MAX_PHONE_NUMBER_LENGTH))
     body: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(index=True)

@@ -202,6 +202,20 @@ def test_missing_message_id_gets_400_naming_the_field(app, client, vendor, path,
         assert (count(RawEvent), count(MessageState), count(InboundMessageRecord)) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("path, params, field", [
+    ("delivery-reports", {"type": "receipt", "message_id": "g" * 101, "message_state": "2"}, "vendor_message_id"),
+    ("delivery-reports", {"type": "receipt", "message_id": "g-1", "message_state": "9" * 41}, "status_code"),
+    ("inbound-messages", {"type": "MO", "message_id": "mo-1", "shortcode": "1", "phone_number": "4" * 65,
+                          "message": "x"}, "source"),
+])
+def test_values_longer_than_the_store_keeps_get_400_and_store_nothing(app, client, path, params, field):
+    response = client.post(f"/vendors/genesys/{path}", data=params)
+    assert response.status_code == 400
+    assert response.get_json()["field"] == field and "at most" in response.get_json()["message"]
+    with app.app_context():
+        assert (count(RawEvent), count(MessageState), count(InboundMessageRecord)) == (0, 0, 0)
+
+
 def test_unknown_vendor_is_404_with_json(client):
     response = client.post("/vendors/nosuch/delivery-reports", data={"id": "1"})
     assert response.status_code == 404 and response.get_json()["field"] == "vendor"
