@@ -18,6 +18,8 @@ from services.ingest import utcnow
 
 log = logging.getLogger(__name__)
 
+# secrets.token_urlsafe(32): 43 URL-safe base64 characters; the column's 64 leave room to lengthen it.
+CALLBACK_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,64}")
 # The spec's clientId is `format: uuid`: the canonical hyphenated form only, any letter case.
 _CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.IGNORECASE)
 
@@ -71,6 +73,9 @@ def get_client(client_id: uuid.UUID) -> Client:
 
 def client_by_token(token: str) -> Client:
     """Return the client a callback token belongs to, or raise NotFound."""
+    # Anything not shaped like a token (a NUL, a 10 kB path segment) is unknown without a query.
+    if not CALLBACK_TOKEN_SHAPE.fullmatch(token):
+        raise NotFound("unknown callback URL")
     client = db.session.scalars(db.select(Client).where(Client.callback_token == token)).first()
     if client is None:
         raise NotFound("unknown callback URL")

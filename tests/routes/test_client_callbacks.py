@@ -116,7 +116,11 @@ def test_global_twilio_token_does_not_sign_client_callbacks(make_app, onboard, t
     lambda token: f"/vendors/twilio/clients/{token}/delivery-reports",
     lambda token: f"/vendors/expertflow/clients/{token}/inbound-messages",
     lambda token: f"/vendors/nosuchvendor/clients/{token}/delivery-reports",
-], ids=["unknown-token-dr", "unknown-token-mo", "other-vendor", "built-in-other-vendor", "unknown-vendor"])
+    lambda token: "/vendors/genesys/clients/%00/delivery-reports",
+    lambda token: f"/vendors/genesys/clients/{token}%00/delivery-reports",
+    lambda token: f"/vendors/genesys/clients/{'x' * 5000}/delivery-reports",
+], ids=["unknown-token-dr", "unknown-token-mo", "other-vendor", "built-in-other-vendor", "unknown-vendor",
+        "nul-token", "token-with-nul", "huge-token"])
 def test_unknown_token_or_foreign_vendor_is_404(partner_app, partner_client, onboard, make_path):
     _, urls = onboard()
     token = path_of(urls["deliveryReports"]["url"]).split("/")[4]
