@@ -126,12 +126,14 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
 
 
 def _engine_options(database_url: str, env: dict[str, str]) -> dict:
+    # A database error's message must not carry the statement's parameters into the log: they
+    # hold phone numbers, message texts and vendor payloads.
     if not database_url.startswith(("postgres://", "postgresql")):
-        return {}
+        return {"hide_parameters": True}
     # Fail fast while PostgreSQL is down instead of hanging the vendor's request. No pre-ping:
     # it would cost the hot path a second round trip; a dropped connection fails one request
     # with 503 and SQLAlchemy then replaces the whole pool.
     timeout = int(env.get("DATABASE_CONNECT_TIMEOUT", "3"))
     statement_ms = int(env.get("DATABASE_STATEMENT_TIMEOUT_MS", "10000"))
-    return {"pool_recycle": 1800,
+    return {"hide_parameters": True, "pool_recycle": 1800,
             "connect_args": {"connect_timeout": timeout, "options": f"-c statement_timeout={statement_ms}"}}

@@ -5,7 +5,8 @@ from typing import Any
 
 from flask import Flask, jsonify
 from marshmallow import ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from mappers.report import MappingError
 from werkzeug.exceptions import HTTPException
@@ -79,6 +80,12 @@ def validation_error_body(messages: dict[str, Any]) -> dict[str, Any]:
             "fields": messages}
 
 
+def is_database_unavailable(exc: Exception) -> bool:
+    """Tell whether a database error means "retry later" rather than a fault in the request or the code."""
+    transient = (PoolTimeoutError, OperationalError, InterfaceError)
+    return isinstance(exc, transient) or getattr(exc, "connection_invalidated", False)
+
+
 def register_error_handlers(app: Flask) -> None:
     """Answer every error as JSON, never as an HTML page or a traceback."""
 
@@ -105,11 +112,14 @@ def register_error_handlers(app: Flask) -> None:
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
         return jsonify(body), exc.code or 500, headers
 
-    @app.errorhandler(OperationalError)
-    def handle_database_down(exc: OperationalError):
-        """Answer 503 while the database is unreachable."""
+    @app.errorhandler(DBAPIError)
+    @app.errorhandler(PoolTimeoutError)
+    def handle_database_down(exc: DBAPIError | PoolTimeoutError):
+        """Answer 503 while the database is unreachable or every connection is busy."""
+        if not is_database_unavailable(exc):
+            return handle_unexpected(exc)
         # Nothing was committed, so the caller must retry: 503, never a 2xx.
-        app.logger.error("database unavailable: %s", type(exc.orig).__name__)
+        app.logger.error("database unavailable: %s", type(getattr(exc, "orig", None) or exc).__name__)
         return jsonify({"error": "unavailable", "message": "database unavailable, retry later"}), 503
 
     @app.errorhandler(Exception)

@@ -94,4 +94,5 @@ class ThreadConnections:
         if disconnected:
             self.close()
         return DBAPIError.instance(sql, parameters, error, self.engine.dialect.loaded_dbapi.Error,
+                                   hide_parameters=self.engine.hide_parameters,
                                    connection_invalidated=disconnected, dialect=self.engine.dialect)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from models import RawEvent, db
 from services.ingest import report_connections
@@ -96,3 +98,15 @@ def test_an_unreachable_database_is_a_503_and_nothing_is_acknowledged(make_app):
     answer = post_receipt(app.test_client(), "while-down")
     assert answer.status_code == 503
     assert answer.get_json() == {"error": "unavailable", "message": "database unavailable, retry later"}
+
+
+def test_a_failed_statement_does_not_list_its_parameters_in_the_error(app):
+    # SQLAlchemy would append every parameter (raw vendor requests, message texts) to the error it
+    # logs. PostgreSQL's own message may still quote the statement; the log filter masks numbers.
+    with app.app_context():
+        with pytest.raises(DBAPIError) as raised:
+            report_connections().fetch_one("SELECT CAST(%s AS integer)", ("x",))
+        assert "[SQL parameters hidden" in str(raised.value)
+        with pytest.raises(DBAPIError) as raised:
+            db.session.execute(text("SELECT CAST(:number AS integer)"), {"number": "x"})
+        assert "[SQL parameters hidden" in str(raised.value)

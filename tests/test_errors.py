@@ -1,0 +1,29 @@
+import pytest
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from errors import is_database_unavailable
+from models import db
+
+WINDOW = "startTimeUTC=20180101000000&endTimeUTC=20180102000000"
+
+
+@pytest.mark.parametrize("error, unavailable", [
+    (PoolTimeoutError("QueuePool limit reached"), True),
+    (OperationalError("SELECT 1", {}, Exception("server closed the connection")), True),
+    (InterfaceError("SELECT 1", {}, Exception("connection already closed")), True),
+    (DBAPIError("SELECT 1", {}, Exception("lost"), connection_invalidated=True), True),
+    (DataError("INSERT", {}, Exception("value too long")), False),
+    (IntegrityError("INSERT", {}, Exception("duplicate key")), False),
+    (ValueError("a bug"), False),
+])
+def test_only_transient_database_errors_mean_retry_later(error, unavailable):
+    assert is_database_unavailable(error) is unavailable
+
+
+def test_every_pooled_connection_busy_is_a_503_not_a_500(make_app):
+    app = make_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2})
+    with app.app_context(), db.engine.connect():
+        response = app.test_client().get(f"/status?{WINDOW}")
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "unavailable", "message": "database unavailable, retry later"}
