@@ -16,6 +16,9 @@ from pythonjsonlogger.json import JsonFormatter
 # Everything but the last four digits is matched; the lookahead keeps those four.
 # Runs inside identifiers (UUIDs, hex ids) are left alone.
 PHONE_NUMBER = re.compile(r"(?<![\w-])\+?\d{2,}(?=\d{4}(?![\w-]))")
+# A path segment this long is a callback token (or a guess at one): an unmatched path that carries
+# one, such as a mistyped callback URL, is logged without it.
+TOKEN_LIKE_SEGMENT = re.compile(r"(?<=/)[A-Za-z0-9_-]{20,}(?=/|$)")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 CONTEXT_FIELDS = ("request_id", "route", "client_id", "vendor")
 # gunicorn's access log prints this WSGI environ key (`%({sms_status.route}e)s`) instead of the
@@ -41,7 +44,7 @@ def mask_phone_numbers(text: str) -> str:
 def request_route() -> str:
     """Return the matched route template (never the token or ids in the path), else the masked path."""
     rule = request.url_rule
-    return rule.rule if rule is not None else mask_phone_numbers(request.path)
+    return rule.rule if rule is not None else mask_phone_numbers(TOKEN_LIKE_SEGMENT.sub("<token>", request.path))
 
 
 def request_context() -> dict[str, str | None]:

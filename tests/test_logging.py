@@ -80,6 +80,16 @@ def test_requests_refused_before_any_view_still_carry_a_request_id(make_app, cap
     assert len({line["request_id"] for line in lines}) == 2
 
 
+def test_an_unmatched_path_is_logged_without_a_token_it_carries(make_app, capsys):
+    token = "Zm9vYmFyYmF6cXV4LXNlY3JldC10b2tlbi0xMjM0NQ"
+    client = make_app().test_client()
+    assert client.post(f"/vendors/genesys/clients/{token}/delivery-report").status_code == 404
+    output = capsys.readouterr().out
+    [line] = request_lines(log_lines(output))
+    assert line["route"] == "/vendors/genesys/clients/<token>/delivery-report"
+    assert token not in output
+
+
 def test_partner_request_lines_carry_the_client_id(partner_setup, make_token, capsys):  # noqa: F811
     client, client_id = partner_setup().test_client(), uuid.uuid4()
     response = client.put(f"/clients/{client_id}/configuration", json={"customFieldValues": GENESYS_FIELDS},
