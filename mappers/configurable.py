@@ -140,7 +140,10 @@ def parse_event_time(raw: str, time_format: str) -> datetime:
     parsed = datetime.strptime(raw, time_format)
     if parsed.tzinfo is None:
         return parsed  # Times without an offset are declared to be UTC.
-    return parsed.astimezone(timezone.utc).replace(tzinfo=None)
+    try:
+        return parsed.astimezone(timezone.utc).replace(tzinfo=None)
+    except OverflowError as error:  # e.g. 0001-01-01T00:00:00+0100 is before year 1 in UTC
+        raise ValueError(str(error)) from None
 
 
 def load_mapping_file(path: str) -> MappingFile:

@@ -309,7 +309,8 @@ def test_malformed_document_names_source_and_fault(document, fault):
 
 @pytest.mark.parametrize(
     ("time_format", "raw"),
-    [("%Y-%m-%d", "2024-13-01"), ("epoch", "soon"), ("epoch", "1e300")],
+    [("%Y-%m-%d", "2024-13-01"), ("epoch", "soon"), ("epoch", "1e300"),
+     ("%Y-%m-%dT%H:%M:%S%z", "0001-01-01T00:00:00+0100")],
 )
 def test_event_time_parse_errors_are_value_errors(time_format, raw):
     with pytest.raises(ValueError):
