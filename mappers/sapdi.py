@@ -84,6 +84,6 @@ def _strip_quotes(value: str) -> str:
 
 
 def _rule(status_code: str, overrides: Overrides | None) -> OutcomeRule:
-    """Return the outcome of a code; override keys are codes such as `0x4503`, or `""` for success."""
+    """Return the outcome of a code (`""` for a success report); override keys are codes such as `0x4503`."""
     permanent = (Outcome.HARDBOUNCE, None)
     return find_rule([status_code.lower()], _BUILT_IN_RULES, overrides) or permanent

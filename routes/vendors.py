@@ -14,7 +14,7 @@ from models import Client
 from services.clients import client_config, client_for_callback
 from services.ingest import record_delivery_report, record_inbound_message, utcnow
 from services.metrics import observe_vendor_request, untracked_by_exporter
-from services.twilio_signature import is_valid_signature
+from services.twilio_signature import SIGNATURE_HEADER, is_valid_signature
 
 bp = Blueprint("vendors", __name__)
 bp.after_request(observe_vendor_request)
@@ -54,8 +54,8 @@ def check_twilio_signature(auth_token: str | None, params: dict[str, str]) -> No
     if not auth_token:
         return
     signed = list(request.form.items(multi=True)) if request.method == "POST" else []
-    if not is_valid_signature(auth_token, public_url(), signed, request.headers.get("X-Twilio-Signature")):
-        raise Forbidden("invalid or missing X-Twilio-Signature", field="X-Twilio-Signature")
+    if not is_valid_signature(auth_token, public_url(), signed, request.headers.get(SIGNATURE_HEADER)):
+        raise Forbidden(f"invalid or missing {SIGNATURE_HEADER}", field=SIGNATURE_HEADER)
 
 
 def public_url() -> str:

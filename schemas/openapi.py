@@ -67,7 +67,7 @@ SAPDI_QUERY = tuple(
     {"name": name, "in": "query", "required": required, "schema": {"type": "string"}, "description": text}
     for name, required, text in (
         ("orderID", True, "The message id"), ("date", True, "Event date, ddMMyyyy"),
-        ("time", True, "Event time, HHmmss (UTC)"), ("msisdn", False, "The recipient"),
+        ("time", True, "Event time, HHmmss (UTC)"), ("msisdn", True, "The recipient"),
         ("status", True, "Status code and text, e.g. 0xDBF3 absent subscriber")))
 
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {

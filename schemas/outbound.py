@@ -23,7 +23,7 @@ from errors import ServiceError
 from schemas.text import no_nul_characters
 
 MAX_BATCH_SIZE = 1000
-# Column widths of the outbound message store; longer values could not be kept.
+# The message id column's width; a sender (source) longer than 32 characters no SMS network carries.
 MAX_MESSAGE_ID_LENGTH = 100
 MAX_SOURCE_LENGTH = 32
 FIELD_ORDER = ("emarsysMessageId", "source", "destination", "message")

@@ -212,10 +212,6 @@ class Dispatcher:
             log.error("sending message %s raised %s", message.public_id, type(exc).__name__)
             return retry_later("exception", f"sending raised {type(exc).__name__}")
 
-    def _record(self, job: SendJob, result: SendResult) -> None:
-        """Store one outcome, as _record_all stores a chunk of them."""
-        self._record_all([(job, result)])
-
     def _record_all(self, outcomes: list[SendOutcome]) -> None:
         """Hand back, requeue or finish each message of the chunk, in one transaction.
 

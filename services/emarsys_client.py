@@ -15,7 +15,6 @@ from services.retry import parse_retry_after
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.emarsys.net/sms/partner/v1"
 MAX_BATCH_SIZE = 1000
 DELIVERY_REPORTS = "deliveryReports"
 INBOUND_MESSAGES = "inboundMessages"

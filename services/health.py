@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from models import db
 
-# One long-lived thread: a hung check must not spawn a new thread per probe.
+# A small fixed pool: a hung check must not spawn a new thread per probe.
 _probe_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ready-probe")
 
 

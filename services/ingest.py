@@ -224,7 +224,7 @@ def _sync_bounce(state_id: int, report: DeliveryReport, event_id: int) -> None:
     db.session.execute(stmt)
 
 
-# Reports sent in one round trip by add_delivery_reports; 17 parameters each keeps a page well
+# Reports sent in one round trip by add_delivery_reports; 16 parameters each keeps a page well
 # within what PostgreSQL parses at once.
 REPORTS_PER_ROUND_TRIP = 100
 

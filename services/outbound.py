@@ -11,7 +11,6 @@ from schemas.outbound import OutboundMessage as BatchMessage
 from schemas.outbound import client_error
 from services.clients import client_config, get_client
 from services.crypto import UndecryptableSecrets
-# The dialect-aware INSERT (PostgreSQL or SQLite ON CONFLICT) that ingest uses too.
 from services.ingest import utcnow
 
 log = logging.getLogger(__name__)
@@ -25,11 +24,6 @@ class AcceptedBatch:
 
     received: int
     queued: int
-
-    @property
-    def already_known(self) -> int:
-        """Return how many messages this client had already handed over."""
-        return self.received - self.queued
 
 
 def accept_batch(client_id: uuid.UUID, messages: list[BatchMessage]) -> AcceptedBatch:

@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 REALM = "emarsys-partner"
 DEFAULT_JWKS_URL = "https://smsemarsys.accounts.ondemand.com/oauth2/certs"
-DEFAULT_ISSUER = "https://smsemarsys.accounts.ondemand.com"
 
 # Only signature algorithms whose verification key is public; HMAC and "none" are never
 # accepted, which is what defeats the "HS256 keyed with the public key PEM" confusion attack.

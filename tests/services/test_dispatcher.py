@@ -330,7 +330,7 @@ def test_late_result_of_a_worker_that_lost_its_lease_is_ignored(app_context, htt
     wait_until_leases_expire()
     dispatcher(app_context, "worker-b").run_once()
 
-    slow_worker._record(job, vendors.refused(Outcome.HARDBOUNCE, None, "1", "request invalid"))
+    slow_worker._record_all([(job, vendors.refused(Outcome.HARDBOUNCE, None, "1", "request invalid"))])
 
     row = message(public_id)
     assert (row.state, row.attempts) == ("sent", 2)
