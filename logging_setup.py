@@ -154,9 +154,9 @@ def request_log_level(status: int) -> int:
 
 
 def warn_about_open_endpoints(app: Flask) -> None:
-    """Log a loud warning when production runs the SAP pull without credentials."""
+    """Log a loud warning when production runs without the SAP pull's credentials."""
     creds = app.config.get("SAP_STATUS_USERNAME") and app.config.get("SAP_STATUS_PASSWORD")
     if app.config.get("PRODUCTION") and not creds:
         app.logger.warning(
             "SECURITY WARNING: SAP_STATUS_USERNAME/SAP_STATUS_PASSWORD are not set; "
-            "GET /status serves bounces to anyone. Set them to the SAP communication user's credentials.")
+            "GET /status answers 503 until they are. Set them to the SAP communication user's credentials.")

@@ -6,7 +6,7 @@ import hmac
 
 from flask import current_app, request
 
-from errors import Unauthorized
+from errors import Unauthorized, Unavailable
 
 
 def credentials_match(expected_user: str, expected_password: str) -> bool:
@@ -20,14 +20,18 @@ def credentials_match(expected_user: str, expected_password: str) -> bool:
 
 
 def basic_auth_required(user_key: str, password_key: str, realm: str):
-    """Guard a view with Basic credentials from config; open when they are unset."""
+    """Guard a view with Basic credentials from config; without them, open only outside production."""
 
     def decorator(view):
         @functools.wraps(view)
         def guarded(*args, **kwargs):
             user = current_app.config.get(user_key)
             password = current_app.config.get(password_key)
-            if user and password and not credentials_match(user, password):
+            if not (user and password):
+                if current_app.config.get("PRODUCTION"):
+                    # Production never serves it open: the operator forgot the credentials.
+                    raise Unavailable(f"{user_key} and {password_key} are not set", field=user_key)
+            elif not credentials_match(user, password):
                 raise Unauthorized("valid Basic credentials are required",
                                    headers={"WWW-Authenticate": f'Basic realm="{realm}", charset="UTF-8"'})
             return view(*args, **kwargs)

@@ -119,6 +119,21 @@ def test_basic_auth_is_enforced_on_every_pull_path(make_app, path):
     assert right.status_code == 200
 
 
+@pytest.mark.parametrize("path", PULL_PATHS)
+def test_production_without_pull_credentials_serves_no_bounces(make_app, path):
+    client = make_app(PRODUCTION=True).test_client()
+    push_bounce(client, "1", datetime(2018, 1, 1, 1))
+    response = client.get(f"{path}?{WINDOW}&page=0")
+    assert response.status_code == 503
+    assert response.get_json()["field"] == "SAP_STATUS_USERNAME"
+    assert "status" not in response.get_json()
+
+
+def test_outside_production_the_pull_is_open_without_credentials(client):
+    push_bounce(client, "1", datetime(2018, 1, 1, 1))
+    assert len(client.get(f"/status?{WINDOW}&page=0").get_json()["status"]) == 1
+
+
 def test_vendor_push_stays_open_when_pull_credentials_are_set(make_app):
     client = make_app(SAP_STATUS_USERNAME="sap", SAP_STATUS_PASSWORD="s3cret").test_client()
     push_bounce(client, "1", datetime(2018, 1, 1, 1))
