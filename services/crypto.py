@@ -1,6 +1,7 @@
 """Encryption at rest of client secrets (Fernet, from CONFIG_ENCRYPTION_KEY)."""
 from __future__ import annotations
 
+import binascii
 import json
 import os
 from pathlib import Path
@@ -43,6 +44,16 @@ class SecretBox:
             raise UndecryptableSecrets("stored secrets cannot be decrypted with CONFIG_ENCRYPTION_KEY") from None
 
 
+def check_fernet_key(key: str, position: int) -> None:
+    """Stop start-up on a key that is not a Fernet key, rather than fail every request that needs it."""
+    try:
+        Fernet(key.encode())
+    except (ValueError, binascii.Error):
+        # The message names the key's position, never the key.
+        raise ValueError(f"CONFIG_ENCRYPTION_KEY: key {position} is not a Fernet key "
+                         "(32 bytes in URL-safe base64)") from None
+
+
 def encryption_keys(configured: str | None, instance_dir: Path, production: bool) -> list[str]:
     """Return the configured keys (comma-separated, newest first).
 
@@ -50,7 +61,10 @@ def encryption_keys(configured: str | None, instance_dir: Path, production: bool
     set-up; production must set CONFIG_ENCRYPTION_KEY and gets no keys (503) without it.
     """
     if configured:
-        return [key.strip() for key in configured.split(",") if key.strip()]
+        keys = [key.strip() for key in configured.split(",") if key.strip()]
+        for position, key in enumerate(keys, start=1):
+            check_fernet_key(key, position)
+        return keys
     if production:
         return []
     key_file = instance_dir / "config-encryption.key"

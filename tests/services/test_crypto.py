@@ -51,14 +51,27 @@ def test_a_box_without_keys_is_unavailable():
     assert caught.value.status_code == 503
 
 
+K1, K2 = new_key(), new_key()
+
+
 @pytest.mark.parametrize("configured, expected", [
-    ("k1", ["k1"]),
-    ("k1,k2", ["k1", "k2"]),
-    (" k1 , k2 ,", ["k1", "k2"]),
+    (K1, [K1]),
+    (f"{K1},{K2}", [K1, K2]),
+    (f" {K1} , {K2} ,", [K1, K2]),
 ])
 def test_configured_keys_are_comma_separated_newest_first(tmp_path, configured, expected):
     assert encryption_keys(configured, tmp_path, production=True) == expected
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("configured, position", [
+    ("not-a-fernet-key", 1),
+    (f"{K1},{K2[:-4]}", 2),
+])
+def test_a_malformed_key_stops_start_up_without_naming_the_key(tmp_path, configured, position):
+    with pytest.raises(ValueError, match=f"CONFIG_ENCRYPTION_KEY: key {position} is not a Fernet key") as raised:
+        encryption_keys(configured, tmp_path, production=True)
+    assert configured.split(",")[-1] not in str(raised.value)
 
 
 def test_production_without_a_key_gets_none(tmp_path):
