@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 
 from errors import NotFound
 from models import Client, OutboundMessage, db
@@ -48,6 +49,17 @@ def secret_box() -> SecretBox:
 
 def save_client(client_id: uuid.UUID, config: ClientConfig) -> Client:
     """Create or update a client and commit; an update keeps its callback token."""
+    try:
+        client = _store_client(client_id, config)
+    except IntegrityError:
+        # A concurrent request created this client first: this one updates it instead.
+        db.session.rollback()
+        client = _store_client(client_id, config)
+    log.info("client %s configured: %s", client_id, config.redacted())
+    return client
+
+
+def _store_client(client_id: uuid.UUID, config: ClientConfig) -> Client:
     now = utcnow()
     secret_values = {k: v for k, v in config.fields.items() if k in config.secret_field_names}
     plain_values = {k: v for k, v in config.fields.items() if k not in config.secret_field_names}
@@ -59,7 +71,6 @@ def save_client(client_id: uuid.UUID, config: ClientConfig) -> Client:
         db.session.add(client)
     client.vendor, client.settings, client.secrets, client.updated_at = config.vendor, plain_values, sealed, now
     db.session.commit()
-    log.info("client %s configured: %s", client_id, config.redacted())
     return client
 
 

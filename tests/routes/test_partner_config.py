@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import logging
 import socket
+import threading
 import uuid
 from urllib.parse import urlsplit
 
@@ -76,6 +77,27 @@ def test_update_keeps_the_callback_token(partner_client, auth, onboard, genesys_
     assert second == first
     stored = partner_client.get(configuration_url(client_id), headers=auth).get_json()
     assert stored["customFieldValues"]["login"] == "new-login"
+
+
+def test_a_client_created_meanwhile_by_another_request_is_updated_not_a_500(partner_app, partner_client, auth,
+                                                                           genesys_fields):
+    client_id, token = uuid.uuid4(), "t" * 43
+    with partner_app.app_context():
+        other = db.engine.raw_connection()
+    try:
+        with other.cursor() as cursor:  # another request's insert, not yet committed
+            cursor.execute("INSERT INTO clients (id, vendor, settings, secrets, callback_token, created_at, updated_at)"
+                           " VALUES (%s, 'genesys', '{}', '', %s, now(), now())", (str(client_id), token))
+        # The PUT cannot see that row, and its own insert waits on the key until this commits.
+        threading.Timer(0.5, other.commit).start()
+        response = partner_client.put(configuration_url(client_id), headers=auth,
+                                      json={"customFieldValues": genesys_fields})
+    finally:
+        other.close()
+    assert response.status_code == 200
+    assert token in response.get_json()["callbackUrls"]["deliveryReports"]["url"]
+    with partner_app.app_context():
+        assert db.session.get(Client, client_id).settings["login"] == genesys_fields["login"]
 
 
 def test_get_answers_the_fields_with_secrets_and_urls(partner_client, auth, onboard, genesys_fields):
