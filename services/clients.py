@@ -8,13 +8,14 @@ import uuid
 from dataclasses import dataclass
 
 from flask import current_app
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 
 from errors import NotFound
-from models import Client, OutboundMessage, db
+from models import Client, OutboundMessage, OutboxItem, db
 from schemas.client_config import ClientConfig
 from services.crypto import SecretBox
+from services.forwarder import LEASED, PENDING
 from services.ingest import utcnow
 
 log = logging.getLogger(__name__)
@@ -103,11 +104,14 @@ def client_for_callback(vendor: str, token: str) -> Client:
 
 
 def delete_client(client_id: uuid.UUID) -> None:
-    """Delete a client, cancel its unsent messages, and commit."""
+    """Delete a client, cancel its unsent messages, drop its unforwarded reports, and commit."""
     client = get_client(client_id)
     db.session.execute(update(OutboundMessage)
                        .where(OutboundMessage.client_id == client_id, OutboundMessage.state == "queued")
                        .values(state="cancelled", updated_at=utcnow(), lease_owner=None, lease_until=None))
+    # Emarsys would answer them 404: they would only pile up as dead letters.
+    db.session.execute(delete(OutboxItem)
+                       .where(OutboxItem.client_id == client_id, OutboxItem.state.in_((PENDING, LEASED))))
     db.session.delete(client)
     db.session.commit()
     log.info("client %s deleted", client_id)

@@ -12,7 +12,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import func, text
 
-from models import Client, OutboundMessage, db
+from models import Client, OutboundMessage, OutboxItem, db
 from tests.emarsys_spec import requires_spec, validate_pointer, validate_schema
 
 SPEC = "partner-service.yaml"
@@ -150,6 +150,17 @@ def test_delete_cancels_only_that_clients_queued_messages(partner_app, partner_c
     with partner_app.app_context():
         states = dict(db.session.execute(db.select(OutboundMessage.client_id, OutboundMessage.state)).all())
     assert states == {gone: "cancelled", kept: "queued"}
+
+
+def test_delete_drops_only_that_clients_unforwarded_reports(partner_app, partner_client, auth, onboard):
+    (gone, gone_urls), (kept, kept_urls) = onboard(), onboard()
+    for urls in (gone_urls, kept_urls):
+        path = urlsplit(urls["deliveryReports"]["url"]).path
+        receipt = {"type": "receipt", "message_id": f"g-{path[-30:-20]}", "message_state": "2", "result_code": "0"}
+        assert partner_client.post(path, data=receipt).status_code == 200
+    assert partner_client.delete(configuration_url(gone), headers=auth).status_code == 204
+    with partner_app.app_context():
+        assert list(db.session.scalars(db.select(OutboxItem.client_id))) == [kept]
 
 
 # (custom field values, fieldName, errorType)
