@@ -36,7 +36,7 @@ from models import Client, OutboundMessage, db
 from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage as MessageToSend
 from services.clients import callback_urls, client_config
-from services.ingest import ReportToAdd, add_delivery_reports, utcnow
+from services.ingest import ReportToAdd, add_delivery_reports, adopt_early_reports, utcnow
 from services.vendors import SendResult, refused, retry_later, send_message
 
 log = logging.getLogger(__name__)
@@ -269,8 +269,9 @@ class Dispatcher:
             outcomes, state=outcomes.c.state, vendor=outcomes.c.vendor,
             vendor_message_id=outcomes.c.vendor_message_id, last_error=outcomes.c.last_error,
             lease_owner=None, lease_until=None, updated_at=now)
-        add_delivery_reports([_report(job, result, now) for job, result in finals
-                              if job.message.id in finished])
+        reports = [_report(job, result, now) for job, result in finals if job.message.id in finished]
+        adopt_early_reports(reports)
+        add_delivery_reports(reports)
         return finished
 
     def _update_owned(self, rows, **values) -> set[int]:

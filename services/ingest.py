@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import Connection, delete, literal
+from sqlalchemy import Connection, delete, literal, or_, tuple_
 
-from mappers.report import OUTCOME_RANK, DeliveryReport, InboundMessage
+from mappers.report import OUTCOME_RANK, DeliveryReport, ErrorType, InboundMessage, Outcome
 from models import Bounce, InboundMessageRecord, MessageState, OutboxItem, RawEvent, db, dialect_insert
 from schemas.callbacks import delivery_report_item, inbound_message_item
 from services.metrics import count_report
@@ -239,6 +239,48 @@ class ReportToAdd:
     client_id: uuid.UUID | None = None
     emarsys_message_id: str | None = None
     kind: str = "delivery_report"
+
+
+def adopt_early_reports(reports: list[ReportToAdd]) -> None:
+    """Give states that vendor reports created before these send results the message's client.
+
+    A vendor may report on a message before the dispatcher has recorded that it sent it. That
+    state then lacks the client and the Emarsys message id, and the send result cannot add them
+    because a state never moves backwards. So, in the caller's transaction, such a state takes
+    both from its send result and the outcome it already has is forwarded to Emarsys.
+    """
+    by_key = {(item.vendor, item.report.vendor_message_id): item for item in reports if item.client_id}
+    if not by_key:
+        return
+    states = db.session.scalars(
+        db.select(MessageState)
+        .where(tuple_(MessageState.vendor, MessageState.vendor_message_id).in_(list(by_key)),
+               or_(MessageState.client_id.is_(None), MessageState.emarsys_message_id.is_(None)))
+        .with_for_update())
+    now = utcnow()
+    for state in states:
+        item = by_key[(state.vendor, state.vendor_message_id)]
+        if _would_apply(item.report, state):
+            continue  # add_delivery_reports fills the ids and forwards the send result itself.
+        state.client_id = state.client_id or item.client_id
+        state.emarsys_message_id = state.emarsys_message_id or item.emarsys_message_id
+        forward_id = state.emarsys_message_id or state.vendor_message_id
+        enqueue_forward(state.client_id, "delivery_report", forward_id,
+                        delivery_report_item(_current_report(state), forward_id), state.event_at, now)
+    db.session.flush()
+
+
+def _would_apply(report: DeliveryReport, state: MessageState) -> bool:
+    # The never-backwards rule of the state upsert, in Python.
+    rank = OUTCOME_RANK[report.outcome]
+    return rank > state.rank or (rank == state.rank and report.event_at >= state.event_at)
+
+
+def _current_report(state: MessageState) -> DeliveryReport:
+    return DeliveryReport(
+        vendor_message_id=state.vendor_message_id, recipient=state.recipient, status_code=state.status_code,
+        status_text=state.status_text, event_at=state.event_at, outcome=Outcome(state.outcome),
+        error_type=ErrorType(state.error_type) if state.error_type else None)
 
 
 def add_delivery_reports(reports: list[ReportToAdd]) -> None:

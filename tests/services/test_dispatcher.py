@@ -262,6 +262,41 @@ def test_later_genesys_report_updates_the_client_message(app_context, httpserver
     assert forwarded_statuses(row.emarsys_message_id) == ["ACCEPTED", "DELIVERED"]
 
 
+@pytest.mark.parametrize("state, outcome", [("2", "DELIVERED"), ("5", "HARDBOUNCE")])
+def test_a_report_that_came_before_its_send_result_reaches_emarsys_under_its_id(app_context, httpserver,
+                                                                                state, outcome):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    [public_id] = queue_messages(client_id)
+    # The vendor's receipt reaches the unscoped URL before the dispatcher records the send.
+    answer = app_context.test_client().post("/vendors/genesys/delivery-reports", data={
+        "type": "receipt", "message_id": public_id, "message_state": state, "result_code": "1"})
+    assert answer.status_code == 200
+    assert message_state("genesys", public_id).client_id is None
+    dispatcher(app_context).run_once()
+
+    row = message(public_id)
+    reported = message_state("genesys", public_id)
+    assert (reported.outcome, reported.client_id, reported.emarsys_message_id) == (
+        outcome, client_id, row.emarsys_message_id)
+    assert forwarded_statuses(row.emarsys_message_id) == [outcome]
+    assert forwarded_statuses(public_id) == []
+
+
+def test_a_state_already_tied_to_its_client_is_left_to_the_send_result(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    [public_id] = queue_messages(client_id)
+    # An ACCEPTED receipt that came first loses to the later send result, which forwards itself.
+    app_context.test_client().post("/vendors/genesys/delivery-reports", data={
+        "type": "receipt", "message_id": public_id, "message_state": "6", "result_code": "0"})
+    dispatcher(app_context).run_once()
+
+    row = message(public_id)
+    assert message_state("genesys", public_id).emarsys_message_id == row.emarsys_message_id
+    assert forwarded_statuses(row.emarsys_message_id) == ["ACCEPTED"]
+
+
 def drain_with_two_workers(app_context) -> Counter[str]:
     """Run two dispatchers in threads until neither finds work; return how many each handled."""
     handled: Counter[str] = Counter()
