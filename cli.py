@@ -161,7 +161,7 @@ def _age(ctx: click.Context, param: click.Parameter, value: str | None) -> timed
 @click.option("--batch-size", type=click.IntRange(min=1), help="Rows per transaction (default: PURGE_BATCH_SIZE).")
 def purge_command(older_than: timedelta | None, dry_run: bool, batch_size: int | None) -> None:
     """Delete what has outlived the retention, in short batches, and print the count per table."""
-    from services.ingest import utcnow
+    from services.clock import utcnow
     from services.retention import purge
 
     cutoff = utcnow() - (older_than or timedelta(days=current_app.config["RETENTION_DAYS"]))

@@ -12,7 +12,8 @@ from mappers.params import decode_form
 from mappers.registry import VendorAdapter
 from models import Client
 from services.clients import client_config, client_for_callback
-from services.ingest import record_delivery_report, record_inbound_message, utcnow
+from services.clock import utcnow
+from services.ingest import record_delivery_report, record_inbound_message
 from services.metrics import observe_vendor_request, untracked_by_exporter
 from services.twilio_signature import SIGNATURE_HEADER, is_valid_signature
 

@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy import Connection, delete, func, tuple_, update
 
 from models import Bounce, InboundMessageRecord, MessageState, RawEvent, StatusCursor, db, dialect_insert
-from services.ingest import utcnow
+from services.clock import utcnow
 from services.prepared import driver_autocommit, prepare_once
 
 SAP_TIME_FORMAT = "%Y%m%d%H%M%S"

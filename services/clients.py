@@ -16,7 +16,7 @@ from models import Client, OutboundMessage, OutboxItem, db
 from schemas.client_config import ClientConfig
 from services.crypto import SecretBox
 from services.forwarder import LEASED, PENDING
-from services.ingest import utcnow
+from services.clock import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from logging_setup import mask_phone_numbers
 from mappers.report import PERMANENT, TEMPORARY, Outcome
 from models import Bounce, MessageState, OutboundMessage, OutboxItem, RawEvent, db
 from services.charts import StackedBars
-from services.ingest import utcnow
+from services.clock import utcnow
 from services.outbox import outbox_status
 
 CHART_HOURS = 24

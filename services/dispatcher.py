@@ -36,7 +36,8 @@ from models import Client, OutboundMessage, db
 from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage as MessageToSend
 from services.clients import callback_urls, client_config
-from services.ingest import ReportToAdd, add_delivery_reports, adopt_early_reports, utcnow
+from services.clock import utcnow
+from services.ingest import ReportToAdd, add_delivery_reports, adopt_early_reports
 from services.vendors import SendResult, refused, retry_later, send_message
 
 log = logging.getLogger(__name__)

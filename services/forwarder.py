@@ -25,7 +25,7 @@ from sqlalchemy.orm import aliased
 
 from models import OutboxItem, db
 from services.emarsys_client import MAX_BATCH_SIZE, CallResult, EmarsysClient
-from services.ingest import utcnow
+from services.clock import utcnow
 from services.metrics import record_emarsys_call
 from services.oauth import OAuthTokenProvider
 from services.retry import RetryPolicy

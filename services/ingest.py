@@ -6,7 +6,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from sqlalchemy import Connection, delete, literal, or_, tuple_
 from mappers.report import OUTCOME_RANK, DeliveryReport, ErrorType, InboundMessage, Outcome
 from models import Bounce, InboundMessageRecord, MessageState, OutboxItem, RawEvent, db, dialect_insert
 from schemas.callbacks import delivery_report_item, inbound_message_item
+from services.clock import utcnow
 from services.metrics import count_report
 from services.prepared import prepare_once
 from services.thread_connections import ThreadConnections
@@ -51,11 +52,6 @@ class IngestResult:
     duplicate: bool
     applied: bool
     message_state_id: int | None = None
-
-
-def utcnow() -> datetime:
-    """Return the current time as naive UTC, the form every table stores."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def record_delivery_report(vendor: str, report: DeliveryReport, params: dict[str, Any],

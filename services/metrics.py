@@ -22,7 +22,6 @@ import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -39,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from logging_setup import STARTED_ENVIRON_KEY
 from mappers.report import Outcome
 from models import OutboundMessage, OutboxItem, db, dialect_insert
+from services.clock import utcnow
 from models.counters import WorkerCounter
 
 log = logging.getLogger(__name__)
@@ -80,11 +80,6 @@ class Deduplicated(Protocol):
 
 
 IngestOutcome = TypeVar("IngestOutcome", bound=Deduplicated)
-
-
-def naive_utcnow() -> datetime:
-    """Return the current time as naive UTC, like services.ingest.utcnow (which imports this module)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def count_report(vendor: str, outcome: Outcome, result: IngestOutcome) -> IngestOutcome:
@@ -149,7 +144,7 @@ def persist_worker_counts() -> None:
     counts = worker_tally.take()
     if not counts:
         return
-    now = naive_utcnow()
+    now = utcnow()
     # Sorted rows lock in one order, so two workers' upserts cannot deadlock.
     rows = [{"name": name, "labels": labels, "value": value, "updated_at": now}
             for (name, labels), value in sorted(counts.items())]
@@ -178,7 +173,7 @@ def read_queue_snapshot() -> QueueSnapshot:
                               .where(OutboxItem.state.in_(OUTBOX_STATES)).group_by(OutboxItem.state)).all()
     outbox = dict.fromkeys(OUTBOX_STATES, 0) | {state: count for state, count, _ in rows}
     oldest = min((since for _, _, since in rows if since is not None), default=None)
-    age = 0.0 if oldest is None else max(0.0, (naive_utcnow() - oldest).total_seconds())
+    age = 0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
     counters = [(name, json.loads(labels), value) for name, labels, value in db.session.execute(
         select(WorkerCounter.name, WorkerCounter.labels, WorkerCounter.value)).all()]
     return QueueSnapshot(outbound, outbox, age, counters)

@@ -11,7 +11,7 @@ from schemas.outbound import OutboundMessage as BatchMessage
 from schemas.outbound import client_error
 from services.clients import client_config, get_client
 from services.crypto import UndecryptableSecrets
-from services.ingest import utcnow
+from services.clock import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 
 from models import OutboxItem, db
 from services.forwarder import DEAD, LEASED, PENDING
-from services.ingest import utcnow
+from services.clock import utcnow
 from services.retry import parse_duration
 
 STATES = ("pending", "leased", "done", "dead")

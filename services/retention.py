@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, delete, exists, func, select
 
 from models import (Bounce, InboundMessageRecord, MessageState, OutboundMessage, OutboxItem, RawEvent,
                     StatusCursor, db)
-from services.ingest import utcnow
+from services.clock import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from models import OutboxItem, db
-from services.ingest import utcnow
+from services.clock import utcnow
 from services.outbox import parse_since
 
 CLIENT_A = uuid.UUID("39a281c7-942f-49a9-91c2-8f0dba750f7f")

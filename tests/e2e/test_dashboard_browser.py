@@ -15,7 +15,8 @@ from werkzeug.serving import make_server
 
 from mappers.report import DeliveryReport, Outcome
 from models import OutboxItem, db
-from services.ingest import record_delivery_report, utcnow
+from services.clock import utcnow
+from services.ingest import record_delivery_report
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -14,7 +14,8 @@ from models import Bounce, MessageState, OutboundMessage, OutboxItem, RawEvent, 
 from routes.dashboard import format_age, replay_token
 from services import dashboard
 from services.charts import StackedBars, nice_ceiling, stacked_bar_svg
-from services.ingest import record_delivery_report, utcnow
+from services.clock import utcnow
+from services.ingest import record_delivery_report
 
 ADMIN = ("operator", "dash-Pa55-word")
 CLIENT_ID = uuid.UUID("0d3c8f4e-6a0b-4c55-9d1e-3f2a1b4c5d6e")

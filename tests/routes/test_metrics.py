@@ -16,7 +16,7 @@ from werkzeug import Request, Response
 
 from models import OutboundMessage, OutboxItem, db
 from services.forwarder import Forwarder
-from services.ingest import utcnow
+from services.clock import utcnow
 from services.metrics import worker_tally
 from tests.pg import free_port
 

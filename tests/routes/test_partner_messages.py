@@ -9,7 +9,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import text
 
 from models import OutboundMessage, db
-from services.ingest import utcnow
+from services.clock import utcnow
 from tests.emarsys_spec import requires_spec, validate_schema
 
 SPEC = "partner-service.yaml"

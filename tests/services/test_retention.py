@@ -10,7 +10,7 @@ from sqlalchemy import event, func, select
 
 from models import (Bounce, InboundMessageRecord, MessageState, OutboundMessage, OutboxItem, RawEvent,
                     StatusCursor, db)
-from services.ingest import utcnow
+from services.clock import utcnow
 from services.retention import RetentionJob, purge
 from services.worker import Worker
 
