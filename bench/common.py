@@ -528,7 +528,10 @@ def format_value(value: Any) -> str:
         return str(value)
     if value != value or value in (float("inf"), float("-inf")):  # NaN, or a ratio with nothing to divide
         return "n/a"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    # Three decimals below 1, so a ratio of 0.395 never reads as a target of 0.40 met.
+    return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
