@@ -14,9 +14,9 @@ from sqlalchemy.exc import IntegrityError
 from errors import NotFound
 from models import Client, OutboundMessage, OutboxItem, db
 from schemas.client_config import ClientConfig
+from services.clock import utcnow
 from services.crypto import SecretBox
 from services.forwarder import LEASED, PENDING
-from services.clock import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from sqlalchemy import ColumnElement, Row, and_, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from models import OutboxItem, db
-from services.emarsys_client import MAX_BATCH_SIZE, CallResult, EmarsysClient
 from services.clock import utcnow
+from services.emarsys_client import MAX_BATCH_SIZE, CallResult, EmarsysClient
 from services.metrics import record_emarsys_call
 from services.oauth import OAuthTokenProvider
 from services.retry import RetryPolicy

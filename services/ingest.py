@@ -238,7 +238,7 @@ class ReportToAdd:
 
 
 def adopt_early_reports(reports: list[ReportToAdd]) -> None:
-    """Give states that vendor reports created before these send results the message's client.
+    """Tie each state a vendor report created before its send result to the message's client.
 
     A vendor may report on a message before the dispatcher has recorded that it sent it. That
     state then lacks the client and the Emarsys message id, and the send result cannot add them

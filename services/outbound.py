@@ -10,8 +10,8 @@ from schemas.client_config import CUSTOM_FIELD_VALUES, VENDORS, ClientConfig, In
 from schemas.outbound import OutboundMessage as BatchMessage
 from schemas.outbound import client_error
 from services.clients import client_config, get_client
-from services.crypto import UndecryptableSecrets
 from services.clock import utcnow
+from services.crypto import UndecryptableSecrets
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import func, select, update
 
 from models import OutboxItem, db
-from services.forwarder import DEAD, LEASED, PENDING
 from services.clock import utcnow
+from services.forwarder import DEAD, LEASED, PENDING
 from services.retry import parse_duration
 
 STATES = ("pending", "leased", "done", "dead")

@@ -15,8 +15,8 @@ from sqlalchemy import insert
 from werkzeug import Request, Response
 
 from models import OutboundMessage, OutboxItem, db
-from services.forwarder import Forwarder
 from services.clock import utcnow
+from services.forwarder import Forwarder
 from services.metrics import worker_tally
 from tests.pg import free_port
 

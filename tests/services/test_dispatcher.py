@@ -16,8 +16,8 @@ from models import Bounce, MessageState, OutboundMessage, OutboxItem, RawEvent, 
 from schemas.client_config import load_client_config
 from services import vendors
 from services.clients import callback_urls, delete_client, get_client, save_client
-from services.dispatcher import Dispatcher
 from services.clock import utcnow
+from services.dispatcher import Dispatcher
 
 GENESYS_PATH = "/httpapi/receiver"
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2

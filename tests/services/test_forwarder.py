@@ -19,9 +19,9 @@ from models import OutboundMessage, OutboxItem, db
 from schemas.callbacks import delivery_report_item
 from schemas.client_config import load_client_config
 from services.clients import callback_urls, save_client
+from services.clock import utcnow
 from services.emarsys_client import CallResult
 from services.forwarder import Forwarder, claim_lock_key
-from services.clock import utcnow
 from services.ingest import record_delivery_report
 from tests.emarsys_spec import requires_spec, validate_pointer, validate_schema
 
