@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, func, or_
 
 from logging_setup import mask_phone_numbers
 from mappers.report import PERMANENT, TEMPORARY, Outcome
@@ -105,7 +105,7 @@ def reports_per_hour(vendor: str | None, now: datetime | None = None,
     """Count delivery reports by the hour they arrived and their outcome, for one vendor or all."""
     start = chart_start(now or utcnow(), hours)
     hour = _hour_of(RawEvent.received_at)
-    stmt = (select(hour, RawEvent.outcome, func.count())
+    stmt = (db.select(hour, RawEvent.outcome, func.count())
             .where(RawEvent.received_at >= start, RawEvent.outcome.is_not(None))
             .group_by(hour, RawEvent.outcome))
     if vendor:
@@ -129,13 +129,13 @@ def report_chart(counts: dict[datetime, dict[str, int]], vendor: str | None) -> 
 def chart_vendors(known: Iterable[str], now: datetime | None = None) -> list[str]:
     """Return the configured vendors and every vendor with reports in the chart's window."""
     since = chart_start(now or utcnow())
-    seen = db.session.scalars(select(RawEvent.vendor).where(RawEvent.received_at >= since).distinct())
+    seen = db.session.scalars(db.select(RawEvent.vendor).where(RawEvent.received_at >= since).distinct())
     return sorted(set(known) | set(seen))
 
 
 def waiting_bounces() -> dict[str, int]:
     """Count the bounces SAP has not pulled yet, by type."""
-    rows = db.session.execute(select(Bounce.type, func.count()).where(Bounce.pulled_at.is_(None))
+    rows = db.session.execute(db.select(Bounce.type, func.count()).where(Bounce.pulled_at.is_(None))
                               .group_by(Bounce.type))
     return {PERMANENT: 0, TEMPORARY: 0} | {bounce_type: count for bounce_type, count in rows}
 
@@ -143,7 +143,7 @@ def waiting_bounces() -> dict[str, int]:
 def forwarding_health(now: datetime | None = None) -> ForwardingHealth:
     """Return outbox depth, oldest waiting age, last successful forward and dead letters."""
     status = outbox_status(now)
-    last_success = db.session.scalar(select(func.max(OutboxItem.sent_at)))
+    last_success = db.session.scalar(db.select(func.max(OutboxItem.sent_at)))
     return ForwardingHealth(depth=status.counts["pending"] + status.counts["leased"],
                             oldest_pending_age=status.oldest_pending_age, last_success=last_success,
                             dead_letters=status.counts["dead"])
@@ -152,21 +152,21 @@ def forwarding_health(now: datetime | None = None) -> ForwardingHealth:
 def message_history(message_id: str) -> MessageHistory:
     """Return the whole stored history of a message, found by any id it is known by."""
     identifiers = _related_identifiers(message_id)
-    states = _rows(select(MessageState).where(_any_in(identifiers, MessageState.vendor_message_id,
+    states = _rows(db.select(MessageState).where(_any_in(identifiers, MessageState.vendor_message_id,
                                                       MessageState.emarsys_message_id))
                    .order_by(MessageState.id))
     state_ids = [state.id for state in states]
     return MessageHistory(
         message_id=message_id, identifiers=sorted(identifiers),
         raw_events=[_raw_event_view(event) for event in _rows(
-            select(RawEvent).where(RawEvent.vendor_message_id.in_(identifiers)).order_by(RawEvent.id))],
+            db.select(RawEvent).where(RawEvent.vendor_message_id.in_(identifiers)).order_by(RawEvent.id))],
         states=[_state_view(state) for state in states],
         bounces=[_bounce_view(bounce) for bounce in _rows(
-            select(Bounce).where(or_(Bounce.message_state_id.in_(state_ids), Bounce.message_id.in_(identifiers)))
+            db.select(Bounce).where(or_(Bounce.message_state_id.in_(state_ids), Bounce.message_id.in_(identifiers)))
             .order_by(Bounce.id))],
         outbound=[_outbound_view(message) for message in _rows(_outbound_matching(identifiers))],
         forwarding=[_forwarding_view(item) for item in _rows(
-            select(OutboxItem).where(OutboxItem.message_key.in_(identifiers)).order_by(OutboxItem.id))],
+            db.select(OutboxItem).where(OutboxItem.message_key.in_(identifiers)).order_by(OutboxItem.id))],
     )
 
 
@@ -185,7 +185,7 @@ def _any_in(identifiers: set[str], *columns: ColumnElement) -> ColumnElement:
 
 
 def _outbound_matching(identifiers: set[str]):
-    return (select(OutboundMessage)
+    return (db.select(OutboundMessage)
             .where(_any_in(identifiers, OutboundMessage.emarsys_message_id, OutboundMessage.public_id,
                            OutboundMessage.vendor_message_id))
             .order_by(OutboundMessage.id))
@@ -198,7 +198,7 @@ def _related_identifiers(message_id: str) -> set[str]:
     for _ in range(2):
         for message in _rows(_outbound_matching(identifiers)):
             identifiers |= {message.emarsys_message_id, message.public_id, message.vendor_message_id}
-        for state in _rows(select(MessageState).where(_any_in(
+        for state in _rows(db.select(MessageState).where(_any_in(
                 identifiers, MessageState.vendor_message_id, MessageState.emarsys_message_id))):
             identifiers |= {state.vendor_message_id, state.emarsys_message_id}
         identifiers.discard(None)

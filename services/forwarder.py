@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, func, or_, update
 from sqlalchemy.orm import aliased
 
 from models import OutboxItem, db
@@ -93,7 +93,7 @@ def lock_claims_of(client_id: uuid.UUID, kind: str) -> None:
     """
     # SQLite has a single writer, and the lease update below re-checks that items are still due.
     if db.session.get_bind().dialect.name == "postgresql":
-        db.session.execute(select(func.pg_advisory_xact_lock(claim_lock_key(client_id, kind))))
+        db.session.execute(db.select(func.pg_advisory_xact_lock(claim_lock_key(client_id, kind))))
 
 
 class Forwarder:
@@ -160,7 +160,7 @@ class Forwarder:
 
     def ready_groups(self, now: datetime) -> list[tuple[uuid.UUID, str]]:
         """Return the (client, kind) pairs with a full batch due or a due item older than the linger."""
-        stmt = (select(OutboxItem.client_id, OutboxItem.kind, func.count(), func.min(OutboxItem.created_at))
+        stmt = (db.select(OutboxItem.client_id, OutboxItem.kind, func.count(), func.min(OutboxItem.created_at))
                 .where(is_due(OutboxItem, now)).group_by(OutboxItem.client_id, OutboxItem.kind))
         rows = db.session.execute(stmt).all()
         db.session.commit()
@@ -194,9 +194,9 @@ class Forwarder:
         """Return the locking select of due items whose message has no report waiting for a retry or lease."""
         # Excluding the whole message keeps event order: its later reports wait for the earlier one.
         waiting = aliased(OutboxItem)
-        waiting_messages = select(waiting.message_key).where(
+        waiting_messages = db.select(waiting.message_key).where(
             waiting.client_id == client_id, waiting.kind == kind, is_waiting(waiting, now))
-        return (select(OutboxItem.id, OutboxItem.created_at)
+        return (db.select(OutboxItem.id, OutboxItem.created_at)
                 .where(OutboxItem.client_id == client_id, OutboxItem.kind == kind,
                        OutboxItem.state.in_((PENDING, LEASED)), is_due(OutboxItem, now),
                        OutboxItem.message_key.not_in(waiting_messages))

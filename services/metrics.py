@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func
 from sqlalchemy.exc import SQLAlchemyError
 
 from logging_setup import STARTED_ENVIRON_KEY
@@ -167,15 +167,15 @@ class QueueSnapshot:
 def read_queue_snapshot() -> QueueSnapshot:
     """Read outbound and outbox counts, the oldest waiting item and the worker counters."""
     outbound = dict.fromkeys(OUTBOUND_STATES, 0) | dict(db.session.execute(
-        select(OutboundMessage.state, func.count()).group_by(OutboundMessage.state)).all())
+        db.select(OutboundMessage.state, func.count()).group_by(OutboundMessage.state)).all())
     waiting_since = func.min(case((OutboxItem.state.in_(WAITING_OUTBOX_STATES), OutboxItem.created_at)))
-    rows = db.session.execute(select(OutboxItem.state, func.count(), waiting_since)
+    rows = db.session.execute(db.select(OutboxItem.state, func.count(), waiting_since)
                               .where(OutboxItem.state.in_(OUTBOX_STATES)).group_by(OutboxItem.state)).all()
     outbox = dict.fromkeys(OUTBOX_STATES, 0) | {state: count for state, count, _ in rows}
     oldest = min((since for _, _, since in rows if since is not None), default=None)
     age = 0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
     counters = [(name, json.loads(labels), value) for name, labels, value in db.session.execute(
-        select(WorkerCounter.name, WorkerCounter.labels, WorkerCounter.value)).all()]
+        db.select(WorkerCounter.name, WorkerCounter.labels, WorkerCounter.value)).all()]
     return QueueSnapshot(outbound, outbox, age, counters)
 
 

@@ -5,7 +5,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, update
 
 from models import OutboxItem, db
 from services.clock import utcnow
@@ -38,9 +38,9 @@ class DeadLetter:
 
 def outbox_status(now: datetime | None = None) -> OutboxStatus:
     """Return the counts by state and the age of the oldest pending or leased item."""
-    rows = db.session.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).all()
+    rows = db.session.execute(db.select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).all()
     counts = {state: 0 for state in STATES} | {state: count for state, count in rows}
-    oldest = db.session.scalar(select(func.min(OutboxItem.created_at))
+    oldest = db.session.scalar(db.select(func.min(OutboxItem.created_at))
                                .where(OutboxItem.state.in_((PENDING, LEASED))))
     age = None if oldest is None else max(timedelta(0), (now or utcnow()) - oldest)
     return OutboxStatus(counts=counts, oldest_pending_age=age)
@@ -48,7 +48,7 @@ def outbox_status(now: datetime | None = None) -> OutboxStatus:
 
 def dead_letters(limit: int = 100, client_id: uuid.UUID | None = None) -> list[DeadLetter]:
     """Return up to `limit` dead letters, oldest first."""
-    stmt = (select(OutboxItem.id, OutboxItem.client_id, OutboxItem.kind, OutboxItem.message_key,
+    stmt = (db.select(OutboxItem.id, OutboxItem.client_id, OutboxItem.kind, OutboxItem.message_key,
                    OutboxItem.attempts, OutboxItem.last_error, OutboxItem.created_at)
             .where(OutboxItem.state == DEAD).order_by(OutboxItem.id).limit(limit))
     if client_id is not None:
@@ -58,7 +58,7 @@ def dead_letters(limit: int = 100, client_id: uuid.UUID | None = None) -> list[D
 
 def count_dead_letters(client_id: uuid.UUID | None = None) -> int:
     """Return how many dead letters there are, for one client or all."""
-    stmt = select(func.count()).select_from(OutboxItem).where(OutboxItem.state == DEAD)
+    stmt = db.select(func.count()).select_from(OutboxItem).where(OutboxItem.state == DEAD)
     if client_id is not None:
         stmt = stmt.where(OutboxItem.client_id == client_id)
     return db.session.scalar(stmt) or 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, exists, func, select
+from sqlalchemy import ColumnElement, delete, exists, func
 
 from models import (Bounce, InboundMessageRecord, MessageState, OutboundMessage, OutboxItem, RawEvent,
                     StatusCursor, db)
@@ -88,7 +88,7 @@ def purge(cutoff: datetime, batch_size: int, dry_run: bool = False, max_batches:
 
 def count_due(rule: PurgeRule, cutoff: datetime, now: datetime) -> TablePurge:
     """Count the rows of one table that a purge would delete."""
-    rows = db.session.scalar(select(func.count()).select_from(rule.model).where(rule.due(cutoff, now)))
+    rows = db.session.scalar(db.select(func.count()).select_from(rule.model).where(rule.due(cutoff, now)))
     db.session.rollback()
     return TablePurge(rule.table, rows or 0, batches=0, finished=True)
 
@@ -110,7 +110,7 @@ def delete_batch(rule: PurgeRule, cutoff: datetime, now: datetime, batch_size: i
     """Delete up to `batch_size` due rows of one table in their own short transaction."""
     table = rule.model.__table__
     # SKIP LOCKED: two worker instances purging at once split the rows instead of queueing.
-    due_ids = (select(table.c.id).where(rule.due(cutoff, now)).limit(batch_size)
+    due_ids = (db.select(table.c.id).where(rule.due(cutoff, now)).limit(batch_size)
                .with_for_update(skip_locked=True))
     deleted = db.session.execute(delete(table).where(table.c.id.in_(due_ids))).rowcount
     db.session.commit()
