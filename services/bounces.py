@@ -84,9 +84,10 @@ class BouncePage:
 
 def fetch_bounce_page(start: datetime | None, end: datetime | None, page: int, page_size: int | None,
                       source_system: str | None = None) -> BouncePage:
-    """Return page `page` of the bounces in [start, end), ordered by time then message id.
+    """Return page `page` of the bounces in [start, end), ordered by time then message id, and commit.
 
-    A `page_size` of None returns the whole window as one last page.
+    The served bounces are marked pulled and the page's end is remembered for the next page, in
+    the same transaction. A `page_size` of None returns the whole window as one last page.
     """
     start, end = start or EARLIEST, end or LATEST
     if page_size is None:
