@@ -193,9 +193,12 @@ def _upsert_state(vendor: str, report: DeliveryReport, client_id, emarsys_messag
             **{name: stmt.excluded[name] for name in
                ("outcome", "error_type", "rank", "status_code", "status_text", "event_at", "updated_at")},
         },
-        # Never backwards: a lower rank is ignored; an equal rank needs a newer-or-equal event.
-        where=(stmt.excluded.rank > current.rank)
-        | ((stmt.excluded.rank == current.rank) & (stmt.excluded.event_at >= current.event_at)),
+        # Never backwards: a lower rank is ignored; an equal rank needs a newer-or-equal event. And a
+        # report through one client's callback URL never changes another client's message.
+        where=((stmt.excluded.rank > current.rank)
+               | ((stmt.excluded.rank == current.rank) & (stmt.excluded.event_at >= current.event_at)))
+        & (stmt.excluded.client_id.is_(None) | current.client_id.is_(None)
+           | (stmt.excluded.client_id == current.client_id)),
     )
     returning = stmt.returning(MessageState.id, MessageState.client_id, MessageState.emarsys_message_id)
     return db.session.execute(returning).first()

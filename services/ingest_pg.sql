@@ -22,7 +22,9 @@ WITH ev AS (
         outcome = EXCLUDED.outcome, error_type = EXCLUDED.error_type, rank = EXCLUDED.rank,
         status_code = EXCLUDED.status_code, status_text = EXCLUDED.status_text,
         event_at = EXCLUDED.event_at, updated_at = EXCLUDED.updated_at
-    WHERE EXCLUDED.rank > cur.rank OR (EXCLUDED.rank = cur.rank AND EXCLUDED.event_at >= cur.event_at)
+    -- Never backwards; and a report through one client's callback URL never changes another's message.
+    WHERE (EXCLUDED.rank > cur.rank OR (EXCLUDED.rank = cur.rank AND EXCLUDED.event_at >= cur.event_at))
+      AND (EXCLUDED.client_id IS NULL OR cur.client_id IS NULL OR EXCLUDED.client_id = cur.client_id)
     RETURNING cur.id, cur.client_id, cur.emarsys_message_id, cur.recipient
 ), bounce_upsert AS (
     INSERT INTO bounces AS b (message_state_id, message_id, recipient, status_code, status_text, type,

@@ -53,6 +53,19 @@ def test_genesys_delivery_report_is_tied_to_the_client(partner_app, partner_clie
     assert outbox(partner_app) == [(client_id, "delivery_report", "g-1")]
 
 
+def test_a_report_through_one_clients_url_never_changes_another_clients_message(partner_app, partner_client,
+                                                                                  onboard):
+    (owner, owner_urls), (other, other_urls) = onboard(), onboard()
+    sent = {**GENESYS_DR, "message_state": "6"}
+    assert partner_client.post(path_of(owner_urls["deliveryReports"]["url"]), data=sent).status_code == 200
+    forged = {**GENESYS_DR, "message_state": "5", "result_code": "1"}
+    assert partner_client.post(path_of(other_urls["deliveryReports"]["url"]), data=forged).status_code == 200
+    with partner_app.app_context():
+        [state] = db.session.scalars(db.select(MessageState)).all()
+        assert (state.client_id, state.outcome) == (owner, "ACCEPTED")
+    assert outbox(partner_app) == [(owner, "delivery_report", "g-1")]
+
+
 def test_redelivered_report_is_forwarded_once(partner_app, partner_client, onboard):
     client_id, urls = onboard()
     for _ in range(2):
