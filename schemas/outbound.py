@@ -81,8 +81,8 @@ def _unicode(value: str) -> None:
 
 
 def _text(*validators: Any) -> fields.String:
-    return fields.String(required=True, validate=[_not_blank, no_nul_characters, _unicode, *validators], error_messages={
-        "required": "is missing", "null": "is missing", "invalid": "must be a string"})
+    return fields.String(required=True, validate=[_not_blank, no_nul_characters, _unicode, *validators],
+                         error_messages={"required": "is missing", "null": "is missing", "invalid": "must be a string"})
 
 
 class OutboundMessageSchema(Schema):

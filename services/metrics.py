@@ -38,8 +38,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from logging_setup import STARTED_ENVIRON_KEY
 from mappers.report import Outcome
 from models import OutboundMessage, OutboxItem, db, dialect_insert
-from services.clock import utcnow
 from models.counters import WorkerCounter
+from services.clock import utcnow
 
 log = logging.getLogger(__name__)
 
