@@ -13,6 +13,14 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _count(env: dict[str, str], name: str, default: int) -> int:
+    """Return a setting that counts records: a whole number of at least 1, or a start-up error naming it."""
+    value = (env.get(name) or "").strip() or str(default)
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
 def normalise_database_url(url: str) -> str:
     """Return a SQLAlchemy URL on the psycopg2 driver; `postgres://` (Cloud Foundry style) is accepted."""
     for prefix in ("postgres://", "postgresql://"):
@@ -85,7 +93,10 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(database_url, env),
         "SAP_STATUS_USERNAME": env.get("SAP_STATUS_USERNAME") or None,
         "SAP_STATUS_PASSWORD": env.get("SAP_STATUS_PASSWORD") or None,
-        "STATUS_PAGE_SIZE": int(env.get("STATUS_PAGE_SIZE", "100")),
+        "STATUS_PAGE_SIZE": _count(env, "STATUS_PAGE_SIZE", 100),
+        # The blog's `/api/v1/notifications/get` without parameters answers every record, which
+        # for a busy day is more than a 512 MB instance holds: beyond this many, it says lastPage false.
+        "STATUS_GET_ALL_LIMIT": _count(env, "STATUS_GET_ALL_LIMIT", 10000),
         "ENABLE_CLEAR_ENDPOINT": _flag(env.get("ENABLE_CLEAR_ENDPOINT")),
         "PORT": int(env.get("PORT", "8080")),
         # A vendor receipt is a few hundred bytes and a partner batch of 1,000 messages a few MB;

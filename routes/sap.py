@@ -5,7 +5,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 
 from routes.auth import basic_auth_required
 from schemas.status import StatusQuerySchema
-from services.bounces import clear_all, fetch_bounce_page
+from services.bounces import clear_all, fetch_all_bounces, fetch_bounce_page
 
 bp = Blueprint("sap", __name__)
 
@@ -21,11 +21,12 @@ status_query = StatusQuerySchema()
 def status():
     """Answer one page of bounces in the requested window."""
     query = status_query.load(request.args.to_dict())
-    page_size = current_app.config["STATUS_PAGE_SIZE"]
     if request.path == "/api/v1/notifications/get" and not request.args:
-        page_size = None  # The blog: without parameters, every record at once.
-    page = fetch_bounce_page(query["startTimeUTC"], query["endTimeUTC"], query["page"], page_size,
-                             query["sourceSystem"])
+        # The blog: without parameters, every record at once. Bounded here; lastPage says if it was all.
+        page = fetch_all_bounces(current_app.config["STATUS_GET_ALL_LIMIT"])
+    else:
+        page = fetch_bounce_page(query["startTimeUTC"], query["endTimeUTC"], query["page"],
+                                 current_app.config["STATUS_PAGE_SIZE"], query["sourceSystem"])
     return jsonify({"page": str(page.page), "lastPage": page.last_page,
                     "status": page.status})
 

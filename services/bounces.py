@@ -82,16 +82,14 @@ class BouncePage:
     status: list[dict[str, str]]
 
 
-def fetch_bounce_page(start: datetime | None, end: datetime | None, page: int, page_size: int | None,
+def fetch_bounce_page(start: datetime | None, end: datetime | None, page: int, page_size: int,
                       source_system: str | None = None) -> BouncePage:
     """Return page `page` of the bounces in [start, end), ordered by time then message id, and commit.
 
     The served bounces are marked pulled and the page's end is remembered for the next page, in
-    the same transaction. A `page_size` of None returns the whole window as one last page.
+    the same transaction.
     """
     start, end = start or EARLIEST, end or LATEST
-    if page_size is None:
-        return _whole_window(page, start, end)
     window = (start, end, source_system or "")
     if db.session.get_bind().dialect.name == "postgresql":
         rows = _page_in_one_round_trip(window, page, page_size)
@@ -143,11 +141,16 @@ def _page_in_steps(window: tuple[datetime, datetime, str], page: int, page_size:
     return [_sap_row(row) for row in rows]
 
 
-def _whole_window(page: int, start: datetime, end: datetime) -> BouncePage:
-    rows = db.session.execute(_window_query(start, end, snapshot=None)).all()
-    _mark_pulled(rows)
+def fetch_all_bounces(limit: int) -> BouncePage:
+    """Return the first `limit` bounces of all time as page 0, marked pulled, and commit.
+
+    The page is the last one only if it holds every bounce: a larger store is paged by window.
+    """
+    rows = db.session.execute(_window_query(EARLIEST, LATEST, snapshot=None).limit(limit + 1)).all()
+    served = rows[:limit]
+    _mark_pulled(served)
     db.session.commit()
-    return BouncePage(page=page, last_page=True, status=_rendered(_sap_row(row) for row in rows))
+    return BouncePage(page=0, last_page=len(rows) <= limit, status=_rendered(_sap_row(row) for row in served))
 
 
 def _sap_row(row) -> tuple:

@@ -46,3 +46,16 @@ def test_production_start_without_pull_credentials_logs_a_loud_warning(caplog):
     caplog.set_level("WARNING")
     create_app({"PRODUCTION": True, "SAP_STATUS_USERNAME": None, "SQLALCHEMY_DATABASE_URI": "sqlite://"})
     assert any("SAP_STATUS_USERNAME" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("name", ["STATUS_PAGE_SIZE", "STATUS_GET_ALL_LIMIT"])
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "1.5", "²"])
+def test_record_counts_below_one_or_not_whole_stop_start_up_naming_the_setting(name, value):
+    with pytest.raises(ValueError, match=f"^{name} must be a whole number of at least 1"):
+        load_config({name: value})
+
+
+@pytest.mark.parametrize("value, expected", [(None, 10000), ("", 10000), (" 250 ", 250)])
+def test_get_all_limit_defaults_to_ten_thousand(value, expected):
+    environ = {} if value is None else {"STATUS_GET_ALL_LIMIT": value}
+    assert load_config(environ)["STATUS_GET_ALL_LIMIT"] == expected

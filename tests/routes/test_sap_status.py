@@ -86,7 +86,22 @@ def test_get_without_parameters_returns_every_record(make_app):
     for i in range(5):
         push_bounce(client, str(i), datetime(2019 + i, 1, 1))
     body = client.get("/api/v1/notifications/get").get_json()
-    assert len(body["status"]) == 5 and body["lastPage"] is True
+    assert [record["messageId"] for record in body["status"]] == ["0", "1", "2", "3", "4"]
+    assert (body["page"], body["lastPage"]) == ("0", True)
+
+
+def test_get_without_parameters_stops_at_its_limit_and_says_it_is_not_the_last_page(make_app):
+    app = make_app(STATUS_GET_ALL_LIMIT=3)
+    client = app.test_client()
+    for i in range(5):
+        push_bounce(client, str(i), datetime(2018, 1, 1, 0, i))
+    body = client.get("/api/v1/notifications/get").get_json()
+    assert [record["messageId"] for record in body["status"]] == ["0", "1", "2"]
+    assert body["lastPage"] is False
+    assert {message for message, when in pulled_at(app).items() if when} == {"0", "1", "2"}
+    # What the bounded answer left out is still served by the windowed pull.
+    paged = client.get(f"/status?{WINDOW}&page=0").get_json()
+    assert [record["messageId"] for record in paged["status"]] == ["0", "1", "2", "3", "4"]
 
 
 @pytest.mark.parametrize("query, field", [
