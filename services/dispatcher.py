@@ -48,7 +48,8 @@ GATHER_SECONDS = 0.02
 FAILED_OUTCOMES = frozenset({Outcome.ERROR, Outcome.HARDBOUNCE, Outcome.SOFTBOUNCE})
 _CLAIMED_COLUMNS = (OutboundMessage.id, OutboundMessage.public_id, OutboundMessage.client_id,
                     OutboundMessage.emarsys_message_id, OutboundMessage.source,
-                    OutboundMessage.destination, OutboundMessage.body, OutboundMessage.attempts)
+                    OutboundMessage.destination, OutboundMessage.body, OutboundMessage.attempts,
+                    OutboundMessage.created_at)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,13 @@ class ClaimedMessage:
     destination: str
     body: str
     attempts: int
+    created_at: datetime
+
+    @property
+    def may_exist_since(self) -> datetime | None:
+        """Return when an earlier attempt could first have reached the vendor; None on the first."""
+        # A hand-back undoes its attempt, so a second one means a send may have started before.
+        return self.created_at if self.attempts > 1 else None
 
 
 @dataclass(frozen=True)
@@ -207,7 +215,8 @@ class Dispatcher:
                                                           message.destination, message.body),
                                 our_message_id=message.public_id,
                                 status_callback_url=job.status_callback_url,
-                                timeout=self.settings.vendor_timeout_seconds)
+                                timeout=self.settings.vendor_timeout_seconds,
+                                may_exist_since=message.may_exist_since)
         except Exception as exc:  # A sender bug must end as a retry, not as a row stuck in `sending`.
             # Only the type: an exception's text could quote the body or a credential.
             log.error("sending message %s raised %s", message.public_id, type(exc).__name__)

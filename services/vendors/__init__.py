@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import threading
+from datetime import datetime
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -120,10 +121,15 @@ def close_sessions() -> None:
 
 
 def send_message(config: ClientConfig, message: OutboundMessage, our_message_id: str,
-                 status_callback_url: str | None, timeout: float) -> SendResult:
-    """Send one message through the client's vendor and classify the answer."""
+                 status_callback_url: str | None, timeout: float,
+                 may_exist_since: datetime | None = None) -> SendResult:
+    """Send one message through the client's vendor and classify the answer.
+
+    `may_exist_since` is set on a retry: when an earlier attempt could first have reached the
+    vendor, which must then not send the text a second time.
+    """
     return _vendor_module(config.vendor).send_message(
-        config, message, our_message_id, status_callback_url, timeout)
+        config, message, our_message_id, status_callback_url, timeout, may_exist_since)
 
 
 def test_connection(config: ClientConfig, timeout: float) -> ConnectionTestResult:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime
 from urllib.parse import parse_qs
 
 import requests
@@ -37,8 +38,13 @@ CONNECTION_TEST_BAD_CREDENTIALS = 2
 
 
 def send_message(config: ClientConfig, message: OutboundMessage, our_message_id: str,
-                 status_callback_url: str | None, timeout: float) -> SendResult:
-    """Send one MT; Genesys posts DRs to the account's configured URL, not a per-message one."""
+                 status_callback_url: str | None, timeout: float,
+                 may_exist_since: datetime | None = None) -> SendResult:
+    """Send one MT; Genesys posts DRs to the account's configured URL, not a per-message one.
+
+    A retry needs no lookup (`may_exist_since` is unused): the unchanged message_id makes
+    Genesys answer a resend as a duplicate.
+    """
     form = {
         **_credentials(config),
         "phone_number": message.destination.lstrip("+"),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -20,11 +22,21 @@ API_VERSION = "2010-04-01"
 SENDER_ERROR_CODES = {"21212", "21606", "21659"}
 _NAMES_SENDER = re.compile(r"\bFrom\b|MessagingServiceSid")
 MAX_STATUS_TEXT = 200
+# How far Twilio's clock may run behind ours when a message it created is looked for.
+CLOCK_SKEW = timedelta(minutes=5)
+# The newest messages to the recipient that are searched for an earlier attempt's message.
+LOOKUP_PAGE_SIZE = 100
 
 
 def send_message(config: ClientConfig, message: OutboundMessage, our_message_id: str,
-                 status_callback_url: str | None, timeout: float) -> SendResult:
-    """Create one Twilio message; its status callbacks go to status_callback_url."""
+                 status_callback_url: str | None, timeout: float,
+                 may_exist_since: datetime | None = None) -> SendResult:
+    """Create one Twilio message; its status callbacks go to status_callback_url.
+
+    Twilio has no idempotency key, so a retry first looks for the message an earlier attempt
+    may have created (`may_exist_since`: naive UTC, when the message could first have reached
+    Twilio) and adopts it rather than sending the text twice.
+    """
     form = {"To": "+" + message.destination.lstrip("+"), "Body": message.body}
     if config.fields.get("messagingServiceSid"):
         form["MessagingServiceSid"] = config.fields["messagingServiceSid"]
@@ -32,10 +44,51 @@ def send_message(config: ClientConfig, message: OutboundMessage, our_message_id:
         form["From"] = message.source
     if status_callback_url:
         form["StatusCallback"] = status_callback_url
-    answer = _request(config, "POST", "/Messages.json", timeout, data=form)
-    result = _classify_send(answer)
+    result = None if may_exist_since is None else _earlier_attempt(config, form, may_exist_since, timeout)
+    if result is None:
+        result = _classify_send(_request(config, "POST", "/Messages.json", timeout, data=form))
     log.info("twilio send %s: %s %s", our_message_id, result.status_code, result.status_text)
     return result
+
+
+def _earlier_attempt(config: ClientConfig, form: dict[str, str], since: datetime,
+                     timeout: float) -> SendResult | None:
+    """Return the earlier attempt's message as accepted, a retry if Twilio cannot say, or None."""
+    answer = _request(config, "GET", "/Messages.json", timeout,
+                      params={"To": form["To"], "PageSize": str(LOOKUP_PAGE_SIZE)})
+    if isinstance(answer, str) or not answer.ok:
+        # Sending now could send the text twice; the next attempt asks again.
+        status = answer if isinstance(answer, str) else f"http_{answer.status_code}"
+        return retry_later(f"lookup_{status}", "Twilio could not tell whether an earlier attempt was sent")
+    messages = _json_object(answer).get("messages")
+    earliest = since.replace(tzinfo=timezone.utc) - CLOCK_SKEW
+    candidates = [candidate for candidate in (messages if isinstance(messages, list) else [])
+                  if _is_same_message(candidate, form) and _created_at(candidate) >= earliest]
+    if not candidates:
+        return None
+    oldest = min(candidates, key=_created_at)
+    return accepted(str(oldest["sid"]), "found", str(oldest.get("status") or "accepted"))
+
+
+def _is_same_message(candidate: Any, form: dict[str, str]) -> bool:
+    if not isinstance(candidate, dict) or not candidate.get("sid"):
+        return False
+    if candidate.get("direction", "outbound-api") != "outbound-api":
+        return False
+    if candidate.get("to") != form["To"] or candidate.get("body") != form["Body"]:
+        return False
+    if "MessagingServiceSid" in form:
+        return candidate.get("messaging_service_sid") == form["MessagingServiceSid"]
+    return candidate.get("from") == form["From"]
+
+
+def _created_at(candidate: dict[str, Any]) -> datetime:
+    # Twilio writes RFC 2822 dates; an unreadable one never matches.
+    try:
+        created = parsedate_to_datetime(str(candidate.get("date_created")))
+    except (TypeError, ValueError):
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return created if created.tzinfo else created.replace(tzinfo=timezone.utc)
 
 
 def test_connection(config: ClientConfig, timeout: float) -> ConnectionTestResult:

@@ -1,12 +1,14 @@
 """Tests of the dispatcher against PostgreSQL and fake Genesys and Twilio servers on loopback."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 import uuid
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import pytest
 from werkzeug import Request, Response
@@ -203,6 +205,46 @@ def test_retry_then_success_keeps_the_message_id(app_context, httpserver):
     assert (message(public_id).state, message(public_id).attempts) == ("sent", 2)
     assert sent_message_ids(httpserver) == [public_id, public_id]
     assert message_state("genesys", public_id).outcome == "ACCEPTED"
+
+
+class LossyTwilio:
+    """A fake Twilio that creates every message, but answers the first create too late."""
+
+    def __init__(self, late_seconds: float):
+        self.late_seconds = late_seconds
+        self.created: list[dict] = []
+        self.first_answered = threading.Event()
+
+    def handle(self, request: Request) -> Response:
+        """Create a message on POST (the first answer arrives late); list them on GET."""
+        if request.method == "GET":
+            return Response(json.dumps({"messages": self.created[::-1]}), mimetype="application/json")
+        created = {"sid": f"SM{len(self.created):032d}", "status": "queued", "direction": "outbound-api",
+                   "to": request.form["To"], "from": request.form["From"], "body": request.form["Body"],
+                   "messaging_service_sid": None, "date_created": format_datetime(datetime.now(timezone.utc))}
+        self.created.append(created)
+        if len(self.created) == 1:
+            time.sleep(self.late_seconds)
+            self.first_answered.set()
+        return Response(json.dumps(created), status=201, mimetype="application/json")
+
+
+@pytest.mark.parametrize("settings", [dict(VENDOR_TIMEOUT_SECONDS=0.2)])
+def test_twilio_send_whose_answer_was_lost_is_not_sent_twice(app_context, httpserver):
+    twilio = LossyTwilio(late_seconds=0.6)
+    httpserver.expect_request(TWILIO_MESSAGES).respond_with_handler(twilio.handle)
+    [public_id] = queue_messages(twilio_client(httpserver.url_for("/")))
+    worker = dispatcher(app_context)
+
+    worker.run_once()
+    assert message(public_id).state == "queued"  # no answer: retried
+    assert twilio.first_answered.wait(5)
+    worker.run_once()
+
+    assert [request.method for request, _ in httpserver.log] == ["POST", "GET"]
+    row = message(public_id)
+    assert (row.state, row.vendor_message_id) == ("sent", twilio.created[0]["sid"])
+    assert forwarded_statuses(row.emarsys_message_id) == ["ACCEPTED"]
 
 
 @pytest.mark.parametrize("settings", [dict(SEND_RETRY_DELAY_SECONDS=3600)])

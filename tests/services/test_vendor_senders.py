@@ -6,6 +6,7 @@ import logging
 import socket
 import threading
 import time
+from datetime import datetime
 
 import pytest
 from werkzeug import Request, Response
@@ -258,6 +259,83 @@ def test_twilio_timeout_is_retried(httpserver, slow_vendor):
                                   TINY_TIMEOUT)
 
     assert (result.retry, result.status_code) == (True, "timeout")
+
+
+# When the earlier attempt of the retries below could first have reached Twilio.
+RECEIVED = datetime(2026, 12, 1, 10, 0, 0)
+EARLIER_ATTEMPT = {"sid": "SM-earlier", "status": "sent", "direction": "outbound-api", "to": "+36301234567",
+                   "from": "ACME", "messaging_service_sid": None, "body": BODY,
+                   "date_created": "Tue, 01 Dec 2026 10:00:03 +0000"}
+
+
+def retry_twilio(httpserver, listed: list[dict] | None, list_status: int = 200, **fields: str) -> vendors.SendResult:
+    """Retry MESSAGE through a fake Twilio that lists `listed` for the recipient and creates SM-new."""
+    httpserver.expect_request(TWILIO_MESSAGES, method="GET").respond_with_json(
+        {"messages": listed or []}, status=list_status)
+    httpserver.expect_request(TWILIO_MESSAGES, method="POST").respond_with_json({"sid": "SM-new"}, status=201)
+    config = twilio_config(httpserver.url_for("/"), **fields)
+    return vendors.send_message(config, MESSAGE, "our-42", None, TIMEOUT, may_exist_since=RECEIVED)
+
+
+def methods_called(httpserver) -> list[str]:
+    """Return the HTTP methods the fake server received, in order."""
+    return [request.method for request, _ in httpserver.log]
+
+
+def test_twilio_retry_adopts_the_message_an_earlier_attempt_created(httpserver):
+    result = retry_twilio(httpserver, [EARLIER_ATTEMPT])
+
+    assert (result.outcome, result.vendor_message_id, result.retry) == (Outcome.ACCEPTED, "SM-earlier", False)
+    assert methods_called(httpserver) == ["GET"]
+    assert httpserver.log[0][0].args.to_dict() == {"To": "+36301234567", "PageSize": "100"}
+
+
+def test_twilio_retry_adopts_the_oldest_of_several_matches(httpserver):
+    later = {**EARLIER_ATTEMPT, "sid": "SM-later", "date_created": "Tue, 01 Dec 2026 10:07:00 +0000"}
+
+    assert retry_twilio(httpserver, [later, EARLIER_ATTEMPT]).vendor_message_id == "SM-earlier"
+
+
+@pytest.mark.parametrize("change", [
+    {"body": "another text"},
+    {"from": "OTHER"},
+    {"to": "+36309999999"},
+    {"direction": "inbound"},
+    {"sid": None},
+    {"date_created": "Tue, 01 Dec 2026 09:54:59 +0000"},  # before the message reached us, less the skew
+    {"date_created": "not a date"},
+])
+def test_twilio_retry_sends_when_no_listed_message_is_the_earlier_attempt(httpserver, change):
+    result = retry_twilio(httpserver, [{**EARLIER_ATTEMPT, **change}])
+
+    assert (result.vendor_message_id, methods_called(httpserver)) == ("SM-new", ["GET", "POST"])
+
+
+def test_twilio_retry_within_the_clock_skew_still_finds_the_earlier_attempt(httpserver):
+    early = {**EARLIER_ATTEMPT, "date_created": "Tue, 01 Dec 2026 09:56:00 +0000"}
+
+    assert retry_twilio(httpserver, [early]).vendor_message_id == "SM-earlier"
+
+
+def test_twilio_retry_through_a_messaging_service_matches_the_service(httpserver):
+    listed = [{**EARLIER_ATTEMPT, "from": "+15550001111", "messaging_service_sid": "MG-other"},
+              {**EARLIER_ATTEMPT, "sid": "SM-service", "from": "+15550002222", "messaging_service_sid": SERVICE_SID}]
+
+    assert retry_twilio(httpserver, listed, messagingServiceSid=SERVICE_SID).vendor_message_id == "SM-service"
+
+
+@pytest.mark.parametrize("list_status", [401, 429, 500])
+def test_twilio_retry_that_cannot_look_is_retried_without_sending(httpserver, list_status):
+    result = retry_twilio(httpserver, [], list_status=list_status)
+
+    assert (result.outcome, result.retry, result.status_code) == (None, True, f"lookup_http_{list_status}")
+    assert methods_called(httpserver) == ["GET"]
+
+
+def test_twilio_first_attempt_sends_without_looking(httpserver):
+    send_twilio(httpserver, {"sid": "SM123"}, 201)
+
+    assert methods_called(httpserver) == ["POST"]
 
 
 @requires_spec
