@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, column, or_, update, values
+from sqlalchemy import String, column, or_, tuple_, update, values
 
 from logging_setup import mask_phone_numbers
 from mappers.report import DeliveryReport, ErrorType, Outcome
@@ -38,7 +38,7 @@ from schemas.outbound import OutboundMessage as MessageToSend
 from services.clients import callback_urls, client_config
 from services.clock import utcnow
 from services.ingest import ReportToAdd, add_delivery_reports, adopt_early_reports
-from services.vendors import SendResult, refused, retry_later, send_message
+from services.vendors import EarlierAttempt, SendResult, refused, retry_later, send_message
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,6 @@ class ClaimedMessage:
     attempts: int
     created_at: datetime
 
-    @property
-    def may_exist_since(self) -> datetime | None:
-        """Return when an earlier attempt could first have reached the vendor; None on the first."""
-        # A hand-back undoes its attempt, so a second one means a send may have started before.
-        return self.created_at if self.attempts > 1 else None
-
 
 @dataclass(frozen=True)
 class SendJob:
@@ -109,6 +103,7 @@ class SendJob:
     vendor: str
     config: ClientConfig | None  # None when the stored configuration could not be read
     status_callback_url: str
+    earlier_attempt: EarlierAttempt | None = None  # set when an earlier send may have reached the vendor
 
 
 # A finished send and its result; None when it was never started (handed back).
@@ -168,8 +163,10 @@ class Dispatcher:
             db.session.execute(_owned_by(self.owner, orphans).values(
                 state="cancelled", lease_owner=None, lease_until=None, updated_at=now,
                 last_error="client deleted before sending"))
+        earlier_attempts = _earlier_attempts(messages)
         return [SendJob(message, clients[message.client_id].vendor, configs[message.client_id],
-                        callback_urls(clients[message.client_id]).delivery_reports)
+                        callback_urls(clients[message.client_id]).delivery_reports,
+                        earlier_attempts.get(message.id))
                 for message in messages if message.client_id in clients]
 
     def _send_all(self, jobs: list[SendJob], send_deadline: float) -> None:
@@ -216,7 +213,7 @@ class Dispatcher:
                                 our_message_id=message.public_id,
                                 status_callback_url=job.status_callback_url,
                                 timeout=self.settings.vendor_timeout_seconds,
-                                may_exist_since=message.may_exist_since)
+                                earlier_attempt=job.earlier_attempt)
         except Exception as exc:  # A sender bug must end as a retry, not as a row stuck in `sending`.
             # Only the type: an exception's text could quote the body or a credential.
             log.error("sending message %s raised %s", message.public_id, type(exc).__name__)
@@ -306,6 +303,28 @@ def _owned_by(owner: str, ids: list[int]):
             .where(OutboundMessage.id.in_(ids), OutboundMessage.state == "sending",
                    OutboundMessage.lease_owner == owner)
             .execution_options(synchronize_session=False))
+
+
+def _earlier_attempts(messages: list[ClaimedMessage]) -> dict[int, EarlierAttempt]:
+    """Return the retry hint of each message an earlier send may already have delivered to its vendor."""
+    # A hand-back undoes its attempt, so a second attempt means a send may have started before.
+    retried = [message for message in messages if message.attempts > 1]
+    if not retried:
+        return {}
+    recipients = {(message.client_id, message.destination) for message in retried}
+    # A vendor message the earlier attempt may have created is newer than the message itself,
+    # so only ids recorded since then (with an hour's margin for clock skew) can be mistaken for it.
+    taken = db.session.execute(
+        db.select(OutboundMessage.client_id, OutboundMessage.destination, OutboundMessage.vendor_message_id)
+        .where(tuple_(OutboundMessage.client_id, OutboundMessage.destination).in_(list(recipients)),
+               OutboundMessage.vendor_message_id.is_not(None),
+               OutboundMessage.updated_at >= min(message.created_at for message in retried) - timedelta(hours=1)))
+    taken_by_recipient: dict[tuple[uuid.UUID, str], set[str]] = {}
+    for client_id, destination, vendor_message_id in taken:
+        taken_by_recipient.setdefault((client_id, destination), set()).add(vendor_message_id)
+    return {message.id: EarlierAttempt(message.created_at, frozenset(
+                taken_by_recipient.get((message.client_id, message.destination), ())))
+            for message in retried}
 
 
 def _readable_config(client: Client) -> ClientConfig | None:

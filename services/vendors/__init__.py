@@ -45,6 +45,18 @@ class SendResult:
     retry: bool
 
 
+@dataclass(frozen=True)
+class EarlierAttempt:
+    """A retry's hint: an earlier attempt may have reached the vendor at or after `since` (naive UTC).
+
+    `taken_vendor_ids` are the vendor ids recorded for other messages to the same recipient,
+    which therefore cannot be this message's.
+    """
+
+    since: datetime
+    taken_vendor_ids: frozenset[str] = frozenset()
+
+
 def accepted(vendor_message_id: str | None, status_code: str, status_text: str) -> SendResult:
     """Return the result of a send the vendor took over."""
     return SendResult(Outcome.ACCEPTED, None, vendor_message_id, status_code, status_text, False)
@@ -122,14 +134,13 @@ def close_sessions() -> None:
 
 def send_message(config: ClientConfig, message: OutboundMessage, our_message_id: str,
                  status_callback_url: str | None, timeout: float,
-                 may_exist_since: datetime | None = None) -> SendResult:
+                 earlier_attempt: EarlierAttempt | None = None) -> SendResult:
     """Send one message through the client's vendor and classify the answer.
 
-    `may_exist_since` is set on a retry: when an earlier attempt could first have reached the
-    vendor, which must then not send the text a second time.
+    `earlier_attempt` is set on a retry, whose vendor must then not send the text a second time.
     """
     return _vendor_module(config.vendor).send_message(
-        config, message, our_message_id, status_callback_url, timeout, may_exist_since)
+        config, message, our_message_id, status_callback_url, timeout, earlier_attempt)
 
 
 def test_connection(config: ClientConfig, timeout: float) -> ConnectionTestResult:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime
 from urllib.parse import parse_qs
 
 import requests
@@ -17,7 +16,7 @@ import requests
 from mappers.report import ErrorType, Outcome
 from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage
-from services.vendors import (CREDENTIAL, INTEGRATION, TEMPORARY, ConnectionTestResult,
+from services.vendors import (CREDENTIAL, INTEGRATION, TEMPORARY, ConnectionTestResult, EarlierAttempt,
                               SendResult, accepted, refused, retry_later, session_for)
 
 log = logging.getLogger(__name__)
@@ -39,10 +38,10 @@ CONNECTION_TEST_BAD_CREDENTIALS = 2
 
 def send_message(config: ClientConfig, message: OutboundMessage, our_message_id: str,
                  status_callback_url: str | None, timeout: float,
-                 may_exist_since: datetime | None = None) -> SendResult:
+                 earlier_attempt: EarlierAttempt | None = None) -> SendResult:
     """Send one MT; Genesys posts DRs to the account's configured URL, not a per-message one.
 
-    A retry needs no lookup (`may_exist_since` is unused): the unchanged message_id makes
+    A retry needs no lookup (`earlier_attempt` is unused): the unchanged message_id makes
     Genesys answer a resend as a duplicate.
     """
     form = {

@@ -12,7 +12,7 @@ import requests
 from mappers.report import ErrorType, Outcome
 from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage
-from services.vendors import (CREDENTIAL, INTEGRATION, TEMPORARY, ConnectionTestResult,
+from services.vendors import (CREDENTIAL, INTEGRATION, TEMPORARY, ConnectionTestResult, EarlierAttempt,
                               SendResult, accepted, refused, retry_later, session_for)
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,11 @@ LOOKUP_PAGE_SIZE = 100
 
 def send_message(config: ClientConfig, message: OutboundMessage, our_message_id: str,
                  status_callback_url: str | None, timeout: float,
-                 may_exist_since: datetime | None = None) -> SendResult:
+                 earlier_attempt: EarlierAttempt | None = None) -> SendResult:
     """Create one Twilio message; its status callbacks go to status_callback_url.
 
     Twilio has no idempotency key, so a retry first looks for the message an earlier attempt
-    may have created (`may_exist_since`: naive UTC, when the message could first have reached
-    Twilio) and adopts it rather than sending the text twice.
+    may have created and adopts it rather than sending the text twice.
     """
     form = {"To": "+" + message.destination.lstrip("+"), "Body": message.body}
     if config.fields.get("messagingServiceSid"):
@@ -44,14 +43,14 @@ def send_message(config: ClientConfig, message: OutboundMessage, our_message_id:
         form["From"] = message.source
     if status_callback_url:
         form["StatusCallback"] = status_callback_url
-    result = None if may_exist_since is None else _earlier_attempt(config, form, may_exist_since, timeout)
+    result = None if earlier_attempt is None else _earlier_attempt(config, form, earlier_attempt, timeout)
     if result is None:
         result = _classify_send(_request(config, "POST", "/Messages.json", timeout, data=form))
     log.info("twilio send %s: %s %s", our_message_id, result.status_code, result.status_text)
     return result
 
 
-def _earlier_attempt(config: ClientConfig, form: dict[str, str], since: datetime,
+def _earlier_attempt(config: ClientConfig, form: dict[str, str], earlier: EarlierAttempt,
                      timeout: float) -> SendResult | None:
     """Return the earlier attempt's message as accepted, a retry if Twilio cannot say, or None."""
     answer = _request(config, "GET", "/Messages.json", timeout,
@@ -61,9 +60,10 @@ def _earlier_attempt(config: ClientConfig, form: dict[str, str], since: datetime
         status = answer if isinstance(answer, str) else f"http_{answer.status_code}"
         return retry_later(f"lookup_{status}", "Twilio could not tell whether an earlier attempt was sent")
     messages = _json_object(answer).get("messages")
-    earliest = since.replace(tzinfo=timezone.utc) - CLOCK_SKEW
+    earliest = earlier.since.replace(tzinfo=timezone.utc) - CLOCK_SKEW
     candidates = [candidate for candidate in (messages if isinstance(messages, list) else [])
-                  if _is_same_message(candidate, form) and _created_at(candidate) >= earliest]
+                  if _is_same_message(candidate, form) and _created_at(candidate) >= earliest
+                  and str(candidate["sid"]) not in earlier.taken_vendor_ids]
     if not candidates:
         return None
     oldest = min(candidates, key=_created_at)

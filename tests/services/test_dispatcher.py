@@ -207,18 +207,26 @@ def test_retry_then_success_keeps_the_message_id(app_context, httpserver):
     assert message_state("genesys", public_id).outcome == "ACCEPTED"
 
 
-class LossyTwilio:
-    """A fake Twilio that creates every message, but answers the first create too late."""
+class FakeTwilio:
+    """A fake Twilio that keeps the messages it creates and lists them newest first.
 
-    def __init__(self, late_seconds: float):
+    `late_seconds` delays the answer to the first create (the message exists meanwhile);
+    `refuse_next` makes the next create answer 503 without creating anything.
+    """
+
+    def __init__(self, late_seconds: float = 0.0):
         self.late_seconds = late_seconds
+        self.refuse_next = False
         self.created: list[dict] = []
         self.first_answered = threading.Event()
 
     def handle(self, request: Request) -> Response:
-        """Create a message on POST (the first answer arrives late); list them on GET."""
+        """Create a message on POST, list them on GET."""
         if request.method == "GET":
             return Response(json.dumps({"messages": self.created[::-1]}), mimetype="application/json")
+        if self.refuse_next:
+            self.refuse_next = False
+            return Response(json.dumps({"code": 20503, "message": "busy"}), status=503, mimetype="application/json")
         created = {"sid": f"SM{len(self.created):032d}", "status": "queued", "direction": "outbound-api",
                    "to": request.form["To"], "from": request.form["From"], "body": request.form["Body"],
                    "messaging_service_sid": None, "date_created": format_datetime(datetime.now(timezone.utc))}
@@ -229,9 +237,14 @@ class LossyTwilio:
         return Response(json.dumps(created), status=201, mimetype="application/json")
 
 
+def http_methods(httpserver) -> list[str]:
+    """Return the HTTP method of every request the fake server received, in order."""
+    return [request.method for request, _ in httpserver.log]
+
+
 @pytest.mark.parametrize("settings", [dict(VENDOR_TIMEOUT_SECONDS=0.2)])
 def test_twilio_send_whose_answer_was_lost_is_not_sent_twice(app_context, httpserver):
-    twilio = LossyTwilio(late_seconds=0.6)
+    twilio = FakeTwilio(late_seconds=0.6)
     httpserver.expect_request(TWILIO_MESSAGES).respond_with_handler(twilio.handle)
     [public_id] = queue_messages(twilio_client(httpserver.url_for("/")))
     worker = dispatcher(app_context)
@@ -241,10 +254,28 @@ def test_twilio_send_whose_answer_was_lost_is_not_sent_twice(app_context, httpse
     assert twilio.first_answered.wait(5)
     worker.run_once()
 
-    assert [request.method for request, _ in httpserver.log] == ["POST", "GET"]
+    assert http_methods(httpserver) == ["POST", "GET"]
     row = message(public_id)
     assert (row.state, row.vendor_message_id) == ("sent", twilio.created[0]["sid"])
     assert forwarded_statuses(row.emarsys_message_id) == ["ACCEPTED"]
+
+
+def test_twilio_retry_does_not_take_the_same_text_sent_as_another_message(app_context, httpserver):
+    twilio = FakeTwilio()
+    httpserver.expect_request(TWILIO_MESSAGES).respond_with_handler(twilio.handle)
+    client_id = twilio_client(httpserver.url_for("/"))
+    worker = dispatcher(app_context)
+    [first] = queue_messages(client_id)
+    worker.run_once()
+    [second] = queue_messages(client_id)  # the same text to the same number
+    twilio.refuse_next = True
+    worker.run_once()
+
+    worker.run_once()
+
+    assert http_methods(httpserver) == ["POST", "POST", "GET", "POST"]
+    assert [message(first).vendor_message_id, message(second).vendor_message_id] == [
+        created["sid"] for created in twilio.created]
 
 
 @pytest.mark.parametrize("settings", [dict(SEND_RETRY_DELAY_SECONDS=3600)])

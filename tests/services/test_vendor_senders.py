@@ -268,13 +268,14 @@ EARLIER_ATTEMPT = {"sid": "SM-earlier", "status": "sent", "direction": "outbound
                    "date_created": "Tue, 01 Dec 2026 10:00:03 +0000"}
 
 
-def retry_twilio(httpserver, listed: list[dict] | None, list_status: int = 200, **fields: str) -> vendors.SendResult:
+def retry_twilio(httpserver, listed: list[dict] | None, list_status: int = 200, taken: frozenset[str] = frozenset(),
+                 **fields: str) -> vendors.SendResult:
     """Retry MESSAGE through a fake Twilio that lists `listed` for the recipient and creates SM-new."""
     httpserver.expect_request(TWILIO_MESSAGES, method="GET").respond_with_json(
         {"messages": listed or []}, status=list_status)
     httpserver.expect_request(TWILIO_MESSAGES, method="POST").respond_with_json({"sid": "SM-new"}, status=201)
     config = twilio_config(httpserver.url_for("/"), **fields)
-    return vendors.send_message(config, MESSAGE, "our-42", None, TIMEOUT, may_exist_since=RECEIVED)
+    return vendors.send_message(config, MESSAGE, "our-42", None, TIMEOUT, vendors.EarlierAttempt(RECEIVED, taken))
 
 
 def methods_called(httpserver) -> list[str]:
@@ -307,6 +308,12 @@ def test_twilio_retry_adopts_the_oldest_of_several_matches(httpserver):
 ])
 def test_twilio_retry_sends_when_no_listed_message_is_the_earlier_attempt(httpserver, change):
     result = retry_twilio(httpserver, [{**EARLIER_ATTEMPT, **change}])
+
+    assert (result.vendor_message_id, methods_called(httpserver)) == ("SM-new", ["GET", "POST"])
+
+
+def test_twilio_retry_never_adopts_a_message_recorded_for_another(httpserver):
+    result = retry_twilio(httpserver, [EARLIER_ATTEMPT], taken=frozenset({"SM-earlier"}))
 
     assert (result.vendor_message_id, methods_called(httpserver)) == ("SM-new", ["GET", "POST"])
 
