@@ -169,7 +169,7 @@ def _ingest_limits(result: dict[str, Any], results: dict[str, dict[str, Any]]) -
         "statement runs at 14,000-15,000/s against 32,000-34,000/s for the bare insert; the raw event "
         "and state inserts alone reach 16,800/s, so the bounce and outbox parts cost about 10% of it. "
         "The two inserts the issue asks for are most of PostgreSQL's cost.",
-        "More workers cost ingest, not hello-world: with -w 2, 3, 4, 6 and 8 in one sitting, ingest "
+        "More workers cost ingest, not hello-world: in consecutive runs with -w 2, 3, 4, 6 and 8, ingest "
         "ran at 2,298, 2,288, 2,202, 2,068 and 1,782 receipts/s while hello-world stayed at 5,500-6,000 "
         "(ratios 0.42, 0.39, 0.38, 0.34, 0.31): more processes share 2 CPUs with PostgreSQL. The issue "
         "fixes the configuration at -w 4, and so does the benchmark.",
