@@ -186,8 +186,13 @@ def _remember_cursor(window: tuple[datetime, datetime, str], page: int, snapshot
         index_elements=["window_start", "window_end", "source_system", "page"], set_=values))
 
 
+# Ids per UPDATE when marking bounces pulled: SQLite takes at most 32,766 parameters a statement.
+MARK_PULLED_CHUNK = 5000
+
+
 def _mark_pulled(rows) -> None:
-    unpulled = [row.id for row in rows if row.pulled_at is None]
-    if unpulled:
-        db.session.execute(update(Bounce).where(Bounce.id.in_(unpulled)).values(pulled_at=utcnow())
+    unpulled, now = [row.id for row in rows if row.pulled_at is None], utcnow()
+    for start in range(0, len(unpulled), MARK_PULLED_CHUNK):
+        chunk = unpulled[start:start + MARK_PULLED_CHUNK]
+        db.session.execute(update(Bounce).where(Bounce.id.in_(chunk)).values(pulled_at=now)
                            .execution_options(synchronize_session=False))

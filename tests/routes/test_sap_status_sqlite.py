@@ -1,14 +1,18 @@
 """SAP paging on the embedded SQLite default: the step-by-step path keeps the stable-paging guarantees."""
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timedelta
 
 import pytest
 from flask_migrate import upgrade
+from sqlalchemy import event, insert
 
 from app import create_app
-from models import Bounce, db
+from models import Bounce, MessageState, db
 from tests.routes.test_sap_status import WINDOW, push_bounce
+
+STOCK_SQLITE_VARIABLE_LIMIT = 32766
 
 
 @pytest.fixture
@@ -48,3 +52,31 @@ def test_served_records_are_marked_pulled_on_sqlite(sqlite_app):
     with sqlite_app.app_context():
         pulled = db.session.scalars(db.select(Bounce.message_id).where(Bounce.pulled_at.is_not(None))).all()
     assert sorted(pulled) == [f"m{i:03d}" for i in range(100, 120)]
+
+
+def add_bounces(count: int, start: datetime) -> None:
+    """Insert `count` bounce records and their states directly, in one transaction."""
+    states = [dict(id=i + 1, vendor="sapdi", vendor_message_id=f"m{i:06d}", outcome="HARDBOUNCE", rank=3,
+                   status_code="0x4503", status_text="failed", event_at=start, updated_at=start)
+              for i in range(count)]
+    db.session.execute(insert(MessageState), states)
+    db.session.execute(insert(Bounce), [
+        dict(message_state_id=i + 1, message_id=f"m{i:06d}", recipient="+49123456789", status_code="0x4503",
+             status_text="failed", type="Permanent", event_at=start + timedelta(seconds=i), seq=i + 1)
+        for i in range(count)])
+    db.session.commit()
+
+
+def test_get_without_parameters_marks_more_bounces_pulled_than_one_sqlite_statement_takes(sqlite_app):
+    sqlite_app.config["STATUS_GET_ALL_LIMIT"] = 40000
+    with sqlite_app.app_context():
+        add_bounces(33000, datetime(2018, 1, 1))
+        # A stock SQLite build takes at most 32,766 parameters a statement (some distributions raise it).
+        event.listen(db.engine, "connect", lambda connection, _: connection.setlimit(
+            sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, STOCK_SQLITE_VARIABLE_LIMIT))
+        db.engine.dispose()
+    body = sqlite_app.test_client().get("/api/v1/notifications/get").get_json()
+    assert (len(body["status"]), body["lastPage"]) == (33000, True)
+    with sqlite_app.app_context():
+        unpulled = db.session.scalar(db.select(db.func.count()).where(Bounce.pulled_at.is_(None)))
+    assert unpulled == 0
