@@ -7,9 +7,22 @@ from functools import lru_cache
 from typing import Any
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 # Views, hooks and error handlers live as long as the app, so a bounded cache holds them all.
 is_coroutine_function = lru_cache(maxsize=4096)(inspect.iscoroutinefunction)
+
+
+class JsonProvider(DefaultJSONProvider):
+    """Flask's JSON, reading a too deeply nested body as invalid JSON rather than crashing."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        """Parse JSON; nesting deeper than Python's recursion limit is a ValueError like any bad JSON."""
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            # A 2 KB body of brackets would otherwise be a 500, which Emarsys retries forever.
+            raise ValueError("JSON is nested too deeply") from None
 
 
 class SyncFlask(Flask):
@@ -20,6 +33,8 @@ class SyncFlask(Flask):
     docs/performance.md). Flask's documentation names `ensure_sync` as the method to override
     to change how views are run.
     """
+
+    json_provider_class = JsonProvider
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """Return a plain function as it is, and an async one wrapped to run synchronously."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
@@ -26,9 +27,24 @@ DEFAULT_TWILIO_BASE_URL = "https://api.twilio.com"
 CUSTOM_FIELD_VALUES = "customFieldValues"
 VENDOR_FIELD = "vendor"
 
+class _HttpUrl(validate.URL):
+    """An absolute http(s) URL whose port, if it names one, a connection can use."""
+
+    def __call__(self, value: str) -> str:
+        """Return the URL, or raise ValidationError."""
+        value = super().__call__(value)
+        try:
+            port = urlsplit(value).port
+        except ValueError:  # beyond 65535
+            port = 0
+        if port == 0:
+            # Accepted, it would make every send to the client and every connection test fail.
+            raise ValidationError("must have a port from 1 to 65535")
+        return value
+
+
 # require_tld=False so that a loopback or intranet vendor endpoint stays configurable.
-_HTTP_URL = validate.URL(schemes={"http", "https"}, require_tld=False,
-                         error="must be an absolute http or https URL")
+_HTTP_URL = _HttpUrl(schemes={"http", "https"}, require_tld=False, error="must be an absolute http or https URL")
 
 
 class _UnicodeText(fields.String):

@@ -109,6 +109,8 @@ def load_outbound_batch_json(raw: bytes | str) -> list[OutboundMessage]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise payload_error("the body is not valid JSON") from None
+    except RecursionError:
+        raise payload_error("the body is not valid JSON: it is nested too deeply") from None
     return load_outbound_batch(body)
 
 

@@ -171,6 +171,10 @@ INVALID_FIELDS = [
     ({"vendor": "genesys", "login": "l"}, "password", "missing"),
     ({"vendor": "genesys", "login": "l", "password": "p", "priority": "URGENT"}, "priority", "invalid"),
     ({"vendor": "genesys", "login": "l", "password": "p", "baseUrl": "ftp://x"}, "baseUrl", "invalid"),
+    ({"vendor": "genesys", "login": "l", "password": "p", "baseUrl": "https://h.example:99999/x"}, "baseUrl",
+     "invalid"),
+    ({"vendor": "twilio", "accountSid": "AC" + "0" * 32, "authToken": "t", "baseUrl": "http://h.example:0"},
+     "baseUrl", "invalid"),
     ({"vendor": "twilio", "authToken": "t"}, "accountSid", "missing"),
     ({"vendor": "twilio", "accountSid": "AC" + "0" * 32}, "authToken", "missing"),
     ({"vendor": "twilio", "accountSid": "nope", "authToken": "t"}, "accountSid", "invalid"),
@@ -197,6 +201,8 @@ def test_invalid_fields_are_400_and_nothing_is_stored(partner_app, partner_clien
     (b'{"customFieldValues": "x"}', "text/plain", "customFieldValues", "invalid"),
     (b'{"other": 1}', "application/json", "customFieldValues", "missing"),
     (b"[1, 2]", "application/json", "customFieldValues", "invalid"),
+    (b'{"customFieldValues": ' + b"[" * 5000 + b"]" * 5000 + b"}", "application/json", "customFieldValues",
+     "invalid"),
 ])
 @pytest.mark.parametrize("method, path", [("put", configuration_url(uuid.uuid4())), ("post", "/testConnection")])
 def test_malformed_bodies_are_400_not_500(partner_client, auth, method, path, raw, content_type, field_name,

@@ -112,6 +112,7 @@ def test_a_batch_of_1001_is_a_global_error(partner_app, partner_client, auth, on
     (b'{"messages": "x"}', "not an array"),
     (b'{"messages": null}', "not an array"),
     (b'{"messages": []}', "empty"),
+    (b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
 ])
 def test_payload_faults_are_global_errors(partner_app, partner_client, auth, onboard, raw, fault):
     client_id, _ = onboard()
