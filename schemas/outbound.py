@@ -6,9 +6,10 @@ batch is accepted. Each entry's errorContext holds the message's `index` in the
 batch and its first fault (`field`, `fault`), checked in the order
 emarsysMessageId, source, destination, message.
 
-A message without a usable emarsysMessageId (absent, blank, not a string, or the
-item is not an object) cannot be named by its id, yet the spec requires a non-empty
-one, so it is reported under the placeholder id `messages[<index>]`. A repeated
+A message without an emarsysMessageId (absent, blank, not a string, or the item is
+not an object) cannot be named by its id, yet the spec requires a non-empty one, so
+it is reported under the placeholder id `messages[<index>]`; an id refused for what
+it holds (too long, NUL) still names its message. A repeated
 emarsysMessageId makes every occurrence after the first a bad message.
 """
 from __future__ import annotations
@@ -160,7 +161,7 @@ def _message_errors(items: list[Any], field_faults: dict[int, Any]) -> list[dict
         elif message_id is not None:
             first_index_of[message_id] = index
         if faults:
-            errors.append(_message_error(index, message_id, faults))
+            errors.append(_message_error(index, _reported_id(item), faults))
     return errors
 
 
@@ -168,6 +169,13 @@ def _usable_id(item: Any, faults: dict[str, Any]) -> str | None:
     if not isinstance(item, dict) or "emarsysMessageId" in faults:
         return None
     return item["emarsysMessageId"]
+
+
+def _reported_id(item: Any) -> str | None:
+    # Any non-blank id the message carries names it, even one refused as too long: Emarsys
+    # then fails that message alone and retries the others.
+    message_id = item.get("emarsysMessageId") if isinstance(item, dict) else None
+    return message_id if isinstance(message_id, str) and message_id.strip() else None
 
 
 def _message_error(index: int, message_id: str | None, faults: dict[str, Any]) -> dict[str, Any]:
