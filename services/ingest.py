@@ -86,10 +86,10 @@ def add_delivery_report(vendor: str, report: DeliveryReport, params: dict[str, A
     state = _upsert_state(vendor, report, client_id, emarsys_message_id, now)
     if state is not None:
         _sync_bounce(state.id, report, event_id)
-        if state.client_id is not None:
-            forward_id = state.emarsys_message_id or report.vendor_message_id
-            enqueue_forward(state.client_id, "delivery_report", forward_id,
-                            delivery_report_item(report, forward_id), report.event_at, now)
+        if state.client_id is not None and state.emarsys_message_id is not None:
+            # As in ingest_pg.sql: an unknown Emarsys id waits for the send result (adopt_early_reports).
+            enqueue_forward(state.client_id, "delivery_report", state.emarsys_message_id,
+                            delivery_report_item(report, state.emarsys_message_id), report.event_at, now)
     return IngestResult(duplicate=False, applied=state is not None,
                         message_state_id=state.id if state is not None else None)
 
@@ -263,9 +263,10 @@ def adopt_early_reports(reports: list[ReportToAdd]) -> None:
             continue  # add_delivery_reports fills the ids and forwards the send result itself.
         state.client_id = state.client_id or item.client_id
         state.emarsys_message_id = state.emarsys_message_id or item.emarsys_message_id
-        forward_id = state.emarsys_message_id or state.vendor_message_id
-        enqueue_forward(state.client_id, "delivery_report", forward_id,
-                        delivery_report_item(_current_report(state), forward_id), state.event_at, now)
+        if state.emarsys_message_id is not None:
+            enqueue_forward(state.client_id, "delivery_report", state.emarsys_message_id,
+                            delivery_report_item(_current_report(state), state.emarsys_message_id),
+                            state.event_at, now)
     db.session.flush()
 
 

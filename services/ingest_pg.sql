@@ -46,9 +46,9 @@ WITH ev AS (
                         created_at)
     -- The Emarsys DeliveryReport item, as schemas.callbacks.delivery_report_item builds it (a test
     -- holds the two equal). Built here, it costs nothing for the receipts no client receives.
-    SELECT st.client_id, 'delivery_report', LEFT(COALESCE(st.emarsys_message_id, :vmid), 120),
+    SELECT st.client_id, 'delivery_report', LEFT(st.emarsys_message_id, 120),
            CAST(jsonb_build_object(
-                    'emarsysMessageId', COALESCE(st.emarsys_message_id, :vmid),
+                    'emarsysMessageId', st.emarsys_message_id,
                     'receivedAt', to_char(:event_at, 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
                     'status', :outcome,
                     'details', jsonb_build_object('providerStatus', :status_text, 'providerCode', :status_code),
@@ -58,6 +58,8 @@ WITH ev AS (
                         ELSE '{}' END AS json),
            :event_at, 'pending', 0, :now, :now
     FROM st
-    WHERE st.client_id IS NOT NULL
+    -- Emarsys maps a report by its Emarsys message id: one that is not known yet (the vendor
+    -- reported before the send result was recorded) is forwarded when the send result ties it.
+    WHERE st.client_id IS NOT NULL AND st.emarsys_message_id IS NOT NULL
 )
 SELECT (SELECT id FROM ev) AS event_id, (SELECT id FROM st) AS state_id

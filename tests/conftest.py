@@ -7,7 +7,8 @@ from flask_migrate import upgrade
 from sqlalchemy import create_engine, text
 
 from app import create_app
-from models import db
+from models import MessageState, db
+from services.clock import utcnow
 from tests.pg import ThrowawayPostgres
 
 TEST_SETTINGS = {
@@ -79,6 +80,36 @@ def app(make_app):
 def client(app):
     """Return a test client of the service."""
     return app.test_client()
+
+
+@pytest.fixture
+def sqlite_app(tmp_path):
+    """Return an app on a migrated SQLite file, the `make run` default."""
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'sms.sqlite3'}",
+                      "SAP_STATUS_USERNAME": None, "SAP_STATUS_PASSWORD": None, "STATUS_PAGE_SIZE": 100})
+    with app.app_context():
+        upgrade()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def record_sent():
+    """Return a function that records, as the dispatcher does on a send, a client message's state.
+
+    Emarsys maps reports by its own message id, so a client's vendor report is forwarded only
+    for a message whose send tied the vendor id to that id.
+    """
+    def record(app, client_id, vendor: str, vendor_message_id: str, emarsys_message_id: str = "em-1") -> None:
+        with app.app_context():
+            now = utcnow()
+            db.session.add(MessageState(
+                vendor=vendor, vendor_message_id=vendor_message_id, client_id=client_id,
+                emarsys_message_id=emarsys_message_id, outcome="ACCEPTED", rank=1, status_code="0",
+                status_text="sent", event_at=now.replace(year=now.year - 1), updated_at=now))
+            db.session.commit()
+    return record
 
 
 def truncate_all_tables() -> None:

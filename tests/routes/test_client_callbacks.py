@@ -1,4 +1,7 @@
-"""Client-scoped vendor callback URLs: every report and MO is tied to its client and queued for Emarsys."""
+"""Client-scoped vendor callback URLs: every report and MO is tied to its client and queued for Emarsys.
+
+A delivery report is queued once the message's Emarsys id is known (its send was recorded).
+"""
 from __future__ import annotations
 
 from urllib.parse import urlsplit
@@ -43,19 +46,30 @@ def signed_post(client, path: str, form: dict[str, str], auth_token: str):
 
 
 @pytest.mark.parametrize("method", ["post", "get"])
-def test_genesys_delivery_report_is_tied_to_the_client(partner_app, partner_client, onboard, method):
+def test_genesys_delivery_report_is_tied_to_the_client(partner_app, partner_client, onboard, record_sent, method):
     client_id, urls = onboard()
+    record_sent(partner_app, client_id, "genesys", "g-1")
     path = path_of(urls["deliveryReports"]["url"])
     response = (partner_client.post(path, data=GENESYS_DR) if method == "post"
                 else partner_client.get(path, query_string=GENESYS_DR))
     assert response.status_code == 200
     assert count(partner_app, MessageState, vendor_message_id="g-1", client_id=client_id) == 1
-    assert outbox(partner_app) == [(client_id, "delivery_report", "g-1")]
+    assert outbox(partner_app) == [(client_id, "delivery_report", "em-1")]
+
+
+def test_a_report_before_its_send_is_recorded_is_stored_but_not_forwarded_yet(partner_app, partner_client,
+                                                                              onboard):
+    client_id, urls = onboard()
+    assert partner_client.post(path_of(urls["deliveryReports"]["url"]), data=GENESYS_DR).status_code == 200
+    assert count(partner_app, MessageState, vendor_message_id="g-1", client_id=client_id) == 1
+    # Emarsys could not map it without its Emarsys message id; the send result forwards it.
+    assert outbox(partner_app) == []
 
 
 def test_a_report_through_one_clients_url_never_changes_another_clients_message(partner_app, partner_client,
-                                                                                  onboard):
+                                                                                  onboard, record_sent):
     (owner, owner_urls), (other, other_urls) = onboard(), onboard()
+    record_sent(partner_app, owner, "genesys", "g-1")
     sent = {**GENESYS_DR, "message_state": "6"}
     assert partner_client.post(path_of(owner_urls["deliveryReports"]["url"]), data=sent).status_code == 200
     forged = {**GENESYS_DR, "message_state": "5", "result_code": "1"}
@@ -63,14 +77,15 @@ def test_a_report_through_one_clients_url_never_changes_another_clients_message(
     with partner_app.app_context():
         [state] = db.session.scalars(db.select(MessageState)).all()
         assert (state.client_id, state.outcome) == (owner, "ACCEPTED")
-    assert outbox(partner_app) == [(owner, "delivery_report", "g-1")]
+    assert outbox(partner_app) == [(owner, "delivery_report", "em-1")]
 
 
-def test_redelivered_report_is_forwarded_once(partner_app, partner_client, onboard):
+def test_redelivered_report_is_forwarded_once(partner_app, partner_client, onboard, record_sent):
     client_id, urls = onboard()
+    record_sent(partner_app, client_id, "genesys", "g-1")
     for _ in range(2):
         assert partner_client.post(path_of(urls["deliveryReports"]["url"]), data=GENESYS_DR).status_code == 200
-    assert outbox(partner_app) == [(client_id, "delivery_report", "g-1")]
+    assert outbox(partner_app) == [(client_id, "delivery_report", "em-1")]
 
 
 @pytest.mark.parametrize("url_kind", ["inboundMessages", "deliveryReports"])
@@ -89,17 +104,19 @@ def test_genesys_mo_on_the_unscoped_report_url_is_inbound(partner_app, partner_c
     assert outbox(partner_app) == []  # no client, nothing to forward
 
 
-@pytest.mark.parametrize("url_kind, form, model, kind", [
-    ("deliveryReports", TWILIO_DR, MessageState, "delivery_report"),
-    ("inboundMessages", TWILIO_MO, InboundMessageRecord, "inbound_message"),
+@pytest.mark.parametrize("url_kind, form, model, kind, forwarded_key", [
+    ("deliveryReports", TWILIO_DR, MessageState, "delivery_report", "em-1"),
+    ("inboundMessages", TWILIO_MO, InboundMessageRecord, "inbound_message", TWILIO_MO["MessageSid"]),
 ])
-def test_twilio_callback_signed_with_the_clients_token_is_stored(partner_app, partner_client, onboard,
-                                                                 twilio_fields, url_kind, form, model, kind):
+def test_twilio_callback_signed_with_the_clients_token_is_stored(partner_app, partner_client, onboard, record_sent,
+                                                                 twilio_fields, url_kind, form, model, kind,
+                                                                 forwarded_key):
     client_id, urls = onboard(twilio_fields)
+    record_sent(partner_app, client_id, "twilio", TWILIO_DR["MessageSid"])
     path = path_of(urls[url_kind]["url"])
     assert signed_post(partner_client, path, form, twilio_fields["authToken"]).status_code == 200
     assert count(partner_app, model, vendor_message_id=form["MessageSid"], client_id=client_id) == 1
-    assert outbox(partner_app) == [(client_id, kind, form["MessageSid"])]
+    assert outbox(partner_app) == [(client_id, kind, forwarded_key)]
 
 
 @pytest.mark.parametrize("signature_token", [None, "another-token"], ids=["unsigned", "wrong-token"])

@@ -152,11 +152,13 @@ def test_delete_cancels_only_that_clients_queued_messages(partner_app, partner_c
     assert states == {gone: "cancelled", kept: "queued"}
 
 
-def test_delete_drops_only_that_clients_unforwarded_reports(partner_app, partner_client, auth, onboard):
+def test_delete_drops_only_that_clients_unforwarded_reports(partner_app, partner_client, auth, onboard,
+                                                            record_sent):
     (gone, gone_urls), (kept, kept_urls) = onboard(), onboard()
-    for urls in (gone_urls, kept_urls):
+    for client_id, urls in ((gone, gone_urls), (kept, kept_urls)):
+        record_sent(partner_app, client_id, "genesys", f"g-{client_id}", f"em-{client_id}")
         path = urlsplit(urls["deliveryReports"]["url"]).path
-        receipt = {"type": "receipt", "message_id": f"g-{path[-30:-20]}", "message_state": "2", "result_code": "0"}
+        receipt = {"type": "receipt", "message_id": f"g-{client_id}", "message_state": "2", "result_code": "0"}
         assert partner_client.post(path, data=receipt).status_code == 200
     assert partner_client.delete(configuration_url(gone), headers=auth).status_code == 204
     with partner_app.app_context():

@@ -4,26 +4,12 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime, timedelta
 
-import pytest
-from flask_migrate import upgrade
 from sqlalchemy import event, insert
 
-from app import create_app
 from models import Bounce, MessageState, db
 from tests.routes.test_sap_status import WINDOW, push_bounce
 
 STOCK_SQLITE_VARIABLE_LIMIT = 32766
-
-
-@pytest.fixture
-def sqlite_app(tmp_path):
-    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'sms.sqlite3'}",
-                      "SAP_STATUS_USERNAME": None, "SAP_STATUS_PASSWORD": None, "STATUS_PAGE_SIZE": 100})
-    with app.app_context():
-        upgrade()
-    yield app
-    with app.app_context():
-        db.engine.dispose()
 
 
 def test_pages_are_a_stable_snapshot_on_sqlite(sqlite_app):

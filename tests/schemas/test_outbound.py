@@ -193,7 +193,7 @@ def test_id_fault_is_reported_before_other_faults_of_the_message():
 def test_too_long_id_is_a_per_message_fault():
     errors = message_errors({"messages": [message("x" * 101)]})
 
-    assert errors[0]["emarsysMessageId"] == "messages[0]"
+    assert errors[0]["emarsysMessageId"] == "x" * 101
     assert errors[0]["errorContext"]["field"] == "emarsysMessageId"
 
 

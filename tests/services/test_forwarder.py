@@ -187,10 +187,11 @@ def local_path(url: str) -> str:
 
 # --- what is forwarded ------------------------------------------------------------------
 
-def test_genesys_dr_on_a_client_callback_url_reaches_emarsys(app, emarsys):
+def test_genesys_dr_on_a_client_callback_url_reaches_emarsys(app, emarsys, record_sent):
     client = app.test_client()
     with app.app_context():
         url = callback_urls(genesys_client()).delivery_reports
+    record_sent(app, CLIENT_A, "genesys", "g-1", "em-1")
     form = {"type": "receipt", "message_id": "g-1", "message_state": "2", "result_code": "0"}
 
     assert client.post(local_path(url), data=form).status_code == 200
@@ -198,7 +199,7 @@ def test_genesys_dr_on_a_client_callback_url_reaches_emarsys(app, emarsys):
 
     [call] = emarsys.calls
     assert (call["client_id"], call["collection"]) == (str(CLIENT_A), "deliveryReports")
-    assert [(item["emarsysMessageId"], item["status"]) for item in call["items"]] == [("g-1", "DELIVERED")]
+    assert [(item["emarsysMessageId"], item["status"]) for item in call["items"]] == [("em-1", "DELIVERED")]
     assert call["items"][0]["providerMessageIds"] == ["g-1"]
     with app.app_context():
         assert [(item.state, item.sent_at is not None) for item in items()] == [("done", True)]

@@ -23,16 +23,24 @@ CLIENT = uuid.UUID("0b7c9a3e-5d2f-4c1a-9e8b-7f6a5d4c3b2a")
     (Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
     (Outcome.ERROR, None),
 ])
-@pytest.mark.parametrize("emarsys_message_id", [None, "em-42"])
-def test_the_outbox_item_the_statement_builds_is_the_python_delivery_report_item(
-        app, outcome, error_type, emarsys_message_id):
+def test_the_outbox_item_the_statement_builds_is_the_python_delivery_report_item(app, outcome, error_type):
     report = DeliveryReport(vendor_message_id="v-1", recipient="+4915112345678", status_code="8:6",
                             status_text='rejected "by carrier" – Grüße', outcome=outcome, error_type=error_type,
                             event_at=datetime(2026, 12, 1, 9, 30, 15, 987654))
     with app.app_context():
         assert db.engine.dialect.name == "postgresql"
-        record_delivery_report("genesys", report, {"message_id": "v-1"}, CLIENT, emarsys_message_id)
+        record_delivery_report("genesys", report, {"message_id": "v-1"}, CLIENT, "em-42")
         [item] = db.session.scalars(db.select(OutboxItem)).all()
-        assert (item.client_id, item.kind, item.message_key) == (
-            CLIENT, "delivery_report", emarsys_message_id or "v-1")
-        assert item.payload == delivery_report_item(report, emarsys_message_id or "v-1")
+        assert (item.client_id, item.kind, item.message_key) == (CLIENT, "delivery_report", "em-42")
+        assert item.payload == delivery_report_item(report, "em-42")
+
+
+@pytest.mark.parametrize("app_fixture, dialect", [("app", "postgresql"), ("sqlite_app", "sqlite")])
+def test_a_client_report_without_its_emarsys_message_id_is_not_forwarded(request, app_fixture, dialect):
+    report = DeliveryReport(vendor_message_id="v-1", recipient=None, status_code="2:0", status_text="delivered",
+                            outcome=Outcome.DELIVERED, event_at=datetime(2026, 12, 1, 9, 30))
+    with request.getfixturevalue(app_fixture).app_context():
+        assert db.engine.dialect.name == dialect
+        result = record_delivery_report("genesys", report, {"message_id": "v-1"}, CLIENT, None)
+        assert result.applied
+        assert db.session.scalars(db.select(OutboxItem)).all() == []
