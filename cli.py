@@ -12,6 +12,8 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import Engine, event, text
 
+from logging_setup import mask_phone_numbers
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # One number every instance agrees on ("sms_mig"): the PostgreSQL advisory lock of migrations.
 MIGRATION_LOCK_KEY = 0x736D735F6D6967
@@ -80,7 +82,8 @@ def outbox_dead_command(client_id: uuid.UUID | None, limit: int) -> None:
     letters = dead_letters(limit, client_id)
     click.echo("id\tclient\tkind\tmessage_key\tattempts\tlast_error")
     for letter in letters:
-        error = (letter.last_error or "").replace("\n", " ")[:200]
+        # An Emarsys 400's error texts may quote subscriber data; stdout is a log stream on Cloud Foundry.
+        error = mask_phone_numbers((letter.last_error or "").replace("\n", " ")[:200])
         click.echo(f"{letter.id}\t{letter.client_id}\t{letter.kind}\t{letter.message_key}\t"
                    f"{letter.attempts}\t{error}")
     click.echo(f"{len(letters)} of {count_dead_letters(client_id)} dead letter(s) shown")

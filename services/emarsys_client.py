@@ -166,7 +166,8 @@ class EmarsysClient:
             result = classify_response(self._post_with_refresh(url, {collection: items}),
                                        collection, len(items))
         except TokenServiceError as exc:
-            result = CallResult("retry", reason=f"token service: {exc}", http_status=exc.http_status)
+            # No http_status: it is the token endpoint's, and a 400 there is not Emarsys refusing items.
+            result = CallResult("retry", reason=f"token service: {exc}")
         except requests.Timeout as exc:
             result = CallResult("retry", reason=f"timeout: {type(exc).__name__}")
         except requests.RequestException as exc:

@@ -96,6 +96,20 @@ def lock_claims_of(client_id: uuid.UUID, kind: str) -> None:
         db.session.execute(db.select(func.pg_advisory_xact_lock(claim_lock_key(client_id, kind))))
 
 
+# The most HTTP requests one batch can make: a token fetch and a post, twice when a 401 refreshes.
+REQUESTS_PER_CALL = 4
+
+
+def request_timeout(lease_seconds: float) -> tuple[float, float]:
+    """Return the (connect, read) timeouts that end all of a batch's requests within 3/4 of its lease.
+
+    Past its lease another worker may claim the batch and post it too: Emarsys would get it twice.
+    """
+    per_request = lease_seconds * 0.75 / REQUESTS_PER_CALL
+    connect = min(5.0, per_request / 3)
+    return connect, per_request - connect
+
+
 class Forwarder:
     """Move due outbox items to Emarsys in leased batches; one instance per worker."""
 
@@ -120,10 +134,9 @@ class Forwarder:
                        ("PARTNER_OAUTH_TOKEN_URL", "PARTNER_OAUTH_CLIENT_ID", "PARTNER_OAUTH_CLIENT_SECRET")]
         emarsys = None
         if all(credentials):
-            # A call may post twice (401 refresh) and fetch a token: all of it must end inside the lease.
-            read_timeout = max(1.0, min(30.0, config["LEASE_SECONDS"] / 4))
-            emarsys = EmarsysClient(config["EMARSYS_API_BASE_URL"], OAuthTokenProvider(*credentials),
-                                    timeout=(5, read_timeout))
+            timeout = request_timeout(config["LEASE_SECONDS"])
+            emarsys = EmarsysClient(config["EMARSYS_API_BASE_URL"],
+                                    OAuthTokenProvider(*credentials, timeout=timeout), timeout=timeout)
         return cls(emarsys, policy, owner, batch_size=int(config.get("FORWARD_BATCH_SIZE", MAX_BATCH_SIZE)),
                    linger_seconds=config["FORWARD_LINGER_MS"] / 1000, lease_seconds=config["LEASE_SECONDS"])
 
@@ -208,10 +221,16 @@ class Forwarder:
         return bool(candidates) and min(row.created_at for row in candidates) <= now - self.linger
 
     def send(self, batch: Batch) -> CallResult:
-        """Post one batch to Emarsys, outside any database transaction."""
+        """Post one batch to Emarsys, outside any database transaction; a fault of ours is a retry."""
         assert self.emarsys is not None, "send needs partner OAuth settings"
         payloads = [item.payload for item in batch.items]
-        return SENDERS[batch.kind](self.emarsys, str(batch.client_id), payloads)
+        try:
+            return SENDERS[batch.kind](self.emarsys, str(batch.client_id), payloads)
+        except Exception as exc:  # Unhandled, it would leave the batch leased, retried and never aged out.
+            # Only the type: an exception's text could quote a payload or a credential.
+            log.error("forwarding %d %s item(s) of client %s raised %s", len(payloads), batch.kind,
+                      batch.client_id, type(exc).__name__)
+            return CallResult("retry", reason=f"sending raised {type(exc).__name__}")
 
     def acknowledge(self, batch: Batch, result: CallResult, now: datetime) -> int:
         """Record Emarsys's answer for the items this worker still leases, commit, return rows changed."""

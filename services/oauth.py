@@ -51,10 +51,11 @@ class OAuthTokenProvider:
     """Fetch and cache a bearer token from an OAuth 2 token endpoint (client credentials grant)."""
 
     def __init__(self, token_url: str, client_id: str, client_secret: str,
-                 session: requests.Session | None = None, timeout: float = 10,
+                 session: requests.Session | None = None, timeout: float | tuple[float, float] = 10,
                  refresh_margin: float = 60, clock: Callable[[], float] = time.time):
         self._token_url = token_url
-        self._credentials = (client_id, client_secret)
+        # As UTF-8 bytes: requests would encode str credentials as Latin-1 and raise on anything else.
+        self._credentials = (client_id.encode("utf-8"), client_secret.encode("utf-8"))
         self._session = session or requests.Session()
         self._timeout = timeout
         self._refresh_margin = refresh_margin

@@ -74,6 +74,16 @@ def test_dead_lists_dead_letters_without_message_bodies(app):
     assert PRIVATE_BODY not in result.output
 
 
+def test_dead_masks_phone_numbers_an_emarsys_error_quoted(app):
+    with app.app_context():
+        add_item("dead", attempts=1, last_error="HTTP 400: destination +4915112345678 is invalid")
+
+    result = run(app, "dead")
+
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1].endswith("HTTP 400: destination **********5678 is invalid")
+
+
 # (arguments, items replayed): A has a dead letter from 3 days ago and one from now, B one from now.
 REPLAYS = [
     ((), 3),

@@ -50,14 +50,14 @@ class TokenServer:
 
     def __init__(self, httpserver):
         self.issued: list[str] = []
-        self.outage = False
+        self.outage_status: int | None = None  # the status every token request gets while set
         httpserver.expect_request(TOKEN_PATH, method="POST").respond_with_handler(self.handle)
         self.url = httpserver.url_for(TOKEN_PATH)
 
     def handle(self, request: Request) -> Response:
         """Issue the next token, or fail while an outage is simulated."""
-        if self.outage:
-            return Response("unavailable", status=503)
+        if self.outage_status is not None:
+            return Response('{"error": "unavailable"}', status=self.outage_status)
         self.issued.append(f"token-{len(self.issued) + 1}")
         body = {"access_token": self.issued[-1], "token_type": "bearer", "expires_in": 3600}
         return Response(json.dumps(body), status=200, content_type="application/json")
@@ -222,13 +222,25 @@ def test_second_401_is_a_retry_without_further_attempts(client, emarsys, token_s
 
 
 def test_token_service_outage_is_a_retry_and_sends_nothing(client, emarsys, token_server):
-    token_server.outage = True
+    token_server.outage_status = 503
 
     result = client.send_delivery_reports(CLIENT_ID, [delivered_report()])
 
-    assert (result.kind, result.http_status) == ("retry", 503)
-    assert "token service" in result.reason
+    # The 503 is the token endpoint's, named in the reason; http_status is only ever Emarsys's answer.
+    assert (result.kind, result.http_status) == ("retry", None)
+    assert "token service" in result.reason and "503" in result.reason
     assert emarsys.received == []
+
+
+def test_a_token_service_400_is_logged_as_such_not_as_emarsys_refusing_items(client, emarsys, token_server,
+                                                                             caplog):
+    token_server.outage_status = 400
+
+    with caplog.at_level(logging.WARNING, logger="services.emarsys_client"):
+        client.send_delivery_reports(CLIENT_ID, [delivered_report()])
+
+    assert "token service answered HTTP 400" in caplog.text
+    assert "item(s) named" not in caplog.text
 
 
 # --- retryable answers --------------------------------------------------------------------

@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import threading
+import time
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta
@@ -21,7 +22,7 @@ from schemas.client_config import load_client_config
 from services.clients import callback_urls, save_client
 from services.clock import utcnow
 from services.emarsys_client import CallResult
-from services.forwarder import Forwarder, claim_lock_key
+from services.forwarder import REQUESTS_PER_CALL, Forwarder, claim_lock_key, request_timeout
 from services.ingest import record_delivery_report
 from tests.emarsys_spec import requires_spec, validate_pointer, validate_schema
 
@@ -552,3 +553,40 @@ def test_dead_letters_replayed_through_the_cli_are_delivered(app, emarsys):
     with app.app_context():
         assert states() == Counter({"done": 3})
     assert emarsys.batches(CLIENT_A) == [2, 2]
+
+
+def test_a_batch_that_raises_while_sending_is_rescheduled_not_left_leased(app, emarsys):
+    with app.app_context():
+        seed(CLIENT_A, 1)
+        # A kind this worker cannot send, as a newer version might write during a rolling deploy.
+        db.session.execute(update(OutboxItem).values(kind="future_kind"))
+        db.session.commit()
+        assert forwarder(app).run_once() == 1
+        [item] = items()
+    assert (item.state, item.attempts, item.lease_owner) == ("pending", 1, None)
+    assert item.last_error == "sending raised KeyError"
+    assert emarsys.calls == []
+
+
+@pytest.mark.parametrize("lease_seconds", [2, 8, 60, 600])
+def test_all_requests_of_a_batch_end_within_three_quarters_of_its_lease(lease_seconds):
+    connect, read = request_timeout(lease_seconds)
+    assert 0 < connect <= 5 and read > 0
+    assert REQUESTS_PER_CALL * (connect + read) == pytest.approx(lease_seconds * 0.75)
+
+
+def test_a_token_service_slower_than_the_lease_allows_posts_nothing(forwarder_app, emarsys, httpserver):
+    def slow_token(request: Request) -> Response:
+        time.sleep(1.0)
+        return Response(json.dumps({"access_token": "late", "expires_in": 3600}), content_type="application/json")
+    httpserver.expect_request("/slow-token").respond_with_handler(slow_token)
+    app = forwarder_app(LEASE_SECONDS=2, PARTNER_OAUTH_TOKEN_URL=httpserver.url_for("/slow-token"))
+    with app.app_context():
+        seed(CLIENT_A, 1)
+        forwarder(app).run_once()
+        [item] = items()
+    # Given up well before the 2 s lease ends, so no second worker can post the batch meanwhile.
+    assert (item.state, item.attempts) == ("pending", 1)
+    assert "token service" in item.last_error
+    assert emarsys.calls == []
+    time.sleep(1.0)  # let the slow handler finish before the next test's server starts

@@ -72,6 +72,15 @@ def test_token_is_fetched_with_client_credentials(httpserver):
                                 "client_id": "partner-client", "client_secret": "partner-secret"}]
 
 
+def test_a_client_secret_outside_latin_1_is_sent_as_utf_8(httpserver):
+    server = TokenServer(httpserver, as_jwt=False)
+
+    token = OAuthTokenProvider(server.url, "partner-client", "s€cret-ü", clock=FakeClock()).token()
+
+    assert token == "opaque-token-1"
+    assert server.requests[0]["client_secret"] == "s€cret-ü"
+
+
 def test_token_is_cached_across_calls(httpserver):
     server = TokenServer(httpserver)
     provider = make_provider(server.url)
