@@ -36,11 +36,18 @@ BUILT_IN_RULES: dict[str, OutcomeRule] = {
     "6": (Outcome.ACCEPTED, None),
     "7": (Outcome.UNKNOWN, None),
     "8": (Outcome.HARDBOUNCE, None),
-    "8:6": (Outcome.SOFTBOUNCE, None),
-    "8:98": (Outcome.SOFTBOUNCE, None),
     "*:2": (Outcome.ERROR, ErrorType.AUTHENTICATION),
     "*:4": (Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
     "*:5": (Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
+    # "Please resubmit" and "Try again": whatever the state, the number is not at fault.
+    "*:6": (Outcome.SOFTBOUNCE, None),
+    "*:98": (Outcome.SOFTBOUNCE, None),
+    # A duplicate message_id is a resend of a message Genesys already has (the sender retries
+    # with the same id); that message's own receipts tell its fate, so this one says no more
+    # than accepted, which never overrides them.
+    "*:7": (Outcome.ACCEPTED, None),
+    # Our message was too long: the sender's fault, never the recipient's.
+    "*:8": (Outcome.ERROR, ErrorType.UNKNOWN),
 }
 
 STATE_LABELS = {
@@ -108,10 +115,16 @@ def _state_and_result_code(fields: Mapping[str, str]) -> tuple[str, str]:
     return _number(optional(fields, "message_state")), _number(optional(fields, "result_code"))
 
 
+MAX_CODE_DIGITS = 9
+
+
 def _number(value: str | None) -> str:
     # "08" and "8" are the same code; anything else is kept as sent so it can be logged.
-    # isascii: "²".isdigit() is true, and int() refuses it.
-    return str(int(value)) if value and value.isascii() and value.isdigit() else (value or "")
+    # isascii: "²".isdigit() is true, and int() refuses it; past MAX_CODE_DIGITS, int() costs
+    # more and past 4,300 digits refuses too, and no code is that long.
+    if value and value.isascii() and value.isdigit() and len(value) <= MAX_CODE_DIGITS:
+        return str(int(value))
+    return value or ""
 
 
 def _expect_type(fields: Mapping[str, str], expected: str) -> None:

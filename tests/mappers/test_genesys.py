@@ -33,6 +33,10 @@ def receipt(state: str, result_code: str | None = "0", **extra: str) -> dict[str
         ("8", "99", Outcome.HARDBOUNCE, None),
         ("8", "6", Outcome.SOFTBOUNCE, None),
         ("8", "98", Outcome.SOFTBOUNCE, None),
+        ("5", "6", Outcome.SOFTBOUNCE, None),  # throttled: "Please resubmit", whatever the state
+        ("3", "98", Outcome.SOFTBOUNCE, None),
+        ("8", "7", Outcome.ACCEPTED, None),  # a duplicate message_id: the original's receipts decide
+        ("8", "8", Outcome.ERROR, ErrorType.UNKNOWN),  # our body was too long, not the number's fault
         ("8", "2", Outcome.ERROR, ErrorType.AUTHENTICATION),
         ("5", "2", Outcome.ERROR, ErrorType.AUTHENTICATION),
         ("1", "2", Outcome.ERROR, ErrorType.AUTHENTICATION),
