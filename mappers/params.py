@@ -6,6 +6,8 @@ from urllib.parse import unquote_to_bytes
 
 from mappers.report import MappingError
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
 
 def lower_keys(params: Mapping[str, str]) -> dict[str, str]:
     """Return the parameters with lower-cased names; vendors vary the letter case."""
@@ -34,7 +36,8 @@ def decode_form(encoded: bytes, charset: str | None = None) -> dict[str, str]:
     than kept escaped or dropped with the whole body.
     """
     fields: dict[str, str] = {}
-    for pair in encoded.split(b"&"):
+    # Some vendors write a UTF-8 byte order mark first; left in, it would hide the first name.
+    for pair in encoded.removeprefix(UTF8_BOM).split(b"&"):
         if pair:
             name, _, value = pair.partition(b"=")
             fields.setdefault(_decode_component(name, charset), _decode_component(value, charset))
@@ -43,10 +46,15 @@ def decode_form(encoded: bytes, charset: str | None = None) -> dict[str, str]:
 
 def _decode_component(component: bytes, charset: str | None) -> str:
     raw = unquote_to_bytes(component.replace(b"+", b" "))
-    for encoding in (charset, "utf-8"):
-        if encoding:
-            try:
-                return raw.decode(encoding)
-            except (UnicodeDecodeError, LookupError):
-                pass
-    return raw.decode("cp1252", errors="replace")
+    if charset:
+        try:
+            # A declared codec may yield lone surrogates (utf-7, unicode_escape), which cannot be stored.
+            text = raw.decode(charset)
+            text.encode("utf-8")
+            return text
+        except (UnicodeError, LookupError):
+            pass
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="replace")

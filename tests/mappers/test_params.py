@@ -21,6 +21,12 @@ from mappers.params import decode_form
     (b"text=%81", None, {"text": "\ufffd"}),
     (b"a=b=c", None, {"a": "b=c"}),
     (b"=x", None, {"": "x"}),
+    (b"\xef\xbb\xbfMessageSid=SM1&MessageStatus=delivered", None, {"MessageSid": "SM1", "MessageStatus": "delivered"}),
+    # Declared codecs that fail, or yield lone surrogates PostgreSQL cannot store, fall back.
+    (b"x=%FF%FE", "punycode", {"x": "\xff\xfe"}),
+    (b"Body=%2B2AA-", "utf-7", {"Body": "+2AA-"}),
+    (b"v=%5Cud800", "unicode_escape", {"v": "\\ud800"}),
+    (b"v=%C3%A4", "base64", {"v": "ä"}),
 ])
 def test_decode_form_reads_fields_in_the_encoding_they_came_in(encoded, charset, expected):
     assert decode_form(encoded, charset) == expected
