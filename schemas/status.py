@@ -9,7 +9,8 @@ from models import StatusCursor
 from schemas.text import no_nul_characters
 from services.bounces import SAP_TIME_FORMAT
 
-MAX_PAGE = 2**31 - 1
+# A served page remembers where page + 1 starts, in an integer column: the largest page leaves room for it.
+MAX_PAGE = 2**31 - 2
 # A page remembers where the next one starts under its sourceSystem: a longer name cannot be stored.
 MAX_SOURCE_SYSTEM = StatusCursor.__table__.c.source_system.type.length
 

@@ -76,6 +76,14 @@ def test_page_past_the_end_is_empty_and_last(client):
     assert (body["status"], body["lastPage"], body["page"]) == ([], True, "7")
 
 
+def test_the_largest_page_is_answered_when_the_window_is_full_enough_to_page_on(client):
+    start = datetime(2018, 1, 1, 0, 0, 0)
+    for i in range(101):
+        push_bounce(client, f"m{i:03d}", start + timedelta(minutes=i))
+    body = client.get(f"/status?{WINDOW}&page={2**31 - 2}").get_json()
+    assert (body["status"], body["lastPage"], body["page"]) == ([], True, str(2**31 - 2))
+
+
 def test_empty_window_is_the_last_page(client):
     body = client.get(f"/status?{WINDOW}&page=0").get_json()
     assert (body["status"], body["lastPage"]) == ([], True)
@@ -112,6 +120,7 @@ def test_get_without_parameters_stops_at_its_limit_and_says_it_is_not_the_last_p
     (f"{WINDOW}&page=-1", "page"),
     (f"{WINDOW}&page=two", "page"),
     (f"{WINDOW}&page=1.5", "page"),
+    (f"{WINDOW}&page={2**31 - 1}", "page"),
     (f"{WINDOW}&sourceSystem={'x' * 101}", "sourceSystem"),
     (f"{WINDOW}&sourceSystem=ERP%00", "sourceSystem"),
     ("sourceSystem=%0C7%3D%F1%99%88%A6%00%C3%9D&startTimeUTC=20260101000000", "sourceSystem"),
