@@ -22,7 +22,8 @@ import yaml
 
 from mappers import expertflow, genesys, twilio
 from mappers.params import lower_keys, optional
-from mappers.report import DeliveryReport, ErrorType, InboundMessage, MappingError, Outcome
+from mappers.report import (MAX_VENDOR_NAME_LENGTH, DeliveryReport, ErrorType, InboundMessage, MappingError,
+                            Outcome)
 from mappers.rules import OutcomeRule, required_as_spelled
 
 BUILT_IN_VENDORS = ("sapdi", genesys.VENDOR, twilio.VENDOR, expertflow.VENDOR)
@@ -279,6 +280,9 @@ def _check_vendor_name(name: object, path: str) -> None:
                            f"change its table under overrides.{name} instead")
     if not isinstance(name, str) or not VENDOR_NAME_PATTERN.match(name):
         raise _Fault(path, "a vendor name must be lower-case letters, digits, '-' or '_'")
+    if len(name) > MAX_VENDOR_NAME_LENGTH:
+        # Every stored report carries the name: a longer one would fail each request instead.
+        raise _Fault(path, f"a vendor name is at most {MAX_VENDOR_NAME_LENGTH} characters")
 
 
 def _parse_parameters(body: object, path: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from mappers.report import MAX_MESSAGE_ID_LENGTH
+from mappers.report import MAX_MESSAGE_ID_LENGTH, MAX_VENDOR_NAME_LENGTH
 from models import BigId, db
 
 
@@ -18,7 +18,7 @@ class RawEvent(db.Model):
     __tablename__ = "raw_events"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    vendor: Mapped[str] = mapped_column(String(40))
+    vendor: Mapped[str] = mapped_column(String(MAX_VENDOR_NAME_LENGTH))
     kind: Mapped[str] = mapped_column(String(20))
     client_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     vendor_message_id: Mapped[str | None] = mapped_column(String(MAX_MESSAGE_ID_LENGTH), index=True)

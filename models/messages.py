@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from mappers.report import MAX_MESSAGE_ID_LENGTH, MAX_PHONE_NUMBER_LENGTH, MAX_STATUS_CODE_LENGTH
+from mappers.report import (MAX_MESSAGE_ID_LENGTH, MAX_PHONE_NUMBER_LENGTH, MAX_STATUS_CODE_LENGTH,
+                            MAX_VENDOR_NAME_LENGTH)
 from models import BigId, db
 
 
@@ -18,7 +19,7 @@ class MessageState(db.Model):
     __table_args__ = (UniqueConstraint("vendor", "vendor_message_id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    vendor: Mapped[str] = mapped_column(String(40))
+    vendor: Mapped[str] = mapped_column(String(MAX_VENDOR_NAME_LENGTH))
     vendor_message_id: Mapped[str] = mapped_column(String(MAX_MESSAGE_ID_LENGTH))
     client_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
     emarsys_message_id: Mapped[str | None] = mapped_column(String(100))
@@ -78,7 +79,7 @@ class InboundMessageRecord(db.Model):
     __table_args__ = (UniqueConstraint("vendor", "vendor_message_id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    vendor: Mapped[str] = mapped_column(String(40))
+    vendor: Mapped[str] = mapped_column(String(MAX_VENDOR_NAME_LENGTH))
     vendor_message_id: Mapped[str] = mapped_column(String(MAX_MESSAGE_ID_LENGTH))
     client_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
     source: Mapped[str] = mapped_column(String(MAX_PHONE_NUMBER_LENGTH))

@@ -255,6 +255,7 @@ def broken(path: str, value: object) -> dict:
         ({"vendors": {"sapdi": MINIMAL_VENDOR}},
          "bad.yaml: vendors.sapdi: clashes with the built-in vendor 'sapdi'"),
         ({"vendors": {"My MSP": MINIMAL_VENDOR}}, "bad.yaml: vendors.My MSP: a vendor name"),
+        ({"vendors": {"v" * 41: MINIMAL_VENDOR}}, f"bad.yaml: vendors.{'v' * 41}: a vendor name is at most 40"),
         (broken("vendors.acme.outcomes.1", "BLAH"),
          "bad.yaml: vendors.acme.outcomes.1: unknown outcome 'BLAH'"),
         (broken("vendors.acme.outcomes.2", "ERROR"),
