@@ -21,10 +21,10 @@ from pathlib import Path
 import yaml
 
 from mappers import expertflow, genesys, twilio
-from mappers.params import lower_keys, optional
+from mappers.params import lower_keys, optional, phone_number
 from mappers.report import (MAX_VENDOR_NAME_LENGTH, DeliveryReport, ErrorType, InboundMessage, MappingError,
                             Outcome)
-from mappers.rules import OutcomeRule, required_as_spelled
+from mappers.rules import OutcomeRule, required_as_spelled, required_phone_number
 
 BUILT_IN_VENDORS = ("sapdi", genesys.VENDOR, twilio.VENDOR, expertflow.VENDOR)
 OVERRIDE_KEY_PATTERNS = {
@@ -99,7 +99,7 @@ def map_delivery_report(mapping: VendorMapping, params: Mapping[str, str],
     outcome, error_type = mapping.outcomes.get(status.lower(), mapping.default_outcome)
     return DeliveryReport(
         vendor_message_id=required_as_spelled(fields, mapping.message_id),
-        recipient=_value(fields, mapping.recipient),
+        recipient=phone_number(fields.get(mapping.recipient.lower())) if mapping.recipient else None,
         status_code=status,
         status_text=_value(fields, mapping.status_text) or status,
         event_at=_event_time(mapping, fields) or received_at,
@@ -117,8 +117,8 @@ def map_inbound_message(mapping: VendorMapping, params: Mapping[str, str],
     names = mapping.inbound
     return InboundMessage(
         vendor_message_id=required_as_spelled(fields, names.message_id),
-        source=required_as_spelled(fields, names.source),
-        destination=required_as_spelled(fields, names.destination),
+        source=required_phone_number(fields, names.source),
+        destination=required_phone_number(fields, names.destination),
         body=fields.get(names.body.lower()) or "",  # Whitespace in a body is content.
         received_at=received_at,
     )

@@ -13,9 +13,9 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 
-from mappers.params import lower_keys, optional
+from mappers.params import lower_keys, optional, phone_number
 from mappers.report import DeliveryReport, InboundMessage, Outcome
-from mappers.rules import OutcomeRule, Overrides, find_rule, required_as_spelled
+from mappers.rules import OutcomeRule, Overrides, find_rule, required_as_spelled, required_phone_number
 
 VENDOR = "expertflow"
 
@@ -38,7 +38,7 @@ def map_delivery_report(params: Mapping[str, str], received_at: datetime,
     outcome, error_type = _rule_for(status, overrides) or (Outcome.UNKNOWN, None)
     return DeliveryReport(
         vendor_message_id=required_as_spelled(fields, "MessageSid"),
-        recipient=optional(fields, "to"),
+        recipient=phone_number(fields.get("to")),
         status_code=status,
         status_text=status,
         event_at=received_at,  # Notifications carry no event time.
@@ -52,8 +52,8 @@ def map_inbound_message(params: Mapping[str, str], received_at: datetime) -> Inb
     fields = lower_keys(params)
     return InboundMessage(
         vendor_message_id=_sms_sid(fields),
-        source=required_as_spelled(fields, "From"),
-        destination=required_as_spelled(fields, "To"),
+        source=required_phone_number(fields, "From"),
+        destination=required_phone_number(fields, "To"),
         body=fields.get("body") or "",  # Whitespace in a body is content: keep it.
         received_at=received_at,
     )

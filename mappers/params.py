@@ -28,6 +28,14 @@ def optional(params: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def phone_number(raw: str | None) -> str | None:
+    """Return a trimmed phone number, restoring a leading `+` that arrived un-encoded (read as a space)."""
+    value = (raw or "").strip()
+    if value and raw.startswith(" ") and value.isascii() and value.isdigit():
+        return "+" + value
+    return value or None
+
+
 def decode_form(encoded: bytes, charset: str | None = None) -> dict[str, str]:
     """Return the fields of a query string or URL-encoded body, the first of a repeated name winning.
 

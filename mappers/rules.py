@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from mappers.params import required
+from mappers.params import phone_number, required
 from mappers.report import ErrorType, MappingError, Outcome
 
 OutcomeRule = tuple[Outcome, ErrorType | None]
@@ -47,3 +47,9 @@ def required_as_spelled(fields: Mapping[str, str], name: str) -> str:
         return required(fields, name.lower())
     except MappingError as error:
         raise MappingError(name, error.fault) from None
+
+
+def required_phone_number(fields: Mapping[str, str], name: str) -> str:
+    """Return a required phone number from lower-cased fields (see params.phone_number), naming it as spelled."""
+    required_as_spelled(fields, name)
+    return phone_number(fields[name.lower()])

@@ -5,7 +5,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 
-from mappers.params import lower_keys, required
+from mappers.params import lower_keys, phone_number, required
 from mappers.report import DeliveryReport, MappingError, Outcome
 from mappers.rules import OutcomeRule, Overrides, find_rule
 
@@ -56,11 +56,8 @@ def parse_event_time(date: str, time: str) -> datetime:
 
 def repair_msisdn(raw: str) -> str:
     """Return the phone number, restoring a `+` that arrived un-encoded (decoded as a space)."""
-    value = raw.rstrip()
-    if value.startswith(" ") and value.strip().isdigit():
-        value = "+" + value.strip()
-    value = value.strip()
-    if not value:
+    value = phone_number(raw)
+    if value is None:
         raise MappingError("msisdn", "is required")
     if not _MSISDN.fullmatch(value):
         raise MappingError("msisdn", "must be a phone number: digits with an optional leading +")

@@ -89,6 +89,13 @@ def test_declared_parameters_fill_the_report(tmp_path):
     assert report.event_at == datetime(2024, 5, 6, 6, 0, 1)
 
 
+@pytest.mark.parametrize("msisdn, recipient", [(" 4915100", "+4915100"), ("4915100", "4915100"), ("  ", None)])
+def test_a_recipient_whose_plus_arrived_un_encoded_gets_it_back(tmp_path, msisdn, recipient):
+    params = {"msgId": "a-4", "stat": "DELIVRD", "msisdn": msisdn}
+
+    assert configurable.map_delivery_report(acme(tmp_path), params, RECEIVED_AT).recipient == recipient
+
+
 def test_missing_optional_parameters_fall_back(tmp_path):
     report = configurable.map_delivery_report(acme(tmp_path), {"msgId": "a-3", "stat": "DELIVRD"},
                                               RECEIVED_AT)

@@ -114,6 +114,16 @@ def test_override_leaves_other_statuses_alone():
                                           overrides).outcome is Outcome.ACCEPTED
 
 
+def test_numbers_whose_plus_arrived_un_encoded_get_it_back():
+    report = expertflow.map_delivery_report({"MessageSid": "ef-4", "SmsStatus": "failed", "To": " 441111"},
+                                            RECEIVED_AT)
+    message = expertflow.map_inbound_message({"Body": "hi", "From": " 441111", "To": "442222", "SmsSid": "in-2"},
+                                             RECEIVED_AT)
+
+    assert report.recipient == "+441111"
+    assert (message.source, message.destination) == ("+441111", "442222")
+
+
 def test_received_message_maps_to_inbound_message():
     params = {"Body": "Hello\n", "From": "+441111", "To": "+442222", "SmsSid": "in-1"}
 

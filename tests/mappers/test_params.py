@@ -1,6 +1,6 @@
 import pytest
 
-from mappers.params import decode_form
+from mappers.params import decode_form, phone_number
 
 
 @pytest.mark.parametrize("encoded, charset, expected", [
@@ -30,3 +30,19 @@ from mappers.params import decode_form
 ])
 def test_decode_form_reads_fields_in_the_encoding_they_came_in(encoded, charset, expected):
     assert decode_form(encoded, charset) == expected
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("+4915112345678", "+4915112345678"),
+    (" 4915112345678", "+4915112345678"),  # a '+' sent un-encoded arrives as a space
+    (" 4915112345678 ", "+4915112345678"),
+    ("4915112345678", "4915112345678"),
+    (" 12345", "+12345"),
+    (" ACME", "ACME"),  # an alphanumeric sender is not a number
+    (" ²345", "²345"),
+    ("   ", None),
+    ("", None),
+    (None, None),
+])
+def test_phone_number_restores_a_plus_read_as_a_space(raw, expected):
+    assert phone_number(raw) == expected

@@ -161,6 +161,15 @@ def test_inbound_message_maps_sid_numbers_and_body():
     assert message.received_at == RECEIVED_AT
 
 
+def test_numbers_whose_plus_arrived_un_encoded_get_it_back():
+    report = twilio.map_delivery_report({**callback("failed"), "To": " 4917012345"}, RECEIVED_AT)
+    message = twilio.map_inbound_message({"MessageSid": "SM9", "From": " 4915112345678", "To": " 4930123456"},
+                                         RECEIVED_AT)
+
+    assert report.recipient == "+4917012345"
+    assert (message.source, message.destination) == ("+4915112345678", "+4930123456")
+
+
 @pytest.mark.parametrize("missing", ["MessageSid", "From", "To"])
 def test_inbound_message_without_a_required_field_is_refused(missing):
     params = {"MessageSid": "SM9", "From": "+1", "To": "+2", "Body": "hi"}
