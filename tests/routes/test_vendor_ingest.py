@@ -254,7 +254,7 @@ def test_mapping_file_adds_a_vendor(make_app, mapping_file):
         "statusTime": "20240102030405123"})
     assert response.status_code == 200
     assert [(r["messageId"], r["type"], r["timestamp"]) for r in client.get(ALL_TIME).get_json()["status"]] == [
-        ("msp-1", "Permanent", "20240102030405")]
+        ("msp-1", "Temporary", "20240102030405")]  # "failed": the message could not be sent
     inbound = client.get("/vendors/mymsp/inbound-messages", query_string={
         "messageId": "in-1", "originator": "+4915112345", "recipient": "4711", "text": "YES"})
     assert inbound.status_code == 200
