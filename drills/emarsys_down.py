@@ -22,10 +22,11 @@ from bench.common import (BIN, BenchDatabase, EmarsysIdentity, app_env, http_req
                           running, start_gunicorn, start_process, wait_for, wait_until_answers)
 from drills.common import DrillResult, LoadDriver, check, ensure_running, genesys_receipt, report
 from drills.fakes import TIMEOUT, UNAVAILABLE, UP, FakePeersServer, fake_peers, partner_settings
+from services.forwarder import request_timeout
 
 OPEN_SQL = "SELECT count(*) FROM outbox WHERE state IN ('pending', 'leased')"
 RETRY_SCHEDULE = "1s,2s"
-LEASE_SECONDS = 8  # the worker's read timeout is a quarter of it: 2 s
+LEASE_SECONDS = 8  # each Emarsys request then ends within 1.5 s (services.forwarder.request_timeout)
 HANG_SECONDS = 4.0
 AFTER_RECOVERY_LOAD_S = 5.0
 DRAIN_BOUND_S = 60.0
@@ -36,7 +37,7 @@ def worker_env(database: BenchDatabase, fakes_url: str) -> dict[str, str]:
     """Return the worker's environment: the fakes, a short retry schedule and lease."""
     return app_env(database.url, **partner_settings(fakes_url), FORWARD_RETRY_SCHEDULE=RETRY_SCHEDULE,
                    LEASE_SECONDS=str(LEASE_SECONDS), FORWARD_LINGER_MS="500",
-                   VENDOR_TIMEOUT_SECONDS=str(LEASE_SECONDS / 2))
+                   VENDOR_TIMEOUT_SECONDS=str(LEASE_SECONDS / 4))
 
 
 def callback_path(port: int, identity: EmarsysIdentity, client_id: str) -> str:
@@ -134,7 +135,7 @@ def drain_figures(acknowledged_after: list[float], moments: dict[str, float]) ->
 def settings() -> dict:
     """Return the worker settings the drill runs with."""
     return {"FORWARD_RETRY_SCHEDULE": RETRY_SCHEDULE, "LEASE_SECONDS": LEASE_SECONDS,
-            "worker read timeout s": LEASE_SECONDS / 4, "fake holds a call s": HANG_SECONDS,
+            "worker read timeout s": request_timeout(LEASE_SECONDS)[1], "fake holds a call s": HANG_SECONDS,
             "FORWARD_LINGER_MS": 500, "receipts/s": REPORTS_PER_SECOND}
 
 

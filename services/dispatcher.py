@@ -15,7 +15,8 @@ cannot overwrite the result of the worker that took the message over.
 
 `attempts` counts the times a message was handed to a worker, so a message that kills
 its worker every time still runs out of attempts. A send is started only while it can
-finish (vendor timeout included) before the lease ends; later ones are handed back.
+finish (each of its requests within the vendor timeout) before the lease ends; later ones
+are handed back.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ from schemas.outbound import OutboundMessage as MessageToSend
 from services.clients import callback_urls, client_config
 from services.clock import utcnow
 from services.ingest import ReportToAdd, add_delivery_reports, adopt_early_reports
-from services.vendors import EarlierAttempt, SendResult, refused, retry_later, send_message
+from services.vendors import (REQUESTS_PER_SEND, EarlierAttempt, SendResult, refused, retry_later,
+                             send_message)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,11 @@ class DispatchSettings:
     max_attempts: int
     vendor_timeout_seconds: float
 
+    @property
+    def send_seconds(self) -> float:
+        """Return the longest one send can take: each of its requests within the vendor timeout."""
+        return REQUESTS_PER_SEND * self.vendor_timeout_seconds
+
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> DispatchSettings:
         """Read the settings from the app config; the lease must outlast one vendor call."""
@@ -72,9 +79,10 @@ class DispatchSettings:
             retry_delay_seconds=float(config["SEND_RETRY_DELAY_SECONDS"]),
             max_attempts=int(config["SEND_MAX_ATTEMPTS"]),
             vendor_timeout_seconds=float(config["VENDOR_TIMEOUT_SECONDS"]))
-        if settings.lease_seconds <= settings.vendor_timeout_seconds:
-            raise ValueError("LEASE_SECONDS must be longer than VENDOR_TIMEOUT_SECONDS, or a lease "
-                             "could expire during a send and another worker send the message again")
+        if settings.lease_seconds <= settings.send_seconds:
+            raise ValueError(f"LEASE_SECONDS must be longer than {REQUESTS_PER_SEND} x VENDOR_TIMEOUT_SECONDS "
+                             "(a send's requests), or a lease could expire during a send and another "
+                             "worker send the message again")
         if settings.batch_size < 1 or settings.concurrency < 1 or settings.max_attempts < 1:
             raise ValueError("DISPATCH_BATCH_SIZE, DISPATCH_CONCURRENCY and SEND_MAX_ATTEMPTS must be >= 1")
         return settings
@@ -128,8 +136,7 @@ class Dispatcher:
         jobs, claimed = self.claim()
         if jobs:
             # Start no send that could still be running when the lease ends.
-            self._send_all(jobs, claimed_at + self.settings.lease_seconds
-                           - self.settings.vendor_timeout_seconds)
+            self._send_all(jobs, claimed_at + self.settings.lease_seconds - self.settings.send_seconds)
         return claimed
 
     def claim(self) -> tuple[list[SendJob], int]:

@@ -98,6 +98,19 @@ class ConnectionTestResult:
         return {"state": FAILURE, "description": self.description or "", "errorType": self.error_type}
 
 
+# The most requests one send makes: a Twilio retry looks for the earlier attempt's message first.
+REQUESTS_PER_SEND = 2
+
+
+def request_timeout(seconds: float) -> tuple[float, float]:
+    """Return the (connect, read) timeouts of one vendor request, adding up to `seconds`.
+
+    requests applies a single number to the connect and to the read each, so one request could
+    take twice the vendor timeout, and a send past its lease could be sent again by another worker.
+    """
+    return seconds / 2, seconds / 2
+
+
 def session_for(url: str) -> requests.Session:
     """Return the shared session for the URL's scheme, host and port."""
     parts = urlsplit(url)

@@ -13,7 +13,7 @@ from mappers.report import ErrorType, Outcome
 from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage
 from services.vendors import (CREDENTIAL, INTEGRATION, TEMPORARY, ConnectionTestResult, EarlierAttempt,
-                              SendResult, accepted, refused, retry_later, session_for)
+                              SendResult, accepted, refused, request_timeout, retry_later, session_for)
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ def _request(config: ClientConfig, method: str, suffix: str, timeout: float,
     try:
         # As UTF-8 bytes: requests would encode str credentials as Latin-1 and crash on anything else.
         credentials = (account_sid.encode(), config.fields["authToken"].encode("utf-8", "surrogatepass"))
-        return session_for(url).request(method, url, auth=credentials, timeout=timeout, **kwargs)
+        return session_for(url).request(method, url, auth=credentials, timeout=request_timeout(timeout),
+                                        **kwargs)
     except requests.Timeout:
         return "timeout"
     except requests.RequestException as exc:

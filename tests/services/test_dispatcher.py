@@ -406,7 +406,7 @@ def test_two_workers_never_send_a_message_twice(app_context, httpserver):
     assert dict(states) == {"sent": 500}
 
 
-@pytest.mark.parametrize("settings", [dict(LEASE_SECONDS=1.0, VENDOR_TIMEOUT_SECONDS=0.5)])
+@pytest.mark.parametrize("settings", [dict(LEASE_SECONDS=1.5, VENDOR_TIMEOUT_SECONDS=0.5)])
 def test_messages_of_a_dead_worker_are_sent_after_its_lease_expires(app_context, httpserver):
     httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
     public_ids = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)), 5)
@@ -433,7 +433,7 @@ def wait_until_leases_expire() -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("settings", [dict(LEASE_SECONDS=1.0, VENDOR_TIMEOUT_SECONDS=0.5)])
+@pytest.mark.parametrize("settings", [dict(LEASE_SECONDS=1.5, VENDOR_TIMEOUT_SECONDS=0.5)])
 def test_late_result_of_a_worker_that_lost_its_lease_is_ignored(app_context, httpserver):
     httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
     [public_id] = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)))
@@ -449,11 +449,13 @@ def test_late_result_of_a_worker_that_lost_its_lease_is_ignored(app_context, htt
     assert message_state("genesys", public_id).outcome == "ACCEPTED"
 
 
-@pytest.mark.parametrize("settings", [dict(DISPATCH_CONCURRENCY=1, LEASE_SECONDS=2.0,
-                                           VENDOR_TIMEOUT_SECONDS=1.5)])
+@pytest.mark.parametrize("settings", [dict(DISPATCH_CONCURRENCY=1, LEASE_SECONDS=4.5,
+                                           VENDOR_TIMEOUT_SECONDS=2.0)])
 def test_send_that_could_outlive_the_lease_is_handed_back(app_context, httpserver):
     def slow_genesys(request: Request) -> Response:
-        time.sleep(0.7)  # longer than the 0.5 s the lease leaves for starting sends
+        # Within its 1 s read timeout, but longer than the 0.5 s the lease leaves for starting
+        # sends: 4.5 s less two requests of 2 s.
+        time.sleep(0.7)
         return Response("result_code=0")
 
     httpserver.expect_request(GENESYS_PATH).respond_with_handler(slow_genesys)
@@ -477,7 +479,7 @@ def test_messages_of_a_deleted_client_are_never_sent(app_context, httpserver):
     assert httpserver.log == []
 
 
-@pytest.mark.parametrize("settings", [dict(LEASE_SECONDS=1.0, VENDOR_TIMEOUT_SECONDS=0.5)])
+@pytest.mark.parametrize("settings", [dict(LEASE_SECONDS=1.5, VENDOR_TIMEOUT_SECONDS=0.5)])
 def test_claimed_message_of_a_client_deleted_meanwhile_is_cancelled(app_context, httpserver):
     client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
     [public_id] = queue_messages(client_id)
@@ -522,6 +524,8 @@ def test_logs_name_no_secret_body_or_full_number(app_context, httpserver, caplog
 
 @pytest.mark.parametrize("override, fault", [
     ({"LEASE_SECONDS": 5, "VENDOR_TIMEOUT_SECONDS": 5}, "LEASE_SECONDS"),
+    # A Twilio retry makes two requests of up to VENDOR_TIMEOUT_SECONDS each.
+    ({"LEASE_SECONDS": 20, "VENDOR_TIMEOUT_SECONDS": 10}, "LEASE_SECONDS"),
     ({"DISPATCH_CONCURRENCY": 0}, "DISPATCH_CONCURRENCY"),
 ])
 def test_unsafe_settings_are_refused(app_context, override, fault):
@@ -568,7 +572,7 @@ def test_a_batch_of_mixed_outcomes_ends_each_message_in_its_state_with_one_repor
     assert {message(public_id).state for public_id in public_ids[2::3]} == {"sent"}
 
 
-@pytest.mark.parametrize("settings", [dict(LEASE_SECONDS=1.0, VENDOR_TIMEOUT_SECONDS=0.5)])
+@pytest.mark.parametrize("settings", [dict(LEASE_SECONDS=1.5, VENDOR_TIMEOUT_SECONDS=0.5)])
 def test_a_chunk_changes_only_the_rows_still_leased_to_its_worker(app_context, httpserver):
     httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
     first, second, third = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)), 3)

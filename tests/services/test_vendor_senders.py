@@ -339,6 +339,17 @@ def test_twilio_retry_that_cannot_look_is_retried_without_sending(httpserver, li
     assert methods_called(httpserver) == ["GET"]
 
 
+def test_a_vendor_request_answering_slower_than_half_the_timeout_is_given_up(httpserver, slow_vendor):
+    # requests applies one number to the connect and to the read each; the halves keep the
+    # whole request within the vendor timeout (slow_handler answers after SLOW_SECONDS).
+    httpserver.expect_request(GENESYS_PATH).respond_with_handler(slow_handler)
+    config = genesys_config(httpserver.url_for(GENESYS_PATH))
+
+    result = vendors.send_message(config, MESSAGE, "our-42", None, SLOW_SECONDS * 1.5)
+
+    assert (result.retry, result.status_code) == (True, "timeout")
+
+
 def test_twilio_first_attempt_sends_without_looking(httpserver):
     send_twilio(httpserver, {"sid": "SM123"}, 201)
 
