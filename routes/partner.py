@@ -5,7 +5,7 @@ import uuid
 
 from flask import Blueprint, current_app, jsonify, request
 
-from errors import Unavailable
+from errors import Forbidden, NotFound, Unauthorized, Unavailable
 from schemas.client_config import InvalidClientConfig, field_error, load_client_config
 from schemas.outbound import load_outbound_batch_json, payload_error
 from services import vendors
@@ -18,6 +18,10 @@ CLIENT_ID_FIELD = "clientId"
 NOT_A_UUID = "clientId must be a UUID (8-4-4-4-12 hexadecimal digits)"
 
 
+# partner-service.yaml declares "403: Authentication failed." (and no 401) for these two.
+AUTHENTICATION_FAILURE_IS_403 = frozenset({"partner.get_configuration", "partner.delete_configuration"})
+
+
 @bp.before_request
 def require_emarsys_token() -> None:
     """Refuse every partner request without a valid Emarsys bearer token."""
@@ -25,7 +29,12 @@ def require_emarsys_token() -> None:
     if verifier is None:
         # Without EMARSYS_OAUTH_CLIENT_ID any token would do; refuse to serve rather than guess.
         raise Unavailable("partner API not configured")
-    verifier.verify(request.headers.get("Authorization"))
+    try:
+        verifier.verify(request.headers.get("Authorization"))
+    except Unauthorized as refused:
+        if request.endpoint not in AUTHENTICATION_FAILURE_IS_403:
+            raise
+        raise Forbidden(refused.message, headers=refused.headers) from None
 
 
 def configuration_client_id(raw: str) -> uuid.UUID:
@@ -49,10 +58,18 @@ def put_configuration(client_id: str):
     return jsonify({"callbackUrls": callback_urls(client).to_dict()}), 200
 
 
+def configured_client_id(raw: str) -> uuid.UUID:
+    """Return the path's clientId, or raise NotFound: GET and DELETE declare no 400."""
+    client_id = parse_client_id(raw)
+    if client_id is None:
+        raise NotFound(f"client {raw[:100]!r} is not configured ({NOT_A_UUID})", field=CLIENT_ID_FIELD)
+    return client_id
+
+
 @bp.get("/clients/<client_id>/configuration")
 def get_configuration(client_id: str):
     """Answer a client's custom field values (secrets included) and callback URLs."""
-    client = get_client(configuration_client_id(client_id))
+    client = get_client(configured_client_id(client_id))
     return jsonify({"customFieldValues": client_config(client).fields,
                     "callbackUrls": callback_urls(client).to_dict()}), 200
 
@@ -60,7 +77,7 @@ def get_configuration(client_id: str):
 @bp.delete("/clients/<client_id>/configuration")
 def delete_configuration(client_id: str):
     """Delete a client and cancel its unsent messages."""
-    delete_client(configuration_client_id(client_id))
+    delete_client(configured_client_id(client_id))
     return "", 204
 
 

@@ -109,6 +109,7 @@ STORED = {"200": json_body(responses.IngestAnswerSchema, "Stored, or recognised 
 VENDOR_PUSH = Operation("vendors", {**STORED, "403": "Forbidden"}, parameters=(VENDOR_QUERY, TWILIO_SIGNATURE),
                         request_body=VENDOR_FORM_BODY)
 PARTNER_ERRORS = {"401": "Unauthorized", "403": "Forbidden", "503": "Unavailable"}
+READ_OR_DELETE_ERRORS = {"403": "Forbidden", "503": "Unavailable"}
 FIELD_ERRORS = json_body(responses.FieldErrorsSchema, "Invalid custom fields or clientId")
 
 OPERATIONS: dict[str, Operation] = {
@@ -137,12 +138,14 @@ OPERATIONS: dict[str, Operation] = {
         "partner", {"200": json_body(responses.ConfigurationSavedSchema, "Stored; the callback URLs"),
                     "400": FIELD_ERRORS, **PARTNER_ERRORS},
         security=EMARSYS_AUTH, request_body=custom_fields_body()),
+    # As partner-service.yaml declares them: no 400 (a clientId that is no UUID has no configuration),
+    # and a failed authentication is a 403.
     "partner.get_configuration": Operation(
         "partner", {"200": json_body(responses.ClientConfigurationSchema, "The stored configuration"),
-                    "400": FIELD_ERRORS, "404": "NotFound", **PARTNER_ERRORS}, security=EMARSYS_AUTH),
+                    "404": "NotFound", **READ_OR_DELETE_ERRORS}, security=EMARSYS_AUTH),
     "partner.delete_configuration": Operation(
-        "partner", {"204": {"description": "Deleted; unsent messages cancelled"}, "400": FIELD_ERRORS,
-                    "404": "NotFound", **PARTNER_ERRORS}, security=EMARSYS_AUTH),
+        "partner", {"204": {"description": "Deleted; unsent messages cancelled"},
+                    "404": "NotFound", **READ_OR_DELETE_ERRORS}, security=EMARSYS_AUTH),
     "partner.check_connection": Operation(
         "partner", {"200": json_body(responses.ConnectionTestResultSchema, "The outcome of the test"),
                     "400": FIELD_ERRORS, **PARTNER_ERRORS},

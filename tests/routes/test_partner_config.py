@@ -118,14 +118,26 @@ def test_unknown_client_is_404(partner_client, auth, method):
     assert response.is_json
 
 
-@pytest.mark.parametrize("method", ["put", "get", "delete"])
-@pytest.mark.parametrize("client_id", ["not-a-uuid", "39a281c7942f49a991c28f0dba750f7f",
-                                       "{39a281c7-942f-49a9-91c2-8f0dba750f7f}", "39a281c7-942f-49a9-91c2"])
-def test_client_id_must_be_a_uuid(partner_app, partner_client, auth, genesys_fields, method, client_id):
-    response = getattr(partner_client, method)(configuration_url(client_id), headers=auth,
-                                               json={"customFieldValues": genesys_fields})
+NOT_UUIDS = ["not-a-uuid", "39a281c7942f49a991c28f0dba750f7f", "{39a281c7-942f-49a9-91c2-8f0dba750f7f}",
+             "39a281c7-942f-49a9-91c2"]
+
+
+@pytest.mark.parametrize("client_id", NOT_UUIDS)
+def test_client_id_must_be_a_uuid(partner_app, partner_client, auth, genesys_fields, client_id):
+    response = partner_client.put(configuration_url(client_id), headers=auth,
+                                  json={"customFieldValues": genesys_fields})
     assert_invalid_field(response, "clientId", "invalid")
     assert count(partner_app, Client) == 0
+
+
+@pytest.mark.parametrize("method", ["get", "delete"])
+@pytest.mark.parametrize("client_id", NOT_UUIDS)
+def test_a_client_id_that_is_not_a_uuid_has_no_configuration_to_read_or_delete(partner_client, auth, method,
+                                                                                client_id):
+    # GET and DELETE declare 404 ("does not have a configuration"), not 400.
+    response = getattr(partner_client, method)(configuration_url(client_id), headers=auth)
+    assert response.status_code == 404
+    assert response.get_json()["field"] == "clientId"
 
 
 def test_delete_removes_the_client_and_its_callback_urls(partner_client, auth, onboard):
