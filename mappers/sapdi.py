@@ -7,7 +7,7 @@ from datetime import datetime
 
 from mappers.params import lower_keys, phone_number, required
 from mappers.report import DeliveryReport, MappingError, Outcome
-from mappers.rules import OutcomeRule, Overrides, find_rule
+from mappers.rules import OutcomeRule, Overrides, find_rule, required_as_spelled
 
 VENDOR = "sapdi"
 
@@ -28,7 +28,7 @@ def map_delivery_report(params: Mapping[str, str], received_at: datetime,
                         overrides: Overrides | None = None) -> DeliveryReport:
     """Map one `orderID/time/date/msisdn/status` notification to a normalised report."""
     values = lower_keys(params)
-    order_id = required(values, "orderid")
+    order_id = required_as_spelled(values, "orderID")
     event_at = parse_event_time(required(values, "date"), required(values, "time"))
     recipient = repair_msisdn(values.get("msisdn", ""))
     status_code, status_text = split_status(required(values, "status"))

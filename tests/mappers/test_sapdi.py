@@ -71,8 +71,8 @@ def test_unencoded_plus_in_phone_number_is_restored(msisdn, expected):
 
 
 @pytest.mark.parametrize("changes, field", [
-    ({"orderID": ""}, "orderid"),
-    ({"orderID": None}, "orderid"),
+    ({"orderID": ""}, "orderID"),
+    ({"orderID": None}, "orderID"),
     ({"date": "31022018"}, "date"),
     ({"date": "2018-03-14"}, "date"),
     ({"time": "256000"}, "time"),

@@ -64,8 +64,8 @@ def test_later_status_updates_the_record(app, client):
 
 
 @pytest.mark.parametrize("query, field", [
-    ("time=101010&date=01012020&msisdn=4912345&status=x", "orderid"),
-    ("orderID=&time=101010&date=01012020&msisdn=4912345&status=x", "orderid"),
+    ("time=101010&date=01012020&msisdn=4912345&status=x", "orderID"),
+    ("orderID=&time=101010&date=01012020&msisdn=4912345&status=x", "orderID"),
     ("orderID=1&time=101010&date=31022020&msisdn=4912345&status=x", "date"),
     ("orderID=1&time=991010&date=01012020&msisdn=4912345&status=x", "time"),
     ("orderID=1&date=01012020&msisdn=4912345&status=x", "time"),
