@@ -47,11 +47,41 @@ def callback_path(port: int, identity: EmarsysIdentity, client_id: str) -> str:
     return urlsplit(url).path
 
 
-def run_outage(database: BenchDatabase, peers: FakePeersServer, port: int, path: str,
+LOAD_THREADS = 4
+# What the load driver can use per thread, with room to spare: its ids are prefix-thread-sequence.
+SENT_PER_THREAD = 4000
+RECORD_SENT_SQL = """
+INSERT INTO message_states (vendor, vendor_message_id, client_id, emarsys_message_id, outcome, rank,
+                            status_code, status_text, event_at, updated_at)
+SELECT 'genesys', id, %(client_id)s, id, 'ACCEPTED', 1, '0', 'sent', now() - interval '1 hour', now()
+FROM (SELECT format('%%s-%%s-%%s', %(prefix)s, t, s) AS id
+      FROM generate_series(0, %(threads)s - 1) AS t, generate_series(1, %(per_thread)s) AS s) AS ids
+"""
+
+
+def record_sent_messages(database: BenchDatabase, client_id: str, prefix: str) -> None:
+    """Record, as the dispatcher does on a send, the messages the receipts are about.
+
+    Emarsys maps a report by its Emarsys message id, so only a message whose send tied it to
+    one is forwarded. Each id here is its own Emarsys id, so what Emarsys receives compares
+    directly with the receipts acknowledged.
+    """
+    connection = database.connect()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(RECORD_SENT_SQL, {"client_id": client_id, "prefix": prefix, "threads": LOAD_THREADS,
+                                             "per_thread": SENT_PER_THREAD})
+    finally:
+        connection.close()
+
+
+def run_outage(database: BenchDatabase, peers: FakePeersServer, port: int, path: str, client_id: str,
                phases: tuple[float, float]) -> tuple[LoadDriver, dict[str, float]]:
     """Drive receipts through 503 and timeout phases and the recovery; return the driver and moments."""
-    driver = LoadDriver(port, lambda item: genesys_receipt(path, item), f"em-{uuid.uuid4().hex[:6]}",
-                        threads=4, per_thread_rate=REPORTS_PER_SECOND / 4).start()
+    prefix = f"em-{uuid.uuid4().hex[:6]}"
+    record_sent_messages(database, client_id, prefix)
+    driver = LoadDriver(port, lambda item: genesys_receipt(path, item), prefix,
+                        threads=LOAD_THREADS, per_thread_rate=REPORTS_PER_SECOND / LOAD_THREADS).start()
     moments = {"started": time.monotonic()}
     peers.mode = UNAVAILABLE
     time.sleep(phases[0])
@@ -142,8 +172,10 @@ def settings() -> dict:
 def tried(phases: tuple[float, float]) -> list[str]:
     """Describe the drill in plain words."""
     return ["one Genesys client onboarded through PUT /clients/{id}/configuration with a locally signed JWT",
-            f"receipts for new message ids on the client's callback URL all along, 4 threads paced at up to "
-            f"{REPORTS_PER_SECOND}/s in all",
+            f"{LOAD_THREADS * SENT_PER_THREAD} messages recorded as sent for the client, as the dispatcher "
+            "records a send (each with its Emarsys message id)",
+            f"receipts for those messages on the client's callback URL all along, {LOAD_THREADS} threads paced "
+            f"at up to {REPORTS_PER_SECOND}/s in all",
             f"fake Emarsys answers 503 for {phases[0]:g} s, then holds each call {HANG_SECONDS:g} s "
             f"(past the worker's read timeout) and drops it for {phases[1]:g} s, then answers 202",
             f"receipts keep arriving {AFTER_RECOVERY_LOAD_S:g} s after the recovery; then the outbox must drain"]
@@ -170,7 +202,7 @@ def main() -> int:
                 client_id = onboard_genesys_client(port, identity, peers.url)
                 path = callback_path(port, identity, client_id)
                 ensure_running(worker)
-                driver, moments = run_outage(database, peers, port, path, phases)
+                driver, moments = run_outage(database, peers, port, path, client_id, phases)
             return report(evaluate(database, peers, driver, moments, phases))
     finally:
         database.stop()
