@@ -41,7 +41,12 @@ FINDINGS = """## What the drills found, and what was changed
   NUL. `routes/dashboard.py` now answers 400.
 - **`GET /status?sourceSystem=<text with %00>` answered 500** (fuzz, 2026-12-01): the same NUL, reaching
   the paging statement. `schemas/status.py` now refuses it as an invalid `sourceSystem` (400), with the
-  NUL check every schema shares (`schemas/text.py`)."""
+  NUL check every schema shares (`schemas/text.py`).
+- **The Emarsys-down drill itself had to change** (2026-12-01). A code review found that a client's
+  vendor report about a message whose Emarsys id was not known yet was forwarded under the vendor's
+  id, an id Emarsys never issued; it is now forwarded only under the Emarsys id, once the send result
+  ties it. The drill had posted receipts for ids never sent, so none reached Emarsys any more (every
+  check of delivery failed): it now records its messages as sent first, as the dispatcher does."""
 
 LIMITS = """## Known limits (not failures of a drill)
 
