@@ -22,11 +22,11 @@ from bench.common import (BIN, BenchDatabase, EmarsysIdentity, app_env, http_req
                           running, start_gunicorn, start_process, wait_for, wait_until_answers)
 from drills.common import DrillResult, LoadDriver, check, ensure_running, genesys_receipt, report
 from drills.fakes import TIMEOUT, UNAVAILABLE, UP, FakePeersServer, fake_peers, partner_settings
-from services.forwarder import request_timeout
+from services.forwarder import emarsys_request_timeout
 
 OPEN_SQL = "SELECT count(*) FROM outbox WHERE state IN ('pending', 'leased')"
 RETRY_SCHEDULE = "1s,2s"
-LEASE_SECONDS = 8  # each Emarsys request then ends within 1.5 s (services.forwarder.request_timeout)
+LEASE_SECONDS = 8  # each Emarsys request then ends within 1.5 s (services.forwarder.emarsys_request_timeout)
 HANG_SECONDS = 4.0
 AFTER_RECOVERY_LOAD_S = 5.0
 DRAIN_BOUND_S = 60.0
@@ -165,7 +165,7 @@ def drain_figures(acknowledged_after: list[float], moments: dict[str, float]) ->
 def settings() -> dict:
     """Return the worker settings the drill runs with."""
     return {"FORWARD_RETRY_SCHEDULE": RETRY_SCHEDULE, "LEASE_SECONDS": LEASE_SECONDS,
-            "worker read timeout s": request_timeout(LEASE_SECONDS)[1], "fake holds a call s": HANG_SECONDS,
+            "worker read timeout s": emarsys_request_timeout(LEASE_SECONDS)[1], "fake holds a call s": HANG_SECONDS,
             "FORWARD_LINGER_MS": 500, "receipts/s": REPORTS_PER_SECOND}
 
 

@@ -100,7 +100,7 @@ def lock_claims_of(client_id: uuid.UUID, kind: str) -> None:
 REQUESTS_PER_CALL = 4
 
 
-def request_timeout(lease_seconds: float) -> tuple[float, float]:
+def emarsys_request_timeout(lease_seconds: float) -> tuple[float, float]:
     """Return the (connect, read) timeouts that end all of a batch's requests within 3/4 of its lease.
 
     Past its lease another worker may claim the batch and post it too: Emarsys would get it twice.
@@ -134,7 +134,7 @@ class Forwarder:
                        ("PARTNER_OAUTH_TOKEN_URL", "PARTNER_OAUTH_CLIENT_ID", "PARTNER_OAUTH_CLIENT_SECRET")]
         emarsys = None
         if all(credentials):
-            timeout = request_timeout(config["LEASE_SECONDS"])
+            timeout = emarsys_request_timeout(config["LEASE_SECONDS"])
             emarsys = EmarsysClient(config["EMARSYS_API_BASE_URL"],
                                     OAuthTokenProvider(*credentials, timeout=timeout), timeout=timeout)
         return cls(emarsys, policy, owner, batch_size=int(config.get("FORWARD_BATCH_SIZE", MAX_BATCH_SIZE)),

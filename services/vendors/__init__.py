@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import http.cookiejar
 import threading
-from datetime import datetime
 from dataclasses import dataclass
+from datetime import datetime
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
@@ -102,7 +102,7 @@ class ConnectionTestResult:
 REQUESTS_PER_SEND = 2
 
 
-def request_timeout(seconds: float) -> tuple[float, float]:
+def vendor_request_timeout(seconds: float) -> tuple[float, float]:
     """Return the (connect, read) timeouts of one vendor request, adding up to `seconds`.
 
     requests applies a single number to the connect and to the read each, so one request could

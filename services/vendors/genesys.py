@@ -17,7 +17,7 @@ from mappers.report import ErrorType, Outcome
 from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage
 from services.vendors import (CREDENTIAL, INTEGRATION, TEMPORARY, ConnectionTestResult, EarlierAttempt,
-                              SendResult, accepted, refused, request_timeout, retry_later, session_for)
+                              SendResult, accepted, refused, vendor_request_timeout, retry_later, session_for)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _post(config: ClientConfig, form: dict[str, str], timeout: float) -> request
     """Post the form; return the response, or 'timeout' / 'network' when none arrived."""
     url = config.fields["baseUrl"]
     try:
-        return session_for(url).post(url, data=form, timeout=request_timeout(timeout),
+        return session_for(url).post(url, data=form, timeout=vendor_request_timeout(timeout),
                                      headers={"Accept": "text/plain"})
     except requests.Timeout:
         return "timeout"

@@ -13,7 +13,7 @@ from mappers.report import ErrorType, Outcome
 from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage
 from services.vendors import (CREDENTIAL, INTEGRATION, TEMPORARY, ConnectionTestResult, EarlierAttempt,
-                              SendResult, accepted, refused, request_timeout, retry_later, session_for)
+                              SendResult, accepted, refused, vendor_request_timeout, retry_later, session_for)
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,12 @@ def _earlier_attempt(config: ClientConfig, form: dict[str, str], earlier: Earlie
     """Return the earlier attempt's message as accepted, a retry if Twilio cannot say, or None."""
     answer = _request(config, "GET", "/Messages.json", timeout,
                       params={"To": form["To"], "PageSize": str(LOOKUP_PAGE_SIZE)})
-    if isinstance(answer, str) or not answer.ok:
+    if isinstance(answer, str) or answer.status_code == 429 or answer.status_code >= 500:
         # Sending now could send the text twice; the next attempt asks again.
         status = answer if isinstance(answer, str) else f"http_{answer.status_code}"
         return retry_later(f"lookup_{status}", "Twilio could not tell whether an earlier attempt was sent")
+    if not answer.ok:
+        return _classify_send(answer)  # refused for good (credentials, account): so would a send be
     messages = _json_object(answer).get("messages")
     earliest = earlier.since.replace(tzinfo=timezone.utc) - CLOCK_SKEW
     candidates = [candidate for candidate in (messages if isinstance(messages, list) else [])
@@ -115,7 +117,7 @@ def _request(config: ClientConfig, method: str, suffix: str, timeout: float,
     try:
         # As UTF-8 bytes: requests would encode str credentials as Latin-1 and crash on anything else.
         credentials = (account_sid.encode(), config.fields["authToken"].encode("utf-8", "surrogatepass"))
-        return session_for(url).request(method, url, auth=credentials, timeout=request_timeout(timeout),
+        return session_for(url).request(method, url, auth=credentials, timeout=vendor_request_timeout(timeout),
                                         **kwargs)
     except requests.Timeout:
         return "timeout"

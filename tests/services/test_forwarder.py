@@ -22,7 +22,7 @@ from schemas.client_config import load_client_config
 from services.clients import callback_urls, save_client
 from services.clock import utcnow
 from services.emarsys_client import CallResult
-from services.forwarder import REQUESTS_PER_CALL, Forwarder, claim_lock_key, request_timeout
+from services.forwarder import REQUESTS_PER_CALL, Forwarder, claim_lock_key, emarsys_request_timeout
 from services.ingest import record_delivery_report
 from tests.emarsys_spec import requires_spec, validate_pointer, validate_schema
 
@@ -570,7 +570,7 @@ def test_a_batch_that_raises_while_sending_is_rescheduled_not_left_leased(app, e
 
 @pytest.mark.parametrize("lease_seconds", [2, 8, 60, 600])
 def test_all_requests_of_a_batch_end_within_three_quarters_of_its_lease(lease_seconds):
-    connect, read = request_timeout(lease_seconds)
+    connect, read = emarsys_request_timeout(lease_seconds)
     assert 0 < connect <= 5 and read > 0
     assert REQUESTS_PER_CALL * (connect + read) == pytest.approx(lease_seconds * 0.75)
 

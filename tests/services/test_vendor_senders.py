@@ -331,7 +331,14 @@ def test_twilio_retry_through_a_messaging_service_matches_the_service(httpserver
     assert retry_twilio(httpserver, listed, messagingServiceSid=SERVICE_SID).vendor_message_id == "SM-service"
 
 
-@pytest.mark.parametrize("list_status", [401, 429, 500])
+def test_twilio_retry_whose_lookup_is_refused_for_its_credentials_fails_without_sending(httpserver):
+    result = retry_twilio(httpserver, [], list_status=401)
+
+    assert (result.outcome, result.error_type, result.retry) == (Outcome.ERROR, ErrorType.AUTHENTICATION, False)
+    assert methods_called(httpserver) == ["GET"]
+
+
+@pytest.mark.parametrize("list_status", [429, 500, 503])
 def test_twilio_retry_that_cannot_look_is_retried_without_sending(httpserver, list_status):
     result = retry_twilio(httpserver, [], list_status=list_status)
 
