@@ -10,8 +10,11 @@ UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def lower_keys(params: Mapping[str, str]) -> dict[str, str]:
-    """Return the parameters with lower-cased names; vendors vary the letter case."""
-    return {key.lower(): value for key, value in params.items()}
+    """Return the parameters with lower-cased names (vendors vary the letter case); the first of a name wins."""
+    fields: dict[str, str] = {}
+    for key, value in params.items():
+        fields.setdefault(key.lower(), value)
+    return fields
 
 
 def required(params: Mapping[str, str], name: str) -> str:

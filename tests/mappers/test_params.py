@@ -1,6 +1,6 @@
 import pytest
 
-from mappers.params import decode_form, phone_number
+from mappers.params import decode_form, lower_keys, phone_number
 
 
 @pytest.mark.parametrize("encoded, charset, expected", [
@@ -46,3 +46,13 @@ def test_decode_form_reads_fields_in_the_encoding_they_came_in(encoded, charset,
 ])
 def test_phone_number_restores_a_plus_read_as_a_space(raw, expected):
     assert phone_number(raw) == expected
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"MessageSid": "SM1", "To": "+1"}, {"messagesid": "SM1", "to": "+1"}),
+    ({"status": "delivered", "STATUS": "failed"}, {"status": "delivered"}),  # the first of a name wins
+    ({"Status": "failed", "status": "delivered"}, {"status": "failed"}),
+    ({}, {}),
+])
+def test_lower_keys_matches_names_ignoring_case_and_keeps_the_first(params, expected):
+    assert lower_keys(params) == expected
