@@ -69,6 +69,17 @@ class VendorMapping:
     time_format: str | None = None
     inbound: InboundFields | None = None
 
+    @property
+    def body_parameters(self) -> frozenset[str]:
+        """Return the lower-cased names of the parameters that carry a message text."""
+        return frozenset({self.inbound.body.lower()} if self.inbound else ())
+
+    @property
+    def phone_parameters(self) -> frozenset[str]:
+        """Return the lower-cased names of the parameters that carry a phone number."""
+        names = [self.recipient, *((self.inbound.source, self.inbound.destination) if self.inbound else ())]
+        return frozenset(name.lower() for name in names if name)
+
 
 @dataclass(frozen=True)
 class MappingFile:

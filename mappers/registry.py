@@ -21,6 +21,10 @@ class VendorAdapter:
     map_report: Callable[[Params, datetime], DeliveryReport]
     map_inbound: Callable[[Params, datetime], InboundMessage]
     is_recognised: Callable[[Params], bool]
+    # Lower-cased names of the parameters that carry a text or a phone number, beyond the usual
+    # ones, so that the dashboard hides or masks them too.
+    body_parameters: frozenset[str] = frozenset()
+    phone_parameters: frozenset[str] = frozenset()
 
 
 def build_registry(mapping_file: configurable.MappingFile | None = None) -> dict[str, VendorAdapter]:
@@ -33,6 +37,8 @@ def build_registry(mapping_file: configurable.MappingFile | None = None) -> dict
             map_report=partial(configurable.map_delivery_report, mapping),
             map_inbound=partial(configurable.map_inbound_message, mapping),
             is_recognised=partial(configurable.is_recognised, mapping),
+            body_parameters=mapping.body_parameters,
+            phone_parameters=mapping.phone_parameters,
         )
     return registry
 

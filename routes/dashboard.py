@@ -41,6 +41,9 @@ def admin_required(view):
     return guarded
 
 
+MAX_ISSUED_DIGITS = 12
+
+
 def replay_token(issued_at: int | None = None) -> str:
     """Return a token that proves a replay form came from this dashboard (Basic auth alone cannot)."""
     issued_at = int(time.time()) if issued_at is None else issued_at
@@ -50,7 +53,8 @@ def replay_token(issued_at: int | None = None) -> str:
 def replay_token_is_valid(token: str) -> bool:
     """Tell whether a replay token is ours and still fresh."""
     issued_text, _, signature = token.partition(".")
-    if not (issued_text.isascii() and issued_text.isdigit()):
+    # A Unix time has 10 digits for centuries; a longer one would not even fit a float.
+    if not (issued_text.isascii() and issued_text.isdigit() and len(issued_text) <= MAX_ISSUED_DIGITS):
         return False
     age = time.time() - int(issued_text)
     fresh = 0 <= age <= REPLAY_TOKEN_LIFETIME.total_seconds()
@@ -89,7 +93,8 @@ def show_dashboard():
         chart=stacked_bar_svg(dashboard.report_chart(counts, vendor)),
         chart_total=sum(sum(outcomes.values()) for outcomes in counts.values()),
         bounces=dashboard.waiting_bounces(), health=dashboard.forwarding_health(),
-        history=dashboard.message_history(message_id) if message_id else None,
+        history=(dashboard.message_history(message_id, current_app.extensions["vendor_registry"])
+                 if message_id else None),
         replayed=request.args.get("replayed", type=int), replay_token=replay_token(),
         format_time=format_time, format_age=format_age,
     )

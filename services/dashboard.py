@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, or_
 
 from logging_setup import mask_phone_numbers
+from mappers.registry import VendorAdapter
 from mappers.report import PERMANENT, TEMPORARY, Outcome
 from models import Bounce, MessageState, OutboundMessage, OutboxItem, RawEvent, db
 from services.charts import StackedBars
@@ -77,16 +78,22 @@ def safe_text(value: str | None) -> str:
     return mask_phone_numbers(value or "")
 
 
-def safe_params(params: dict[str, Any] | None) -> dict[str, str]:
-    """Return vendor parameters with secrets and bodies hidden and phone numbers masked."""
+def safe_params(params: dict[str, Any] | None, adapter: VendorAdapter | None = None) -> dict[str, str]:
+    """Return vendor parameters with secrets and bodies hidden and phone numbers masked.
+
+    Besides the usual names, those the vendor's adapter declares (a mapping file's body,
+    sender, destination and recipient parameters) are hidden or masked too.
+    """
+    body_keys = BODY_KEYS | (adapter.body_parameters if adapter else frozenset())
+    phone_keys = PHONE_KEYS | (adapter.phone_parameters if adapter else frozenset())
     shown = {}
     for key, value in (params or {}).items():
         text, name = str(value), str(key).lower()
         if SECRET_KEY.search(name):
             shown[key] = "[hidden]"
-        elif name in BODY_KEYS:
+        elif name in body_keys:
             shown[key] = f"[{len(text)} characters hidden]"
-        elif name in PHONE_KEYS:
+        elif name in phone_keys:
             shown[key] = mask_phone(text)
         elif ID_KEY.search(name):
             shown[key] = text  # Ids are what the operator searches by; some are long digit runs.
@@ -149,8 +156,11 @@ def forwarding_health(now: datetime | None = None) -> ForwardingHealth:
                             dead_letters=status.counts["dead"])
 
 
-def message_history(message_id: str) -> MessageHistory:
-    """Return the whole stored history of a message, found by any id it is known by."""
+def message_history(message_id: str, vendors: Mapping[str, VendorAdapter] | None = None) -> MessageHistory:
+    """Return the whole stored history of a message, found by any id it is known by.
+
+    `vendors` (the vendor registry) tells which parameters of each vendor's raw events to hide.
+    """
     identifiers = _related_identifiers(message_id)
     states = _rows(db.select(MessageState).where(_any_in(identifiers, MessageState.vendor_message_id,
                                                       MessageState.emarsys_message_id))
@@ -158,7 +168,7 @@ def message_history(message_id: str) -> MessageHistory:
     state_ids = [state.id for state in states]
     return MessageHistory(
         message_id=message_id, identifiers=sorted(identifiers),
-        raw_events=[_raw_event_view(event) for event in _rows(
+        raw_events=[_raw_event_view(event, (vendors or {}).get(event.vendor)) for event in _rows(
             db.select(RawEvent).where(RawEvent.vendor_message_id.in_(identifiers)).order_by(RawEvent.id))],
         states=[_state_view(state) for state in states],
         bounces=[_bounce_view(bounce) for bounce in _rows(
@@ -209,10 +219,10 @@ def _client(client_id: uuid.UUID | None) -> str:
     return str(client_id) if client_id else ""
 
 
-def _raw_event_view(event: RawEvent) -> dict[str, Any]:
+def _raw_event_view(event: RawEvent, adapter: VendorAdapter | None) -> dict[str, Any]:
     return {"received_at": event.received_at, "vendor": event.vendor, "kind": event.kind,
             "client_id": _client(event.client_id), "vendor_message_id": event.vendor_message_id,
-            "params": safe_params(event.params)}
+            "params": safe_params(event.params, adapter)}
 
 
 def _state_view(state: MessageState) -> dict[str, Any]:

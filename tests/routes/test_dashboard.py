@@ -253,6 +253,30 @@ def test_history_masks_phone_numbers_and_hides_secrets_and_bodies(admin_app, adm
         assert secret not in html
 
 
+MAPPED_VENDOR = """vendors:
+  acme:
+    parameters: {message_id: msgid, status_code: stat, recipient: dest_addr}
+    outcomes: {"1": DELIVERED}
+    inbound: {message_id: msgid, source: sender_msisdn, destination: short_code, body: sms_text}
+"""
+
+
+def test_history_hides_and_masks_what_a_mapping_file_vendor_declares(make_app, tmp_path):
+    mappings = tmp_path / "vendor-mappings.yaml"
+    mappings.write_text(MAPPED_VENDOR)
+    app = make_app(ADMIN_USERNAME=ADMIN[0], ADMIN_PASSWORD=ADMIN[1], VENDOR_MAPPINGS_FILE=str(mappings))
+    client = app.test_client()
+    assert client.get("/vendors/acme/inbound-messages", query_string={
+        "msgid": "in-1", "sender_msisdn": "4915123456789", "short_code": "4711",
+        "sms_text": "My PIN is 8642"}).status_code == 200
+    assert client.get("/vendors/acme/delivery-reports", query_string={
+        "msgid": "in-1", "stat": "1", "dest_addr": "4915198765432"}).status_code == 200
+    html = page(client, message_id="in-1")
+    for private in ("My PIN is 8642", "4915123456789", "4915198765432"):
+        assert private not in html
+    assert "[14 characters hidden]" in html and "*********6789" in html and "*********5432" in html
+
+
 def test_search_for_an_unknown_id_says_so_and_escapes_it(admin):
     html = page(admin, message_id="<script>alert(1)</script>")
     assert figure(html, "history-empty").startswith("Nothing is stored about &lt;script&gt;alert(1)")
@@ -292,6 +316,8 @@ def test_replay_button_asks_for_confirmation_and_is_off_without_dead_letters(adm
     ({"confirm": "yes"}, {}, 403),
     ({"confirm": "yes", "csrf_token": "1.forged"}, {}, 403),
     ({"confirm": "yes", "csrf_token": "².forged"}, {}, 403),
+    ({"confirm": "yes", "csrf_token": "9" * 400}, {}, 403),  # past a float: was a 500
+    ({"confirm": "yes", "csrf_token": "1" * 5000 + ".x"}, {}, 403),  # past int()'s 4,300 digits
     ({"confirm": "yes", "csrf_token": "expired"}, {}, 403),
     ({"csrf_token": "valid"}, {}, 400),
     ({"confirm": "yes", "csrf_token": "valid"}, {"Origin": "https://evil.example"}, 403),
