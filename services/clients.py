@@ -75,9 +75,9 @@ def _store_client(client_id: uuid.UUID, config: ClientConfig) -> Client:
     return client
 
 
-def get_client(client_id: uuid.UUID) -> Client:
-    """Return a client or raise NotFound."""
-    client = db.session.get(Client, client_id)
+def get_client(client_id: uuid.UUID, lock: dict[str, bool] | None = None) -> Client:
+    """Return a client or raise NotFound; `lock` takes its row lock (SQLAlchemy's with_for_update)."""
+    client = db.session.get(Client, client_id, with_for_update=lock)
     if client is None:
         raise NotFound(f"client {client_id} is not configured", field="clientId")
     return client
@@ -103,9 +103,16 @@ def client_for_callback(vendor: str, token: str) -> Client:
     return client
 
 
+# A batch being queued holds its client's row in SHARE mode until it commits, and a deletion
+# locks the row for update before anything else: so every message a 202 answered is either
+# queued before the deletion looks (and cancelled by it) or refused with 404 after it.
+FOR_SHARE = {"read": True}
+FOR_UPDATE = {"read": False}
+
+
 def delete_client(client_id: uuid.UUID) -> None:
     """Delete a client, cancel its unsent messages, drop its unforwarded reports, and commit."""
-    client = get_client(client_id)
+    client = get_client(client_id, lock=FOR_UPDATE)
     db.session.execute(update(OutboundMessage)
                        .where(OutboundMessage.client_id == client_id, OutboundMessage.state == "queued")
                        .values(state="cancelled", updated_at=utcnow(), lease_owner=None, lease_until=None))

@@ -9,7 +9,7 @@ from models import Client, OutboundMessage, db, dialect_insert
 from schemas.client_config import CUSTOM_FIELD_VALUES, VENDORS, ClientConfig, InvalidClientConfig, load_client_config
 from schemas.outbound import OutboundMessage as BatchMessage
 from schemas.outbound import client_error
-from services.clients import client_config, get_client
+from services.clients import FOR_SHARE, client_config, get_client
 from services.clock import utcnow
 from services.crypto import UndecryptableSecrets
 
@@ -32,7 +32,7 @@ def accept_batch(client_id: uuid.UUID, messages: list[BatchMessage]) -> Accepted
     Raises NotFound for an unknown client and the spec's globalError (errorType client)
     when the stored configuration can no longer send.
     """
-    client = get_client(client_id)
+    client = get_client(client_id, lock=FOR_SHARE)
     sendable_config(client)
     queued = queue_messages(client.id, messages)
     log.info("client %s: batch of %d accepted, %d queued", client_id, len(messages), queued)
