@@ -16,6 +16,7 @@ from services.crypto import UndecryptableSecrets
 log = logging.getLogger(__name__)
 
 QUEUED = "queued"
+CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ def queue_messages(client_id: uuid.UUID, messages: list[BatchMessage]) -> int:
     """Insert the messages as queued in one statement and commit; return how many were new.
 
     An emarsysMessageId this client already handed over is skipped by the unique
-    (client_id, emarsys_message_id) constraint, so a re-sent batch is never sent twice.
+    (client_id, emarsys_message_id) constraint, so a re-sent batch is never sent twice;
+    only one cancelled unsent (its client was deleted meanwhile) is queued again.
     """
     now = utcnow()
     rows = [{
@@ -71,9 +73,16 @@ def queue_messages(client_id: uuid.UUID, messages: list[BatchMessage]) -> int:
     } for message in messages]
     # Rows go as parameters of one cached statement (executemany with RETURNING), rather than a
     # 1000-row VALUES clause that SQLAlchemy would compile afresh for every batch.
-    stmt = (dialect_insert(OutboundMessage)
-            .on_conflict_do_nothing(index_elements=["client_id", "emarsys_message_id"])
-            .returning(OutboundMessage.id))
+    stmt = dialect_insert(OutboundMessage)
+    # A message cancelled because its client was deleted was never sent: handed over again after
+    # the client is configured again, it is queued again (under its old public id).
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["client_id", "emarsys_message_id"],
+        set_={**{name: stmt.excluded[name] for name in ("source", "destination", "body", "state", "attempts",
+                                                         "next_attempt_at", "updated_at")},
+              "last_error": None, "lease_owner": None, "lease_until": None},
+        where=OutboundMessage.state == CANCELLED,
+    ).returning(OutboundMessage.id)
     queued = len(db.session.execute(stmt, rows).all())
     db.session.commit()
     return queued

@@ -183,6 +183,23 @@ def test_a_resent_message_is_accepted_and_not_queued_twice(partner_app, partner_
     assert {r.emarsys_message_id: r.public_id for r in rows if r.emarsys_message_id in first} == first
 
 
+def test_a_message_cancelled_by_deleting_its_client_is_queued_again_when_resent(partner_app, partner_client,
+                                                                                auth, onboard):
+    client_id, _ = onboard()
+    assert post(partner_client, auth, client_id, batch(message(1))).status_code == 202
+    [cancelled_id] = [row.public_id for row in queued(partner_app)]
+    assert partner_client.delete(f"/clients/{client_id}/configuration", headers=auth).status_code == 204
+    onboard(client_id=client_id)
+    assert post(partner_client, auth, client_id, batch(message(1), message(2))).status_code == 202
+    rows = queued(partner_app)
+    assert [(row.emarsys_message_id, row.state, row.attempts) for row in rows] == [
+        ("em-1", "queued", 0), ("em-2", "queued", 0)]
+    assert rows[0].public_id == cancelled_id
+    # Handed over once more, a queued message is still not queued twice.
+    assert post(partner_client, auth, client_id, batch(message(1))).status_code == 202
+    assert len(queued(partner_app)) == 2
+
+
 def test_the_same_message_id_of_two_clients_is_two_messages(partner_app, partner_client, auth, onboard):
     first, _ = onboard()
     second, _ = onboard()
