@@ -21,7 +21,8 @@ from services.clock import utcnow
 from services.prepared import driver_autocommit, prepare_once
 
 SAP_TIME_FORMAT = "%Y%m%d%H%M%S"
-EARLIEST, LATEST = datetime(1970, 1, 1), datetime(9999, 12, 31)
+# An open end of a window: every time a report can carry lies inside (end exclusive).
+EARLIEST, LATEST = datetime.min, datetime.max
 # The adapter's fields, in the order of the columns every page query selects.
 SAP_FIELDS = ("messageId", "recipient", "statusCode", "statusText", "type", "timestamp")
 SAP_COLUMNS = (Bounce.message_id, Bounce.recipient, Bounce.status_code, Bounce.status_text, Bounce.type,
@@ -154,7 +155,12 @@ def fetch_all_bounces(limit: int) -> BouncePage:
 
 
 def _sap_row(row) -> tuple:
-    return (*row[:5], row.event_at.strftime(SAP_TIME_FORMAT))
+    return (*row[:5], sap_time(row.event_at))
+
+
+def sap_time(moment: datetime) -> str:
+    """Return a time as SAP reads it, yyyyMMddHHmmss: always 14 digits (strftime's %Y drops a year's zeros)."""
+    return f"{moment.year:04d}{moment:%m%d%H%M%S}"
 
 
 def _window_query(start: datetime, end: datetime, snapshot: int | None):

@@ -14,7 +14,7 @@ WINDOW = "startTimeUTC=20180101000000&endTimeUTC=20180102000000"
 
 
 def push_bounce(client, order_id: str, when: datetime, code: str = "0x4503"):
-    query = (f"orderID={order_id}&date={when:%d%m%Y}&time={when:%H%M%S}&msisdn=%2B49123456789"
+    query = (f"orderID={order_id}&date={when:%d%m}{when.year:04d}&time={when:%H%M%S}&msisdn=%2B49123456789"
              f"&status='{code} failed'")
     assert client.get("/api/v1/notifications/set?" + query).status_code == 200
 
@@ -96,6 +96,19 @@ def test_get_without_parameters_returns_every_record(make_app):
     body = client.get("/api/v1/notifications/get").get_json()
     assert [record["messageId"] for record in body["status"]] == ["0", "1", "2", "3", "4"]
     assert (body["page"], body["lastPage"]) == ("0", True)
+
+
+@pytest.mark.parametrize("when, timestamp", [
+    (datetime(9999, 12, 31, 12, 0), "99991231120000"),
+    (datetime(1969, 12, 31, 23, 0), "19691231230000"),
+    (datetime(999, 1, 1, 12, 0), "09990101120000"),  # always 14 digits
+])
+def test_every_time_a_report_can_carry_is_served_and_rendered_in_14_digits(client, when, timestamp):
+    push_bounce(client, "edge", when)
+    everything = client.get("/api/v1/notifications/get").get_json()["status"]
+    from_start = client.get("/status?startTimeUTC=00010101000000&page=0").get_json()["status"]
+    assert [record["timestamp"] for record in everything] == [timestamp]
+    assert [record["timestamp"] for record in from_start] == [timestamp]
 
 
 def test_get_without_parameters_stops_at_its_limit_and_says_it_is_not_the_last_page(make_app):

@@ -66,3 +66,10 @@ def test_get_without_parameters_marks_more_bounces_pulled_than_one_sqlite_statem
     with sqlite_app.app_context():
         unpulled = db.session.scalar(db.select(db.func.count()).where(Bounce.pulled_at.is_(None)))
     assert unpulled == 0
+
+
+def test_a_time_before_year_1000_is_rendered_in_14_digits_on_sqlite(sqlite_app):
+    client = sqlite_app.test_client()
+    push_bounce(client, "edge", datetime(999, 1, 1, 12, 0))
+    for path in ("/api/v1/notifications/get", "/status?startTimeUTC=00010101000000&page=0"):
+        assert [record["timestamp"] for record in client.get(path).get_json()["status"]] == ["09990101120000"]
