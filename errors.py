@@ -1,6 +1,8 @@
 """Domain exceptions that carry their HTTP status, and the one place that renders them."""
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask, jsonify
@@ -86,8 +88,35 @@ def is_database_unavailable(exc: Exception) -> bool:
     return isinstance(exc, transient) or getattr(exc, "connection_invalidated", False)
 
 
+# What the service's routes use, and what HTTP clients send without a route in mind.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+class UnknownMethodMiddleware:
+    """Answer a request whose method no route can have with a JSON 501, before Flask sees it.
+
+    Flask would answer 405, but only after the metrics exporter had counted the request under
+    its method: anyone could then add series to /metrics without end (`curl -X ABCDE`).
+    """
+
+    def __init__(self, wsgi_app: Callable) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        """Pass a known method on; answer any other one 501."""
+        method = environ.get("REQUEST_METHOD", "")
+        if method in KNOWN_METHODS:
+            return self.wsgi_app(environ, start_response)
+        body = json.dumps({"error": "not_implemented", "field": "method",
+                           "message": f"HTTP method {method[:20]!r} is not implemented"}).encode()
+        start_response("501 Not Implemented", [("Content-Type", "application/json"),
+                                               ("Content-Length", str(len(body)))])
+        return [body]
+
+
 def register_error_handlers(app: Flask) -> None:
     """Answer every error as JSON, never as an HTML page or a traceback."""
+    app.wsgi_app = UnknownMethodMiddleware(app.wsgi_app)
 
     @app.errorhandler(ServiceError)
     def handle_service_error(exc: ServiceError):

@@ -104,6 +104,19 @@ def test_requests_are_counted_by_route_and_status_without_callback_tokens(metric
     assert "secret-token-123" not in text
 
 
+def test_a_made_up_method_is_a_json_501_and_adds_no_series(metrics_app):
+    client = metrics_app.test_client()
+    scrape(client)  # the scrape's own series exist from here on
+    before = len(scrape(client))
+    for method in ("ABCDE", "FGHIJ", "KLMNO"):
+        response = client.open("/health", method=method)
+        assert response.status_code == 501
+        assert response.get_json()["field"] == "method"
+    after = scrape(client)
+    assert not any(dict(labels).get("method") in {"ABCDE", "FGHIJ", "KLMNO"} for _, labels in after)
+    assert len(after) == before
+
+
 def add_outbound(states: dict[str, int]) -> None:
     """Insert campaign messages in the given states."""
     now = utcnow()
