@@ -21,6 +21,8 @@ from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
+from logging_setup import TOKEN_LIKE_SEGMENT, mask_phone_numbers
+
 # A header the app tried to send is the app's fault, a 500, as gunicorn itself treats it.
 APP_FAULTS = (errors.InvalidResponseHeader, errors.InvalidResponseHeaderName)
 # What each rejection answers: status, reason phrase, the field at fault (None: no single field).
@@ -46,6 +48,14 @@ REJECTIONS: list[tuple[type[BaseException] | tuple[type[BaseException], ...], in
     # Any other parse error gunicorn may add later is still the client's fault.
     (errors.ParseException, 400, "Bad Request", None),
 ]
+
+
+def loggable_path(req) -> str:
+    """Return the request's path for a log line: no query string, tokens and phone numbers masked."""
+    path = getattr(req, "path", None)
+    if not path:
+        return "(no path read)"
+    return mask_phone_numbers(TOKEN_LIKE_SEGMENT.sub("<token>", path))
 
 
 def classify(exc: BaseException) -> tuple[int, str, str | None]:
@@ -93,10 +103,12 @@ class JsonErrorsMixin:
         addr = addr or ("", -1)  # a unix socket has no peer address
         status, reason, field = classify(exc)
         if isinstance(exc, (errors.ParseException, SSLError)) and not isinstance(exc, APP_FAULTS):
-            self.log.warning("Invalid request from ip=%s: %s", addr[0], exc)
+            # The kind of fault only: gunicorn's own text quotes the request line, and with it the
+            # phone numbers, message texts and callback tokens that the logs never carry.
+            self.log.warning("Invalid request from ip=%s: %s (%s)", addr[0], type(exc).__name__,
+                             field or "request")
         else:
-            self.log.exception("Error handling request %s %s", getattr(req, "method", ""),
-                               getattr(req, "uri", "(no URI read)"))
+            self.log.exception("Error handling request %s %s", getattr(req, "method", ""), loggable_path(req))
         if req is None and isinstance(exc, (errors.InvalidHeader, errors.InvalidHeaderName)):
             req = getattr(exc, "req", None)  # the parsed request line, for the access log
         response = json_error(status, reason, fault_message(exc, status, self.cfg), field)

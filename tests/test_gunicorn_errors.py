@@ -22,6 +22,8 @@ VENV_BIN = Path(sys.executable).parent
 LIMIT = 8190  # gunicorn.conf.py's limit_request_line
 SOCKET_TIMEOUT_S = 10
 STOP_TIMEOUT_S = 10
+# Each running server's log file, by port.
+LOGS: dict[int, Path] = {}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def port(request, sqlite_url, tmp_path_factory) -> Iterator[int]:
     # GUNICORN_THREADS=2 makes gunicorn.conf.py pick the threaded worker, as on Cloud Foundry.
     env.update({"DATABASE_URL": sqlite_url, "GUNICORN_THREADS": request.param, "PYTHONUNBUFFERED": "1"})
     # A file, not a pipe: nobody reads a pipe while the tests run, and a full one would block gunicorn.
-    log_path = tmp_path_factory.mktemp("gunicorn-log") / "gunicorn.log"
+    log_path = LOGS[port] = tmp_path_factory.mktemp("gunicorn-log") / "gunicorn.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen([str(VENV_BIN / "gunicorn"), "-w", "1", "-b", f"127.0.0.1:{port}",
                                    "--log-level", "warning", "--graceful-timeout", "2", "--no-control-socket",
@@ -156,3 +158,17 @@ def test_the_worker_class_follows_gunicorn_threads():
                 (line.partition(" = ") for line in printed.splitlines())}
     assert settings["worker_class"] == "gunicorn_workers.ThreadJsonWorker"
     assert settings["limit_request_line"] == str(LIMIT)
+
+
+@pytest.mark.parametrize("target", [
+    # A space the vendor did not encode ends the request line early: the rest reads as the HTTP version.
+    "/vendors/genesys/inbound-messages?message_id=m1&message=call me on +4915198765432 please",
+    "/api/v1/notifications/set?orderID=o9&msisdn=+4915112345678\x01&status=x",
+])
+def test_a_refused_request_line_is_logged_without_its_numbers_or_text(port, target):
+    status, headers, body = get(port, target)
+    assert status == 400
+    json_error(status, headers, body)
+    log = LOGS[port].read_text(errors="replace")
+    assert "Invalid request from ip=127.0.0.1" in log
+    assert "4915198765432" not in log and "4915112345678" not in log and "please" not in log
