@@ -98,7 +98,6 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         # for a busy day is more than a 512 MB instance holds: beyond this many, it says lastPage false.
         "STATUS_GET_ALL_LIMIT": _count(env, "STATUS_GET_ALL_LIMIT", 10000),
         "ENABLE_CLEAR_ENDPOINT": _flag(env.get("ENABLE_CLEAR_ENDPOINT")),
-        "PORT": int(env.get("PORT", "8080")),
         # A vendor receipt is a few hundred bytes and a partner batch of 1,000 messages a few MB;
         # a larger body is refused with 413 before it is read into memory.
         "MAX_CONTENT_LENGTH": int(env.get("MAX_REQUEST_BYTES", str(16 * 1024 * 1024))),

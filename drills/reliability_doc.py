@@ -29,7 +29,7 @@ FINDINGS = """## What the drills found, and what was changed
   stored, but a vendor should be told to retry: the connect error is now wrapped like every other
   database error (503), with a test against an unreachable database.
 - **`GET /status?page=<huge>` answered 500** (fuzz): the page turned into an OFFSET beyond `bigint`.
-  `schemas/status.py` now bounds `page` to 2^31−1 (400 above it, also in /openapi.json).
+  `schemas/status.py` now bounds `page` to 2^31−2 (400 above it, also in /openapi.json).
 - **`POST /testConnection` with a non-Latin-1 Twilio `authToken` answered 500** (fuzz): requests encodes
   Basic credentials as Latin-1. `services/vendors/twilio.py` now passes them as UTF-8 bytes.
 - **Lone UTF-16 surrogates (`"\\udc00"`, legal in JSON) answered 500** (fuzz) in `POST

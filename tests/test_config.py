@@ -38,7 +38,7 @@ def test_database_url_wins_over_vcap_services():
 
 def test_defaults():
     config = load_config({})
-    assert (config["STATUS_PAGE_SIZE"], config["ENABLE_CLEAR_ENDPOINT"], config["PORT"]) == (100, False, 8080)
+    assert (config["STATUS_PAGE_SIZE"], config["ENABLE_CLEAR_ENDPOINT"]) == (100, False)
 
 
 def test_production_start_without_pull_credentials_logs_a_loud_warning(caplog):
