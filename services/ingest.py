@@ -85,7 +85,7 @@ def add_delivery_report(vendor: str, report: DeliveryReport, params: dict[str, A
         return IngestResult(duplicate=True, applied=False)
     state = _upsert_state(vendor, report, client_id, emarsys_message_id, now)
     if state is not None:
-        _sync_bounce(state.id, report, event_id)
+        _sync_bounce(state.id, report, event_id if state.client_id is None else None)
         if state.client_id is not None and state.emarsys_message_id is not None:
             # As in ingest_pg.sql: an unknown Emarsys id waits for the send result (adopt_early_reports).
             enqueue_forward(state.client_id, "delivery_report", state.emarsys_message_id,
@@ -204,8 +204,9 @@ def _upsert_state(vendor: str, report: DeliveryReport, client_id, emarsys_messag
     return db.session.execute(returning).first()
 
 
-def _sync_bounce(state_id: int, report: DeliveryReport, event_id: int) -> None:
-    if report.bounce_type is None:
+def _sync_bounce(state_id: int, report: DeliveryReport, event_id: int | None) -> None:
+    # event_id None: the message is an Emarsys client's, whose bounces SAP is never served.
+    if report.bounce_type is None or event_id is None:
         # The retry worked: withdraw the bounce unless SAP already has it.
         db.session.execute(delete(Bounce).where(Bounce.message_state_id == state_id,
                                                 Bounce.pulled_at.is_(None)))
@@ -263,6 +264,8 @@ def adopt_early_reports(reports: list[ReportToAdd]) -> None:
             continue  # add_delivery_reports fills the ids and forwards the send result itself.
         state.client_id = state.client_id or item.client_id
         state.emarsys_message_id = state.emarsys_message_id or item.emarsys_message_id
+        # Now known as an Emarsys client's message: its bounce is Emarsys's to hear of, not SAP's.
+        db.session.execute(delete(Bounce).where(Bounce.message_state_id == state.id, Bounce.pulled_at.is_(None)))
         if state.emarsys_message_id is not None:
             enqueue_forward(state.client_id, "delivery_report", state.emarsys_message_id,
                             delivery_report_item(_current_report(state), state.emarsys_message_id),

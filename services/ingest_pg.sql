@@ -32,7 +32,9 @@ WITH ev AS (
     SELECT st.id, :vmid, COALESCE(st.recipient, ''), :status_code, :status_text,
            CAST(:bounce_type AS varchar), :event_at, NULL, ev.id
     FROM st, ev
-    WHERE CAST(:bounce_type AS varchar) IS NOT NULL
+    -- SAP's buffer holds the bounces of SAP's own traffic: an Emarsys client's message is reported
+    -- to Emarsys only, never served to SAP Marketing Cloud.
+    WHERE CAST(:bounce_type AS varchar) IS NOT NULL AND st.client_id IS NULL
     ON CONFLICT (message_state_id) DO UPDATE SET
         message_id = EXCLUDED.message_id, recipient = EXCLUDED.recipient,
         status_code = EXCLUDED.status_code, status_text = EXCLUDED.status_text, type = EXCLUDED.type,

@@ -234,13 +234,24 @@ def test_search_shows_a_messages_whole_history_by_any_of_its_ids(admin_app, admi
         db.session.commit()
     html = page(admin, message_id=searched)
     history = html[html.index('id="history"'):]
-    assert history.count("absent subscriber") >= 3  # raw event, state, bounce
-    for table_id in ("raw-events", "states", "bounces-history", "outbound", "forwarding-attempts"):
+    assert history.count("absent subscriber") >= 2  # raw event, state
+    for table_id in ("raw-events", "states", "outbound", "forwarding-attempts"):
         assert f'id="{table_id}"' in history
+    assert 'id="bounces-history"' not in history  # an Emarsys client's bounce is never SAP's
     raw_events = history[history.index('id="raw-events"'):history.index('id="states"')]
     assert raw_events.count("<tr>") == 3  # header and two reports
     attempts = history[history.index('id="forwarding-attempts"'):]
     assert "2026-01-02 03:04:05 UTC" in attempts and ">done<" in attempts and ">pending<" in attempts
+
+
+def test_search_shows_the_sap_bounce_of_a_message_sent_outside_emarsys(admin_app, admin):
+    with admin_app.app_context():
+        report = DeliveryReport(vendor_message_id="vmid-sap", recipient=RECIPIENT, status_code="5",
+                                status_text="absent subscriber", event_at=utcnow(), outcome=Outcome.HARDBOUNCE)
+        record_delivery_report("genesys", report, {"message_id": "vmid-sap", "result_code": "5"})
+    history = page(admin, message_id="vmid-sap")
+    bounces = history[history.index('id="bounces-history"'):]
+    assert "absent subscriber" in bounces and "Permanent" in bounces
 
 
 def test_history_masks_phone_numbers_and_hides_secrets_and_bodies(admin_app, admin):

@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 
 from mappers.report import DeliveryReport, ErrorType, Outcome
-from models import OutboxItem, db
+from models import Bounce, OutboxItem, db
 from schemas.callbacks import delivery_report_item
 from services.ingest import record_delivery_report
 
@@ -44,3 +44,13 @@ def test_a_client_report_without_its_emarsys_message_id_is_not_forwarded(request
         result = record_delivery_report("genesys", report, {"message_id": "v-1"}, CLIENT, None)
         assert result.applied
         assert db.session.scalars(db.select(OutboxItem)).all() == []
+
+@pytest.mark.parametrize("app_fixture", ["app", "sqlite_app"])
+@pytest.mark.parametrize("client_id, bounces", [(None, 1), (CLIENT, 0)])
+def test_only_a_message_sent_outside_emarsys_becomes_an_sap_bounce(request, app_fixture, client_id, bounces):
+    report = DeliveryReport(vendor_message_id="v-1", recipient="+4915112345678", status_code="5:1",
+                            status_text="absent", outcome=Outcome.HARDBOUNCE, event_at=datetime(2026, 12, 1, 9, 30))
+    with request.getfixturevalue(app_fixture).app_context():
+        result = record_delivery_report("genesys", report, {"message_id": "v-1"}, client_id, "em-42")
+        assert result.applied
+        assert len(db.session.scalars(db.select(Bounce)).all()) == bounces
