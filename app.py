@@ -10,6 +10,7 @@ from flask_app import SyncFlask
 from models import db
 from routes import dashboard, ops, partner, sap, vendors
 from services.metrics import init_metrics
+from services.vendors.transport import allow_private_addresses
 
 
 def create_app(config: dict | None = None) -> SyncFlask:
@@ -22,6 +23,7 @@ def create_app(config: dict | None = None) -> SyncFlask:
     app.extensions["vendor_registry"] = load_vendor_registry(app.config["VENDOR_MAPPINGS_FILE"])
     app.extensions["secret_box"] = secret_box_factory(app)
     app.extensions["emarsys_token_verifier"] = token_verifier_from_config(app.config)
+    allow_private_addresses(app.config["VENDOR_ALLOW_PRIVATE_ADDRESSES"])
     for blueprint in (vendors.bp, sap.bp, ops.bp, partner.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)

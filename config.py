@@ -101,6 +101,8 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         # A vendor receipt is a few hundred bytes and a partner batch of 1,000 messages a few MB;
         # a larger body is refused with 413 before it is read into memory.
         "MAX_CONTENT_LENGTH": int(env.get("MAX_REQUEST_BYTES", str(16 * 1024 * 1024))),
+        # The open vendor URLs take anyone's body into raw_events: a receipt or a 10-part SMS is a few KB.
+        "MAX_VENDOR_REQUEST_BYTES": int(env.get("MAX_VENDOR_REQUEST_BYTES", str(64 * 1024))),
         "PRODUCTION": _flag(env.get("PRODUCTION")) or "VCAP_APPLICATION" in env,
         "VENDOR_MAPPINGS_FILE": env.get("VENDOR_MAPPINGS_FILE") or None,
         "TWILIO_AUTH_TOKEN": env.get("TWILIO_AUTH_TOKEN") or None,
@@ -120,6 +122,8 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "SEND_RETRY_DELAY_SECONDS": float(env.get("SEND_RETRY_DELAY_SECONDS", "30")),
         "SEND_MAX_ATTEMPTS": int(env.get("SEND_MAX_ATTEMPTS", "10")),
         "VENDOR_TIMEOUT_SECONDS": float(env.get("VENDOR_TIMEOUT_SECONDS", "10")),
+        # A client's baseUrl is not trusted: off, vendor calls reach only public addresses.
+        "VENDOR_ALLOW_PRIVATE_ADDRESSES": _flag(env.get("VENDOR_ALLOW_PRIVATE_ADDRESSES")),
         "LEASE_SECONDS": int(env.get("LEASE_SECONDS", "60")),
         "DISPATCH_BATCH_SIZE": int(env.get("DISPATCH_BATCH_SIZE", "200")),
         "DISPATCH_CONCURRENCY": int(env.get("DISPATCH_CONCURRENCY", "16")),

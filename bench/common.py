@@ -287,6 +287,8 @@ def app_env(database_url: str, **settings: str) -> dict[str, str]:
         "ADMIN_USERNAME": ADMIN_USER, "ADMIN_PASSWORD": ADMIN_PASSWORD,
         "CONFIG_ENCRYPTION_KEY": ENCRYPTION_KEY, "STATUS_PAGE_SIZE": "100",
         "PUBLIC_BASE_URL": "http://127.0.0.1:8080", "PYTHONUNBUFFERED": "1",
+        # The fake vendors listen on loopback, which a client's baseUrl may not reach by default.
+        "VENDOR_ALLOW_PRIVATE_ADDRESSES": "true",
         # As the manifest does: gunicorn workers keep their metrics in files, one directory per instance.
         "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="metrics-", dir=LOG_DIR),
     })

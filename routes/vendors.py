@@ -27,6 +27,9 @@ MULTIPART = "multipart/form-data"
 def request_params() -> dict[str, str]:
     """Return the query string and form fields as one flat dict (first value wins, form over query)."""
     params = decode_form(request.query_string)
+    config = current_app.config
+    # A larger body gets a 413 before it is read.
+    request.max_content_length = min(config["MAX_VENDOR_REQUEST_BYTES"], config["MAX_CONTENT_LENGTH"])
     mimetype = request.mimetype
     if mimetype == URLENCODED:
         # Decoded here, not by request.form: werkzeug drops a body that is not UTF-8, and its

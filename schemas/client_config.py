@@ -33,8 +33,12 @@ class _HttpUrl(validate.URL):
     def __call__(self, value: str) -> str:
         """Return the URL, or raise ValidationError."""
         value = super().__call__(value)
+        parts = urlsplit(value)
+        if parts.username is not None or parts.password is not None:
+            # Stored and logged as plain text, unlike the secret fields that exist for credentials.
+            raise ValidationError("must not carry credentials (user:password@)")
         try:
-            port = urlsplit(value).port
+            port = parts.port
         except ValueError:  # beyond 65535
             port = 0
         if port == 0:
@@ -43,7 +47,8 @@ class _HttpUrl(validate.URL):
         return value
 
 
-# require_tld=False so that a loopback or intranet vendor endpoint stays configurable.
+# require_tld=False so that an intranet vendor stays configurable; whether a call may reach a
+# non-public address is the operator's choice (VENDOR_ALLOW_PRIVATE_ADDRESSES), checked on connect.
 _HTTP_URL = _HttpUrl(schemes={"http", "https"}, require_tld=False, error="must be an absolute http or https URL")
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, text
 from app import create_app
 from models import MessageState, db
 from services.clock import utcnow
+from services.vendors.transport import allow_private_addresses
 from tests.pg import ThrowawayPostgres
 
 TEST_SETTINGS = {
@@ -20,7 +21,17 @@ TEST_SETTINGS = {
     "PRODUCTION": False,
     "CONFIG_ENCRYPTION_KEY": Fernet.generate_key().decode(),
     "PUBLIC_BASE_URL": "https://sms.example.com",
+    # The fake vendors are pytest-httpserver on 127.0.0.1.
+    "VENDOR_ALLOW_PRIVATE_ADDRESSES": True,
 }
+
+
+@pytest.fixture(autouse=True)
+def loopback_vendors():
+    """Let vendor calls reach the fake vendors on loopback, in every test, as TEST_SETTINGS does."""
+    allow_private_addresses(True)
+    yield
+    allow_private_addresses(True)
 
 
 @pytest.fixture(scope="session")

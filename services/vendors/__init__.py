@@ -1,36 +1,28 @@
 """Sending through a client's SMS vendor, and testing its credentials.
 
-Every vendor call goes through one shared `requests.Session` per vendor host, so
-connections are pooled across messages and clients, and always carries a timeout.
+Every vendor call goes through `transport.vendor_call`: one shared session per vendor host, so
+connections are pooled across messages and clients, always a timeout, public addresses only.
 Neither secrets nor message bodies are ever logged.
 """
 from __future__ import annotations
 
-import http.cookiejar
-import threading
 from dataclasses import dataclass
 from datetime import datetime
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlsplit
-
-import requests
-import requests.adapters
 
 from mappers.report import ErrorType, Outcome
 from schemas.client_config import GENESYS, TWILIO, ClientConfig
 from schemas.outbound import OutboundMessage
+from services.vendors import transport
+# Re-exported: the worker's shutdown and the tests close the shared sessions through this package.
+from services.vendors.transport import close_sessions, session_for  # noqa: F401
 
 SUCCESS = "success"
 FAILURE = "error"
 CREDENTIAL = "credential"
 TEMPORARY = "temporary"
 INTEGRATION = "integration"
-USER_AGENT = "sms-status-middleware"
-
-CONNECTIONS_PER_HOST = 64
-_sessions: dict[str, requests.Session] = {}
-_sessions_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -111,38 +103,20 @@ def vendor_request_timeout(seconds: float) -> tuple[float, float]:
     return seconds / 2, seconds / 2
 
 
-def session_for(url: str) -> requests.Session:
-    """Return the shared session for the URL's scheme, host and port."""
-    parts = urlsplit(url)
-    key = f"{parts.scheme}://{parts.hostname}:{parts.port}".lower()
-    with _sessions_lock:
-        session = _sessions.get(key)
-        if session is None:
-            session = _sessions[key] = _new_session()
-        return session
+def unreachable_send(vendor_name: str, failure: str) -> SendResult:
+    """Return the result of a send that got no usable answer (a transport failure)."""
+    if failure == transport.NOT_PUBLIC:
+        # A configuration fault, not a vendor's hiccup: retrying would fail the same way.
+        return refused(Outcome.ERROR, ErrorType.UNKNOWN, failure, "baseUrl is not a public address")
+    return retry_later(failure, f"no usable answer from {vendor_name} ({failure})")
 
 
-def _new_session() -> requests.Session:
-    session = requests.Session()
-    # The session is shared by every client of a vendor host: a cookie one client's
-    # credentials earned must never ride along with another client's request.
-    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    session.headers["User-Agent"] = USER_AGENT
-    # Every send thread of the dispatcher (DISPATCH_CONCURRENCY) may call one host at once;
-    # urllib3 keeps only pool_maxsize connections, and one over that is opened and thrown away.
-    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=CONNECTIONS_PER_HOST)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
-
-
-def close_sessions() -> None:
-    """Close and forget every shared session (at shutdown, or between tests)."""
-    with _sessions_lock:
-        sessions = list(_sessions.values())
-        _sessions.clear()
-    for session in sessions:
-        session.close()
+def unreachable_test(vendor_name: str, failure: str) -> ConnectionTestResult:
+    """Return the connection test result of a request that got no usable answer."""
+    if failure == transport.NOT_PUBLIC:
+        return ConnectionTestResult.failure(
+            INTEGRATION, "baseUrl is not a public address; the service calls only public vendor addresses")
+    return ConnectionTestResult.failure(TEMPORARY, f"{vendor_name} could not be reached ({failure})")
 
 
 def send_message(config: ClientConfig, message: OutboundMessage, our_message_id: str,

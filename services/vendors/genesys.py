@@ -11,13 +11,13 @@ import logging
 import uuid
 from urllib.parse import parse_qs
 
-import requests
-
 from mappers.report import ErrorType, Outcome
 from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage
 from services.vendors import (CREDENTIAL, INTEGRATION, TEMPORARY, ConnectionTestResult, EarlierAttempt,
-                              SendResult, accepted, refused, vendor_request_timeout, retry_later, session_for)
+                              SendResult, accepted, refused, retry_later, unreachable_send, unreachable_test,
+                              vendor_request_timeout)
+from services.vendors.transport import VendorAnswer, vendor_call
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def test_connection(config: ClientConfig, timeout: float) -> ConnectionTestResul
             "message_id": f"connection-test-{uuid.uuid4()}"}
     answer = _post(config, form, timeout)
     if isinstance(answer, str):
-        return ConnectionTestResult.failure(TEMPORARY, f"Genesys could not be reached ({answer})")
+        return unreachable_test("Genesys", answer)
     if answer.status_code >= 500 or answer.status_code == 429:
         return ConnectionTestResult.failure(TEMPORARY, f"Genesys answered HTTP {answer.status_code}")
     code = parse_result_code(answer.text) if answer.ok else None
@@ -96,23 +96,16 @@ def _credentials(config: ClientConfig) -> dict[str, str]:
     return {"login": config.fields["login"], "password": config.fields["password"]}
 
 
-def _post(config: ClientConfig, form: dict[str, str], timeout: float) -> requests.Response | str:
-    """Post the form; return the response, or 'timeout' / 'network' when none arrived."""
-    url = config.fields["baseUrl"]
-    try:
-        return session_for(url).post(url, data=form, timeout=vendor_request_timeout(timeout),
-                                     headers={"Accept": "text/plain"})
-    except requests.Timeout:
-        return "timeout"
-    except requests.RequestException as exc:
-        log.warning("genesys request failed: %s", type(exc).__name__)
-        return "network"
+def _post(config: ClientConfig, form: dict[str, str], timeout: float) -> VendorAnswer | str:
+    """Post the form; return the answer, or why none was had (see transport.vendor_call)."""
+    return vendor_call("POST", config.fields["baseUrl"], vendor_request_timeout(timeout), data=form,
+                       headers={"Accept": "text/plain"})
 
 
-def _classify_send(answer: requests.Response | str, our_message_id: str) -> SendResult:
+def _classify_send(answer: VendorAnswer | str, our_message_id: str) -> SendResult:
     if isinstance(answer, str):
-        # The request may have reached Genesys: the retry reuses message_id, so no double send.
-        return retry_later(answer, f"no answer from Genesys ({answer})")
+        # The request may have reached Genesys: a retry reuses message_id, so no double send.
+        return unreachable_send("Genesys", answer)
     if answer.status_code >= 500 or answer.status_code == 429:
         return retry_later(f"http_{answer.status_code}", f"Genesys answered HTTP {answer.status_code}")
     if not answer.ok:

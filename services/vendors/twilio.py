@@ -7,13 +7,13 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import requests
-
 from mappers.report import ErrorType, Outcome
 from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage
 from services.vendors import (CREDENTIAL, INTEGRATION, TEMPORARY, ConnectionTestResult, EarlierAttempt,
-                              SendResult, accepted, refused, vendor_request_timeout, retry_later, session_for)
+                              SendResult, accepted, refused, retry_later, unreachable_send, unreachable_test,
+                              vendor_request_timeout)
+from services.vendors.transport import NOT_PUBLIC, VendorAnswer, vendor_call
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ def _earlier_attempt(config: ClientConfig, form: dict[str, str], earlier: Earlie
     """Return the earlier attempt's message as accepted, a retry if Twilio cannot say, or None."""
     answer = _request(config, "GET", "/Messages.json", timeout,
                       params={"To": form["To"], "PageSize": str(LOOKUP_PAGE_SIZE)})
+    if answer == NOT_PUBLIC:
+        return unreachable_send("Twilio", answer)
     if isinstance(answer, str) or answer.status_code == 429 or answer.status_code >= 500:
         # Sending now could send the text twice; the next attempt asks again.
         status = answer if isinstance(answer, str) else f"http_{answer.status_code}"
@@ -97,7 +99,7 @@ def test_connection(config: ClientConfig, timeout: float) -> ConnectionTestResul
     """Fetch the account resource with the client's credentials."""
     answer = _request(config, "GET", ".json", timeout)
     if isinstance(answer, str):
-        return ConnectionTestResult.failure(TEMPORARY, f"Twilio could not be reached ({answer})")
+        return unreachable_test("Twilio", answer)
     status = answer.status_code
     if status == 200:
         return ConnectionTestResult.success()
@@ -110,25 +112,18 @@ def test_connection(config: ClientConfig, timeout: float) -> ConnectionTestResul
 
 
 def _request(config: ClientConfig, method: str, suffix: str, timeout: float,
-             **kwargs: Any) -> requests.Response | str:
-    """Call the account's resource; return the response, or 'timeout' / 'network'."""
+             **kwargs: Any) -> VendorAnswer | str:
+    """Call the account's resource; return the answer, or why none was had (see transport.vendor_call)."""
     account_sid = config.fields["accountSid"]
     url = f"{config.fields['baseUrl'].rstrip('/')}/{API_VERSION}/Accounts/{account_sid}{suffix}"
-    try:
-        # As UTF-8 bytes: requests would encode str credentials as Latin-1 and crash on anything else.
-        credentials = (account_sid.encode(), config.fields["authToken"].encode("utf-8", "surrogatepass"))
-        return session_for(url).request(method, url, auth=credentials, timeout=vendor_request_timeout(timeout),
-                                        **kwargs)
-    except requests.Timeout:
-        return "timeout"
-    except requests.RequestException as exc:
-        log.warning("twilio request failed: %s", type(exc).__name__)
-        return "network"
+    # As UTF-8 bytes: requests would encode str credentials as Latin-1 and crash on anything else.
+    credentials = (account_sid.encode(), config.fields["authToken"].encode("utf-8", "surrogatepass"))
+    return vendor_call(method, url, vendor_request_timeout(timeout), auth=credentials, **kwargs)
 
 
-def _classify_send(answer: requests.Response | str) -> SendResult:
+def _classify_send(answer: VendorAnswer | str) -> SendResult:
     if isinstance(answer, str):
-        return retry_later(answer, f"no answer from Twilio ({answer})")
+        return unreachable_send("Twilio", answer)
     status = answer.status_code
     if status >= 500 or status == 429:
         return retry_later(f"http_{status}", f"Twilio answered HTTP {status}")
@@ -151,7 +146,7 @@ def _names_sender(error: dict[str, Any]) -> bool:
         _NAMES_SENDER.search(str(error.get("message") or "")))
 
 
-def _json_object(answer: requests.Response) -> dict[str, Any]:
+def _json_object(answer: VendorAnswer) -> dict[str, Any]:
     try:
         body = answer.json()
     except ValueError:

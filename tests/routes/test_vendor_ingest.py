@@ -137,13 +137,22 @@ def test_query_string_and_form_are_merged_with_the_form_winning(app, client):
         assert state_of("genesys", "g-query").outcome == "DELIVERED"
 
 
-def test_body_over_the_size_limit_is_a_json_413_and_stores_nothing(make_app):
-    app = make_app(MAX_CONTENT_LENGTH=1024)
-    response = app.test_client().post("/vendors/genesys/delivery-reports",
+@pytest.mark.parametrize("settings", [dict(MAX_CONTENT_LENGTH=1024), dict(MAX_VENDOR_REQUEST_BYTES=1024)])
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "multipart/form-data"])
+def test_body_over_the_size_limit_is_a_json_413_and_stores_nothing(make_app, settings, content_type):
+    app = make_app(**settings)
+    response = app.test_client().post("/vendors/genesys/delivery-reports", content_type=content_type,
                                       data={"type": "receipt", "message_id": "g-big", "message": "x" * 2048})
     assert response.status_code == 413 and response.get_json()["error"] == "request_entity_too_large"
     with app.app_context():
         assert count(RawEvent) == 0
+
+
+@pytest.mark.parametrize("text_bytes, status", [(6_000, 200), (100_000, 413)])
+def test_an_open_vendor_url_takes_an_sms_not_megabytes_by_default(client, text_bytes, status):
+    receipt = {"type": "receipt", "message_id": "g-size", "message_state": "2", "text": "x" * text_bytes}
+    response = client.post("/vendors/genesys/delivery-reports", data=receipt)
+    assert response.status_code == status
 
 
 def test_late_accepted_after_delivered_changes_nothing(app, client):

@@ -126,6 +126,8 @@ def test_body_and_vendor_faults_name_one_field(request_body, field_name, error_t
     ({**GENESYS_FIELDS, "priority": "URGENT"}, [("priority", "invalid")]),
     ({**GENESYS_FIELDS, "baseUrl": "ftp://smsc.example.com/in"}, [("baseUrl", "invalid")]),
     ({**GENESYS_FIELDS, "baseUrl": "not a url"}, [("baseUrl", "invalid")]),
+    ({**GENESYS_FIELDS, "baseUrl": "https://acme:s3cret@smsc.example.com/in"}, [("baseUrl", "invalid")]),
+    ({**GENESYS_FIELDS, "baseUrl": "https://acme@smsc.example.com/in"}, [("baseUrl", "invalid")]),
     ({"vendor": "twilio"}, [("accountSid", "missing"), ("authToken", "missing")]),
     ({**TWILIO_FIELDS, "accountSid": "AC123"}, [("accountSid", "invalid")]),
     ({**TWILIO_FIELDS, "accountSid": ACCOUNT_SID + "/../x"}, [("accountSid", "invalid")]),
@@ -146,3 +148,5 @@ def test_error_descriptions_never_echo_a_secret():
     error = refusal(body(vendor="twilio", accountSid="bad", authToken="tok3n-secret"))
 
     assert "tok3n-secret" not in str(error.to_dict())
+    with_credentials = refusal(body(**GENESYS_FIELDS, baseUrl="https://a:s3cret@smsc.example.com"))
+    assert "s3cret" not in str(with_credentials.to_dict())

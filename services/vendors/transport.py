@@ -1,0 +1,208 @@
+"""HTTP to SMS vendors: pooled sessions, public addresses only, answers read within a bound.
+
+A vendor URL (`baseUrl`) comes from an Emarsys client's onboarding form, so it is not trusted:
+- a request reaches only a public address, checked on the connected socket, so neither a literal
+  private address nor a name that resolves to one (at any time) reaches the internal network,
+  unless the operator allows it (VENDOR_ALLOW_PRIVATE_ADDRESSES, for an on-premise vendor or tests);
+- redirects are not followed, so a vendor cannot send the credentials on to another host;
+- an answer is read up to MAX_ANSWER_BYTES, so a vendor cannot exhaust the worker's memory;
+- at most MAX_SESSIONS hosts keep pooled connections, so cycling hosts cannot exhaust sockets.
+"""
+from __future__ import annotations
+
+import codecs
+import http.cookiejar
+import ipaddress
+import json
+import logging
+import socket
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import requests.adapters
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "sms-status-middleware"
+CONNECTIONS_PER_HOST = 64
+MAX_SESSIONS = 32
+# Twilio's lookup of an earlier attempt lists 100 messages of up to 1,600 characters each.
+MAX_ANSWER_BYTES = 1024 * 1024
+
+# What a call answers instead of a VendorAnswer when none could be had.
+TIMEOUT = "timeout"
+NETWORK = "network"
+OVERSIZED = "oversized"
+NOT_PUBLIC = "address_not_public"
+
+
+class AddressNotPublic(Exception):
+    """A vendor URL led to a loopback, private, link-local or otherwise non-public address.
+
+    Not an OSError, so that urllib3 neither retries it nor hides it in a connection error.
+    """
+
+
+@dataclass
+class AddressPolicy:
+    """Whether vendor calls may reach non-public addresses; one per process, like the sessions."""
+
+    allow_private: bool = False
+
+
+ADDRESS_POLICY = AddressPolicy()
+
+
+def allow_private_addresses(allowed: bool) -> None:
+    """Let vendor calls reach loopback and private addresses, or refuse them (the default)."""
+    ADDRESS_POLICY.allow_private = allowed
+
+
+@dataclass(frozen=True)
+class VendorAnswer:
+    """A vendor's HTTP answer, read whole (at most MAX_ANSWER_BYTES)."""
+
+    status_code: int
+    content: bytes
+    encoding: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Return whether the status is 2xx (a redirect, not followed, is no success)."""
+        return 200 <= self.status_code < 300
+
+    @property
+    def text(self) -> str:
+        """Return the body as text, in its declared charset if Python knows it, else UTF-8."""
+        return self.content.decode(_known_codec(self.encoding), "replace")
+
+    def json(self) -> Any:
+        """Return the body parsed as JSON; raise ValueError if it is not JSON."""
+        try:
+            return json.loads(self.text)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+
+
+def vendor_call(method: str, url: str, timeout: tuple[float, float], **kwargs: Any) -> VendorAnswer | str:
+    """Make one vendor request; return its answer, or TIMEOUT, NETWORK, OVERSIZED or NOT_PUBLIC."""
+    try:
+        with session_for(url).request(method, url, timeout=timeout, allow_redirects=False, stream=True,
+                                      **kwargs) as response:
+            return _read_answer(response)
+    except AddressNotPublic as exc:
+        log.warning("vendor request refused: %s is not a public address", exc)
+        return NOT_PUBLIC
+    except requests.Timeout:
+        return TIMEOUT
+    except requests.RequestException as exc:
+        log.warning("vendor request failed: %s", type(exc).__name__)
+        return NETWORK
+
+
+def _read_answer(response: requests.Response) -> VendorAnswer | str:
+    content = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
+    if len(content) > MAX_ANSWER_BYTES:
+        log.warning("vendor answer refused: longer than %d bytes", MAX_ANSWER_BYTES)
+        return OVERSIZED
+    return VendorAnswer(response.status_code, content, response.encoding)
+
+
+def _known_codec(name: str | None) -> str:
+    try:
+        return codecs.lookup(name).name if name else "utf-8"
+    except LookupError:
+        return "utf-8"
+
+
+_sessions: OrderedDict[str, requests.Session] = OrderedDict()
+_sessions_lock = threading.Lock()
+
+
+def session_for(url: str) -> requests.Session:
+    """Return the shared session for the URL's scheme, host and port."""
+    parts = urlsplit(url)
+    key = f"{parts.scheme}://{parts.hostname}:{parts.port}".lower()
+    evicted = None
+    with _sessions_lock:
+        session = _sessions.get(key)
+        if session is None:
+            session = _sessions[key] = _new_session()
+            if len(_sessions) > MAX_SESSIONS:
+                evicted = _sessions.popitem(last=False)[1]
+        _sessions.move_to_end(key)
+    if evicted is not None:
+        evicted.close()  # its idle sockets; a request in flight on it still completes
+    return session
+
+
+def close_sessions() -> None:
+    """Close and forget every shared session (at shutdown, or between tests)."""
+    with _sessions_lock:
+        sessions = list(_sessions.values())
+        _sessions.clear()
+    for session in sessions:
+        session.close()
+
+
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    # The session is shared by every client of a vendor host: a cookie one client's
+    # credentials earned must never ride along with another client's request.
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    session.headers["User-Agent"] = USER_AGENT
+    # Every send thread of the dispatcher (DISPATCH_CONCURRENCY) may call one host at once;
+    # urllib3 keeps only pool_maxsize connections, and one over that is opened and thrown away.
+    adapter = _PublicAddressAdapter(pool_connections=1, pool_maxsize=CONNECTIONS_PER_HOST)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def refuse_non_public_peer(sock: socket.socket) -> None:
+    """Close the socket and raise AddressNotPublic if its peer is not public and that is not allowed."""
+    if ADDRESS_POLICY.allow_private:
+        return
+    address = ipaddress.ip_address(sock.getpeername()[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if not address.is_global:
+        sock.close()
+        raise AddressNotPublic(str(address))
+
+
+class _PublicPeerHTTPConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        refuse_non_public_peer(sock)
+        return sock
+
+
+class _PublicPeerHTTPSConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        refuse_non_public_peer(sock)
+        return sock
+
+
+class _PublicPeerHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _PublicPeerHTTPConnection
+
+
+class _PublicPeerHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _PublicPeerHTTPSConnection
+
+
+class _PublicAddressAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, with connections that check the address they reached."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        """Build requests' pool manager, with pools of checked connections."""
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _PublicPeerHTTPPool, "https": _PublicPeerHTTPSPool}

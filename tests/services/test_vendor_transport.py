@@ -1,0 +1,155 @@
+"""Vendor HTTP against untrusted vendor URLs: public addresses only, no redirects, bounded answers."""
+from __future__ import annotations
+
+import pytest
+from werkzeug import Response
+
+from mappers.report import ErrorType, Outcome
+from services import vendors
+from services.vendors import transport
+from tests.services.test_vendor_senders import (GENESYS_PATH, MESSAGE, TIMEOUT, TWILIO_MESSAGES, genesys_config,
+                                                twilio_config)
+
+
+class PeerSocket:
+    """Just enough of a connected socket for the peer check."""
+
+    def __init__(self, address: str) -> None:
+        self.address, self.closed = address, False
+
+    def getpeername(self) -> tuple:
+        """Return the peer as socket.getpeername does."""
+        return (self.address, 443)
+
+    def close(self) -> None:
+        """Remember that the check closed the socket."""
+        self.closed = True
+
+
+@pytest.fixture
+def public_only():
+    """Refuse non-public addresses, as the service does unless the operator allows them."""
+    vendors.close_sessions()
+    transport.allow_private_addresses(False)
+    yield
+    vendors.close_sessions()
+
+
+@pytest.mark.parametrize("address, public", [
+    ("127.0.0.1", False),
+    ("10.1.2.3", False),
+    ("172.16.0.1", False),
+    ("192.168.1.1", False),
+    ("169.254.169.254", False),  # cloud metadata
+    ("100.64.0.1", False),  # carrier-grade NAT
+    ("0.0.0.0", False),
+    ("::1", False),
+    ("::ffff:127.0.0.1", False),
+    ("fe80::1", False),
+    ("fd00::1", False),
+    ("8.8.8.8", True),
+    ("2001:4860:4860::8888", True),
+])
+def test_only_a_public_peer_passes(public_only, address, public):
+    sock = PeerSocket(address)
+    if public:
+        transport.refuse_non_public_peer(sock)
+    else:
+        with pytest.raises(transport.AddressNotPublic):
+            transport.refuse_non_public_peer(sock)
+    assert sock.closed is not public
+
+
+def test_the_operator_can_allow_private_peers(public_only):
+    transport.allow_private_addresses(True)
+    transport.refuse_non_public_peer(PeerSocket("10.0.0.5"))
+
+
+@pytest.mark.parametrize("config_for, path", [(genesys_config, GENESYS_PATH), (twilio_config, "/")])
+def test_a_send_to_a_private_address_fails_for_good_without_reaching_it(public_only, httpserver, config_for, path):
+    httpserver.expect_request("/", method="POST").respond_with_data("result_code=0")
+    # localhost, not the IP: a name that resolves to loopback is refused as well.
+    url = httpserver.url_for(path).replace("127.0.0.1", "localhost")
+
+    result = vendors.send_message(config_for(url), MESSAGE, "our-1", None, TIMEOUT)
+
+    assert (result.outcome, result.error_type, result.retry) == (Outcome.ERROR, ErrorType.UNKNOWN, False)
+    assert result.status_code == "address_not_public"
+    assert httpserver.log == []
+
+
+@pytest.mark.parametrize("config_for", [genesys_config, twilio_config])
+def test_a_connection_test_of_a_private_address_is_an_integration_error(public_only, httpserver, config_for):
+    result = vendors.test_connection(config_for(httpserver.url_for(GENESYS_PATH)), TIMEOUT)
+
+    assert (result.state, result.error_type) == ("error", "integration")
+    assert "public" in result.description
+    assert httpserver.log == []
+
+
+@pytest.mark.parametrize("config_for, path, status", [
+    (genesys_config, GENESYS_PATH, 307), (twilio_config, TWILIO_MESSAGES, 302)])
+def test_a_redirect_is_not_followed_and_not_a_success(httpserver, config_for, path, status):
+    httpserver.expect_request(path).respond_with_response(
+        Response("result_code=0", status=status, headers={"Location": httpserver.url_for("/elsewhere")}))
+    httpserver.expect_request("/elsewhere").respond_with_data("result_code=0")
+    base_url = httpserver.url_for(path if config_for is genesys_config else "/")
+
+    result = vendors.send_message(config_for(base_url), MESSAGE, "our-1", None, TIMEOUT)
+
+    assert (result.outcome, result.status_code) == (Outcome.ERROR, f"http_{status}")
+    assert [entry[0].path for entry in httpserver.log] == [path]
+
+
+def test_an_oversized_answer_is_retried_not_read_whole(httpserver, monkeypatch):
+    monkeypatch.setattr(transport, "MAX_ANSWER_BYTES", 1000)
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0" + " " * 5000)
+
+    config = genesys_config(httpserver.url_for(GENESYS_PATH))
+
+    result = vendors.send_message(config, MESSAGE, "our-1", None, TIMEOUT)
+
+    assert (result.outcome, result.retry, result.status_code) == (None, True, "oversized")
+
+
+def test_an_answer_within_the_bound_is_read_whole(httpserver):
+    httpserver.expect_request(TWILIO_MESSAGES).respond_with_json(
+        {"sid": "SM" + "0" * 32, "status": "queued", "padding": "x" * 500_000}, status=201)
+
+    result = vendors.send_message(twilio_config(httpserver.url_for("/")), MESSAGE, "our-1", None, TIMEOUT)
+
+    assert (result.outcome, result.vendor_message_id) == (Outcome.ACCEPTED, "SM" + "0" * 32)
+
+
+def test_a_deeply_nested_json_answer_is_no_crash(httpserver):
+    httpserver.expect_request(TWILIO_MESSAGES).respond_with_data("[" * 100_000, status=400,
+                                                                 content_type="application/json")
+
+    result = vendors.send_message(twilio_config(httpserver.url_for("/")), MESSAGE, "our-1", None, TIMEOUT)
+
+    assert (result.outcome, result.status_code) == (Outcome.HARDBOUNCE, "http_400")
+
+
+def test_the_session_cache_keeps_the_most_recent_hosts_and_closes_the_rest():
+    vendors.close_sessions()
+    first = vendors.session_for("https://host-0.example.com/")
+    closed = []
+    first.close = lambda: closed.append(True)  # type: ignore[method-assign]
+
+    for number in range(1, transport.MAX_SESSIONS + 5):
+        vendors.session_for(f"https://host-{number}.example.com/")
+
+    assert len(transport._sessions) == transport.MAX_SESSIONS
+    assert closed == [True]
+    assert vendors.session_for("https://host-0.example.com/") is not first
+    vendors.close_sessions()
+
+
+def test_a_recently_used_host_stays_cached():
+    vendors.close_sessions()
+    busy = vendors.session_for("https://busy.example.com/")
+    for number in range(transport.MAX_SESSIONS + 5):
+        vendors.session_for(f"https://host-{number}.example.com/")
+        assert vendors.session_for("https://busy.example.com/") is busy
+    vendors.close_sessions()
+
