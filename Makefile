@@ -8,7 +8,15 @@ WEB_CONCURRENCY ?= 2
 .PHONY: install run test bench drills postgres-binaries chromium clean
 
 $(BIN)/.installed: requirements.txt requirements-test.txt
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -m venv $(VENV) || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "Installing python3-venv with apt-get..."; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv \
+	            && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); \
+	    else \
+	        echo "$(PYTHON) cannot create a virtualenv; install it, e.g. 'sudo apt-get install python3-venv'." >&2; \
+	        exit 1; \
+	    fi; }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-test.txt
 	touch $@
