@@ -1,6 +1,8 @@
 """Vendor HTTP against untrusted vendor URLs: public addresses only, no redirects, bounded answers."""
 from __future__ import annotations
 
+import socket
+
 import pytest
 from werkzeug import Response
 
@@ -153,3 +155,13 @@ def test_a_recently_used_host_stays_cached():
         assert vendors.session_for("https://busy.example.com/") is busy
     vendors.close_sessions()
 
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_both_schemes_check_the_peer_before_sending(public_only, scheme):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/"
+
+        assert transport.vendor_call("POST", url, (TIMEOUT, TIMEOUT), data={"password": "x"}) == transport.NOT_PUBLIC
