@@ -25,12 +25,17 @@ install: $(BIN)/.installed
 
 ## Serve the whole service on port 8080 with the embedded SQLite default (or $DATABASE_URL):
 ## the web server and, beside it, the worker that sends messages and forwards reports.
+## Ctrl-C or SIGTERM stops both; if either exits by itself, the other is stopped too (exit 1), so a
+## worker refusing its settings never leaves a web server that accepts messages nobody sends.
 run: install
 	mkdir -p instance
 	$(BIN)/flask --app app db upgrade
-	$(BIN)/flask --app app worker & worker=$$!; \
-	trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/gunicorn --workers $(WEB_CONCURRENCY) --bind 0.0.0.0:$(PORT) --access-logfile - wsgi:app
+	@$(BIN)/flask --app app worker & worker=$$!; \
+	$(BIN)/gunicorn --workers $(WEB_CONCURRENCY) --bind 0.0.0.0:$(PORT) --access-logfile - wsgi:app & web=$$!; \
+	stopped=0; trap 'stopped=1; kill $$worker $$web 2>/dev/null' INT TERM; \
+	while [ $$stopped = 0 ] && kill -0 $$worker 2>/dev/null && kill -0 $$web 2>/dev/null; do sleep 1; done; \
+	kill $$worker $$web 2>/dev/null; wait; \
+	if [ $$stopped = 0 ]; then echo "make run: the worker or the web server exited; both stopped" >&2; exit 1; fi
 
 ## Run the whole suite against a throwaway PostgreSQL that the suite starts itself.
 test: install postgres-binaries chromium

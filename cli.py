@@ -33,7 +33,12 @@ def worker_command(once: bool) -> None:
     """Send queued campaign messages and forward reports to Emarsys until stopped."""
     from services.worker import Worker
 
-    Worker.from_app(current_app._get_current_object()).run(once=once)
+    try:
+        worker = Worker.from_app(current_app._get_current_object())
+    except ValueError as exc:
+        # A settings fault: one line that names it, and a failed exit, not a traceback.
+        raise click.ClickException(f"worker settings: {exc}") from None
+    worker.run(once=once)
 
 
 outbox_group = AppGroup("outbox", help="Inspect the Emarsys outbox and replay its dead letters.")
