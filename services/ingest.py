@@ -198,10 +198,20 @@ def _upsert_state(vendor: str, report: DeliveryReport, client_id, emarsys_messag
         where=((stmt.excluded.rank > current.rank)
                | ((stmt.excluded.rank == current.rank) & (stmt.excluded.event_at >= current.event_at)))
         & (stmt.excluded.client_id.is_(None) | current.client_id.is_(None)
-           | (stmt.excluded.client_id == current.client_id)),
+           | (stmt.excluded.client_id == current.client_id))
+        & _says_something_new(stmt.excluded, current),
     )
     returning = stmt.returning(MessageState.id, MessageState.client_id, MessageState.emarsys_message_id)
     return db.session.execute(returning).first()
+
+
+def _says_something_new(excluded, current):
+    # As in ingest_pg.sql: a redelivery in other bytes is kept as a raw event only.
+    changed = [excluded[name].is_distinct_from(current[name])
+               for name in ("outcome", "error_type", "status_code", "status_text", "event_at")]
+    filled = [current[name].is_(None) & excluded[name].isnot(None) for name in ("client_id", "emarsys_message_id")]
+    recipient = excluded.recipient.isnot(None) & excluded.recipient.is_distinct_from(current.recipient)
+    return or_(*changed, *filled, recipient)
 
 
 def _sync_bounce(state_id: int, report: DeliveryReport, event_id: int | None) -> None:

@@ -25,6 +25,13 @@ WITH ev AS (
     -- Never backwards; and a report through one client's callback URL never changes another's message.
     WHERE (EXCLUDED.rank > cur.rank OR (EXCLUDED.rank = cur.rank AND EXCLUDED.event_at >= cur.event_at))
       AND (EXCLUDED.client_id IS NULL OR cur.client_id IS NULL OR EXCLUDED.client_id = cur.client_id)
+      -- A report that says nothing new (a redelivery in other bytes) is kept as a raw event only:
+      -- forwarded again, or its bounce served to SAP again, it would be a duplicate.
+      AND ((EXCLUDED.outcome, EXCLUDED.error_type, EXCLUDED.status_code, EXCLUDED.status_text, EXCLUDED.event_at)
+               IS DISTINCT FROM (cur.outcome, cur.error_type, cur.status_code, cur.status_text, cur.event_at)
+           OR (EXCLUDED.recipient IS NOT NULL AND EXCLUDED.recipient IS DISTINCT FROM cur.recipient)
+           OR (cur.client_id IS NULL AND EXCLUDED.client_id IS NOT NULL)
+           OR (cur.emarsys_message_id IS NULL AND EXCLUDED.emarsys_message_id IS NOT NULL))
     RETURNING cur.id, cur.client_id, cur.emarsys_message_id, cur.recipient
 ), bounce_upsert AS (
     INSERT INTO bounces AS b (message_state_id, message_id, recipient, status_code, status_text, type,

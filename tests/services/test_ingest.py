@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 
 from mappers.report import DeliveryReport, ErrorType, Outcome
-from models import Bounce, OutboxItem, db
+from models import Bounce, OutboxItem, RawEvent, db
 from schemas.callbacks import delivery_report_item
 from services.ingest import record_delivery_report
 
@@ -54,3 +54,27 @@ def test_only_a_message_sent_outside_emarsys_becomes_an_sap_bounce(request, app_
         result = record_delivery_report("genesys", report, {"message_id": "v-1"}, client_id, "em-42")
         assert result.applied
         assert len(db.session.scalars(db.select(Bounce)).all()) == bounces
+
+
+@pytest.mark.parametrize("app_fixture", ["app", "sqlite_app"])
+def test_a_redelivery_in_other_bytes_is_kept_but_neither_forwarded_nor_served_again(request, app_fixture):
+    delivered = DeliveryReport(vendor_message_id="v-1", recipient="+4915112345678", status_code="2:0",
+                               status_text="delivered", outcome=Outcome.DELIVERED, event_at=datetime(2026, 12, 1, 9))
+    bounced = DeliveryReport(vendor_message_id="v-2", recipient="+4915112345678", status_code="5:1",
+                             status_text="absent", outcome=Outcome.HARDBOUNCE, event_at=datetime(2026, 12, 1, 9))
+    with request.getfixturevalue(app_fixture).app_context():
+        record_delivery_report("genesys", delivered, {"message_id": "v-1"}, CLIENT, "em-42")
+        record_delivery_report("genesys", bounced, {"message_id": "v-2"})
+        pulled_at = datetime(2026, 12, 1, 10)
+        db.session.execute(db.update(Bounce).values(pulled_at=pulled_at))
+        db.session.commit()
+        [version] = db.session.scalars(db.select(Bounce.seq)).all()
+
+        for report, params in ((delivered, {"MESSAGE_ID": "v-1"}), (bounced, {"message_id": "v-2", "retry": "1"})):
+            result = record_delivery_report("genesys", report, params, CLIENT if report is delivered else None,
+                                            "em-42" if report is delivered else None)
+            assert (result.duplicate, result.applied) == (False, False)
+
+        assert len(db.session.scalars(db.select(RawEvent)).all()) == 4
+        assert len(db.session.scalars(db.select(OutboxItem)).all()) == 1
+        assert db.session.execute(db.select(Bounce.seq, Bounce.pulled_at)).all() == [(version, pulled_at)]
