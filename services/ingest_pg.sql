@@ -47,9 +47,11 @@ WITH ev AS (
         status_code = EXCLUDED.status_code, status_text = EXCLUDED.status_text, type = EXCLUDED.type,
         event_at = EXCLUDED.event_at, pulled_at = NULL, seq = EXCLUDED.seq
 ), bounce_withdraw AS (
-    -- The retry worked: withdraw the bounce unless SAP already has it.
+    -- The retry worked, or the message turned out to be an Emarsys client's: withdraw the bounce
+    -- unless SAP already has it.
     DELETE FROM bounces AS b USING st
-    WHERE CAST(:bounce_type AS varchar) IS NULL AND b.message_state_id = st.id AND b.pulled_at IS NULL
+    WHERE (CAST(:bounce_type AS varchar) IS NULL OR st.client_id IS NOT NULL)
+      AND b.message_state_id = st.id AND b.pulled_at IS NULL
 ), forward AS (
     INSERT INTO outbox (client_id, kind, message_key, payload, event_at, state, attempts, next_attempt_at,
                         created_at)

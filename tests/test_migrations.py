@@ -1,11 +1,18 @@
 """The migrations build exactly the schema the models declare, on PostgreSQL and on SQLite."""
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from flask_migrate import upgrade
+from sqlalchemy import create_engine, text
 
-from models import db
+from app import create_app
+from models import Bounce, db
+from tests.conftest import TEST_SETTINGS
 
 
 @pytest.mark.parametrize("app_fixture", ["app", "sqlite_app"])
@@ -16,3 +23,39 @@ def test_migrated_schema_matches_the_models(request, app_fixture):
         differences = compare_metadata(context, db.metadata)
     # A model changed without a migration (or the reverse) shows here as the DDL it would need.
     assert differences == []
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def unmigrated_url(request, tmp_path):
+    """Return the URL of an empty database of each dialect."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    postgres = request.getfixturevalue("postgres")
+    engine = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text("DROP DATABASE IF EXISTS sms_migration_test"))
+        connection.execute(text("CREATE DATABASE sms_migration_test"))
+    engine.dispose()
+    return postgres.database_url("sms_migration_test")
+
+
+def test_revision_0007_drops_the_sap_bounces_of_emarsys_clients_messages(unmigrated_url):
+    app = create_app({**TEST_SETTINGS, "SQLALCHEMY_DATABASE_URI": unmigrated_url})
+    with app.app_context():
+        upgrade(revision="0006")
+        for state_id, client_id in ((1, None), (2, str(uuid.uuid4()))):
+            db.session.execute(text(
+                "INSERT INTO message_states (id, vendor, vendor_message_id, client_id, outcome, rank, status_code,"
+                " status_text, event_at, updated_at) VALUES (:id, 'genesys', :vmid, :client, 'HARDBOUNCE', 2, '5',"
+                " 'absent', :now, :now)"), {"id": state_id, "vmid": f"v-{state_id}", "client": client_id,
+                                           "now": datetime(2026, 12, 1)})
+            db.session.execute(text(
+                "INSERT INTO bounces (message_state_id, message_id, recipient, status_code, status_text, type,"
+                " event_at, seq) VALUES (:id, :vmid, '', '5', 'absent', 'Permanent', :now, :id)"),
+                {"id": state_id, "vmid": f"v-{state_id}", "now": datetime(2026, 12, 1)})
+        db.session.commit()
+
+        upgrade()
+
+        assert db.session.scalars(db.select(Bounce.message_id)).all() == ["v-1"]
+        db.engine.dispose()

@@ -157,6 +157,9 @@ def _new_session() -> requests.Session:
     # credentials earned must never ride along with another client's request.
     session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     session.headers["User-Agent"] = USER_AGENT
+    # No proxy from the environment (nor .netrc credentials): a proxy would connect on our behalf,
+    # out of reach of the public-address check.
+    session.trust_env = False
     # Every send thread of the dispatcher (DISPATCH_CONCURRENCY) may call one host at once;
     # urllib3 keeps only pool_maxsize connections, and one over that is opened and thrown away.
     adapter = _PublicAddressAdapter(pool_connections=1, pool_maxsize=CONNECTIONS_PER_HOST)
@@ -170,11 +173,23 @@ def refuse_non_public_peer(sock: socket.socket) -> None:
     if ADDRESS_POLICY.allow_private:
         return
     address = ipaddress.ip_address(sock.getpeername()[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if not address.is_global:
+    if not all(candidate.is_global for candidate in _with_embedded_ipv4(address)):
         sock.close()
         raise AddressNotPublic(str(address))
+
+
+# IPv6 prefixes whose last 32 bits are an IPv4 address the packets end up at (NAT64, IPv4-translated,
+# IPv4-compatible); Python calls most of them global whatever the IPv4 address inside.
+_IPV4_CARRYING_PREFIXES = [ipaddress.ip_network(prefix) for prefix in ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96")]
+
+
+def _with_embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list:
+    if isinstance(address, ipaddress.IPv4Address):
+        return [address]
+    embedded = [address.ipv4_mapped, address.sixtofour]
+    embedded += [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+                 for prefix in _IPV4_CARRYING_PREFIXES if address in prefix]
+    return [address, *(candidate for candidate in embedded if candidate is not None)]
 
 
 class _PublicPeerHTTPConnection(HTTPConnection):

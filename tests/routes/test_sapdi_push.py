@@ -55,6 +55,20 @@ def test_repeated_notification_stores_nothing_new(app, client):
         assert (count(RawEvent), count(MessageState), count(Bounce)) == (1, 1, 1)
 
 
+def test_the_same_notification_in_other_bytes_leaves_a_pulled_bounce_pulled(app, client):
+    push(client, "orderID=5&time=101010&date=01012020&msisdn=%2B4912345&status='0x4503 gone'")
+    with app.app_context():
+        db.session.execute(db.update(Bounce).values(pulled_at=db.func.now()))
+        db.session.commit()
+
+    again = push(client, "ORDERID=5&TIME=101010&Date=01012020&msisdn=+4912345&status='0x4503 gone'")
+
+    assert (again.status_code, again.get_json()["duplicate"]) == (200, False)
+    with app.app_context():
+        assert count(RawEvent) == 2  # both kept for audit
+        assert db.session.scalars(db.select(Bounce.pulled_at)).one() is not None
+
+
 def test_later_status_updates_the_record(app, client):
     push(client, "orderID=5&time=101010&date=01012020&msisdn=4912345&status='0xDBF3 absent'")
     push(client, "orderID=5&time=111010&date=01012020&msisdn=4912345&status='0x4503 gone'")

@@ -57,7 +57,7 @@ def test_only_a_message_sent_outside_emarsys_becomes_an_sap_bounce(request, app_
 
 
 @pytest.mark.parametrize("app_fixture", ["app", "sqlite_app"])
-def test_a_redelivery_in_other_bytes_is_kept_but_neither_forwarded_nor_served_again(request, app_fixture):
+def test_a_redelivery_in_other_bytes_with_its_own_event_time_is_neither_forwarded_nor_served_again(request, app_fixture):
     delivered = DeliveryReport(vendor_message_id="v-1", recipient="+4915112345678", status_code="2:0",
                                status_text="delivered", outcome=Outcome.DELIVERED, event_at=datetime(2026, 12, 1, 9))
     bounced = DeliveryReport(vendor_message_id="v-2", recipient="+4915112345678", status_code="5:1",
@@ -78,3 +78,21 @@ def test_a_redelivery_in_other_bytes_is_kept_but_neither_forwarded_nor_served_ag
         assert len(db.session.scalars(db.select(RawEvent)).all()) == 4
         assert len(db.session.scalars(db.select(OutboxItem)).all()) == 1
         assert db.session.execute(db.select(Bounce.seq, Bounce.pulled_at)).all() == [(version, pulled_at)]
+
+
+@pytest.mark.parametrize("app_fixture", ["app", "sqlite_app"])
+@pytest.mark.parametrize("later_outcome, later_error", [
+    (Outcome.SOFTBOUNCE, None), (Outcome.HARDBOUNCE, None), (Outcome.ERROR, ErrorType.UNKNOWN)])
+def test_a_bounce_stored_before_the_message_was_known_as_a_clients_is_withdrawn(request, app_fixture,
+                                                                                 later_outcome, later_error):
+    early = DeliveryReport(vendor_message_id="v-1", recipient="+4915112345678", status_code="3:0",
+                           status_text="queue full", outcome=Outcome.SOFTBOUNCE, event_at=datetime(2026, 12, 1, 9))
+    later = DeliveryReport(vendor_message_id="v-1", recipient=None, status_code="x", status_text="later",
+                           outcome=later_outcome, error_type=later_error, event_at=datetime(2026, 12, 1, 10))
+    with request.getfixturevalue(app_fixture).app_context():
+        record_delivery_report("genesys", early, {"message_id": "v-1"})  # the open URL: no client known
+        assert len(db.session.scalars(db.select(Bounce)).all()) == 1
+
+        assert record_delivery_report("genesys", later, {"message_id": "v-1", "n": "2"}, CLIENT, "em-42").applied
+
+        assert db.session.scalars(db.select(Bounce)).all() == []

@@ -49,6 +49,11 @@ def public_only():
     ("::ffff:127.0.0.1", False),
     ("fe80::1", False),
     ("fd00::1", False),
+    ("2002:a9fe:a9fe::1", False),  # 6to4 of 169.254.169.254
+    ("64:ff9b::a9fe:a9fe", False),  # NAT64 of it
+    ("::ffff:0:a9fe:a9fe", False),  # IPv4-translated
+    ("::a9fe:a9fe", False),  # IPv4-compatible
+    ("64:ff9b::808:808", True),  # NAT64 of a public address
     ("8.8.8.8", True),
     ("2001:4860:4860::8888", True),
 ])
@@ -165,3 +170,18 @@ def test_both_schemes_check_the_peer_before_sending(public_only, scheme):
         url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/"
 
         assert transport.vendor_call("POST", url, (TIMEOUT, TIMEOUT), data={"password": "x"}) == transport.NOT_PUBLIC
+
+
+def test_no_proxy_from_the_environment_connects_on_our_behalf(httpserver, monkeypatch):
+    httpserver.expect_request("/", method="GET").respond_with_data("proxied")
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(name, httpserver.url_for("/"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    vendors.close_sessions()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/"
+
+    assert transport.vendor_call("GET", url, (TIMEOUT, TIMEOUT)) == transport.NETWORK
+    assert httpserver.log == []
