@@ -107,6 +107,11 @@ def is_inbound(params: Mapping[str, str]) -> bool:
     return (optional(lower_keys(params), "type") or "").lower() == MO_TYPE.lower()
 
 
+def is_receipt(params: Mapping[str, str]) -> bool:
+    """Return whether the request is a delivery receipt (``type=receipt``) rather than an MO."""
+    return (optional(lower_keys(params), "type") or "").lower() == RECEIPT_TYPE.lower()
+
+
 def _rule_for(state: str, result_code: str, overrides: Overrides | None) -> OutcomeRule | None:
     return find_rule(coded_status_keys(state, result_code), BUILT_IN_RULES, overrides)
 

@@ -83,7 +83,13 @@ def store_report(adapter: VendorAdapter, params: dict[str, str], client_id: uuid
 
 
 def store_inbound(adapter: VendorAdapter, params: dict[str, str], client_id: uuid.UUID | None = None):
-    """Map and store one inbound message once."""
+    """Map and store one inbound message once.
+
+    Genesys posts receipts and MOs to the one URL an account has, so a Genesys receipt arriving
+    here is stored as a receipt.
+    """
+    if adapter.name == genesys.VENDOR and genesys.is_receipt(params):
+        return store_report(adapter, params, client_id)
     message = adapter.map_inbound(params, utcnow())
     result = record_inbound_message(adapter.name, message, params, client_id)
     return stored_answer(result.duplicate)

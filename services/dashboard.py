@@ -27,6 +27,8 @@ OUTCOME_COLOURS = {"DELIVERED": "#2e7d32", "ACCEPTED": "#90caf9", "UNKNOWN": "#9
                    "SOFTBOUNCE": "#f9a825", "HARDBOUNCE": "#c62828", "ERROR": "#6a1b9a"}
 PHONE_KEYS = {"to", "from", "msisdn", "recipient", "destination", "source", "phone_number"}
 BODY_KEYS = {"body", "message", "text", "content"}
+# Message content under numbered names: Genesys MMS `mms_attachment[0].content`, Twilio `MediaUrl0`.
+BODY_KEY = re.compile(r"(^|[._\]])content$|^mediaurl\d*$", re.IGNORECASE)
 SECRET_KEY = re.compile(r"pass|secret|token|signature|auth|apikey|api_key|credential", re.IGNORECASE)
 ID_KEY = re.compile(r"id$", re.IGNORECASE)
 
@@ -91,7 +93,7 @@ def safe_params(params: dict[str, Any] | None, adapter: VendorAdapter | None = N
         text, name = str(value), str(key).lower()
         if SECRET_KEY.search(name):
             shown[key] = "[hidden]"
-        elif name in body_keys:
+        elif name in body_keys or BODY_KEY.search(name):
             shown[key] = f"[{len(text)} characters hidden]"
         elif name in phone_keys:
             shown[key] = mask_phone(text)

@@ -96,14 +96,22 @@ def add_delivery_report(vendor: str, report: DeliveryReport, params: dict[str, A
 
 def record_inbound_message(vendor: str, message: InboundMessage, params: dict[str, str],
                            client_id: uuid.UUID | None = None) -> IngestResult:
-    """Store one inbound message once per (vendor, vendor message id) and commit."""
+    """Store one inbound message once per (vendor, vendor message id) and commit.
+
+    A message first stored from an open URL, then sent to a client's callback URL, becomes that
+    client's and is forwarded: the vendor account was moved to the client's URLs meanwhile.
+    """
     now = utcnow()
     _insert_raw_event(vendor, "inbound_message", params, client_id, message.vendor_message_id, now)
     stmt = dialect_insert(InboundMessageRecord).values(
         vendor=vendor, vendor_message_id=message.vendor_message_id, client_id=client_id,
         source=message.source, destination=message.destination, body=message.body,
         received_at=message.received_at,
-    ).on_conflict_do_nothing(index_elements=["vendor", "vendor_message_id"])
+    )
+    stored = InboundMessageRecord.__table__.c
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["vendor", "vendor_message_id"], set_={"client_id": stmt.excluded.client_id},
+        where=stored.client_id.is_(None) & stmt.excluded.client_id.isnot(None))
     inserted = db.session.execute(stmt.returning(InboundMessageRecord.id)).scalar()
     if inserted is not None and client_id is not None:
         enqueue_forward(client_id, "inbound_message", message.vendor_message_id,

@@ -27,6 +27,12 @@ from mappers.params import decode_form, lower_keys, phone_number
     (b"Body=%2B2AA-", "utf-7", {"Body": "+2AA-"}),
     (b"v=%5Cud800", "unicode_escape", {"v": "\\ud800"}),
     (b"v=%C3%A4", "base64", {"v": "ä"}),
+    # A 16-bit charset: names stay ASCII, so do ASCII ids and numbers; the text is read in it.
+    (b"Body=%00H%00i%20%AC&SmsSid=SM12&From=%2B4915112345678", "UTF-16BE",
+     {"Body": "Hi€", "SmsSid": "SM12", "From": "+4915112345678"}),
+    (b"Body=%00H%00i&SmsSid=SM12", "UCS-2", {"Body": "Hi", "SmsSid": "SM12"}),
+    (b"Body=%04%1F%04%40%048&To=12345", "ucs2", {"Body": "При", "To": "12345"}),
+    (b"Body=%FF%FEH%00i%00", "utf-16", {"Body": "Hi"}),
 ])
 def test_decode_form_reads_fields_in_the_encoding_they_came_in(encoded, charset, expected):
     assert decode_form(encoded, charset) == expected

@@ -97,6 +97,42 @@ def test_genesys_mo_is_inbound_on_either_client_url(partner_app, partner_client,
     assert outbox(partner_app) == [(client_id, "inbound_message", "mo-1")]
 
 
+@pytest.mark.parametrize("url_kind", ["inboundMessages", "deliveryReports"])
+def test_genesys_receipt_is_a_report_on_either_client_url(partner_app, partner_client, onboard, record_sent,
+                                                          url_kind):
+    # Genesys has one URL per account for receipts and MOs: whichever the client registered.
+    client_id, urls = onboard()
+    record_sent(partner_app, client_id, "genesys", "g-1")
+    assert partner_client.post(path_of(urls[url_kind]["url"]), data=GENESYS_DR).status_code == 200
+    assert count(partner_app, InboundMessageRecord) == 0
+    assert outbox(partner_app) == [(client_id, "delivery_report", "em-1")]
+
+
+def test_genesys_receipt_on_the_unscoped_inbound_url_is_a_report(partner_app, partner_client):
+    assert partner_client.post("/vendors/genesys/inbound-messages", data=GENESYS_DR).status_code == 200
+    assert count(partner_app, MessageState, vendor_message_id="g-1") == 1
+
+
+def test_an_mo_stored_from_the_open_url_becomes_the_clients_on_its_callback_url(partner_app, partner_client,
+                                                                                 onboard):
+    client_id, urls = onboard()
+    assert partner_client.post("/vendors/genesys/inbound-messages", data=GENESYS_MO).status_code == 200
+    assert outbox(partner_app) == []
+    for _ in range(2):  # and a redelivery to the client's URL changes nothing more
+        answer = partner_client.post(path_of(urls["inboundMessages"]["url"]), data=GENESYS_MO)
+        assert answer.status_code == 200
+    assert count(partner_app, InboundMessageRecord, vendor_message_id="mo-1", client_id=client_id) == 1
+    assert outbox(partner_app) == [(client_id, "inbound_message", "mo-1")]
+
+
+def test_an_mo_already_another_clients_is_not_taken_over(partner_app, partner_client, onboard):
+    (owner, owner_urls), (other, other_urls) = onboard(), onboard()
+    assert partner_client.post(path_of(owner_urls["inboundMessages"]["url"]), data=GENESYS_MO).status_code == 200
+    assert partner_client.post(path_of(other_urls["inboundMessages"]["url"]), data=GENESYS_MO).status_code == 200
+    assert count(partner_app, InboundMessageRecord, vendor_message_id="mo-1", client_id=owner) == 1
+    assert outbox(partner_app) == [(owner, "inbound_message", "mo-1")]
+
+
 def test_genesys_mo_on_the_unscoped_report_url_is_inbound(partner_app, partner_client):
     assert partner_client.post("/vendors/genesys/delivery-reports", data=GENESYS_MO).status_code == 200
     assert count(partner_app, InboundMessageRecord, vendor_message_id="mo-1") == 1
