@@ -9,6 +9,7 @@ import pytest
 from mappers.report import DeliveryReport, ErrorType, Outcome
 from models import Bounce, OutboxItem, RawEvent, db
 from schemas.callbacks import delivery_report_item
+from services import ingest
 from services.ingest import record_delivery_report
 
 CLIENT = uuid.UUID("0b7c9a3e-5d2f-4c1a-9e8b-7f6a5d4c3b2a")
@@ -96,3 +97,26 @@ def test_a_bounce_stored_before_the_message_was_known_as_a_clients_is_withdrawn(
         assert record_delivery_report("genesys", later, {"message_id": "v-1", "n": "2"}, CLIENT, "em-42").applied
 
         assert db.session.scalars(db.select(Bounce)).all() == []
+
+
+@pytest.mark.parametrize("outcome", [Outcome.DELIVERED, Outcome.HARDBOUNCE])
+def test_the_report_statement_looks_rows_up_by_index_not_by_scanning_tables(app, outcome):
+    # A plan, not a timing. A prepared statement keeps the generic plan it made on its sixth run,
+    # when the tables may still be empty; a join planned then as a scan of every bounce made each
+    # later receipt cost in proportion to the table (caught by the ingest benchmark).
+    report = DeliveryReport(vendor_message_id="new-1", recipient="+4915112345678", status_code="2",
+                            status_text="x", outcome=outcome, event_at=datetime(2026, 12, 1, 9))
+    parameters = ingest._report_parameters("genesys", report, {"message_id": "new-1"}, None, None,
+                                           "delivery_report", datetime(2026, 12, 1))
+    with app.app_context():
+        connection = db.engine.raw_connection()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SET plan_cache_mode = force_generic_plan")
+                cursor.execute(ingest.PREPARE_REPORT_SQL)
+                cursor.execute("EXPLAIN (COSTS OFF) " + ingest.EXECUTE_REPORT_SQL, parameters)
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+        finally:
+            connection.rollback()
+            connection.close()
+    assert "Seq Scan" not in plan, plan
