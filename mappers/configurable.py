@@ -135,6 +135,20 @@ def map_inbound_message(mapping: VendorMapping, params: Mapping[str, str],
     )
 
 
+def report_parameters(mapping: VendorMapping) -> dict[str, str]:
+    """Return the parameters a declared vendor's report fields come from, to name them in a fault."""
+    names = {"vendor_message_id": mapping.message_id, "status_code": mapping.status_code}
+    return names | ({"recipient": mapping.recipient} if mapping.recipient else {})
+
+
+def inbound_parameters(mapping: VendorMapping) -> dict[str, str]:
+    """Return the parameters a declared vendor's inbound fields come from, to name them in a fault."""
+    names = mapping.inbound
+    if names is None:
+        return {}
+    return {"vendor_message_id": names.message_id, "source": names.source, "destination": names.destination}
+
+
 def is_recognised(mapping: VendorMapping, params: Mapping[str, str]) -> bool:
     """Return whether the report's status value is listed in the vendor's table."""
     status = _value(lower_keys(params), mapping.status_code) or ""

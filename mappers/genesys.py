@@ -63,6 +63,9 @@ STATE_LABELS = {
 
 RECEIPT_TYPE = "receipt"
 MO_TYPE = "MO"
+# The parameters the normalised fields come from, to name them in a fault.
+REPORT_PARAMETERS = {"vendor_message_id": "message_id"}
+INBOUND_PARAMETERS = {"vendor_message_id": "message_id", "source": "phone_number", "destination": "shortcode"}
 
 
 def map_delivery_report(params: Mapping[str, str], received_at: datetime,

@@ -5,6 +5,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 from mappers import configurable, expertflow, genesys, sapdi, twilio
 from mappers.report import DeliveryReport, InboundMessage, MappingError
@@ -34,8 +35,10 @@ def build_registry(mapping_file: configurable.MappingFile | None = None) -> dict
     for name, mapping in (mapping_file.vendors if mapping_file else {}).items():
         registry[name] = VendorAdapter(
             name=name,
-            map_report=partial(configurable.map_delivery_report, mapping),
-            map_inbound=partial(configurable.map_inbound_message, mapping),
+            map_report=_naming_faults(partial(configurable.map_delivery_report, mapping),
+                                      configurable.report_parameters(mapping)),
+            map_inbound=_naming_faults(partial(configurable.map_inbound_message, mapping),
+                                       configurable.inbound_parameters(mapping)),
             is_recognised=partial(configurable.is_recognised, mapping),
             body_parameters=mapping.body_parameters,
             phone_parameters=mapping.phone_parameters,
@@ -48,10 +51,24 @@ def _built_in(name: str, module, overrides) -> VendorAdapter:
     recognised = getattr(module, "is_recognised", None)
     return VendorAdapter(
         name=name,
-        map_report=partial(module.map_delivery_report, overrides=overrides),
-        map_inbound=inbound,
+        map_report=_naming_faults(partial(module.map_delivery_report, overrides=overrides),
+                                  module.REPORT_PARAMETERS),
+        map_inbound=_naming_faults(inbound, getattr(module, "INBOUND_PARAMETERS", {})),
         is_recognised=partial(recognised, overrides=overrides) if recognised else (lambda params: True),
     )
+
+
+def _naming_faults(mapper: Callable[[Params, datetime], Any], parameter_names: Mapping[str, str]):
+    """Return the mapper, with a fault of a normalised field named as the vendor's parameter.
+
+    A normalised field checks its own length, and the vendor should read `phone_number`, not `source`.
+    """
+    def mapped(params: Params, received_at: datetime) -> Any:
+        try:
+            return mapper(params, received_at)
+        except MappingError as error:
+            raise error.renamed(parameter_names) from None
+    return mapped
 
 
 def _no_inbound(vendor: str, params: Params, received_at: datetime) -> InboundMessage:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -55,6 +56,11 @@ class MappingError(ValueError):
         super().__init__(f"{field}: {fault}")
         self.field = field
         self.fault = fault
+
+    def renamed(self, parameter_names: Mapping[str, str]) -> MappingError:
+        """Return this error under the vendor's own name for the field, if it has one."""
+        name = parameter_names.get(self.field)
+        return self if name is None else MappingError(name, self.fault)
 
 
 @dataclass(frozen=True)

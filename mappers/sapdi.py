@@ -10,6 +10,8 @@ from mappers.report import DeliveryReport, MappingError, Outcome
 from mappers.rules import OutcomeRule, Overrides, find_rule, required_as_spelled
 
 VENDOR = "sapdi"
+# The parameters the normalised fields come from, to name them in a fault.
+REPORT_PARAMETERS = {"vendor_message_id": "orderID", "recipient": "msisdn", "status_code": "status"}
 
 # The only code SAP Digital Interconnect regards as temporary.
 TEMPORARY_CODE = "0XDBF3"

@@ -212,14 +212,14 @@ def test_missing_message_id_gets_400_naming_the_field(app, client, vendor, path,
 
 
 @pytest.mark.parametrize("path, params, field", [
-    ("delivery-reports", {"type": "receipt", "message_id": "g" * 101, "message_state": "2"}, "vendor_message_id"),
+    ("delivery-reports", {"type": "receipt", "message_id": "g" * 101, "message_state": "2"}, "message_id"),
     ("delivery-reports", {"type": "receipt", "message_id": "g-1", "message_state": "9" * 41}, "status_code"),
     # Past Python's 4,300-digit limit int() itself refuses: that was a 500.
     ("delivery-reports", {"type": "receipt", "message_id": "g-1", "message_state": "1" * 5000}, "status_code"),
     ("delivery-reports", {"type": "receipt", "message_id": "g-1", "message_state": "2", "result_code": "7" * 5000},
      "status_code"),
     ("inbound-messages", {"type": "MO", "message_id": "mo-1", "shortcode": "1", "phone_number": "4" * 65,
-                          "message": "x"}, "source"),
+                          "message": "x"}, "phone_number"),
 ])
 def test_values_longer_than_the_store_keeps_get_400_and_store_nothing(app, client, path, params, field):
     response = client.post(f"/vendors/genesys/{path}", data=params)
