@@ -213,11 +213,17 @@ def _upsert_state(vendor: str, report: DeliveryReport, client_id, emarsys_messag
     return db.session.execute(returning).first()
 
 
+def _withdraw_bounce(state_id: int) -> None:
+    # Unless SAP already has it: what SAP pulled stays as it was served.
+    db.session.execute(delete(Bounce).where(Bounce.message_state_id == state_id, Bounce.pulled_at.is_(None)))
+
+
 def _says_something_new(excluded, current):
     # As in ingest_pg.sql: a redelivery in other bytes is kept as a raw event only.
     changed = [excluded[name].is_distinct_from(current[name])
                for name in ("outcome", "error_type", "status_code", "status_text", "event_at")]
-    filled = [current[name].is_(None) & excluded[name].isnot(None) for name in ("client_id", "emarsys_message_id")]
+    filled = [current[name].is_(None) & excluded[name].isnot(None)
+              for name in ("client_id", "emarsys_message_id")]
     recipient = excluded.recipient.isnot(None) & excluded.recipient.is_distinct_from(current.recipient)
     return or_(*changed, *filled, recipient)
 
@@ -225,16 +231,14 @@ def _says_something_new(excluded, current):
 def _sync_bounce(state_id: int, report: DeliveryReport, event_id: int | None) -> None:
     # event_id None: the message is an Emarsys client's, whose bounces SAP is never served.
     if report.bounce_type is None or event_id is None:
-        # The retry worked: withdraw the bounce unless SAP already has it.
-        db.session.execute(delete(Bounce).where(Bounce.message_state_id == state_id,
-                                                Bounce.pulled_at.is_(None)))
+        _withdraw_bounce(state_id)  # the retry worked, or the message is an Emarsys client's
         return
     recipient = db.select(MessageState.recipient).where(MessageState.id == state_id).scalar_subquery()
     values = dict(message_id=report.vendor_message_id, status_code=report.status_code,
                   status_text=report.status_text, type=report.bounce_type, event_at=report.event_at,
                   seq=event_id)
-    stmt = dialect_insert(Bounce).values(message_state_id=state_id, recipient=db.func.coalesce(recipient, literal("")),
-                                  pulled_at=None, **values)
+    stmt = dialect_insert(Bounce).values(message_state_id=state_id, pulled_at=None,
+                                         recipient=db.func.coalesce(recipient, literal("")), **values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["message_state_id"],
         set_={**{name: stmt.excluded[name] for name in (*values, "recipient")}, "pulled_at": None},
@@ -282,8 +286,7 @@ def adopt_early_reports(reports: list[ReportToAdd]) -> None:
             continue  # add_delivery_reports fills the ids and forwards the send result itself.
         state.client_id = state.client_id or item.client_id
         state.emarsys_message_id = state.emarsys_message_id or item.emarsys_message_id
-        # Now known as an Emarsys client's message: its bounce is Emarsys's to hear of, not SAP's.
-        db.session.execute(delete(Bounce).where(Bounce.message_state_id == state.id, Bounce.pulled_at.is_(None)))
+        _withdraw_bounce(state.id)  # now known as an Emarsys client's message: not SAP's to hear of
         if state.emarsys_message_id is not None:
             enqueue_forward(state.client_id, "delivery_report", state.emarsys_message_id,
                             delivery_report_item(_current_report(state), state.emarsys_message_id),
