@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
+import urllib3.exceptions
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -99,9 +100,10 @@ def vendor_call(method: str, url: str, timeout: tuple[float, float], **kwargs: A
     except AddressNotPublic as exc:
         log.warning("vendor request refused: %s is not a public address", exc)
         return NOT_PUBLIC
-    except requests.Timeout:
+    # The body is read from urllib3 directly, so its faults arrive unwrapped by requests.
+    except (requests.Timeout, urllib3.exceptions.TimeoutError):
         return TIMEOUT
-    except requests.RequestException as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         log.warning("vendor request failed: %s", type(exc).__name__)
         return NETWORK
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 
 import pytest
 from werkzeug import Response
@@ -185,3 +187,32 @@ def test_no_proxy_from_the_environment_connects_on_our_behalf(httpserver, monkey
 
     assert transport.vendor_call("GET", url, (TIMEOUT, TIMEOUT)) == transport.NETWORK
     assert httpserver.log == []
+
+
+def serve_once(answer: bytes, then_wait: float) -> str:
+    """Answer one request on loopback with these raw bytes, then hold the connection; return the URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def answer_once() -> None:
+        """Read the request, write the answer, wait, close."""
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.sendall(answer)
+        time.sleep(then_wait)
+        connection.close()
+        listener.close()
+
+    threading.Thread(target=answer_once, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/"
+
+
+@pytest.mark.parametrize("answer, then_wait, failure", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nresult_code=0", 1.0, transport.TIMEOUT),  # body stalls
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nresult_code=0", 0.0, transport.NETWORK),  # body cut short
+])
+def test_a_body_that_stalls_or_breaks_off_is_a_transport_failure(answer, then_wait, failure):
+    url = serve_once(answer, then_wait)
+
+    assert transport.vendor_call("POST", url, (1.0, 0.3), data={"a": "b"}) == failure
