@@ -18,9 +18,10 @@ from mappers.report import DeliveryReport, InboundMessage, Outcome
 from mappers.rules import OutcomeRule, Overrides, find_rule, required_as_spelled, required_phone_number
 
 VENDOR = "expertflow"
-# The parameters the normalised fields come from, to name them in a fault.
-REPORT_PARAMETERS = {"vendor_message_id": "MessageSid", "recipient": "To", "status_code": "SmsStatus"}
-INBOUND_PARAMETERS = {"vendor_message_id": "SmsSid", "source": "From", "destination": "To"}
+# The parameters the normalised fields come from, to name them in a fault; a field read from one
+# of two parameters (SmsSid or MessageSid, SmsStatus or MessageStatus) keeps its own name.
+REPORT_PARAMETERS = {"vendor_message_id": "MessageSid", "recipient": "To"}
+INBOUND_PARAMETERS = {"source": "From", "destination": "To"}
 
 STATUS_KEY_PATTERN = re.compile(r"^[a-z_]+$")
 

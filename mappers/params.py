@@ -8,11 +8,14 @@ from urllib.parse import unquote_to_bytes
 from mappers.report import MappingError
 
 UTF8_BOM = b"\xef\xbb\xbf"
-# SMS vendors name the 16-bit SMS alphabet UCS-2, which Python knows as big-endian UTF-16.
-CHARSET_ALIASES = {"ucs-2": "utf-16-be", "ucs2": "utf-16-be", "iso-10646-ucs-2": "utf-16-be"}
-# Codecs in which ASCII bytes mean something else: a value that reads as UTF-8 text is not in them.
+UTF16_BOMS = (b"\xfe\xff", b"\xff\xfe")
+# Lower-cased names of the parameters that carry a message's text, across the built-in vendors.
+TEXT_PARAMETERS = frozenset({"body", "message", "text", "content"})
+# SMS vendors name the 16-bit SMS alphabet UCS-2, which Python knows as UTF-16.
+CHARSET_ALIASES = {"ucs-2": "utf-16-be", "ucs2": "utf-16-be", "iso-10646-ucs-2": "utf-16-be",
+                   "ucs-2be": "utf-16-be", "ucs-2le": "utf-16-le"}
+# Codecs in which ASCII bytes mean something else: gateways use them for the text alone.
 WIDE_CODECS = {"utf-16", "utf-16-be", "utf-16-le", "utf-32", "utf-32-be", "utf-32-le"}
-
 
 def lower_keys(params: Mapping[str, str]) -> dict[str, str]:
     """Return the parameters with lower-cased names (vendors vary the letter case); the first of a name wins."""
@@ -44,22 +47,28 @@ def phone_number(raw: str | None) -> str | None:
     return value or None
 
 
-def decode_form(encoded: bytes, charset: str | None = None) -> dict[str, str]:
+def decode_form(encoded: bytes, charset: str | None = None,
+                text_parameters: frozenset[str] = frozenset()) -> dict[str, str]:
     """Return the fields of a query string or URL-encoded body, the first of a repeated name winning.
 
     Vendors are not consistent about text encoding: a percent-escaped byte that is not UTF-8
     (a Latin-1 `%E4` for "ä") is read in the declared charset, else as Windows-1252, rather
-    than kept escaped or dropped with the whole body.
+    than kept escaped or dropped with the whole body. A 16-bit charset (UCS-2, UTF-16) is the
+    message text's alone (TEXT_PARAMETERS and `text_parameters`, lower-cased): the names, ids
+    and numbers beside it are ASCII.
     """
     fields: dict[str, str] = {}
-    charset = _codec_name(charset)
-    wide = charset in WIDE_CODECS
+    codec = _codec_name(charset)
+    wide = TEXT_PARAMETERS | text_parameters if codec in WIDE_CODECS else frozenset()
     # Some vendors write a UTF-8 byte order mark first; left in, it would hide the first name.
     for pair in encoded.removeprefix(UTF8_BOM).split(b"&"):
         if pair:
-            name, _, value = pair.partition(b"=")
-            # Names are ASCII whatever the charset: a 16-bit one applies to some values only.
-            fields.setdefault(_decode_component(name, None), _decode_component(value, charset, wide))
+            raw_name, _, raw_value = pair.partition(b"=")
+            name = _decode_component(raw_name, None)
+            if wide and name.lower() in wide:
+                fields.setdefault(name, _decode_wide(raw_value, codec))
+            else:
+                fields.setdefault(name, _decode_component(raw_value, None if wide else codec))
     return fields
 
 
@@ -73,10 +82,9 @@ def _codec_name(charset: str | None) -> str | None:
         return charset  # decoding fails the same way and falls back
 
 
-def _decode_component(component: bytes, charset: str | None, wide: bool = False) -> str:
+def _decode_component(component: bytes, charset: str | None) -> str:
     raw = unquote_to_bytes(component.replace(b"+", b" "))
-    # An id or a number next to a 16-bit text is plain ASCII: read as UTF-16 it would be garbage.
-    if charset and not (wide and _reads_as_utf8_text(raw)):
+    if charset:
         try:
             # A declared codec may yield lone surrogates (utf-7, unicode_escape), which cannot be stored.
             text = raw.decode(charset)
@@ -90,16 +98,9 @@ def _decode_component(component: bytes, charset: str | None, wide: bool = False)
         return raw.decode("cp1252", errors="replace")
 
 
-# Bytes UTF-16 text is full of (the high byte of Latin, Greek, Cyrillic, Hebrew, Arabic letters)
-# and UTF-8 text never has.
-_CONTROL_BYTES = frozenset(range(0x20)) - {0x09, 0x0A, 0x0D}
-
-
-def _reads_as_utf8_text(raw: bytes) -> bool:
-    if not _CONTROL_BYTES.isdisjoint(raw):
-        return False
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+def _decode_wide(component: bytes, codec: str) -> str:
+    raw = unquote_to_bytes(component.replace(b"+", b" "))
+    if codec == "utf-16" and raw[:2] not in UTF16_BOMS:
+        codec = "utf-16-be"  # RFC 2781: without a byte order mark, UTF-16 is big-endian
+    # A part cut inside a character (a split surrogate pair, an odd byte) keeps the rest of the text.
+    return raw.decode(codec, errors="replace")

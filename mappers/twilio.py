@@ -23,9 +23,10 @@ from mappers.rules import (OutcomeRule, Overrides, coded_status_keys, find_rule,
                            required_phone_number)
 
 VENDOR = "twilio"
-# The parameters the normalised fields come from, to name them in a fault.
-REPORT_PARAMETERS = {"vendor_message_id": "MessageSid", "recipient": "To", "status_code": "ErrorCode"}
-INBOUND_PARAMETERS = {"vendor_message_id": "MessageSid", "source": "From", "destination": "To"}
+# The parameters the normalised fields come from, to name them in a fault; a field read from one
+# of two parameters (MessageSid or SmsSid, ErrorCode or MessageStatus) keeps its own name.
+REPORT_PARAMETERS = {"recipient": "To"}
+INBOUND_PARAMETERS = {"source": "From", "destination": "To"}
 
 STATUS_KEY_PATTERN = re.compile(r"^(?:[a-z_]+|[a-z_]+:\d+|\*:\d+)$")
 

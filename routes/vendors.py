@@ -24,8 +24,11 @@ URLENCODED = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
 
 
-def request_params() -> dict[str, str]:
-    """Return the query string and form fields as one flat dict (first value wins, form over query)."""
+def request_params(adapter: VendorAdapter | None = None) -> dict[str, str]:
+    """Return the query string and form fields as one flat dict (first value wins, form over query).
+
+    The adapter's text parameters are the ones a 16-bit charset (UCS-2) applies to.
+    """
     params = decode_form(request.query_string)
     config = current_app.config
     # A larger body gets a 413 before it is read.
@@ -34,7 +37,8 @@ def request_params() -> dict[str, str]:
     if mimetype == URLENCODED:
         # Decoded here, not by request.form: werkzeug drops a body that is not UTF-8, and its
         # parser costs about 10 µs more per receipt, more than the receipt's mapping.
-        params.update(decode_form(request.get_data(), request.mimetype_params.get("charset")))
+        params.update(decode_form(request.get_data(), request.mimetype_params.get("charset"),
+                                  adapter.body_parameters if adapter else frozenset()))
     elif mimetype == MULTIPART:
         params.update(request.form.to_dict())
     for key, value in params.items():
@@ -117,7 +121,8 @@ def sapdi_notification():
 @untracked_by_exporter
 def delivery_report(vendor: str):
     """Store a delivery report in the vendor's own format (query string or form)."""
-    adapter, params = vendor_adapter(vendor), request_params()
+    adapter = vendor_adapter(vendor)
+    params = request_params(adapter)
     if vendor == "twilio":
         check_twilio_signature(current_app.config["TWILIO_AUTH_TOKEN"], params)
     return store_report(adapter, params)
@@ -127,7 +132,8 @@ def delivery_report(vendor: str):
 @untracked_by_exporter
 def inbound_message(vendor: str):
     """Store a mobile-originated message in the vendor's own format."""
-    adapter, params = vendor_adapter(vendor), request_params()
+    adapter = vendor_adapter(vendor)
+    params = request_params(adapter)
     if vendor == "twilio":
         check_twilio_signature(current_app.config["TWILIO_AUTH_TOKEN"], params)
     return store_inbound(adapter, params)
@@ -140,7 +146,8 @@ def client_callback(vendor: str, token: str) -> tuple[Client, VendorAdapter, dic
     """
     client = client_for_callback(vendor, token)
     g.client_id = str(client.id)  # for the request's log lines
-    adapter, params = vendor_adapter(vendor), request_params()
+    adapter = vendor_adapter(vendor)
+    params = request_params(adapter)
     if vendor == "twilio":
         check_twilio_signature(client_config(client).fields.get("authToken"), params)
     return client, adapter, params

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, or_
 
 from logging_setup import mask_phone_numbers
+from mappers.params import TEXT_PARAMETERS
 from mappers.registry import VendorAdapter
 from mappers.report import PERMANENT, TEMPORARY, Outcome
 from models import Bounce, MessageState, OutboundMessage, OutboxItem, RawEvent, db
@@ -26,7 +27,7 @@ OUTCOME_ORDER = [Outcome.DELIVERED, Outcome.ACCEPTED, Outcome.UNKNOWN, Outcome.S
 OUTCOME_COLOURS = {"DELIVERED": "#2e7d32", "ACCEPTED": "#90caf9", "UNKNOWN": "#9e9e9e",
                    "SOFTBOUNCE": "#f9a825", "HARDBOUNCE": "#c62828", "ERROR": "#6a1b9a"}
 PHONE_KEYS = {"to", "from", "msisdn", "recipient", "destination", "source", "phone_number"}
-BODY_KEYS = {"body", "message", "text", "content"}
+BODY_KEYS = TEXT_PARAMETERS
 # Message content under numbered names: Genesys MMS `mms_attachment[0].content`, Twilio `MediaUrl0`.
 BODY_KEY = re.compile(r"(^|[._\]])content$|^mediaurl\d*$", re.IGNORECASE)
 SECRET_KEY = re.compile(r"pass|secret|token|signature|auth|apikey|api_key|credential", re.IGNORECASE)

@@ -27,12 +27,19 @@ from mappers.params import decode_form, lower_keys, phone_number
     (b"Body=%2B2AA-", "utf-7", {"Body": "+2AA-"}),
     (b"v=%5Cud800", "unicode_escape", {"v": "\\ud800"}),
     (b"v=%C3%A4", "base64", {"v": "ä"}),
-    # A 16-bit charset: names stay ASCII, so do ASCII ids and numbers; the text is read in it.
+    # A 16-bit charset is the text's alone: names, ids and numbers beside it stay ASCII.
     (b"Body=%00H%00i%20%AC&SmsSid=SM12&From=%2B4915112345678", "UTF-16BE",
      {"Body": "Hi€", "SmsSid": "SM12", "From": "+4915112345678"}),
     (b"Body=%00H%00i&SmsSid=SM12", "UCS-2", {"Body": "Hi", "SmsSid": "SM12"}),
-    (b"Body=%04%1F%04%40%048&To=12345", "ucs2", {"Body": "При", "To": "12345"}),
+    (b"message=%04%1F%04%40%048&shortcode=12345", "ucs2", {"message": "При", "shortcode": "12345"}),
     (b"Body=%FF%FEH%00i%00", "utf-16", {"Body": "Hi"}),
+    (b"Body=%00H%00i", "utf-16", {"Body": "Hi"}),  # no byte order mark: big-endian (RFC 2781)
+    (b"Body=%00H%00i", "UCS-2LE", {"Body": "\u4800\u6900"}),
+    (b"message=%4F%60%59%7D", "UCS-2", {"message": "你好"}),  # bytes that also read as ASCII
+    (b"message=%30%6F%30%44", "UCS-2", {"message": "はい"}),
+    (b"message=%09%27%09%28%09%4D", "UCS-2", {"message": "धन्"}),  # high bytes 0x09: tab in ASCII
+    (b"message=%00H%00i%00%20%D8%3D", "UCS-2", {"message": "Hi \ufffd"}),  # a part cut in a surrogate pair
+    (b"message=%00H%00", "UCS-2", {"message": "H\ufffd"}),  # an odd byte
 ])
 def test_decode_form_reads_fields_in_the_encoding_they_came_in(encoded, charset, expected):
     assert decode_form(encoded, charset) == expected
@@ -62,3 +69,8 @@ def test_phone_number_restores_a_plus_read_as_a_space(raw, expected):
 ])
 def test_lower_keys_matches_names_ignoring_case_and_keeps_the_first(params, expected):
     assert lower_keys(params) == expected
+
+
+def test_a_16_bit_charset_applies_to_the_text_parameters_a_vendor_declares():
+    assert decode_form(b"sms_text=%00H%00i&msgid=ab12", "UCS-2", frozenset({"sms_text"})) == {
+        "sms_text": "Hi", "msgid": "ab12"}

@@ -116,6 +116,7 @@ FORM = "application/x-www-form-urlencoded"
     (b"message=Gr\xfc\xdfe", FORM),
     (b"message=Gr%C3%BC%C3%9Fe", FORM),
     (b"message=Gr%C3%BC%C3%9Fe", "multipart/form-data; boundary=x"),
+    (b"message=%00G%00r%00%FC%00%DF%00e", f"{FORM}; charset=UCS-2"),  # the ids beside it stay ASCII
 ])
 def test_inbound_text_in_odd_encodings_is_stored_as_sent(app, client, body, content_type):
     fields = b"type=MO&message_id=mo-enc&shortcode=12345&phone_number=4915112345&" + body
@@ -126,7 +127,8 @@ def test_inbound_text_in_odd_encodings_is_stored_as_sent(app, client, body, cont
     response = client.post("/vendors/genesys/inbound-messages", data=fields, content_type=content_type)
     assert response.status_code == 200, response.get_json()
     with app.app_context():
-        assert db.session.scalars(db.select(InboundMessageRecord.body)).one() == "Grüße"
+        stored = db.session.scalars(db.select(InboundMessageRecord)).one()
+        assert (stored.vendor_message_id, stored.source, stored.body) == ("mo-enc", "4915112345", "Grüße")
 
 
 def test_query_string_and_form_are_merged_with_the_form_winning(app, client):
