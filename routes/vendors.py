@@ -30,10 +30,11 @@ def request_params(adapter: VendorAdapter | None = None) -> dict[str, str]:
     The adapter's text parameters are the ones a 16-bit charset (UCS-2) applies to.
     """
     params = decode_form(request.query_string)
-    config = current_app.config
-    # A larger body gets a 413 before it is read.
-    request.max_content_length = min(config["MAX_VENDOR_REQUEST_BYTES"], config["MAX_CONTENT_LENGTH"])
     mimetype = request.mimetype
+    if mimetype in (URLENCODED, MULTIPART):
+        config = current_app.config
+        # A larger body gets a 413 before it is read.
+        request.max_content_length = min(config["MAX_VENDOR_REQUEST_BYTES"], config["MAX_CONTENT_LENGTH"])
     if mimetype == URLENCODED:
         # Decoded here, not by request.form: werkzeug drops a body that is not UTF-8, and its
         # parser costs about 10 µs more per receipt, more than the receipt's mapping.
