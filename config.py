@@ -127,10 +127,10 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "LEASE_SECONDS": int(env.get("LEASE_SECONDS", "60")),
         "DISPATCH_BATCH_SIZE": int(env.get("DISPATCH_BATCH_SIZE", "200")),
         "DISPATCH_CONCURRENCY": int(env.get("DISPATCH_CONCURRENCY", "16")),
-        "RETENTION_DAYS": int(env.get("RETENTION_DAYS", "30")),
-        "PURGE_BATCH_SIZE": int(env.get("PURGE_BATCH_SIZE", "5000")),
+        "RETENTION_DAYS": _count(env, "RETENTION_DAYS", 30),
+        "PURGE_BATCH_SIZE": _count(env, "PURGE_BATCH_SIZE", 5000),
         "PURGE_INTERVAL_SECONDS": float(env.get("PURGE_INTERVAL_SECONDS", "300")),
-        "PURGE_MAX_BATCHES": int(env.get("PURGE_MAX_BATCHES", "20")),
+        "PURGE_MAX_BATCHES": _count(env, "PURGE_MAX_BATCHES", 20),
         "ADMIN_USERNAME": env.get("ADMIN_USERNAME") or None,
         "ADMIN_PASSWORD": env.get("ADMIN_PASSWORD") or None,
         # prometheus_client itself reads this variable at import; the scrape must agree with it.

@@ -56,6 +56,13 @@ class TablePurge:
     finished: bool
 
 
+def _bounce_due(cutoff: datetime) -> ColumnElement[bool]:
+    # A report may arrive long after the event it reports: a bounce SAP has not pulled yet is
+    # judged by when its message was last updated, not by the vendor's event time.
+    recently_updated = exists().where(MessageState.id == Bounce.message_state_id, MessageState.updated_at >= cutoff)
+    return (Bounce.event_at < cutoff) & (Bounce.pulled_at.isnot(None) | ~recently_updated)
+
+
 def _message_state_due(cutoff: datetime, now: datetime) -> ColumnElement[bool]:
     # A state still carrying a kept bounce must stay: the bounce hangs off it (ON DELETE CASCADE).
     kept_bounce = exists().where(Bounce.message_state_id == MessageState.id, Bounce.event_at >= cutoff)
@@ -66,7 +73,7 @@ def _message_state_due(cutoff: datetime, now: datetime) -> ColumnElement[bool]:
 RULES: tuple[PurgeRule, ...] = (
     PurgeRule(StatusCursor, lambda cutoff, now: StatusCursor.created_at < now - CURSOR_LIFETIME),
     PurgeRule(RawEvent, lambda cutoff, now: RawEvent.received_at < cutoff),
-    PurgeRule(Bounce, lambda cutoff, now: Bounce.event_at < cutoff),
+    PurgeRule(Bounce, lambda cutoff, now: _bounce_due(cutoff)),
     PurgeRule(MessageState, _message_state_due),
     PurgeRule(InboundMessageRecord, lambda cutoff, now: InboundMessageRecord.received_at < cutoff),
     PurgeRule(OutboxItem, lambda cutoff, now: (OutboxItem.state == DONE) & (OutboxItem.created_at < cutoff)),
@@ -131,7 +138,11 @@ class RetentionJob:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "RetentionJob":
-        """Build the job from RETENTION_DAYS and the PURGE_* settings."""
+        """Build the job from RETENTION_DAYS and the PURGE_* settings; ValueError if one cannot work."""
+        for name in ("RETENTION_DAYS", "PURGE_BATCH_SIZE", "PURGE_MAX_BATCHES"):
+            if not isinstance(config[name], int) or config[name] < 1:
+                # 0 days would purge what arrived a minute ago; 0 batches would never purge at all.
+                raise ValueError(f"{name} must be a whole number of at least 1, not {config[name]!r}")
         return cls(timedelta(days=config["RETENTION_DAYS"]), config["PURGE_BATCH_SIZE"],
                    config["PURGE_MAX_BATCHES"], config["PURGE_INTERVAL_SECONDS"])
 

@@ -7,6 +7,9 @@ import pytest
 @pytest.mark.parametrize("settings, named", [
     (dict(LEASE_SECONDS=10, VENDOR_TIMEOUT_SECONDS=10), "LEASE_SECONDS"),
     (dict(DISPATCH_CONCURRENCY=0), "DISPATCH_CONCURRENCY"),
+    (dict(RETENTION_DAYS=0), "RETENTION_DAYS"),  # it would purge what arrived a minute ago
+    (dict(PURGE_MAX_BATCHES=0), "PURGE_MAX_BATCHES"),  # it would never purge
+    (dict(PURGE_BATCH_SIZE=-1), "PURGE_BATCH_SIZE"),
 ])
 def test_the_worker_refuses_unsafe_settings_in_one_line(make_app, settings, named):
     app = make_app(**settings)

@@ -48,7 +48,8 @@ def test_production_start_without_pull_credentials_logs_a_loud_warning(caplog):
     assert any("SAP_STATUS_USERNAME" in record.getMessage() for record in caplog.records)
 
 
-@pytest.mark.parametrize("name", ["STATUS_PAGE_SIZE", "STATUS_GET_ALL_LIMIT"])
+@pytest.mark.parametrize("name", ["STATUS_PAGE_SIZE", "STATUS_GET_ALL_LIMIT", "RETENTION_DAYS", "PURGE_BATCH_SIZE",
+                                  "PURGE_MAX_BATCHES"])
 @pytest.mark.parametrize("value", ["0", "-5", "ten", "1.5", "²"])
 def test_record_counts_below_one_or_not_whole_stop_start_up_naming_the_setting(name, value):
     with pytest.raises(ValueError, match=f"^{name} must be a whole number of at least 1"):

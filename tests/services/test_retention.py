@@ -122,6 +122,23 @@ def test_purge_deletes_expired_rows_and_keeps_recent_ones_and_dead_letters(conte
     assert names(table) == survivors
 
 
+@pytest.mark.parametrize("pulled, kept", [(False, True), (True, False)])
+def test_a_late_report_keeps_its_old_bounce_until_sap_pulled_it(context, pulled, kept):
+    # Stored today about an event older than the retention: SAP has not seen it yet.
+    state = message_state("late", context)
+    db.session.add(state)
+    add_bounce(state, context - RETENTION - timedelta(days=5))
+    db.session.flush()
+    if pulled:
+        db.session.execute(db.update(Bounce).values(pulled_at=context))
+    db.session.commit()
+
+    purge(context - RETENTION, batch_size=100, now=context)
+
+    assert (names("bounces") == {"late"}) is kept
+    assert names("message_states") == {"late"}
+
+
 def test_purge_reports_rows_deleted_per_table(context):
     seed_world(context)
     results = {result.table: result.rows for result in purge(context - RETENTION, batch_size=100, now=context)}
