@@ -59,7 +59,8 @@ class TablePurge:
 def _bounce_due(cutoff: datetime) -> ColumnElement[bool]:
     # A report may arrive long after the event it reports: a bounce SAP has not pulled yet is
     # judged by when its message was last updated, not by the vendor's event time.
-    recently_updated = exists().where(MessageState.id == Bounce.message_state_id, MessageState.updated_at >= cutoff)
+    recently_updated = exists().where(MessageState.id == Bounce.message_state_id,
+                                      MessageState.updated_at >= cutoff)
     return (Bounce.event_at < cutoff) & (Bounce.pulled_at.isnot(None) | ~recently_updated)
 
 
