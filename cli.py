@@ -101,9 +101,13 @@ def outbox_dead_command(client_id: uuid.UUID | None, limit: int) -> None:
                    "or an age, e.g. 2h or 3d.")
 def outbox_replay_command(client_id: uuid.UUID | None, since: datetime | None) -> None:
     """Re-queue dead letters for immediate forwarding and print how many."""
-    from services.outbox import replay_dead_letters
+    from services.outbox import count_dead_letters, replay_dead_letters
 
     click.echo(f"replayed {replay_dead_letters(client_id, since)} dead letter(s)")
+    left = count_dead_letters(client_id)
+    if left:
+        click.echo(f"{left} dead letter(s) left: created before --since, or superseded by a later report "
+                   "of the same message that reached Emarsys (sent now, it would move its state backwards)")
 
 
 @contextmanager

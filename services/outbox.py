@@ -5,11 +5,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, update
+from sqlalchemy import exists, func, update
+from sqlalchemy.orm import aliased
 
 from models import OutboxItem, db
 from services.clock import utcnow
-from services.forwarder import DEAD, LEASED, PENDING
+from services.forwarder import DEAD, DONE, LEASED, PENDING
 from services.retry import parse_duration
 
 STATES = ("pending", "leased", "done", "dead")
@@ -82,9 +83,17 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 def replay_dead_letters(client_id: uuid.UUID | None = None, since: datetime | None = None,
                         now: datetime | None = None) -> int:
-    """Re-queue dead letters (optionally of one client, created since a time) and commit; return how many."""
+    """Re-queue dead letters (optionally of one client, created since a time) and commit; return how many.
+
+    A report of a message for which a later report already reached Emarsys stays dead: sent now,
+    it would move the message's state backwards in Emarsys.
+    """
     now = now or utcnow()
-    stmt = update(OutboxItem).where(OutboxItem.state == DEAD)
+    later = aliased(OutboxItem)
+    superseded = exists().where(later.client_id == OutboxItem.client_id, later.kind == OutboxItem.kind,
+                                later.message_key == OutboxItem.message_key, later.state == DONE,
+                                later.event_at > OutboxItem.event_at)
+    stmt = update(OutboxItem).where(OutboxItem.state == DEAD, ~superseded)
     if client_id is not None:
         stmt = stmt.where(OutboxItem.client_id == client_id)
     if since is not None:

@@ -117,6 +117,23 @@ def test_replay_requeues_the_chosen_dead_letters(app, arguments, replayed):
         assert db.session.scalar(select(OutboxItem.state).where(OutboxItem.message_key == "a-done")) == "done"
 
 
+def test_replay_leaves_dead_a_report_whose_message_already_reached_emarsys_with_a_later_one(app):
+    with app.app_context():
+        add_item("dead", age=timedelta(days=3), key="superseded")
+        add_item("done", age=timedelta(days=1), key="superseded")  # a later report, delivered
+        add_item("done", age=timedelta(days=4), key="still-newest")  # an earlier report, delivered
+        add_item("dead", age=timedelta(days=3), key="still-newest")
+
+    result = run(app, "replay")
+
+    assert result.exit_code == 0 and "replayed 1 dead letter(s)" in result.output
+    assert "1 dead letter(s) left" in result.output
+    with app.app_context():
+        states = db.session.execute(select(OutboxItem.message_key, OutboxItem.state)
+                                    .where(OutboxItem.state != "done")).all()
+        assert sorted(states) == [("still-newest", "pending"), ("superseded", "dead")]
+
+
 @pytest.mark.parametrize("arguments", [("--since", "yesterday"), ("--client", "not-a-uuid")])
 def test_replay_refuses_bad_arguments(app, arguments):
     result = run(app, "replay", *arguments)

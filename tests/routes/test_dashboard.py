@@ -301,9 +301,9 @@ def page_token(admin) -> str:
 
 def test_replay_requeues_every_dead_letter(admin_app, admin):
     with admin_app.app_context():
-        add_outbox_item("dead", attempts=6)
-        add_outbox_item("done", sent_at=utcnow())
-        add_outbox_item("dead", attempts=3)
+        add_outbox_item("dead", "m-1", attempts=6)
+        add_outbox_item("done", "m-2", sent_at=utcnow())
+        add_outbox_item("dead", "m-3", attempts=3)
         db.session.commit()
     assert figure(page(admin), "dead-letters") == "2"
     response = admin.post("/dashboard/replay", auth=ADMIN, headers={"Origin": "http://localhost"},
