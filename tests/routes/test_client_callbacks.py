@@ -126,7 +126,7 @@ def test_an_mo_stored_from_the_open_url_becomes_the_clients_on_its_callback_url(
 
 
 def test_an_mo_already_another_clients_is_not_taken_over(partner_app, partner_client, onboard):
-    (owner, owner_urls), (other, other_urls) = onboard(), onboard()
+    (owner, owner_urls), (_, other_urls) = onboard(), onboard()
     assert partner_client.post(path_of(owner_urls["inboundMessages"]["url"]), data=GENESYS_MO).status_code == 200
     assert partner_client.post(path_of(other_urls["inboundMessages"]["url"]), data=GENESYS_MO).status_code == 200
     assert count(partner_app, InboundMessageRecord, vendor_message_id="mo-1", client_id=owner) == 1
