@@ -107,12 +107,16 @@ def is_recognised(params: Mapping[str, str], overrides: Overrides | None = None)
 
 def is_inbound(params: Mapping[str, str]) -> bool:
     """Return whether the request is an MO (``type=MO``) rather than a receipt."""
-    return (optional(lower_keys(params), "type") or "").lower() == MO_TYPE.lower()
+    return _request_type(params) == MO_TYPE.lower()
 
 
 def is_receipt(params: Mapping[str, str]) -> bool:
     """Return whether the request is a delivery receipt (``type=receipt``) rather than an MO."""
-    return (optional(lower_keys(params), "type") or "").lower() == RECEIPT_TYPE.lower()
+    return _request_type(params) == RECEIPT_TYPE.lower()
+
+
+def _request_type(params: Mapping[str, str]) -> str:
+    return (optional(lower_keys(params), "type") or "").lower()
 
 
 def _rule_for(state: str, result_code: str, overrides: Overrides | None) -> OutcomeRule | None:

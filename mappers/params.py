@@ -48,18 +48,18 @@ def phone_number(raw: str | None) -> str | None:
 
 
 def decode_form(encoded: bytes, charset: str | None = None,
-                text_parameters: frozenset[str] = frozenset()) -> dict[str, str]:
+                text_parameters: frozenset[str] = TEXT_PARAMETERS) -> dict[str, str]:
     """Return the fields of a query string or URL-encoded body, the first of a repeated name winning.
 
     Vendors are not consistent about text encoding: a percent-escaped byte that is not UTF-8
     (a Latin-1 `%E4` for "ä") is read in the declared charset, else as Windows-1252, rather
     than kept escaped or dropped with the whole body. A 16-bit charset (UCS-2, UTF-16) is the
-    message text's alone (TEXT_PARAMETERS and `text_parameters`, lower-cased): the names, ids
-    and numbers beside it are ASCII.
+    message text's alone (`text_parameters`, lower-cased): the names, ids and numbers beside it
+    are ASCII.
     """
     fields: dict[str, str] = {}
     codec = _codec_name(charset)
-    wide = TEXT_PARAMETERS | text_parameters if codec in WIDE_CODECS else frozenset()
+    wide = text_parameters if codec in WIDE_CODECS else frozenset()
     # Some vendors write a UTF-8 byte order mark first; left in, it would hide the first name.
     for pair in encoded.removeprefix(UTF8_BOM).split(b"&"):
         if pair:

@@ -8,6 +8,7 @@ from functools import partial
 from typing import Any
 
 from mappers import configurable, expertflow, genesys, sapdi, twilio
+from mappers.params import TEXT_PARAMETERS
 from mappers.report import DeliveryReport, InboundMessage, MappingError
 
 Params = Mapping[str, str]
@@ -22,9 +23,9 @@ class VendorAdapter:
     map_report: Callable[[Params, datetime], DeliveryReport]
     map_inbound: Callable[[Params, datetime], InboundMessage]
     is_recognised: Callable[[Params], bool]
-    # Lower-cased names of the parameters that carry a text or a phone number, beyond the usual
-    # ones, so that the dashboard hides or masks them too.
-    body_parameters: frozenset[str] = frozenset()
+    # Lower-cased names of the parameters that carry a message text (what a 16-bit charset applies
+    # to, what the dashboard hides), and of those that carry a phone number beyond the usual ones.
+    body_parameters: frozenset[str] = TEXT_PARAMETERS
     phone_parameters: frozenset[str] = frozenset()
 
 
@@ -40,7 +41,7 @@ def build_registry(mapping_file: configurable.MappingFile | None = None) -> dict
             map_inbound=_naming_faults(partial(configurable.map_inbound_message, mapping),
                                        configurable.inbound_parameters(mapping)),
             is_recognised=partial(configurable.is_recognised, mapping),
-            body_parameters=mapping.body_parameters,
+            body_parameters=TEXT_PARAMETERS | mapping.body_parameters,
             phone_parameters=mapping.phone_parameters,
         )
     return registry

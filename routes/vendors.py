@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, g, request
 
 from errors import Forbidden, InvalidParameter, NotFound
 from mappers import genesys, sapdi
-from mappers.params import decode_form
+from mappers.params import TEXT_PARAMETERS, decode_form
 from mappers.registry import VendorAdapter
 from models import Client
 from services.clients import client_config, client_for_callback
@@ -39,7 +39,7 @@ def request_params(adapter: VendorAdapter | None = None) -> dict[str, str]:
         # Decoded here, not by request.form: werkzeug drops a body that is not UTF-8, and its
         # parser costs about 10 µs more per receipt, more than the receipt's mapping.
         params.update(decode_form(request.get_data(), request.mimetype_params.get("charset"),
-                                  adapter.body_parameters if adapter else frozenset()))
+                                  adapter.body_parameters if adapter else TEXT_PARAMETERS))
     elif mimetype == MULTIPART:
         params.update(request.form.to_dict())
     for key, value in params.items():

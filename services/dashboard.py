@@ -27,7 +27,6 @@ OUTCOME_ORDER = [Outcome.DELIVERED, Outcome.ACCEPTED, Outcome.UNKNOWN, Outcome.S
 OUTCOME_COLOURS = {"DELIVERED": "#2e7d32", "ACCEPTED": "#90caf9", "UNKNOWN": "#9e9e9e",
                    "SOFTBOUNCE": "#f9a825", "HARDBOUNCE": "#c62828", "ERROR": "#6a1b9a"}
 PHONE_KEYS = {"to", "from", "msisdn", "recipient", "destination", "source", "phone_number"}
-BODY_KEYS = TEXT_PARAMETERS
 # Message content under numbered names: Genesys MMS `mms_attachment[0].content`, Twilio `MediaUrl0`.
 BODY_KEY = re.compile(r"(^|[._\]])content$|^mediaurl\d*$", re.IGNORECASE)
 SECRET_KEY = re.compile(r"pass|secret|token|signature|auth|apikey|api_key|credential", re.IGNORECASE)
@@ -87,7 +86,7 @@ def safe_params(params: dict[str, Any] | None, adapter: VendorAdapter | None = N
     Besides the usual names, those the vendor's adapter declares (a mapping file's body,
     sender, destination and recipient parameters) are hidden or masked too.
     """
-    body_keys = BODY_KEYS | (adapter.body_parameters if adapter else frozenset())
+    body_keys = adapter.body_parameters if adapter else TEXT_PARAMETERS
     phone_keys = PHONE_KEYS | (adapter.phone_parameters if adapter else frozenset())
     shown = {}
     for key, value in (params or {}).items():
