@@ -85,7 +85,10 @@ def add_delivery_report(vendor: str, report: DeliveryReport, params: dict[str, A
         return IngestResult(duplicate=True, applied=False)
     state = _upsert_state(vendor, report, client_id, emarsys_message_id, now)
     if state is not None:
-        _sync_bounce(state.id, report, event_id if state.client_id is None else None)
+        if state.client_id is None:
+            _sync_bounce(state.id, report, event_id)
+        else:
+            _withdraw_bounce(state.id)  # an Emarsys client's message: SAP is never served its bounce
         if state.client_id is not None and state.emarsys_message_id is not None:
             # As in ingest_pg.sql: an unknown Emarsys id waits for the send result (adopt_early_reports).
             enqueue_forward(state.client_id, "delivery_report", state.emarsys_message_id,
@@ -228,10 +231,9 @@ def _says_something_new(excluded, current):
     return or_(*changed, *filled, recipient)
 
 
-def _sync_bounce(state_id: int, report: DeliveryReport, event_id: int | None) -> None:
-    # event_id None: the message is an Emarsys client's, whose bounces SAP is never served.
-    if report.bounce_type is None or event_id is None:
-        _withdraw_bounce(state_id)  # the retry worked, or the message is an Emarsys client's
+def _sync_bounce(state_id: int, report: DeliveryReport, event_id: int) -> None:
+    if report.bounce_type is None:
+        _withdraw_bounce(state_id)  # the retry worked
         return
     recipient = db.select(MessageState.recipient).where(MessageState.id == state_id).scalar_subquery()
     values = dict(message_id=report.vendor_message_id, status_code=report.status_code,
