@@ -1,10 +1,12 @@
 """Map Expertflow SMS Connector delivery notifications and received messages.
 
 Status keys (built-in table and operator overrides share them) are the status value,
-``SmsStatus`` or else ``MessageStatus``, matched case-insensitively, e.g. ``"undelivered"``.
+``SmsStatus``, else ``MessageStatus``, else ``DeliveryStatus`` (the connector's ActiveMQ
+delivery report, relayed as a form), matched case-insensitively, e.g. ``"undelivered"``.
 An override replaces the built-in entry with the same key and adds keys the table lacks.
 
-``status_code`` and ``status_text`` both carry the status value as sent. Use
+``status_code`` carries ``ProviderStatusCode`` when sent, else the status value;
+``status_text`` carries the status value as sent. Use
 ``is_recognised`` to learn whether a notification's status was in the tables (to log the rest).
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from mappers.params import lower_keys, optional, phone_number
-from mappers.report import DeliveryReport, InboundMessage, Outcome
+from mappers.report import DeliveryReport, ErrorType, InboundMessage, Outcome
 from mappers.rules import OutcomeRule, Overrides, find_rule, required_as_spelled, required_phone_number
 
 VENDOR = "expertflow"
@@ -30,7 +32,9 @@ BUILT_IN_RULES: dict[str, OutcomeRule] = {
     "queued": (Outcome.ACCEPTED, None),
     "sent": (Outcome.ACCEPTED, None),
     "undelivered": (Outcome.SOFTBOUNCE, None),
-    "failed": (Outcome.HARDBOUNCE, None),
+    # The connector passes on Twilio's statuses, and Twilio's "failed" is its own refusal (queue
+    # overflow, suspended account): nothing says the number is bad, so no hard bounce.
+    "failed": (Outcome.ERROR, ErrorType.UNKNOWN),
 }
 
 
@@ -43,7 +47,7 @@ def map_delivery_report(params: Mapping[str, str], received_at: datetime,
     return DeliveryReport(
         vendor_message_id=required_as_spelled(fields, "MessageSid"),
         recipient=phone_number(fields.get("to")),
-        status_code=status,
+        status_code=optional(fields, "providerstatuscode") or status,
         status_text=status,
         event_at=received_at,  # Notifications carry no event time.
         outcome=outcome,
@@ -73,8 +77,10 @@ def _rule_for(status: str, overrides: Overrides | None) -> OutcomeRule | None:
 
 
 def _raw_status(fields: Mapping[str, str]) -> str:
-    # The connector documents SmsStatus on the form and MessageStatus in its schema.
-    return optional(fields, "smsstatus") or optional(fields, "messagestatus") or ""
+    # The connector documents SmsStatus on the form, MessageStatus in its schema and
+    # DeliveryStatus in its ActiveMQ delivery report.
+    return (optional(fields, "smsstatus") or optional(fields, "messagestatus")
+            or optional(fields, "deliverystatus") or "")
 
 
 def _sms_sid(fields: Mapping[str, str]) -> str:

@@ -5,10 +5,15 @@ Status keys (built-in table and operator overrides share them):
 - ``"<state>:<result_code>"``: a state with one result code, e.g. ``"8:6"``;
 - ``"*:<result_code>"``: a result code whatever the state, e.g. ``"*:2"``.
 The most specific key wins: ``state:result_code``, then ``*:result_code``, then ``state``.
-An override replaces the built-in entry with the same key and adds keys the table lacks.
+A ``*:<result_code>`` key applies only to a failure state (3, 4, 5, 7, 8): Genesys details
+failures with the result code, so it never turns an en-route, accepted or delivered message
+into a bounce. An override replaces the built-in entry with the same key and adds keys the
+table lacks.
 
 ``status_code`` carries the raw values as ``"<state>:<result_code>"`` (``"<state>"`` when
-no result code was sent); ``status_text`` is a short label of the state. Use
+no result code was sent); ``status_text`` is a short label of the state and of a result code
+other than 0, e.g. ``"rejected: throttled, resubmit"``: SAP Marketing Cloud shows it as the
+bounce reason, and ignores the code. Use
 ``is_recognised`` to learn whether a report's status was in the tables (to log the rest).
 """
 from __future__ import annotations
@@ -48,7 +53,11 @@ BUILT_IN_RULES: dict[str, OutcomeRule] = {
     "*:7": (Outcome.ACCEPTED, None),
     # Our message was too long: the sender's fault, never the recipient's.
     "*:8": (Outcome.ERROR, ErrorType.UNKNOWN),
+    # Rejected for a reason Genesys does not name: nothing says the number is bad.
+    "8:99": (Outcome.ERROR, ErrorType.UNKNOWN),
 }
+# States that are not failures: a result code does not change what they say.
+NON_FAILURE_STATES = frozenset({"1", "2", "6"})
 
 STATE_LABELS = {
     "1": "en route",
@@ -59,6 +68,19 @@ STATE_LABELS = {
     "6": "accepted by aggregator",
     "7": "unknown",
     "8": "rejected",
+}
+
+RESULT_LABELS = {
+    "1": "rejected upstream, check number and carrier",
+    "2": "authentication failed",
+    "3": "carrier invalid",
+    "4": "alphanumeric sender not permitted on carrier",
+    "5": "sender not allowed on carrier",
+    "6": "throttled, resubmit",
+    "7": "duplicate message",
+    "8": "message body too long",
+    "98": "Genesys internal error, try again",
+    "99": "unmapped error",
 }
 
 RECEIPT_TYPE = "receipt"
@@ -79,7 +101,7 @@ def map_delivery_report(params: Mapping[str, str], received_at: datetime,
         vendor_message_id=required(fields, "message_id"),
         recipient=None,  # Genesys receipts do not repeat the phone number.
         status_code=f"{state}:{result_code}" if result_code else state,
-        status_text=STATE_LABELS.get(state, f"message_state {state or '(none)'}"),
+        status_text=_status_text(state, result_code),
         event_at=received_at,
         outcome=outcome,
         error_type=error_type,
@@ -120,7 +142,17 @@ def _request_type(params: Mapping[str, str]) -> str:
 
 
 def _rule_for(state: str, result_code: str, overrides: Overrides | None) -> OutcomeRule | None:
-    return find_rule(coded_status_keys(state, result_code), BUILT_IN_RULES, overrides)
+    keys = coded_status_keys(state, result_code)
+    if state in NON_FAILURE_STATES:
+        keys = [key for key in keys if not key.startswith("*:")]
+    return find_rule(keys, BUILT_IN_RULES, overrides)
+
+
+def _status_text(state: str, result_code: str) -> str:
+    label = STATE_LABELS.get(state, f"message_state {state or '(none)'}")
+    if result_code in ("", "0"):
+        return label
+    return f"{label}: {RESULT_LABELS.get(result_code, f'result_code {result_code}')}"
 
 
 def _state_and_result_code(fields: Mapping[str, str]) -> tuple[str, str]:

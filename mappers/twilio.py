@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from mappers.params import lower_keys, optional, phone_number
-from mappers.report import DeliveryReport, InboundMessage, Outcome
+from mappers.report import DeliveryReport, ErrorType, InboundMessage, Outcome
 from mappers.rules import (OutcomeRule, Overrides, coded_status_keys, find_rule, required_as_spelled,
                            required_phone_number)
 
@@ -40,7 +40,10 @@ BUILT_IN_RULES: dict[str, OutcomeRule] = {
     # Handset unreachable: the number is fine, a later attempt may reach it.
     "undelivered:30003": (Outcome.SOFTBOUNCE, None),
     "undelivered": (Outcome.SOFTBOUNCE, None),
-    "failed": (Outcome.HARDBOUNCE, None),
+    # "failed" is Twilio's own refusal (queue overflow, suspended account, content filter): the
+    # sender's fault unless a code below blames the number. As a hard bounce it would bar a good
+    # number in SAP Marketing Cloud.
+    "failed": (Outcome.ERROR, ErrorType.UNKNOWN),
     # These codes say the number itself cannot take messages (unknown, landline,
     # invalid, opted out, not mobile), so they are permanent whatever the status says.
     "*:30005": (Outcome.HARDBOUNCE, None),

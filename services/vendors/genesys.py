@@ -29,7 +29,8 @@ REFUSED_CODES: dict[int, tuple[Outcome, ErrorType | None, str]] = {
     3: (Outcome.HARDBOUNCE, None, "carrier ID invalid"),
     4: (Outcome.ERROR, ErrorType.INVALID_SENDER_ID, "source address not allowed"),
     5: (Outcome.ERROR, ErrorType.INVALID_SENDER_ID, "source address denied"),
-    8: (Outcome.HARDBOUNCE, None, "message body too long"),
+    # Our body was too long for the account: the sender's fault, never the number's (as in DRs).
+    8: (Outcome.ERROR, ErrorType.UNKNOWN, "message body too long"),
     99: (Outcome.ERROR, ErrorType.UNKNOWN, "other error"),
 }
 CONNECTION_TEST_OK = 1  # "request invalid": the credentials passed, the missing number did not

@@ -11,27 +11,44 @@ from mappers.report import ErrorType, MappingError, Outcome
 RECEIVED_AT = datetime(2024, 5, 6, 7, 8, 9)
 
 
-@pytest.mark.parametrize("status_name", ["SmsStatus", "MessageStatus"])
+@pytest.mark.parametrize("status_name", ["SmsStatus", "MessageStatus", "DeliveryStatus"])
 @pytest.mark.parametrize(
-    ("status", "outcome"),
+    ("status", "outcome", "error_type"),
     [
-        ("delivered", Outcome.DELIVERED),
-        ("queued", Outcome.ACCEPTED),
-        ("sent", Outcome.ACCEPTED),
-        ("undelivered", Outcome.SOFTBOUNCE),
-        ("failed", Outcome.HARDBOUNCE),
-        ("DELIVERED", Outcome.DELIVERED),
-        ("Failed", Outcome.HARDBOUNCE),
+        ("delivered", Outcome.DELIVERED, None),
+        ("queued", Outcome.ACCEPTED, None),
+        ("sent", Outcome.ACCEPTED, None),
+        ("undelivered", Outcome.SOFTBOUNCE, None),
+        # The sender's refusal, not the number's: a Temporary bounce, never a Permanent one.
+        ("failed", Outcome.ERROR, ErrorType.UNKNOWN),
+        ("DELIVERED", Outcome.DELIVERED, None),
+        ("Failed", Outcome.ERROR, ErrorType.UNKNOWN),
+        ("FAILED", Outcome.ERROR, ErrorType.UNKNOWN),
     ],
 )
-def test_status_maps_to_outcome(status_name, status, outcome):
+def test_status_maps_to_outcome(status_name, status, outcome, error_type):
     params = {"MessageSid": "ef-1", status_name: status}
 
     report = expertflow.map_delivery_report(params, RECEIVED_AT)
 
-    assert (report.outcome, report.error_type) == (outcome, None)
+    assert (report.outcome, report.error_type) == (outcome, error_type)
     assert (report.status_code, report.status_text) == (status, status)
     assert expertflow.is_recognised(params)
+
+
+@pytest.mark.parametrize(
+    ("provider_code", "status_code"),
+    [("30008", "30008"), ("", "FAILED"), (None, "FAILED")],
+)
+def test_active_mq_delivery_report_relayed_as_a_form_is_read(provider_code, status_code):
+    params = {"MessageSID": "ef-9", "DeliveryStatus": "FAILED"}
+    if provider_code is not None:
+        params["ProviderStatusCode"] = provider_code
+
+    report = expertflow.map_delivery_report(params, RECEIVED_AT)
+
+    assert (report.vendor_message_id, report.outcome) == ("ef-9", Outcome.ERROR)
+    assert (report.status_code, report.status_text) == (status_code, "FAILED")
 
 
 def test_notification_carries_id_and_received_time():
@@ -109,7 +126,7 @@ def test_override_leaves_other_statuses_alone():
     params = {"MessageSid": "ef-7", "SmsStatus": "failed"}
 
     assert expertflow.map_delivery_report(params, RECEIVED_AT, overrides).outcome \
-        is Outcome.HARDBOUNCE
+        is Outcome.ERROR
     assert expertflow.map_delivery_report({**params, "SmsStatus": "sent"}, RECEIVED_AT,
                                           overrides).outcome is Outcome.ACCEPTED
 

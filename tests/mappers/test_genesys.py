@@ -30,7 +30,8 @@ def receipt(state: str, result_code: str | None = "0", **extra: str) -> dict[str
         ("5", "0", Outcome.HARDBOUNCE, None),
         ("8", "0", Outcome.HARDBOUNCE, None),
         ("8", "1", Outcome.HARDBOUNCE, None),
-        ("8", "99", Outcome.HARDBOUNCE, None),
+        ("8", "99", Outcome.ERROR, ErrorType.UNKNOWN),  # rejected for no named reason
+        ("5", "99", Outcome.HARDBOUNCE, None),
         ("8", "6", Outcome.SOFTBOUNCE, None),
         ("8", "98", Outcome.SOFTBOUNCE, None),
         ("5", "6", Outcome.SOFTBOUNCE, None),  # throttled: "Please resubmit", whatever the state
@@ -39,7 +40,13 @@ def receipt(state: str, result_code: str | None = "0", **extra: str) -> dict[str
         ("8", "8", Outcome.ERROR, ErrorType.UNKNOWN),  # our body was too long, not the number's fault
         ("8", "2", Outcome.ERROR, ErrorType.AUTHENTICATION),
         ("5", "2", Outcome.ERROR, ErrorType.AUTHENTICATION),
-        ("1", "2", Outcome.ERROR, ErrorType.AUTHENTICATION),
+        # A result code details a failure only: it never overrides an en-route, accepted or
+        # delivered state.
+        ("1", "2", Outcome.ACCEPTED, None),
+        ("2", "6", Outcome.DELIVERED, None),
+        ("2", "98", Outcome.DELIVERED, None),
+        ("6", "8", Outcome.ACCEPTED, None),
+        ("7", "6", Outcome.SOFTBOUNCE, None),
         ("8", "4", Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
         ("8", "5", Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
         ("5", "4", Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
@@ -60,7 +67,7 @@ def test_receipt_carries_id_raw_codes_and_received_time():
 
     assert report.vendor_message_id == "gen-1"
     assert report.recipient is None
-    assert (report.status_code, report.status_text) == ("8:6", "rejected")
+    assert (report.status_code, report.status_text) == ("8:6", "rejected: throttled, resubmit")
     assert report.event_at == RECEIVED_AT
 
 
@@ -68,6 +75,22 @@ def test_receipt_without_result_code_has_state_as_status_code():
     report = genesys.map_delivery_report(receipt("2", None), RECEIVED_AT)
 
     assert (report.status_code, report.status_text) == ("2", "delivered")
+
+
+@pytest.mark.parametrize(
+    ("state", "result_code", "status_text"),
+    [
+        ("2", "0", "delivered"),
+        ("5", "1", "undeliverable: rejected upstream, check number and carrier"),
+        ("8", "8", "rejected: message body too long"),
+        ("3", "98", "expired: Genesys internal error, try again"),
+        ("5", "42", "undeliverable: result_code 42"),
+        ("9", "0", "message_state 9"),
+        ("9", "6", "message_state 9: throttled, resubmit"),
+    ],
+)
+def test_status_text_names_the_state_and_the_result_code(state, result_code, status_text):
+    assert genesys.map_delivery_report(receipt(state, result_code), RECEIVED_AT).status_text == status_text
 
 
 @pytest.mark.parametrize(

@@ -40,9 +40,6 @@ def callback(status: str, error_code: str | None = None) -> dict[str, str]:
         ("undelivered", "30008", Outcome.SOFTBOUNCE),
         ("undelivered", None, Outcome.SOFTBOUNCE),
         ("undelivered", "", Outcome.SOFTBOUNCE),
-        ("failed", None, Outcome.HARDBOUNCE),
-        ("failed", "30003", Outcome.HARDBOUNCE),
-        ("failed", "30001", Outcome.HARDBOUNCE),
         ("delivered", "0", Outcome.DELIVERED),
     ],
 )
@@ -52,6 +49,14 @@ def test_status_and_error_code_map_to_outcome(status, error_code, outcome):
     assert report.outcome is outcome
     assert report.error_type is None
     assert twilio.is_recognised(callback(status, error_code))
+
+
+@pytest.mark.parametrize("error_code", [None, "30001", "30002", "30003", "30007"])
+def test_failed_without_a_code_that_blames_the_number_is_the_senders_error(error_code):
+    report = twilio.map_delivery_report(callback("failed", error_code), RECEIVED_AT)
+
+    assert (report.outcome, report.error_type) == (Outcome.ERROR, ErrorType.UNKNOWN)
+    assert report.bounce_type == "Temporary"
 
 
 @pytest.mark.parametrize(

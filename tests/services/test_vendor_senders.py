@@ -107,7 +107,7 @@ def basic_auth(user: str, password: str) -> str:
     ("result_code=5", Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
     ("result_code=1", Outcome.HARDBOUNCE, None),
     ("result_code=3", Outcome.HARDBOUNCE, None),
-    ("result_code=8", Outcome.HARDBOUNCE, None),
+    ("result_code=8", Outcome.ERROR, ErrorType.UNKNOWN),
     ("result_code=99", Outcome.ERROR, ErrorType.UNKNOWN),
     ("result_code=42", Outcome.ERROR, ErrorType.UNKNOWN),
     ("result_code=0\r\n", Outcome.ACCEPTED, None),
