@@ -112,7 +112,9 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "EMARSYS_TOKEN_ISSUER": env.get("EMARSYS_TOKEN_ISSUER", "https://smsemarsys.accounts.ondemand.com"),
         "EMARSYS_OAUTH_CLIENT_ID": env.get("EMARSYS_OAUTH_CLIENT_ID") or None,
         "EMARSYS_API_BASE_URL": env.get("EMARSYS_API_BASE_URL", "https://api.emarsys.net/sms/partner/v1"),
-        "PARTNER_OAUTH_TOKEN_URL": env.get("PARTNER_OAUTH_TOKEN_URL") or None,
+        # The token URL the callbacks' contract names (partner-callbacks.yaml, clientCredentials).
+        "PARTNER_OAUTH_TOKEN_URL": env.get("PARTNER_OAUTH_TOKEN_URL",
+                                           "https://smsemarsys.accounts.ondemand.com/oauth2/token") or None,
         "PARTNER_OAUTH_CLIENT_ID": env.get("PARTNER_OAUTH_CLIENT_ID") or None,
         "PARTNER_OAUTH_CLIENT_SECRET": env.get("PARTNER_OAUTH_CLIENT_SECRET") or None,
         "FORWARD_LINGER_MS": int(env.get("FORWARD_LINGER_MS", "1000")),

@@ -81,8 +81,9 @@ def _unicode(value: str) -> None:
         raise ValidationError("contains a lone surrogate, not valid Unicode text") from None
 
 
-def _text(*validators: Any) -> fields.String:
-    return fields.String(required=True, validate=[_not_blank, no_nul_characters, _unicode, *validators],
+def _text(*validators: Any, blank: bool = False) -> fields.String:
+    presence = validate.Length(min=1, error="is empty") if blank else _not_blank
+    return fields.String(required=True, validate=[presence, no_nul_characters, _unicode, *validators],
                          error_messages={"required": "is missing", "null": "is missing", "invalid": "must be a string"})
 
 
@@ -92,8 +93,9 @@ class OutboundMessageSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
+    # The contract asks only for one character: an id of spaces is Emarsys's to choose.
     emarsysMessageId = _text(validate.Length(
-        max=MAX_MESSAGE_ID_LENGTH, error="is longer than {max} characters"))
+        max=MAX_MESSAGE_ID_LENGTH, error="is longer than {max} characters"), blank=True)
     source = _text(validate.Length(max=MAX_SOURCE_LENGTH, error="is longer than {max} characters"))
     # International format: digits only, 6 to 15 of them, optionally after one '+'.
     destination = _text(validate.Regexp(
@@ -160,9 +162,20 @@ def _message_errors(items: list[Any], field_faults: dict[int, Any]) -> list[dict
                 f"repeats the emarsysMessageId of messages[{first_index_of[message_id]}]"], **faults}
         elif message_id is not None:
             first_index_of[message_id] = index
+        reported_id = _reported_id(item)
+        if faults and reported_id is None:
+            raise _unidentifiable(index, faults)
         if faults:
-            errors.append(_message_error(index, _reported_id(item), faults))
+            errors.append(_message_error(index, reported_id, faults))
     return errors
+
+
+def _unidentifiable(index: int, faults: dict[str, Any]) -> OutboundBatchError:
+    # Reported under an id Emarsys never sent, the message could not be matched, and Emarsys
+    # would resend it with the whole batch for ever: the payload as a whole is at fault.
+    field, fault = _named_fault(index, faults)
+    return payload_error(f"{field} {fault}; a message without a usable emarsysMessageId cannot be "
+                         "failed alone", index=index, field=field)
 
 
 def _usable_id(item: Any, faults: dict[str, Any]) -> str | None:
@@ -172,18 +185,22 @@ def _usable_id(item: Any, faults: dict[str, Any]) -> str | None:
 
 
 def _reported_id(item: Any) -> str | None:
-    # Any non-blank id the message carries names it, even one refused as too long: Emarsys
-    # then fails that message alone and retries the others.
+    # Any id the message carries names it, even one refused as too long: Emarsys then fails
+    # that message alone and retries the others.
     message_id = item.get("emarsysMessageId") if isinstance(item, dict) else None
-    return message_id if isinstance(message_id, str) and message_id.strip() else None
+    return message_id if isinstance(message_id, str) and message_id else None
 
 
-def _message_error(index: int, message_id: str | None, faults: dict[str, Any]) -> dict[str, Any]:
-    field, fault = _first_fault(faults) if "_schema" not in faults else (
-        f"messages[{index}]", "is not a JSON object")  # marshmallow's key for a non-object item
-    return {"emarsysMessageId": message_id if message_id is not None else f"messages[{index}]",
-            "errorType": EMARSYS, "isErrorTransient": False,
+def _message_error(index: int, message_id: str, faults: dict[str, Any]) -> dict[str, Any]:
+    field, fault = _named_fault(index, faults)
+    return {"emarsysMessageId": message_id, "errorType": EMARSYS, "isErrorTransient": False,
             "errorContext": {"index": index, "field": field, "fault": fault}}
+
+
+def _named_fault(index: int, faults: dict[str, Any]) -> tuple[str, str]:
+    if "_schema" in faults:  # marshmallow's key for a non-object item
+        return f"messages[{index}]", "is not a JSON object"
+    return _first_fault(faults)
 
 
 def _first_fault(faults: dict[str, Any]) -> tuple[str, str]:

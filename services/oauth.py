@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote_plus
 
 import jwt
 import requests
@@ -54,8 +55,9 @@ class OAuthTokenProvider:
                  session: requests.Session | None = None, timeout: float | tuple[float, float] = 10,
                  refresh_margin: float = 60, clock: Callable[[], float] = time.time):
         self._token_url = token_url
-        # As UTF-8 bytes: requests would encode str credentials as Latin-1 and raise on anything else.
-        self._credentials = (client_id.encode("utf-8"), client_secret.encode("utf-8"))
+        # RFC 6749 2.3.1: both are form-urlencoded (UTF-8) before HTTP Basic, so a compliant token
+        # service reads a secret with "+", "%" or ":" as it was issued; plain ASCII goes unchanged.
+        self._credentials = (quote_plus(client_id, safe=""), quote_plus(client_secret, safe=""))
         self._session = session or requests.Session()
         self._timeout = timeout
         self._refresh_margin = refresh_margin

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from config import database_url_from_vcap, load_config, normalise_database_url
+from tests.emarsys_spec import SPEC_DIR, requires_spec
 
 
 @pytest.mark.parametrize("url, expected", [
@@ -60,3 +62,12 @@ def test_record_counts_below_one_or_not_whole_stop_start_up_naming_the_setting(n
 def test_get_all_limit_defaults_to_ten_thousand(value, expected):
     environ = {} if value is None else {"STATUS_GET_ALL_LIMIT": value}
     assert load_config(environ)["STATUS_GET_ALL_LIMIT"] == expected
+
+
+@requires_spec
+def test_callback_token_url_defaults_to_the_one_the_callback_contract_names():
+    spec = yaml.safe_load((SPEC_DIR / "partner-callbacks.yaml").read_text())
+    flows = spec["components"]["securitySchemes"]["oAuthAuthorization"]["flows"]
+
+    assert load_config({})["PARTNER_OAUTH_TOKEN_URL"] == flows["clientCredentials"]["tokenUrl"]
+    assert load_config({"PARTNER_OAUTH_TOKEN_URL": ""})["PARTNER_OAUTH_TOKEN_URL"] is None

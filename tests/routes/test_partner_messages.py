@@ -138,11 +138,6 @@ MESSAGE_FAULTS = [
     (message(2, source="A\x00"), "em-2", "source"),
     (message(2, emarsysMessageId="em\x002"), "em\x002", "emarsysMessageId"),
     (message(2, emarsysMessageId="e" * 101), "e" * 101, "emarsysMessageId"),
-    (message(2, emarsysMessageId="  "), "messages[1]", "emarsysMessageId"),
-    (message(2, emarsysMessageId=None), "messages[1]", "emarsysMessageId"),
-    (message(2, emarsysMessageId=""), "messages[1]", "emarsysMessageId"),
-    (message(2, emarsysMessageId=7), "messages[1]", "emarsysMessageId"),
-    ("not an object", "messages[1]", "messages[1]"),
 ]
 
 
@@ -154,6 +149,19 @@ def test_a_bad_message_fails_the_whole_batch(partner_app, partner_client, auth, 
         (reported_id, "emarsys", False)]
     assert errors[0]["errorContext"]["field"] == field
     assert errors[0]["errorContext"]["index"] == 1
+    assert queued(partner_app) == []
+
+
+@pytest.mark.parametrize("bad, field", [
+    (message(2, emarsysMessageId=None), "emarsysMessageId"),
+    (message(2, emarsysMessageId=""), "emarsysMessageId"),
+    (message(2, emarsysMessageId=7), "emarsysMessageId"),
+    ("not an object", "messages[1]"),
+])
+def test_a_message_without_a_usable_id_fails_the_payload(partner_app, partner_client, auth, onboard, bad, field):
+    client_id, _ = onboard()
+    context = global_error(post(partner_client, auth, client_id, batch(message(1), bad, message(3))))
+    assert (context["index"], context["field"]) == (1, field)
     assert queued(partner_app) == []
 
 

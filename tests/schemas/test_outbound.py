@@ -144,21 +144,29 @@ def test_international_numbers_of_6_to_15_digits_are_accepted(destination):
 
 
 @requires_spec
-@pytest.mark.parametrize("bad_message, fault_word", [
-    (message(...), "missing"),
-    (message(""), "empty"),
-    (message("  "), "empty"),
-    (message(None), "missing"),
-    (message(42), "string"),
-    ("just text", "object"),
-    ([message()], "object"),
+@pytest.mark.parametrize("bad_message, field, fault_word", [
+    (message(...), "emarsysMessageId", "missing"),
+    (message(""), "emarsysMessageId", "empty"),
+    (message(None), "emarsysMessageId", "missing"),
+    (message(42), "emarsysMessageId", "string"),
+    ("just text", "messages[2]", "object"),
+    ([message()], "messages[2]", "object"),
 ])
-def test_message_without_usable_id_is_reported_under_its_position(bad_message, fault_word):
-    errors = message_errors({"messages": [message("good"), bad_message]})
+def test_message_without_usable_id_fails_the_payload_as_a_whole(bad_message, field, fault_word):
+    # Reported under an id Emarsys never sent, it could not be matched, and the batch would be
+    # resent for ever.
+    error = global_error({"messages": [message("good"), message("other"), bad_message]})
 
-    assert [e["emarsysMessageId"] for e in errors] == ["messages[1]"]
-    assert errors[0]["errorContext"]["index"] == 1
-    assert fault_word in errors[0]["errorContext"]["fault"]
+    assert (error["errorType"], error["isErrorTransient"]) == ("emarsys", False)
+    assert (error["errorContext"]["index"], error["errorContext"]["field"]) == (2, field)
+    assert fault_word in error["errorContext"]["fault"]
+
+
+@requires_spec
+def test_an_id_of_spaces_is_an_id():
+    assert [m.emarsys_message_id for m in load_outbound_batch({"messages": [message("  ")]})] == ["  "]
+    errors = message_errors({"messages": [message("  ", destination="0")]})
+    assert [(e["emarsysMessageId"], e["errorContext"]["field"]) for e in errors] == [("  ", "destination")]
 
 
 @requires_spec

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from urllib.parse import unquote_plus
 
 import jwt
 import pytest
@@ -43,9 +44,10 @@ class TokenServer:
     def handle(self, request: Request) -> Response:
         """Issue a token for client-credentials requests."""
         auth = request.authorization
+        # RFC 6749 2.3.1: the client id and secret are form-urlencoded inside HTTP Basic.
         self.requests.append({"grant_type": request.form.get("grant_type"),
-                              "client_id": auth.username if auth else None,
-                              "client_secret": auth.password if auth else None})
+                              "client_id": unquote_plus(auth.username) if auth else None,
+                              "client_secret": unquote_plus(auth.password) if auth else None})
         number = len(self.requests)
         if self.as_jwt:
             claims = {"sub": "partner", "n": number, "exp": int(self.clock() + self.lifetime)}
@@ -79,6 +81,26 @@ def test_a_client_secret_outside_latin_1_is_sent_as_utf_8(httpserver):
 
     assert token == "opaque-token-1"
     assert server.requests[0]["client_secret"] == "s€cret-ü"
+
+
+@pytest.mark.parametrize(("client_id", "client_secret"), [("id:with:colons", "a+b%41 c"), ("plain-id", "s€cret-ü")])
+def test_credentials_are_form_urlencoded_inside_basic_auth(httpserver, client_id, client_secret):
+    server = TokenServer(httpserver, as_jwt=False)
+
+    OAuthTokenProvider(server.url, client_id, client_secret, clock=FakeClock()).token()
+
+    assert (server.requests[0]["client_id"], server.requests[0]["client_secret"]) == (client_id, client_secret)
+
+
+def test_plain_ascii_credentials_are_sent_unchanged(httpserver):
+    seen = []
+    httpserver.expect_request(TOKEN_PATH, method="POST").respond_with_handler(
+        lambda request: seen.append(request.authorization) or Response(
+            json.dumps({"access_token": "t", "expires_in": 60}), content_type="application/json"))
+
+    OAuthTokenProvider(httpserver.url_for(TOKEN_PATH), "partner-client", "Secret_1.2-3~", clock=FakeClock()).token()
+
+    assert (seen[0].username, seen[0].password) == ("partner-client", "Secret_1.2-3~")
 
 
 def test_token_is_cached_across_calls(httpserver):
