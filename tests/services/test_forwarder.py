@@ -428,6 +428,42 @@ def test_reports_held_back_behind_a_retry_do_not_fill_the_batch(forwarder_app, e
     assert emarsys.calls[-1]["items"][0]["emarsysMessageId"] == "em-2"
 
 
+def test_the_claim_probes_each_candidates_message_instead_of_collecting_every_waiting_one(app):
+    # NOT IN over all of a client's waiting items is a SubPlan that outgrows work_mem in a long
+    # outage and is then rescanned per candidate; NOT EXISTS is an anti join on an index.
+    worker = forwarder(app)
+    with app.app_context():
+        query = worker._candidates(CLIENT_A, "delivery_report", utcnow())
+        sql = str(query.compile(db.engine, compile_kwargs={"literal_binds": True}))
+        plan = "\n".join(db.session.scalars(text("EXPLAIN " + sql)))
+        db.session.rollback()
+
+    assert "SubPlan" not in plan
+    assert "Anti Join" in plan
+
+
+def test_a_claim_that_fails_for_one_client_does_not_stop_the_others(app, emarsys, caplog):
+    worker = forwarder(app)
+    claim = worker.claim
+
+    def failing_for_client_a(client_id, kind, now):
+        if client_id == CLIENT_A:
+            db.session.execute(text("SELECT 1/0"))  # a real database fault, e.g. a statement timeout
+        return claim(client_id, kind, now)
+
+    worker.claim = failing_for_client_a
+    with app.app_context():
+        seed(CLIENT_A, 3, created_at=utcnow() - timedelta(hours=1))  # first in the round
+        seed(CLIENT_B, 2, start=10)
+
+        assert worker.run_once() == 2
+        assert db.session.scalar(select(func.count()).where(
+            OutboxItem.client_id == CLIENT_A, OutboxItem.state == "pending")) == 3
+
+    assert [call["client_id"] for call in emarsys.calls] == [str(CLIENT_B)]
+    assert any(f"client {CLIENT_A} failed: DataError" in record.getMessage() for record in caplog.records)
+
+
 def wait_until_a_claim_waits_for_the_claim_lock() -> None:
     """Return once some session waits on an advisory lock; fail if none does."""
     for _ in range(3000):
