@@ -6,6 +6,9 @@ A vendor URL (`baseUrl`) comes from an Emarsys client's onboarding form, so it i
   unless the operator allows it (VENDOR_ALLOW_PRIVATE_ADDRESSES, for an on-premise vendor or tests);
 - redirects are not followed, so a vendor cannot send the credentials on to another host;
 - an answer is read up to MAX_ANSWER_BYTES, so a vendor cannot exhaust the worker's memory;
+- a call ends by its deadline (connect plus read timeout), however slowly the vendor trickles
+  bytes: requests' timeouts bound each read, not the call, and a send past its lease could be
+  sent again by another worker;
 - at most MAX_SESSIONS hosts keep pooled connections, so cycling hosts cannot exhaust sockets.
 """
 from __future__ import annotations
@@ -92,7 +95,17 @@ class VendorAnswer:
 
 
 def vendor_call(method: str, url: str, timeout: tuple[float, float], **kwargs: Any) -> VendorAnswer | str:
-    """Make one vendor request; return its answer, or TIMEOUT, NETWORK, OVERSIZED or NOT_PUBLIC."""
+    """Make one vendor request; return its answer, or TIMEOUT, NETWORK, OVERSIZED or NOT_PUBLIC.
+
+    The call as a whole ends within the sum of the connect and read timeouts.
+    """
+    with CallDeadline(sum(timeout)) as deadline:
+        answer = _call(method, url, timeout, **kwargs)
+    # Past the deadline its socket was shut: what was read may be cut short.
+    return TIMEOUT if deadline.expired else answer
+
+
+def _call(method: str, url: str, timeout: tuple[float, float], **kwargs: Any) -> VendorAnswer | str:
     try:
         with session_for(url).request(method, url, timeout=timeout, allow_redirects=False, stream=True,
                                       **kwargs) as response:
@@ -121,6 +134,59 @@ def _known_codec(name: str | None) -> str:
         return codecs.lookup(name).name if name else "utf-8"
     except LookupError:
         return "utf-8"
+
+
+_current = threading.local()
+
+
+class CallDeadline:
+    """The time limit of one vendor call on this thread: when it passes, the call's sockets are shut."""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> CallDeadline:
+        _current.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self._timer.cancel()
+        _current.deadline = None
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut this socket when the deadline passes (at once, if it has)."""
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+
+def _watch_for_this_call(sock: socket.socket | None) -> None:
+    deadline = getattr(_current, "deadline", None)
+    if deadline is not None and sock is not None:
+        deadline.watch(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    # The plain socket's shutdown, also for a TLS socket: a blocked read on another thread then
+    # ends at once, and no TLS state is torn down under it.
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
 
 
 _sessions: OrderedDict[str, requests.Session] = OrderedDict()
@@ -194,18 +260,27 @@ def _with_embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) 
     return [address, *(candidate for candidate in embedded if candidate is not None)]
 
 
-class _PublicPeerHTTPConnection(HTTPConnection):
+class _CheckedConnection:
+    """A urllib3 connection that reaches only public peers and ends by its call's deadline."""
+
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
+        sock = super()._new_conn()  # type: ignore[misc]
         refuse_non_public_peer(sock)
+        _watch_for_this_call(sock)
         return sock
 
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        """Send a request; a pooled connection's socket is watched by this call's deadline."""
+        _watch_for_this_call(getattr(self, "sock", None))
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
-class _PublicPeerHTTPSConnection(HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        refuse_non_public_peer(sock)
-        return sock
+
+class _PublicPeerHTTPConnection(_CheckedConnection, HTTPConnection):
+    pass
+
+
+class _PublicPeerHTTPSConnection(_CheckedConnection, HTTPSConnection):
+    pass
 
 
 class _PublicPeerHTTPPool(HTTPConnectionPool):

@@ -4,8 +4,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 import pytest
+import urllib3.exceptions
 from werkzeug import Response
 
 from mappers.report import ErrorType, Outcome
@@ -216,3 +218,67 @@ def test_a_body_that_stalls_or_breaks_off_is_a_transport_failure(answer, then_wa
     url = serve_once(answer, then_wait)
 
     assert transport.vendor_call("POST", url, (1.0, 0.3), data={"a": "b"}) == failure
+
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n"
+
+
+def serve_trickling(answers: list[list[bytes]], gap: float = 0.3) -> str:
+    """Answer requests on one kept-alive loopback connection, each answer a byte at a time; return the URL.
+
+    Each answer is a list of pieces: the first is sent at once, every later byte after `gap`.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def answer_all() -> None:
+        """Read each request and trickle its answer, until the client goes away."""
+        connection, _ = listener.accept()
+        with connection, listener:
+            for first, *rest in answers:
+                connection.recv(65536)
+                try:
+                    connection.sendall(first)
+                    for byte in b"".join(rest):
+                        time.sleep(gap)
+                        connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    threading.Thread(target=answer_all, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/"
+
+
+@pytest.mark.parametrize("answer", [
+    [OK_HEAD, b"result_code=0"],  # the body trickles
+    [b"HTTP/1.1 200 OK\r\n", b"Content-Length: 13\r\nX-Slow: " + b"y" * 20 + b"\r\n\r\nresult_code=0"],  # the headers do
+])
+def test_a_vendor_trickling_its_answer_is_cut_off_at_the_calls_deadline(answer):
+    # Each byte comes within the read timeout, so only a deadline on the whole call ends it.
+    url = serve_trickling([answer])
+    started = time.monotonic()
+
+    assert transport.vendor_call("POST", url, (0.5, 0.5), data={"a": "b"}) == transport.TIMEOUT
+    assert time.monotonic() - started < 3.0  # the trickle alone would take about 4 s more
+
+
+def test_a_pooled_connection_is_cut_off_at_the_deadline_too():
+    url = serve_trickling([[OK_HEAD + b"result_code=0"], [OK_HEAD, b"result_code=0"]])
+    pool = transport._PublicPeerHTTPPool("127.0.0.1", urlsplit(url).port, maxsize=1, timeout=0.5, retries=False)
+    assert pool.urlopen("POST", "/", body=b"a=b").data == b"result_code=0"  # read whole: back in the pool
+    started = time.monotonic()
+
+    with transport.CallDeadline(1.0) as deadline, pytest.raises(urllib3.exceptions.HTTPError):
+        pool.urlopen("POST", "/", body=b"a=b").data
+
+    assert deadline.expired and time.monotonic() - started < 3.0
+    assert pool.num_connections == 1  # the second request did go over the pooled connection
+
+
+def test_a_call_within_its_deadline_is_answered_whole():
+    url = serve_trickling([[OK_HEAD, b"result_code=0"]], gap=0.01)
+
+    answer = transport.vendor_call("POST", url, (0.5, 0.5), data={"a": "b"})
+
+    assert (answer.status_code, answer.text) == (200, "result_code=0")
