@@ -150,7 +150,9 @@ class Dispatcher:
             db.session.rollback()
             return [], 0
         rows = db.session.execute(
-            update(OutboundMessage).where(OutboundMessage.id.in_(ids))
+            # Still due: on SQLite the SELECT above locks nothing, and another worker may have
+            # claimed some of these rows since.
+            update(OutboundMessage).where(OutboundMessage.id.in_(ids), _is_due(now))
             .values(state="sending", lease_owner=self.owner, attempts=OutboundMessage.attempts + 1,
                     lease_until=now + timedelta(seconds=self.settings.lease_seconds), updated_at=now)
             .returning(*_CLAIMED_COLUMNS).execution_options(synchronize_session=False)).all()

@@ -88,10 +88,15 @@ class RetryPolicy:
 
     def delay_for(self, attempt: int, retry_after: float | None,
                   rng: random.Random | None = None) -> float:
-        """Return the server's Retry-After (capped at max_age) if given, else the schedule's delay."""
+        """Return the schedule's delay, lengthened to the server's Retry-After if given, capped at max_age.
+
+        Retry-After only lengthens a wait: "0", or a date already past, would otherwise send every
+        batch again at once, over and over, for as long as the server answers so.
+        """
+        delay = self.next_delay(attempt, rng)
         if retry_after is not None:
-            return min(retry_after, self.max_age)
-        return self.next_delay(attempt, rng)
+            delay = max(delay, min(retry_after, self.max_age))
+        return delay
 
     def is_exhausted(self, first_attempt_at: datetime, now: datetime) -> bool:
         """Return whether an item first tried at first_attempt_at is now too old to retry."""

@@ -14,9 +14,14 @@ from flask import Flask
 log = logging.getLogger(__name__)
 
 
+# lease_owner columns hold 64 characters; a Linux host name alone may have 64.
+MAX_IDENTITY_LENGTH = 64
+
+
 def worker_identity() -> str:
     """Return a name that is unique per worker process, used as the lease owner."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    unique = f":{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return socket.gethostname()[:MAX_IDENTITY_LENGTH - len(unique)] + unique
 
 
 class Worker:

@@ -11,7 +11,7 @@ from datetime import datetime
 from types import ModuleType
 from typing import Any
 
-from mappers.report import ErrorType, Outcome
+from mappers.report import MAX_MESSAGE_ID_LENGTH, MAX_STATUS_CODE_LENGTH, ErrorType, Outcome
 from schemas.client_config import GENESYS, TWILIO, ClientConfig
 from schemas.outbound import OutboundMessage
 from services.vendors import transport
@@ -27,7 +27,11 @@ INTEGRATION = "integration"
 
 @dataclass(frozen=True)
 class SendResult:
-    """What one send attempt achieved; outcome None with retry True means try again later."""
+    """What one send attempt achieved; outcome None with retry True means try again later.
+
+    A vendor's values are made to fit the columns that record them: a send whose result could
+    not be recorded would be sent again after every lease.
+    """
 
     outcome: Outcome | None
     error_type: ErrorType | None
@@ -35,6 +39,13 @@ class SendResult:
     status_code: str
     status_text: str
     retry: bool
+
+    def __post_init__(self) -> None:
+        """Cut the status code to its column; drop a vendor id too long to be a message's key."""
+        object.__setattr__(self, "status_code", self.status_code[:MAX_STATUS_CODE_LENGTH])
+        if self.vendor_message_id is not None and len(self.vendor_message_id) > MAX_MESSAGE_ID_LENGTH:
+            # Receipts carrying it would be refused too; the message keeps our own id as its key.
+            object.__setattr__(self, "vendor_message_id", None)
 
 
 @dataclass(frozen=True)

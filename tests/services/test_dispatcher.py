@@ -191,6 +191,24 @@ def test_twilio_request_asks_for_status_callbacks_at_the_client_url(app_context,
     assert request.authorization.username == ACCOUNT_SID
 
 
+@pytest.mark.parametrize("http_status, answer, row_state, outcome", [
+    (201, {"sid": "SM" + "9" * 200, "status": "queued"}, "sent", "ACCEPTED"),
+    (400, {"code": 2 ** 200, "message": "odd gateway"}, "failed", "HARDBOUNCE"),
+])
+def test_a_vendor_value_too_long_to_store_is_recorded_not_sent_again(app_context, httpserver, http_status,
+                                                                     answer, row_state, outcome):
+    httpserver.expect_request(TWILIO_MESSAGES, method="POST").respond_with_json(answer, status=http_status)
+    [public_id] = queue_messages(twilio_client(httpserver.url_for("/")))
+
+    dispatcher(app_context).run_once()
+
+    assert message(public_id).state == row_state
+    # The oversized sid cannot be the message's key, so our own id is.
+    state = message_state("twilio", public_id)
+    assert (state.outcome, len(state.status_code) <= 40) == (outcome, True)
+    assert len(httpserver.log) == 1
+
+
 def test_retry_then_success_keeps_the_message_id(app_context, httpserver):
     httpserver.expect_ordered_request(GENESYS_PATH).respond_with_data("result_code=6")
     httpserver.expect_ordered_request(GENESYS_PATH).respond_with_data("result_code=0")

@@ -120,11 +120,12 @@ def test_is_exhausted_accepts_naive_utc_from_the_database():
 
 @pytest.mark.parametrize("retry_after, expected", [
     (30.0, 30.0),
-    (0.0, 0.0),
+    (0.0, 5.0),  # "retry now" never beats the schedule: no hot loop against a struggling server
+    (4.0, 5.0),
     (10 * 86400.0, 3 * 86400.0),
 ])
-def test_delay_for_prefers_retry_after_capped_at_max_age(retry_after, expected):
-    policy = RetryPolicy.from_config("5s", max_age="3d")
+def test_delay_for_lengthens_the_schedule_to_retry_after_capped_at_max_age(retry_after, expected):
+    policy = RetryPolicy.from_config("5s", max_age="3d", jitter=0)
 
     assert policy.delay_for(1, retry_after, random.Random(1)) == expected
 
