@@ -48,6 +48,8 @@ SEND_RESULT_KIND = "send_result"
 # How long the outcomes of sends that finish close together wait to be recorded together.
 GATHER_SECONDS = 0.02
 FAILED_OUTCOMES = frozenset({Outcome.ERROR, Outcome.HARDBOUNCE, Outcome.SOFTBOUNCE})
+# The lease time kept for recording a send, as a share of the send's longest duration.
+RECORDING_SHARE = 0.25
 _CLAIMED_COLUMNS = (OutboundMessage.id, OutboundMessage.public_id, OutboundMessage.client_id,
                     OutboundMessage.emarsys_message_id, OutboundMessage.source,
                     OutboundMessage.destination, OutboundMessage.body, OutboundMessage.attempts,
@@ -67,8 +69,12 @@ class DispatchSettings:
 
     @property
     def send_seconds(self) -> float:
-        """Return the longest one send can take: each of its requests within the vendor timeout."""
-        return REQUESTS_PER_SEND * self.vendor_timeout_seconds
+        """Return the longest a send may hold its lease: its requests, each within the vendor timeout, and recording it.
+
+        A send that ended just as its lease did could not be recorded before another worker took
+        the message and sent it again: a quarter on top leaves time to record it.
+        """
+        return REQUESTS_PER_SEND * self.vendor_timeout_seconds * (1 + RECORDING_SHARE)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> DispatchSettings:
@@ -80,9 +86,10 @@ class DispatchSettings:
             max_attempts=int(config["SEND_MAX_ATTEMPTS"]),
             vendor_timeout_seconds=float(config["VENDOR_TIMEOUT_SECONDS"]))
         if settings.lease_seconds <= settings.send_seconds:
-            raise ValueError(f"LEASE_SECONDS must be longer than {REQUESTS_PER_SEND} x VENDOR_TIMEOUT_SECONDS "
-                             "(a send's requests), or a lease could expire during a send and another "
-                             "worker send the message again")
+            raise ValueError(f"LEASE_SECONDS must be longer than {settings.send_seconds:g} s, "
+                             f"{REQUESTS_PER_SEND * (1 + RECORDING_SHARE):g} x VENDOR_TIMEOUT_SECONDS (a send's "
+                             "requests and recording it), or a lease could expire before a send is "
+                             "recorded and another worker send the message again")
         if settings.batch_size < 1 or settings.concurrency < 1 or settings.max_attempts < 1:
             raise ValueError("DISPATCH_BATCH_SIZE, DISPATCH_CONCURRENCY and SEND_MAX_ATTEMPTS must be >= 1")
         return settings
