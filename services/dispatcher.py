@@ -69,7 +69,7 @@ class DispatchSettings:
 
     @property
     def send_seconds(self) -> float:
-        """Return the longest a send may hold its lease: its requests, each within the vendor timeout, and recording it.
+        """Return the lease time one send needs: its requests (each within the vendor timeout), then recording.
 
         A send that ended just as its lease did could not be recorded before another worker took
         the message and sent it again: a quarter on top leaves time to record it.

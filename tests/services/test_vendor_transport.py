@@ -252,7 +252,8 @@ def serve_trickling(answers: list[list[bytes]], gap: float = 0.3) -> str:
 
 @pytest.mark.parametrize("answer", [
     [OK_HEAD, b"result_code=0"],  # the body trickles
-    [b"HTTP/1.1 200 OK\r\n", b"Content-Length: 13\r\nX-Slow: " + b"y" * 20 + b"\r\n\r\nresult_code=0"],  # the headers do
+    # the headers do
+    [b"HTTP/1.1 200 OK\r\n", b"Content-Length: 13\r\nX-Slow: " + b"y" * 20 + b"\r\n\r\nresult_code=0"],
 ])
 def test_a_vendor_trickling_its_answer_is_cut_off_at_the_calls_deadline(answer):
     # Each byte comes within the read timeout, so only a deadline on the whole call ends it.
