@@ -12,10 +12,14 @@ from datetime import datetime, timezone
 from flask import Flask, Response, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
-# Six or more digits (optionally after +): long enough to be a phone number, not a status code.
-# Everything but the last four digits is matched; the lookahead keeps those four.
-# Runs inside identifiers (UUIDs, hex ids) are left alone.
-PHONE_NUMBER = re.compile(r"(?<![\w-])\+?\d{2,}(?=\d{4}(?![\w-]))")
+# Six or more digits in a row (optionally after +): long enough to be a phone number, not a
+# status code. Or digits in groups as numbers are written ("+49 151 1234 5678", "0151-1234-5678",
+# "(0151) 1234567", "0151/12345678"), starting like one (+, a bracket or a 0), so that dates and
+# times ("01/Dec/2026 16:14") keep their digits; dots make decimals, not groups. Runs inside
+# identifiers (UUIDs, hex ids) are left alone. All digits but the last four are masked.
+PHONE_NUMBER = re.compile(
+    r"(?<![\w-])(?:\+?\d{6,}|(?:\+|\(|(?=0))[\d()]*\d(?:[ /()-]{1,2}\d+)+\)?)(?![\w-])")
+MIN_PHONE_DIGITS = 6
 # A path segment this long is a callback token (or a guess at one): an unmatched path that carries
 # one, such as a mistyped callback URL, is logged without it.
 TOKEN_LIKE_SEGMENT = re.compile(r"(?<=/)[A-Za-z0-9_-]{20,}(?=/|$)")
@@ -38,7 +42,23 @@ request_log = logging.getLogger("sms_status.request")
 
 def mask_phone_numbers(text: str) -> str:
     """Replace every digit of a phone-number-like run but the last four with `*`."""
-    return PHONE_NUMBER.sub(lambda match: "*" * len(match.group(0)), text)
+    return PHONE_NUMBER.sub(lambda match: _masked_if_long_enough(match.group(0)), text)
+
+
+def _masked_if_long_enough(run: str) -> str:
+    return mask_digits(run) if sum(character.isdigit() for character in run) >= MIN_PHONE_DIGITS else run
+
+
+def mask_digits(value: str) -> str:
+    """Replace every digit but the last four with `*`."""
+    digits_left = sum(character.isdigit() for character in value)
+    masked = []
+    for character in value:
+        if character.isdigit():
+            digits_left -= 1
+            character = character if digits_left < 4 else "*"
+        masked.append(character)
+    return "".join(masked)
 
 
 def request_route() -> str:
@@ -103,6 +123,8 @@ class RequestIdMiddleware:
 
     WSGI middleware rather than a Flask hook: it also tags requests Flask refuses before any hook
     runs, and costs a vendor receipt two environ entries instead of a hook and a header lookup.
+    Every answer also says `X-Content-Type-Options: nosniff`: a JSON error that quotes a caller's
+    input is never taken for HTML by a browser.
     """
 
     def __init__(self, wsgi_app: Callable) -> None:
@@ -115,6 +137,7 @@ class RequestIdMiddleware:
 
         def start_response_with_id(status: str, headers: list, exc_info=None):
             headers.append(("X-Request-Id", request_id))
+            headers.append(("X-Content-Type-Options", "nosniff"))
             return start_response(status, headers, exc_info)
 
         return self.wsgi_app(environ, start_response_with_id)

@@ -58,7 +58,8 @@ def replay_token_is_valid(token: str) -> bool:
         return False
     age = time.time() - int(issued_text)
     fresh = 0 <= age <= REPLAY_TOKEN_LIFETIME.total_seconds()
-    return fresh and hmac.compare_digest(signature, _token_signature(int(issued_text)))
+    # As bytes: compare_digest refuses str with non-ASCII characters.
+    return fresh and hmac.compare_digest(signature.encode(), _token_signature(int(issued_text)).encode())
 
 
 def _token_signature(issued_at: int) -> str:

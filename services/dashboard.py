@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, func, or_
 
-from logging_setup import mask_phone_numbers
+from logging_setup import mask_digits, mask_phone_numbers
 from mappers.params import TEXT_PARAMETERS
 from mappers.registry import VendorAdapter
 from mappers.report import PERMANENT, TEMPORARY, Outcome
@@ -63,16 +63,7 @@ class MessageHistory:
 
 def mask_phone(value: str | None) -> str:
     """Replace every digit but the last four with `*`."""
-    if not value:
-        return ""
-    digits_left = sum(character.isdigit() for character in value)
-    masked = []
-    for character in value:
-        if character.isdigit():
-            digits_left -= 1
-            character = character if digits_left < 4 else "*"
-        masked.append(character)
-    return "".join(masked)
+    return mask_digits(value) if value else ""
 
 
 def safe_text(value: str | None) -> str:
@@ -97,8 +88,10 @@ def safe_params(params: dict[str, Any] | None, adapter: VendorAdapter | None = N
             shown[key] = f"[{len(text)} characters hidden]"
         elif name in phone_keys:
             shown[key] = mask_phone(text)
-        elif ID_KEY.search(name):
-            shown[key] = text  # Ids are what the operator searches by; some are long digit runs.
+        elif ID_KEY.search(name) and not text.lstrip().startswith("+"):
+            # Ids are what the operator searches by; some are long digit runs. One that starts
+            # with "+" is a phone number (a sender_id, a subscriberId), no message's id.
+            shown[key] = text
         else:
             shown[key] = safe_text(text)
     return shown

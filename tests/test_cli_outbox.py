@@ -81,7 +81,7 @@ def test_dead_masks_phone_numbers_an_emarsys_error_quoted(app):
     result = run(app, "dead")
 
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[1].endswith("HTTP 400: destination **********5678 is invalid")
+    assert result.output.splitlines()[1].endswith("HTTP 400: destination +*********5678 is invalid")
 
 
 # (arguments, items replayed): A has a dead letter from 3 days ago and one from now, B one from now.

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from logging_setup import mask_phone_numbers
 from tests.routes.conftest import (EMARSYS_CLIENT_ID, GENESYS_FIELDS, ISSUER, PUBLIC_BASE_URL,  # noqa: F401
                                    jwks_url, make_token, signing_key)
 
@@ -68,6 +69,18 @@ def test_request_log_line_is_one_json_object_with_the_request_context(make_app, 
     else:
         assert line["request_id"] == expected_id
     assert response.headers["X-Request-Id"] == line["request_id"]
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/vendors/genesys/delivery-reports?type=receipt&message_id=n-1&message_state=2"),
+    ("POST", "/vendors/<script>/delivery-reports"),  # a JSON error quoting the caller's input
+    ("GET", "/no/such/page"),
+    ("GET", "/health"),
+])
+def test_every_answer_forbids_content_sniffing(make_app, method, path):
+    response = make_app().test_client().open(path, method=method)
+
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_requests_refused_before_any_view_still_carry_a_request_id(make_app, capsys):
@@ -183,3 +196,25 @@ def test_stored_vendor_receipts_do_not_fill_the_log(make_app, capsys):
     client = make_app().test_client()
     assert client.post("/vendors/genesys/delivery-reports", data=GENESYS_DR).status_code == 200
     assert request_lines(log_lines(capsys.readouterr().out)) == []
+
+
+@pytest.mark.parametrize("text, masked", [
+    ("to +4915112345678", "to +*********5678"),
+    ("to 491701234567 now", "to ********4567 now"),
+    # Numbers as people write them, in groups.
+    ("undeliverable to +49 151 1234 5678", "undeliverable to +** *** **** 5678"),
+    ("call 0151-1234-5678", "call ****-****-5678"),
+    ("call (0151) 1234567", "call (****) ***4567"),
+    ("call 0151/12345678", "call ****/****5678"),
+    ("+49 (0)151 1234567", "+** (*)*** ***4567"),
+    # Not phone numbers: left as they are.
+    ("[01/Dec/2026 16:14:29]", "[01/Dec/2026 16:14:29]"),
+    ("at 2026-12-01 12:00", "at 2026-12-01 12:00"),
+    ("valid for 3599.999 s", "valid for 3599.999 s"),
+    ("status 30003, 0x4503, 8:6", "status 30003, 0x4503, 8:6"),
+    ("client 12345678-1234-1234-1234-123456789012", "client 12345678-1234-1234-1234-123456789012"),
+    ("sid SM0123456789abcdef", "sid SM0123456789abcdef"),
+    ("0 1 2", "0 1 2"),
+])
+def test_phone_numbers_are_recognised_in_any_common_grouping(text, masked):
+    assert mask_phone_numbers(text) == masked

@@ -327,6 +327,7 @@ def test_replay_button_asks_for_confirmation_and_is_off_without_dead_letters(adm
     ({"confirm": "yes"}, {}, 403),
     ({"confirm": "yes", "csrf_token": "1.forged"}, {}, 403),
     ({"confirm": "yes", "csrf_token": "².forged"}, {}, 403),
+    ({"confirm": "yes", "csrf_token": "fresh-non-ascii"}, {}, 403),  # a fresh time, signature "é": was a 500
     ({"confirm": "yes", "csrf_token": "9" * 400}, {}, 403),  # past a float: was a 500
     ({"confirm": "yes", "csrf_token": "1" * 5000 + ".x"}, {}, 403),  # past int()'s 4,300 digits
     ({"confirm": "yes", "csrf_token": "expired"}, {}, 403),
@@ -339,7 +340,8 @@ def test_replay_without_token_confirmation_or_same_origin_changes_nothing(admin_
     with admin_app.app_context():
         add_outbox_item("dead", attempts=6)
         db.session.commit()
-        tokens = {"valid": replay_token(), "expired": replay_token(int(time.time()) - 9 * 3600)}
+        tokens = {"valid": replay_token(), "expired": replay_token(int(time.time()) - 9 * 3600),
+                  "fresh-non-ascii": f"{int(time.time())}.é"}
     form = {key: tokens.get(value, value) if key == "csrf_token" else value for key, value in form.items()}
     response = admin.post("/dashboard/replay", auth=ADMIN, data=form, headers=headers)
     assert response.status_code == status
@@ -367,7 +369,11 @@ def test_mask_phone_keeps_only_the_last_four_digits(value, masked):
     ("MediaContentType0", "image/jpeg", "image/jpeg"),
     ("To", "+491701234567", "+********4567"),
     ("message_id", "123456789012", "123456789012"),
+    # An "id" that starts with + is a phone number, not a message's id.
+    ("sender_id", "+4915112345678", "+*********5678"),
+    ("subscriberId", " +491511234567", " +********4567"),
     ("status", "undeliverable to 491701234567", "undeliverable to ********4567"),
+    ("note", "call 0151-1234-5678 or +49 151 1234 5678", "call ****-****-5678 or +** *** **** 5678"),
 ])
 def test_safe_params_hides_secrets_and_bodies_and_masks_numbers(key, value, shown):
     assert dashboard.safe_params({key: value}) == {key: shown}

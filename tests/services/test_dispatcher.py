@@ -536,7 +536,7 @@ def test_logs_name_no_secret_body_or_full_number(app_context, httpserver, caplog
         worker.run_once()
 
     lines = [record.getMessage() for record in caplog.records if record.name == "services.dispatcher"]
-    assert lines and all(f"to {'*' * 8}4567" in line for line in lines)
+    assert lines and all(f"to +{'*' * 7}4567" in line for line in lines)
     for secret in (PASSWORD, BODY, DESTINATION, DESTINATION.lstrip("+")):
         assert not any(secret in line for line in lines)
 
