@@ -7,12 +7,12 @@ Status keys (built-in table and operator overrides share them):
 The most specific key wins: ``state:result_code``, then ``*:result_code``, then ``state``.
 A ``*:<result_code>`` key applies only to a failure state (3, 4, 5, 7, 8): Genesys details
 failures with the result code, so it never turns an en-route, accepted or delivered message
-into a bounce. An override replaces the built-in entry with the same key and adds keys the
+(nor one in a state Genesys does not document) into a bounce. An override replaces the built-in entry with the same key and adds keys the
 table lacks.
 
 ``status_code`` carries the raw values as ``"<state>:<result_code>"`` (``"<state>"`` when
-no result code was sent); ``status_text`` is a short label of the state and of a result code
-other than 0, e.g. ``"rejected: throttled, resubmit"``: SAP Marketing Cloud shows it as the
+no result code was sent); ``status_text`` is a short label of the state and, in a failure
+state, of a result code other than 0, e.g. ``"rejected: throttled, resubmit"``: SAP Marketing Cloud shows it as the
 bounce reason, and ignores the code. Use
 ``is_recognised`` to learn whether a report's status was in the tables (to log the rest).
 """
@@ -56,8 +56,9 @@ BUILT_IN_RULES: dict[str, OutcomeRule] = {
     # Rejected for a reason Genesys does not name: nothing says the number is bad.
     "8:99": (Outcome.ERROR, ErrorType.UNKNOWN),
 }
-# States that are not failures: a result code does not change what they say.
-NON_FAILURE_STATES = frozenset({"1", "2", "6"})
+# The states a result code details ("in the case of failures"): in any other state, known or
+# not, it changes neither the outcome nor the status text.
+FAILURE_STATES = frozenset({"3", "4", "5", "7", "8"})
 
 STATE_LABELS = {
     "1": "en route",
@@ -143,14 +144,14 @@ def _request_type(params: Mapping[str, str]) -> str:
 
 def _rule_for(state: str, result_code: str, overrides: Overrides | None) -> OutcomeRule | None:
     keys = coded_status_keys(state, result_code)
-    if state in NON_FAILURE_STATES:
+    if state not in FAILURE_STATES:
         keys = [key for key in keys if not key.startswith("*:")]
     return find_rule(keys, BUILT_IN_RULES, overrides)
 
 
 def _status_text(state: str, result_code: str) -> str:
     label = STATE_LABELS.get(state, f"message_state {state or '(none)'}")
-    if result_code in ("", "0"):
+    if result_code in ("", "0") or state not in FAILURE_STATES:
         return label
     return f"{label}: {RESULT_LABELS.get(result_code, f'result_code {result_code}')}"
 

@@ -11,6 +11,7 @@ import logging
 import uuid
 from urllib.parse import parse_qs
 
+from mappers.genesys import RESULT_LABELS
 from mappers.report import ErrorType, Outcome
 from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage
@@ -23,15 +24,16 @@ log = logging.getLogger(__name__)
 
 ACCEPTED_CODES = {0: "queued", 7: "duplicate message_id, already accepted"}
 RETRY_CODES = {6: "throttled", 98: "internal server error"}
-REFUSED_CODES: dict[int, tuple[Outcome, ErrorType | None, str]] = {
-    1: (Outcome.HARDBOUNCE, None, "request invalid"),
-    2: (Outcome.ERROR, ErrorType.AUTHENTICATION, "authentication failed"),
-    3: (Outcome.HARDBOUNCE, None, "carrier ID invalid"),
-    4: (Outcome.ERROR, ErrorType.INVALID_SENDER_ID, "source address not allowed"),
-    5: (Outcome.ERROR, ErrorType.INVALID_SENDER_ID, "source address denied"),
-    # Our body was too long for the account: the sender's fault, never the number's (as in DRs).
-    8: (Outcome.ERROR, ErrorType.UNKNOWN, "message body too long"),
-    99: (Outcome.ERROR, ErrorType.UNKNOWN, "other error"),
+# Every refusal is of our request, not of the number: none is a hard bounce, which would bar the
+# number in SAP Marketing Cloud. The texts are the receipts' (mappers.genesys.RESULT_LABELS).
+REFUSED_CODES: dict[int, tuple[Outcome, ErrorType | None]] = {
+    1: (Outcome.ERROR, ErrorType.UNKNOWN),  # a required parameter is missing
+    2: (Outcome.ERROR, ErrorType.AUTHENTICATION),
+    3: (Outcome.ERROR, ErrorType.UNKNOWN),  # no carrier known for the number's route
+    4: (Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
+    5: (Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
+    8: (Outcome.ERROR, ErrorType.UNKNOWN),  # the body is too long for the account
+    99: (Outcome.ERROR, ErrorType.UNKNOWN),
 }
 CONNECTION_TEST_OK = 1  # "request invalid": the credentials passed, the missing number did not
 CONNECTION_TEST_BAD_CREDENTIALS = 2
@@ -123,6 +125,5 @@ def _classify_result_code(code: int | None, our_message_id: str) -> SendResult:
         return accepted(our_message_id, str(code), ACCEPTED_CODES[code])
     if code in RETRY_CODES:
         return retry_later(str(code), RETRY_CODES[code])
-    outcome, error_type, text = REFUSED_CODES.get(
-        code, (Outcome.ERROR, ErrorType.UNKNOWN, "undocumented result code"))
-    return refused(outcome, error_type, str(code), text)
+    outcome, error_type = REFUSED_CODES.get(code, (Outcome.ERROR, ErrorType.UNKNOWN))
+    return refused(outcome, error_type, str(code), RESULT_LABELS.get(str(code), "undocumented result code"))

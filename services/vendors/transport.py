@@ -14,12 +14,16 @@ A vendor URL (`baseUrl`) comes from an Emarsys client's onboarding form, so it i
 from __future__ import annotations
 
 import codecs
+import heapq
 import http.cookiejar
 import ipaddress
+import itertools
 import json
 import logging
+import os
 import socket
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -100,16 +104,21 @@ def vendor_call(method: str, url: str, timeout: tuple[float, float], **kwargs: A
     The call as a whole ends within the sum of the connect and read timeouts.
     """
     with CallDeadline(sum(timeout)) as deadline:
-        answer = _call(method, url, timeout, **kwargs)
+        answer = _call(method, url, timeout, deadline, **kwargs)
     # Past the deadline its socket was shut: what was read may be cut short.
     return TIMEOUT if deadline.expired else answer
 
 
-def _call(method: str, url: str, timeout: tuple[float, float], **kwargs: Any) -> VendorAnswer | str:
+def _call(method: str, url: str, timeout: tuple[float, float], deadline: CallDeadline,
+          **kwargs: Any) -> VendorAnswer | str:
     try:
         with session_for(url).request(method, url, timeout=timeout, allow_redirects=False, stream=True,
                                       **kwargs) as response:
-            return _read_answer(response)
+            try:
+                return _read_answer(response)
+            finally:
+                # Before the connection goes back to the pool, where another thread may take it.
+                deadline.disarm()
     except AddressNotPublic as exc:
         log.warning("vendor request refused: %s is not a public address", exc)
         return NOT_PUBLIC
@@ -143,35 +152,81 @@ class CallDeadline:
     """The time limit of one vendor call on this thread: when it passes, the call's sockets are shut."""
 
     def __init__(self, seconds: float):
+        self.at = time.monotonic() + seconds
         self.expired = False
+        self._disarmed = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
 
     def __enter__(self) -> CallDeadline:
         _current.deadline = self
-        self._timer.start()
+        _WATCHDOG.add(self)
         return self
 
     def __exit__(self, *_exc: Any) -> None:
-        self._timer.cancel()
+        self.disarm()
         _current.deadline = None
+
+    def disarm(self) -> None:
+        """Stop watching the call's sockets: its connection may go back to the pool, to another call."""
+        with self._lock:
+            self._disarmed = True
+            self._sockets.clear()
 
     def watch(self, sock: socket.socket) -> None:
         """Shut this socket when the deadline passes (at once, if it has)."""
         with self._lock:
+            if self._disarmed:
+                return
             self._sockets.append(sock)
-            expired = self.expired
-        if expired:
-            _shut(sock)
+            if self.expired:
+                _shut(sock)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """Shut the call's sockets, unless it was disarmed first."""
+        # Shut under the lock: once disarm() returns, no socket of this call is shut any more.
         with self._lock:
+            if self._disarmed:
+                return
             self.expired = True
-            sockets = list(self._sockets)
-        for sock in sockets:
-            _shut(sock)
+            for sock in self._sockets:
+                _shut(sock)
+
+
+class _Watchdog:
+    """One thread that expires the deadlines of vendor calls, earliest first."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, CallDeadline]] = []
+        self._order = itertools.count()
+        self._wakeup = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: CallDeadline) -> None:
+        """Expire this deadline when its time comes."""
+        with self._wakeup:
+            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="vendor-call-deadlines", daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is deadline:
+                self._wakeup.notify()  # it is due before the one the thread sleeps for
+
+    def reset_after_fork(self) -> None:
+        """Start afresh in a forked child: the parent's thread and lock state do not carry over."""
+        self.__init__()
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._wakeup.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                deadline = heapq.heappop(self._heap)[2]
+            deadline.expire()
+
+
+_WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG.reset_after_fork)
 
 
 def _watch_for_this_call(sock: socket.socket | None) -> None:

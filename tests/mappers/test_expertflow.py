@@ -38,7 +38,7 @@ def test_status_maps_to_outcome(status_name, status, outcome, error_type):
 
 @pytest.mark.parametrize(
     ("provider_code", "status_code"),
-    [("30008", "30008"), ("", "FAILED"), (None, "FAILED")],
+    [("30008", "30008"), ("", "FAILED"), (None, "FAILED"), ("E" * 41, "FAILED")],
 )
 def test_active_mq_delivery_report_relayed_as_a_form_is_read(provider_code, status_code):
     params = {"MessageSID": "ef-9", "DeliveryStatus": "FAILED"}

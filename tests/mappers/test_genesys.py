@@ -86,7 +86,8 @@ def test_receipt_without_result_code_has_state_as_status_code():
         ("3", "98", "expired: Genesys internal error, try again"),
         ("5", "42", "undeliverable: result_code 42"),
         ("9", "0", "message_state 9"),
-        ("9", "6", "message_state 9: throttled, resubmit"),
+        ("9", "6", "message_state 9"),  # a result code details failure states only
+        ("2", "6", "delivered"),
     ],
 )
 def test_status_text_names_the_state_and_the_result_code(state, result_code, status_text):
@@ -95,7 +96,8 @@ def test_status_text_names_the_state_and_the_result_code(state, result_code, sta
 
 @pytest.mark.parametrize(
     ("state", "result_code"),
-    [("9", "0"), ("", "0"), ("abc", "0"), ("99", "42"), ("²", "0"), ("9", "³")],
+    # A result code that would decide a failure state does not make an unknown state known.
+    [("9", "0"), ("", "0"), ("abc", "0"), ("99", "42"), ("²", "0"), ("9", "³"), ("9", "2"), ("", "6")],
 )
 def test_unknown_state_maps_to_unknown_and_keeps_raw_value(state, result_code):
     params = receipt(state, result_code)

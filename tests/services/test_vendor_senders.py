@@ -105,8 +105,8 @@ def basic_auth(user: str, password: str) -> str:
     ("result_code=2", Outcome.ERROR, ErrorType.AUTHENTICATION),
     ("result_code=4", Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
     ("result_code=5", Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
-    ("result_code=1", Outcome.HARDBOUNCE, None),
-    ("result_code=3", Outcome.HARDBOUNCE, None),
+    ("result_code=1", Outcome.ERROR, ErrorType.UNKNOWN),
+    ("result_code=3", Outcome.ERROR, ErrorType.UNKNOWN),
     ("result_code=8", Outcome.ERROR, ErrorType.UNKNOWN),
     ("result_code=99", Outcome.ERROR, ErrorType.UNKNOWN),
     ("result_code=42", Outcome.ERROR, ErrorType.UNKNOWN),
@@ -119,6 +119,12 @@ def test_genesys_result_code_decides_the_outcome(httpserver, answer, outcome, er
     result = send_genesys(httpserver, answer)
 
     assert (result.outcome, result.error_type, result.retry) == (outcome, error_type, False)
+
+
+def test_a_twilio_sid_sent_as_a_json_number_is_kept_as_text(httpserver):
+    result = send_twilio(httpserver, {"sid": 12345, "status": "queued"}, 201)
+
+    assert (result.outcome, result.vendor_message_id) == (Outcome.ACCEPTED, "12345")
 
 
 @pytest.mark.parametrize("answer, status, status_code", [

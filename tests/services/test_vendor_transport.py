@@ -235,9 +235,9 @@ def serve_trickling(answers: list[list[bytes]], gap: float = 0.3) -> str:
     def answer_all() -> None:
         """Read each request and trickle its answer, until the client goes away."""
         connection, _ = listener.accept()
-        with connection, listener:
+        with connection, listener, connection.makefile("rb") as requests_in:
             for first, *rest in answers:
-                connection.recv(65536)
+                read_request(requests_in)
                 try:
                     connection.sendall(first)
                     for byte in b"".join(rest):
@@ -248,6 +248,15 @@ def serve_trickling(answers: list[list[bytes]], gap: float = 0.3) -> str:
 
     threading.Thread(target=answer_all, daemon=True).start()
     return f"http://127.0.0.1:{listener.getsockname()[1]}/"
+
+
+def read_request(requests_in) -> None:
+    """Read one HTTP request, its head and its Content-Length body, whatever the TCP segments."""
+    length = 0
+    for line in iter(requests_in.readline, b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    requests_in.read(length)
 
 
 @pytest.mark.parametrize("answer", [
@@ -275,6 +284,33 @@ def test_a_pooled_connection_is_cut_off_at_the_deadline_too():
 
     assert deadline.expired and time.monotonic() - started < 3.0
     assert pool.num_connections == 1  # the second request did go over the pooled connection
+
+
+def test_a_finished_calls_deadline_never_cuts_the_next_call_on_its_pooled_connection():
+    # The first call's deadline passes while the second, on the same kept-alive connection, waits
+    # for its answer: the first call disarmed its deadline before the connection was pooled.
+    url = serve_trickling([[OK_HEAD + b"result_code=0"], [OK_HEAD + b"result", b"_code=0"]], gap=0.2)
+    first = transport.vendor_call("POST", url, (0.3, 0.3), data={"a": "b"})
+    second = transport.vendor_call("POST", url, (2.0, 2.0), data={"a": "b"})  # answered over 1.2 s
+
+    assert (first.text, second.text) == ("result_code=0", "result_code=0")
+
+
+def test_a_disarmed_deadline_shuts_nothing_and_an_expired_one_shuts_what_it_is_given():
+    kept, kept_peer = socket.socketpair()
+    cut, cut_peer = socket.socketpair()
+    disarmed, expired = transport.CallDeadline(60), transport.CallDeadline(60)
+    disarmed.watch(kept)
+    disarmed.disarm()
+    disarmed.expire()
+    expired.expire()
+    expired.watch(cut)
+
+    kept_peer.sendall(b"x")
+    assert kept.recv(1) == b"x" and not disarmed.expired
+    assert cut.recv(1) == b"" and expired.expired
+    for sock in (kept, kept_peer, cut, cut_peer):
+        sock.close()
 
 
 def test_a_call_within_its_deadline_is_answered_whole():
