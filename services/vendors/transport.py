@@ -154,7 +154,7 @@ class CallDeadline:
     def __init__(self, seconds: float):
         self.at = time.monotonic() + seconds
         self.expired = False
-        self._disarmed = False
+        self.disarmed = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
 
@@ -170,13 +170,13 @@ class CallDeadline:
     def disarm(self) -> None:
         """Stop watching the call's sockets: its connection may go back to the pool, to another call."""
         with self._lock:
-            self._disarmed = True
+            self.disarmed = True
             self._sockets.clear()
 
     def watch(self, sock: socket.socket) -> None:
         """Shut this socket when the deadline passes (at once, if it has)."""
         with self._lock:
-            if self._disarmed:
+            if self.disarmed:
                 return
             self._sockets.append(sock)
             if self.expired:
@@ -186,7 +186,7 @@ class CallDeadline:
         """Shut the call's sockets, unless it was disarmed first."""
         # Shut under the lock: once disarm() returns, no socket of this call is shut any more.
         with self._lock:
-            if self._disarmed:
+            if self.disarmed:
                 return
             self.expired = True
             for sock in self._sockets:
@@ -219,10 +219,18 @@ class _Watchdog:
     def _run(self) -> None:
         while True:
             with self._wakeup:
-                while not self._heap or self._heap[0][0] > time.monotonic():
-                    self._wakeup.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
-                deadline = heapq.heappop(self._heap)[2]
+                deadline = self._next_due()
             deadline.expire()
+
+    def _next_due(self) -> CallDeadline:
+        # Most calls end long before their deadline: dropping those from the front as they are
+        # found means the thread wakes about once a deadline's length, not once per call.
+        while True:
+            while self._heap and self._heap[0][2].disarmed:
+                heapq.heappop(self._heap)
+            if self._heap and self._heap[0][0] <= time.monotonic():
+                return heapq.heappop(self._heap)[2]
+            self._wakeup.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
 
 
 _WATCHDOG = _Watchdog()
