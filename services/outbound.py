@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import case, update
 
 from models import Client, OutboundMessage, db, dialect_insert
 from schemas.client_config import CUSTOM_FIELD_VALUES, VENDORS, ClientConfig, InvalidClientConfig, load_client_config
@@ -87,13 +87,15 @@ def queue_messages(client_id: uuid.UUID, messages: list[BatchMessage]) -> int:
 
 
 def _requeue_cancelled(client_id: uuid.UUID, emarsys_message_ids: list[str], now: datetime) -> int:
-    # A message cancelled because its client was deleted was never sent: handed over again after
-    # the client is configured again, it is queued again (under its old public id). A separate
-    # statement, run only when the batch met known ids: an upsert would cost every batch 4x.
+    # A message cancelled because its client was deleted, handed over again after the client is
+    # configured again, is queued again (under its old public id). One attempted before may have
+    # reached the vendor (a retry was pending): it keeps one attempt, so that its next send is a
+    # retry, which looks for that earlier attempt instead of sending twice. A separate statement,
+    # run only when the batch met known ids: an upsert would cost every batch 4x.
     return db.session.execute(
         update(OutboundMessage)
         .where(OutboundMessage.client_id == client_id, OutboundMessage.emarsys_message_id.in_(emarsys_message_ids),
                OutboundMessage.state == CANCELLED)
-        .values(state=QUEUED, attempts=0, next_attempt_at=now, updated_at=now, last_error=None,
-                lease_owner=None, lease_until=None)
+        .values(state=QUEUED, attempts=case((OutboundMessage.attempts > 0, 1), else_=0), next_attempt_at=now,
+                updated_at=now, last_error=None, lease_owner=None, lease_until=None)
         .execution_options(synchronize_session=False)).rowcount

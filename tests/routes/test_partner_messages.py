@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from models import OutboundMessage, db
 from services.clock import utcnow
@@ -206,6 +206,21 @@ def test_a_message_cancelled_by_deleting_its_client_is_queued_again_when_resent(
     # Handed over once more, a queued message is still not queued twice.
     assert post(partner_client, auth, client_id, batch(message(1))).status_code == 202
     assert len(queued(partner_app)) == 2
+
+
+def test_a_cancelled_message_attempted_before_is_queued_again_as_a_retry(partner_app, partner_client, auth,
+                                                                          onboard):
+    # Its earlier attempt may have reached the vendor: its next send must look for it first.
+    client_id, _ = onboard()
+    assert post(partner_client, auth, client_id, batch(message(1))).status_code == 202
+    with partner_app.app_context():
+        db.session.execute(update(OutboundMessage).values(attempts=3))
+        db.session.commit()
+    assert partner_client.delete(f"/clients/{client_id}/configuration", headers=auth).status_code == 204
+    onboard(client_id=client_id)
+    assert post(partner_client, auth, client_id, batch(message(1))).status_code == 202
+
+    assert [(row.state, row.attempts) for row in queued(partner_app)] == [("queued", 1)]
 
 
 def test_the_same_message_id_of_two_clients_is_two_messages(partner_app, partner_client, auth, onboard):
