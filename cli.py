@@ -107,7 +107,7 @@ def outbox_replay_command(client_id: uuid.UUID | None, since: datetime | None) -
     left = count_dead_letters(client_id)
     if left:
         click.echo(f"{left} dead letter(s) left: created before --since, or superseded by a later report "
-                   "of the same message that reached Emarsys (sent now, it would move its state backwards)")
+                   "of the same message, sent or on its way (sent now, it would move its state backwards)")
 
 
 @contextmanager

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import exists, func, update
 from sqlalchemy.orm import aliased
 
-from models import OutboxItem, db
+from models import MessageState, OutboxItem, db
 from services.clock import utcnow
-from services.forwarder import DEAD, DONE, LEASED, PENDING
+from services.forwarder import DEAD, LEASED, PENDING
 from services.retry import parse_duration
 
 STATES = ("pending", "leased", "done", "dead")
@@ -85,15 +85,11 @@ def replay_dead_letters(client_id: uuid.UUID | None = None, since: datetime | No
                         now: datetime | None = None) -> int:
     """Re-queue dead letters (optionally of one client, created since a time) and commit; return how many.
 
-    A report of a message for which a later report already reached Emarsys stays dead: sent now,
-    it would move the message's state backwards in Emarsys.
+    A report of a message for which a later report reached Emarsys, or is on its way, stays dead:
+    sent now, it would move the message's state backwards in Emarsys.
     """
     now = now or utcnow()
-    later = aliased(OutboxItem)
-    superseded = exists().where(later.client_id == OutboxItem.client_id, later.kind == OutboxItem.kind,
-                                later.message_key == OutboxItem.message_key, later.state == DONE,
-                                later.event_at > OutboxItem.event_at)
-    stmt = update(OutboxItem).where(OutboxItem.state == DEAD, ~superseded)
+    stmt = update(OutboxItem).where(OutboxItem.state == DEAD, ~_superseded())
     if client_id is not None:
         stmt = stmt.where(OutboxItem.client_id == client_id)
     if since is not None:
@@ -104,3 +100,19 @@ def replay_dead_letters(client_id: uuid.UUID | None = None, since: datetime | No
     replayed = db.session.execute(stmt.execution_options(synchronize_session=False)).rowcount
     db.session.commit()
     return replayed
+
+
+def _superseded():
+    """Return the condition of an item whose message has a later report forwarded or on its way."""
+    later = aliased(OutboxItem)
+    # Pending or leased counts too: the message's later report would go first, this one after it.
+    later_item = exists().where(later.client_id == OutboxItem.client_id, later.kind == OutboxItem.kind,
+                                later.message_key == OutboxItem.message_key, later.state != DEAD,
+                                later.event_at > OutboxItem.event_at)
+    # The outbox's done rows are purged after RETENTION_DAYS, dead letters are not: the message's
+    # state remembers the latest event it took.
+    later_state = exists().where(OutboxItem.kind == "delivery_report",
+                                 MessageState.client_id == OutboxItem.client_id,
+                                 MessageState.emarsys_message_id == OutboxItem.message_key,
+                                 MessageState.event_at > OutboxItem.event_at)
+    return later_item | later_state

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import insert, select
 
-from models import OutboxItem, db
+from models import MessageState, OutboxItem, db
 from services.clock import utcnow
 from services.outbox import parse_since
 
@@ -132,6 +132,40 @@ def test_replay_leaves_dead_a_report_whose_message_already_reached_emarsys_with_
         states = db.session.execute(select(OutboxItem.message_key, OutboxItem.state)
                                     .where(OutboxItem.state != "done")).all()
         assert sorted(states) == [("still-newest", "pending"), ("superseded", "dead")]
+
+
+def add_report_item(state: str, key: str, at: datetime) -> None:
+    """Insert one delivery report of Emarsys message `key`, of an event at `at`, into the outbox."""
+    db.session.execute(insert(OutboxItem).values(
+        client_id=CLIENT_A, kind="delivery_report", message_key=key, payload={"emarsysMessageId": key},
+        event_at=at, state=state, attempts=0, next_attempt_at=at, created_at=at))
+    db.session.commit()
+
+
+def add_state(key: str, at: datetime) -> None:
+    """Record that Emarsys message `key` last took an event at `at`."""
+    db.session.add(MessageState(vendor="genesys", vendor_message_id=f"v-{key}", client_id=CLIENT_A,
+                                emarsys_message_id=key, outcome="DELIVERED", rank=3, status_code="2",
+                                status_text="delivered", event_at=at, updated_at=at))
+    db.session.commit()
+
+
+def test_replay_leaves_dead_a_report_behind_a_later_one_still_on_its_way_or_long_purged(app):
+    now = utcnow()
+    with app.app_context():
+        add_report_item("dead", "later-pending", at=now - timedelta(days=3))
+        add_report_item("pending", "later-pending", at=now - timedelta(days=1))  # would go first
+        add_report_item("dead", "later-purged", at=now - timedelta(days=40))
+        add_state("later-purged", at=now - timedelta(days=39))  # its done row is purged, the state is not
+        add_report_item("dead", "newest", at=now - timedelta(days=40))
+        add_state("newest", at=now - timedelta(days=40))  # this very report is the message's latest
+
+    result = run(app, "replay")
+
+    assert result.exit_code == 0 and "replayed 1 dead letter(s)" in result.output
+    with app.app_context():
+        dead = db.session.scalars(select(OutboxItem.message_key).where(OutboxItem.state == "dead")).all()
+        assert sorted(dead) == ["later-pending", "later-purged"]
 
 
 @pytest.mark.parametrize("arguments", [("--since", "yesterday"), ("--client", "not-a-uuid")])
