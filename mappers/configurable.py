@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -107,7 +108,9 @@ def map_delivery_report(mapping: VendorMapping, params: Mapping[str, str],
     """Map a declared vendor's delivery report to a normalised report."""
     fields = lower_keys(params)
     status = _value(fields, mapping.status_code) or ""
-    outcome, error_type = mapping.outcomes.get(status.lower(), mapping.default_outcome)
+    # default_outcome is for a status the table does not list; a report without one says nothing.
+    outcome, error_type = (mapping.outcomes.get(status.lower(), mapping.default_outcome) if status
+                           else (Outcome.UNKNOWN, None))
     return DeliveryReport(
         vendor_message_id=required_as_spelled(fields, mapping.message_id),
         recipient=phone_number(fields.get(mapping.recipient.lower())) if mapping.recipient else None,
@@ -163,13 +166,57 @@ def parse_event_time(raw: str, time_format: str) -> datetime:
             return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(tzinfo=None)
         except (OverflowError, OSError) as error:
             raise ValueError(str(error)) from None
-    parsed = datetime.strptime(raw, time_format)
+    parsed = _strptime(raw, time_format)
     if parsed.tzinfo is None:
         return parsed  # Times without an offset are declared to be UTC.
     try:
         return parsed.astimezone(timezone.utc).replace(tzinfo=None)
     except OverflowError as error:  # e.g. 0001-01-01T00:00:00+0100 is before year 1 in UTC
         raise ValueError(str(error)) from None
+
+
+# The digits a numeric strptime field takes when written in full.
+FIELD_WIDTHS = {"Y": 4, "y": 2, "m": 2, "d": 2, "H": 2, "I": 2, "M": 2, "S": 2, "j": 3}
+FORMAT_PART = re.compile(r"%(.)|([^%]+)")
+# Put between the parts of a time whose fields run together, so strptime reads each one apart.
+PART_SEPARATOR = "\x1f"
+
+
+@lru_cache(maxsize=64)
+def _run_together_fields(time_format: str) -> tuple[re.Pattern, str] | None:
+    """Return a pattern that cuts a time into its format's parts, and the format with the parts apart.
+
+    None when no numeric field runs into the next one: then strptime alone reads the time.
+    """
+    parts = FORMAT_PART.findall(time_format)
+    patterns, formats = [], []
+    for index, (directive, literal) in enumerate(parts):
+        run_into_next = index + 1 < len(parts) and parts[index + 1][0] not in ("", "%")
+        if literal or directive == "%":
+            patterns.append(f"({re.escape(literal or '%')})")
+            formats.append(literal or "%%")
+        elif directive in FIELD_WIDTHS and run_into_next:
+            patterns.append(rf"(\d{{{FIELD_WIDTHS[directive]}}})")  # every digit, or the fields shift
+            formats.append(f"%{directive}")
+        else:
+            patterns.append("(.+?)")
+            formats.append(f"%{directive}")
+    if not any(pattern.startswith(r"(\d{") for pattern in patterns):
+        return None
+    return re.compile("".join(patterns), re.DOTALL), PART_SEPARATOR.join(formats)
+
+
+def _strptime(raw: str, time_format: str) -> datetime:
+    split = _run_together_fields(time_format)
+    if split is None:
+        return datetime.strptime(raw, time_format)
+    # strptime lets a field take fewer digits, and splits run-together digits as it can:
+    # "20240102030405" read with "%Y%m%d%H%M%S%f" would be 03:04:00.5, not an error.
+    pattern, separated_format = split
+    match = pattern.fullmatch(raw)
+    if match is None:
+        raise ValueError(f"{raw!r} does not match {time_format!r} digit for digit")
+    return datetime.strptime(PART_SEPARATOR.join(match.groups()), separated_format)
 
 
 def load_mapping_file(path: str) -> MappingFile:
@@ -233,13 +280,15 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 
 def _decode(text: str, path: str) -> object:
-    if text.lstrip().startswith("{"):
-        return _decode_json(text, path)
     try:
+        if text.lstrip().startswith("{"):
+            return _decode_json(text, path)
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass.
     except yaml.YAMLError as error:
         reason = _describe_yaml_error(error)
         raise MappingFileError(f"{path}: is not valid YAML: {reason}") from None
+    except RecursionError:
+        raise MappingFileError(f"{path}: is nested too deeply to be a mapping file") from None
 
 
 def _decode_json(text: str, path: str) -> object:
@@ -342,9 +391,15 @@ def _check_strptime_format(time_format: str, path: str) -> None:
     if "%" not in time_format:
         raise _Fault(path, f"{time_format!r} is not {expected}")
     try:
-        datetime.strptime(sample.strftime(time_format), time_format)
+        _strptime(sample.strftime(time_format), time_format)
     except ValueError as error:
         raise _Fault(path, f"{time_format!r} is not {expected}: {error}") from None
+    directives = set(re.findall(r"%(.)", time_format.replace("%%", "")))
+    if not (directives & {"Y", "y"} and directives & {"m", "b", "B", "j"} and directives & {"d", "j"}):
+        # A time without its date would be read as 1900-01-01: outside every SAP window.
+        raise _Fault(path, f"{time_format!r} must carry the date: a year, a month and a day")
+    if "I" in directives and "p" not in directives:
+        raise _Fault(path, f"{time_format!r} has a 12-hour clock (%I) without AM/PM (%p)")
 
 
 def _parse_override(vendor: object, body: object) -> dict[str, OutcomeRule]:
@@ -375,6 +430,9 @@ def _table_key(raw_key: object, path: str, key_pattern: re.Pattern | None) -> st
         raise _Fault(path, "a status value must not be empty")
     if key_pattern is not None and not key_pattern.match(key):
         raise _Fault(path, "is not a status key this vendor's mapper understands")
+    if key_pattern is genesys.STATUS_KEY_PATTERN:
+        # The Genesys mapper reads "08" as 8: so must its override keys, or they never apply.
+        key = ":".join(part if part == "*" else str(int(part)) for part in key.split(":"))
     return key
 
 

@@ -81,8 +81,9 @@ def store_report(adapter: VendorAdapter, params: dict[str, str], client_id: uuid
         return store_inbound(adapter, params, client_id)
     report = adapter.map_report(params, utcnow())
     if not adapter.is_recognised(params):
-        current_app.logger.warning("unrecognised status from %s: code=%r text=%r; stored as UNKNOWN",
-                                   adapter.name, report.status_code, report.status_text[:200])
+        current_app.logger.warning("unrecognised status from %s: code=%r text=%r; stored as %s",
+                                   adapter.name, report.status_code, report.status_text[:200],
+                                   report.outcome.value)
     result = record_delivery_report(adapter.name, report, params, client_id)
     return stored_answer(result.duplicate)
 

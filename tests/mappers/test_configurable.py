@@ -116,6 +116,15 @@ def test_unlisted_status_gets_the_default_outcome(tmp_path, status):
     assert not configurable.is_recognised(acme(tmp_path), params)
 
 
+@pytest.mark.parametrize("params", [{"id": "1"}, {"id": "1", "status": ""}, {"id": "1", "status": "  "}])
+def test_a_report_without_a_status_is_unknown_whatever_the_default(params):
+    # default_outcome is for an unlisted status: a report with none must not bar the number.
+    vendor = {**MINIMAL_VENDOR, "default_outcome": "HARDBOUNCE"}
+    mapping = configurable.parse_mapping_document({"vendors": {"v": vendor}}, "f.yaml").vendors["v"]
+
+    assert configurable.map_delivery_report(mapping, params, RECEIVED_AT).outcome is Outcome.UNKNOWN
+
+
 def test_default_outcome_can_be_declared():
     vendor = {**MINIMAL_VENDOR, "default_outcome": {"outcome": "ERROR", "error_type": "UNKNOWN"}}
     mapping = configurable.parse_mapping_document({"vendors": {"v": vendor}}, "f.yaml").vendors["v"]
@@ -207,6 +216,15 @@ def test_file_overrides_built_in_codes(tmp_path):
         is ErrorType.UNKNOWN
     assert twilio.map_delivery_report(unreachable, RECEIVED_AT, overrides["twilio"]).outcome \
         is Outcome.HARDBOUNCE
+
+
+def test_genesys_override_keys_are_read_as_the_mapper_reads_codes(tmp_path):
+    path = write(tmp_path, "zeros.yaml", "overrides:\n  genesys:\n    '08:01': SOFTBOUNCE\n    '*:098': HARDBOUNCE\n")
+    overrides = configurable.load_mapping_file(path).overrides["genesys"]
+    rejected = {"type": "receipt", "message_id": "g", "message_state": "8", "result_code": "1"}
+
+    assert set(overrides) == {"8:1", "*:98"}
+    assert genesys.map_delivery_report(rejected, RECEIVED_AT, overrides).outcome is Outcome.SOFTBOUNCE
 
 
 def test_json_file_is_accepted(tmp_path):
@@ -319,14 +337,18 @@ def test_malformed_document_names_source_and_fault(document, fault):
 @pytest.mark.parametrize(
     ("time_format", "raw"),
     [("%Y-%m-%d", "2024-13-01"), ("epoch", "soon"), ("epoch", "1e300"),
-     ("%Y-%m-%dT%H:%M:%S%z", "0001-01-01T00:00:00+0100")],
+     ("%Y-%m-%dT%H:%M:%S%z", "0001-01-01T00:00:00+0100"),
+     # Fields run together need all their digits: strptime would read these shifted.
+     ("%Y%m%d%H%M%S%f", "20240102030405"), ("%Y%m%d%H%M%S%f", "2024010203040"),
+     ("%Y%m%d%H%M%S", "2024012030405")],
 )
 def test_event_time_parse_errors_are_value_errors(time_format, raw):
     with pytest.raises(ValueError):
         configurable.parse_event_time(raw, time_format)
 
 
-@pytest.mark.parametrize("time_format", ["YYYYMMDD", "%Y-%Q"])
+@pytest.mark.parametrize("time_format", ["YYYYMMDD", "%Y-%Q", "%H%M%S", "%m%d %H:%M", "x%%y",
+                                         "%Y-%m-%d %I:%M:%S"])
 def test_bad_time_format_is_refused(time_format):
     document = broken("vendors.acme.parameters.event_time", "at")
     document["vendors"]["acme"]["time_format"] = time_format
@@ -346,6 +368,8 @@ def test_bad_time_format_is_refused(time_format):
         ("twice.json", '{"overrides": {}, "overrides": {}}',
          "is not valid JSON: duplicate key 'overrides'"),
         ("empty.yaml", "", "must be a mapping"),
+        ("deep.yaml", "vendors: " + "[" * 2000, "nested too deeply"),
+        ("deep.json", '{"vendors": ' + "[" * 100_000, "nested too deeply"),
         ("fault.yaml", "vendors:\n  mymsp:\n    parameters: {message_id: id, status_code: s}\n"
                        "    outcomes:\n      FOO: BLAH\n",
          "vendors.mymsp.outcomes.FOO: unknown outcome 'BLAH'"),
