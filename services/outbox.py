@@ -110,9 +110,15 @@ def _superseded():
                                 later.message_key == OutboxItem.message_key, later.state != DEAD,
                                 later.event_at > OutboxItem.event_at)
     # The outbox's done rows are purged after RETENTION_DAYS, dead letters are not: the message's
-    # state remembers the latest event it took.
+    # state remembers the latest event it took. Unless that event's own report is a dead letter
+    # too: then both are replayed, in event order.
+    latest_is_dead = exists().where(later.client_id == OutboxItem.client_id, later.kind == OutboxItem.kind,
+                                    later.message_key == OutboxItem.message_key, later.state == DEAD,
+                                    later.event_at >= MessageState.event_at)
+    # Both outer tables, explicitly: auto-correlation reaches only the nearest enclosing query.
+    latest_is_dead = latest_is_dead.correlate(OutboxItem, MessageState)
     later_state = exists().where(OutboxItem.kind == "delivery_report",
                                  MessageState.client_id == OutboxItem.client_id,
                                  MessageState.emarsys_message_id == OutboxItem.message_key,
-                                 MessageState.event_at > OutboxItem.event_at)
+                                 MessageState.event_at > OutboxItem.event_at, ~latest_is_dead)
     return later_item | later_state

@@ -159,10 +159,13 @@ def test_replay_leaves_dead_a_report_behind_a_later_one_still_on_its_way_or_long
         add_state("later-purged", at=now - timedelta(days=39))  # its done row is purged, the state is not
         add_report_item("dead", "newest", at=now - timedelta(days=40))
         add_state("newest", at=now - timedelta(days=40))  # this very report is the message's latest
+        add_report_item("dead", "both-dead", at=now - timedelta(days=41))  # replayed, then
+        add_report_item("dead", "both-dead", at=now - timedelta(days=40))  # the latest, both in order
+        add_state("both-dead", at=now - timedelta(days=40))
 
     result = run(app, "replay")
 
-    assert result.exit_code == 0 and "replayed 1 dead letter(s)" in result.output
+    assert result.exit_code == 0 and "replayed 3 dead letter(s)" in result.output
     with app.app_context():
         dead = db.session.scalars(select(OutboxItem.message_key).where(OutboxItem.state == "dead")).all()
         assert sorted(dead) == ["later-pending", "later-purged"]
