@@ -38,7 +38,7 @@ from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage as MessageToSend
 from services.clients import callback_urls, client_config
 from services.clock import utcnow
-from services.ingest import ReportToAdd, add_delivery_reports, adopt_early_reports
+from services.ingest import ReportToAdd, add_send_results
 from services.vendors import (REQUESTS_PER_SEND, EarlierAttempt, SendResult, refused, retry_later,
                              send_message)
 
@@ -293,8 +293,7 @@ class Dispatcher:
             vendor_message_id=outcomes.c.vendor_message_id, last_error=outcomes.c.last_error,
             lease_owner=None, lease_until=None, updated_at=now)
         reports = [_report(job, result, now) for job, result in finals if job.message.id in finished]
-        adopt_early_reports(reports)
-        add_delivery_reports(reports)
+        add_send_results(reports)
         return finished
 
     def _update_owned(self, rows, **values) -> set[int]:

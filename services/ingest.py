@@ -265,13 +265,25 @@ class ReportToAdd:
     kind: str = "delivery_report"
 
 
+def add_send_results(reports: list[ReportToAdd]) -> None:
+    """Add the dispatcher's send results to the caller's transaction, then tie earlier vendor reports to them.
+
+    In this order: a vendor report committed before the send results' statement is tied by
+    adopt_early_reports; one arriving after it waits for the caller's commit on the state the
+    statement wrote, and then finds the ids there.
+    """
+    add_delivery_reports(reports)
+    adopt_early_reports(reports)
+
+
 def adopt_early_reports(reports: list[ReportToAdd]) -> None:
     """Tie each state a vendor report created before its send result to the message's client.
 
     A vendor may report on a message before the dispatcher has recorded that it sent it. That
     state then lacks the client and the Emarsys message id, and the send result cannot add them
-    because a state never moves backwards. So, in the caller's transaction, such a state takes
-    both from its send result and the outcome it already has is forwarded to Emarsys.
+    because a state never moves backwards. So, in the caller's transaction and after the send
+    results were added, such a state takes both from its send result and the outcome it already
+    has is forwarded to Emarsys.
     """
     by_key = {(item.vendor, item.report.vendor_message_id): item for item in reports if item.client_id}
     if not by_key:
@@ -280,12 +292,12 @@ def adopt_early_reports(reports: list[ReportToAdd]) -> None:
         db.select(MessageState)
         .where(tuple_(MessageState.vendor, MessageState.vendor_message_id).in_(list(by_key)),
                or_(MessageState.client_id.is_(None), MessageState.emarsys_message_id.is_(None)))
-        .with_for_update())
+        .with_for_update().execution_options(populate_existing=True))
     now = utcnow()
     for state in states:
         item = by_key[(state.vendor, state.vendor_message_id)]
-        if _would_apply(item.report, state):
-            continue  # add_delivery_reports fills the ids and forwards the send result itself.
+        if state.client_id not in (None, item.client_id):
+            continue  # another client's message: a report through its URL never changes this one
         state.client_id = state.client_id or item.client_id
         state.emarsys_message_id = state.emarsys_message_id or item.emarsys_message_id
         _withdraw_bounce(state.id)  # now known as an Emarsys client's message: not SAP's to hear of
@@ -294,12 +306,6 @@ def adopt_early_reports(reports: list[ReportToAdd]) -> None:
                             delivery_report_item(_current_report(state), state.emarsys_message_id),
                             state.event_at, now)
     db.session.flush()
-
-
-def _would_apply(report: DeliveryReport, state: MessageState) -> bool:
-    # The never-backwards rule of the state upsert, in Python.
-    rank = OUTCOME_RANK[report.outcome]
-    return rank > state.rank or (rank == state.rank and report.event_at >= state.event_at)
 
 
 def _current_report(state: MessageState) -> DeliveryReport:

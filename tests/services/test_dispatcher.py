@@ -12,6 +12,8 @@ from email.utils import format_datetime
 from urllib.parse import urlsplit
 
 import pytest
+import sqlalchemy
+from sqlalchemy import text
 from werkzeug import Request, Response
 
 from mappers.report import Outcome
@@ -377,6 +379,52 @@ def test_a_report_that_came_before_its_send_result_reaches_emarsys_under_its_id(
     assert forwarded_statuses(row.emarsys_message_id) == [outcome]
     assert forwarded_statuses(public_id) == []
     assert db.session.scalars(db.select(Bounce)).all() == []  # Emarsys's message: never SAP's bounce
+
+
+def receipt_waits_or_ends(thread: threading.Thread) -> None:
+    """Return once the receipt's thread has ended or waits on a row lock; fail after 10 s."""
+    for _ in range(1000):
+        with db.engine.connect() as probe:
+            waiting = probe.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"))
+        if not thread.is_alive() or waiting:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the receipt neither ended nor waited for a lock")
+
+
+def test_a_receipt_arriving_while_the_send_result_is_recorded_reaches_emarsys(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    [public_id] = queue_messages(client_id)
+    path = urlsplit(callback_urls(get_client(client_id)).delivery_reports).path
+    answers: list[int] = []
+
+    def deliver_receipt() -> None:
+        """Post the vendor's DELIVERED receipt from another web thread."""
+        with app_context.app_context():
+            answer = app_context.test_client().post(path, data={
+                "type": "receipt", "message_id": public_id, "message_state": "2", "result_code": "0"})
+            answers.append(answer.status_code)
+
+    def right_after_the_first_state_statement(conn, cursor, statement, *_args) -> None:
+        # The receipt comes in the middle of the recording transaction, after its first statement.
+        touches_states = "message_states" in statement or "sms_record_report" in statement
+        if touches_states and not answers and not receipt.is_alive():
+            receipt.start()
+            receipt_waits_or_ends(receipt)
+
+    receipt = threading.Thread(target=deliver_receipt)
+    sqlalchemy.event.listen(db.engine, "after_cursor_execute", right_after_the_first_state_statement)
+    try:
+        dispatcher(app_context).run_once()
+    finally:
+        sqlalchemy.event.remove(db.engine, "after_cursor_execute", right_after_the_first_state_statement)
+    receipt.join(10)
+
+    row = message(public_id)
+    assert answers == [200]
+    assert message_state("genesys", public_id).emarsys_message_id == row.emarsys_message_id
+    assert forwarded_statuses(row.emarsys_message_id)[-1] == "DELIVERED"
 
 
 def test_a_state_already_tied_to_its_client_is_left_to_the_send_result(app_context, httpserver):
