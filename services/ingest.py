@@ -42,6 +42,13 @@ def _prepare_statement() -> str:
 
 
 PREPARE_REPORT_SQL = _prepare_statement()
+# Each receipt is a transaction of its own, at REPEATABLE READ: when another receipt of the same
+# message commits first, the statement fails on the state row and is retried on a fresh snapshot
+# (ThreadConnections.fetch_one). Under READ COMMITTED it would go on with its old snapshot, and
+# its bounce withdrawal would miss the bounce that receipt wrote (a DELIVERED message left with a
+# bounce served to SAP).
+REPORT_CONNECTION_SETUP_SQL = ("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ; "
+                               + PREPARE_REPORT_SQL)
 EXECUTE_REPORT_SQL = f"EXECUTE {PREPARED_NAME} ({', '.join(['%s'] * len(REPORT_PARAMETER_TYPES))})"
 
 
@@ -150,7 +157,7 @@ def report_connections() -> ThreadConnections:
     connections = current_app.extensions.get(REPORT_CONNECTIONS)
     if connections is None:
         connections = current_app.extensions.setdefault(
-            REPORT_CONNECTIONS, ThreadConnections(db.engine, PREPARE_REPORT_SQL))
+            REPORT_CONNECTIONS, ThreadConnections(db.engine, REPORT_CONNECTION_SETUP_SQL))
     return connections
 
 

@@ -19,6 +19,11 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError
 
 
+SERIALIZATION_FAILURE = "40001"
+# Each retry follows a commit of another statement on the same row: a few are plenty.
+MAX_SERIALIZATION_RETRIES = 10
+
+
 class ThreadConnections:
     """Per-thread autocommit DBAPI connections of one engine, each set up once with `setup_sql`."""
 
@@ -32,12 +37,22 @@ class ThreadConnections:
         event.listen(engine, "engine_disposed", self.close_all)
 
     def fetch_one(self, sql: str, parameters: Sequence[Any]) -> tuple:
-        """Run one statement in autocommit on this thread's connection and return its first row."""
+        """Run one statement in autocommit on this thread's connection and return its first row.
+
+        A serialization failure (under REPEATABLE READ, a row another transaction changed since
+        the statement's snapshot) is retried afresh: the failed statement wrote nothing.
+        """
         connection = self._connection()
         try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql, parameters)
-                return cursor.fetchone()
+            for attempt in range(1, MAX_SERIALIZATION_RETRIES + 1):
+                try:
+                    with connection.cursor() as cursor:
+                        cursor.execute(sql, parameters)
+                        return cursor.fetchone()
+                except self.engine.dialect.loaded_dbapi.Error as error:
+                    retried = getattr(error, "pgcode", None) == SERIALIZATION_FAILURE
+                    if not retried or attempt == MAX_SERIALIZATION_RETRIES:
+                        raise
         except self.engine.dialect.loaded_dbapi.Error as error:
             raise self._translated(error, connection, sql, parameters) from error
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func
+from sqlalchemy import func, text
 
 from mappers.configurable import MappingFileError
 from models import InboundMessageRecord, MessageState, RawEvent, db
@@ -286,3 +288,74 @@ def test_malformed_mapping_file_stops_start_up_naming_file_and_fault(make_app, t
     with pytest.raises(MappingFileError) as error:
         make_app(VENDOR_MAPPINGS_FILE=str(path))
     assert "broken.yaml" in str(error.value) and "DELIVERD" in str(error.value)
+
+
+def lock_waiters() -> int:
+    """Return how many sessions wait for a lock."""
+    with db.engine.connect() as probe:
+        return probe.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"))
+
+
+def post_in_thread(app, path: str, form: dict[str, str], answers: list[int]) -> threading.Thread:
+    """Post from another web thread once the previous waiters queue on the lock; return the thread."""
+    waiting = lock_waiters()
+
+    def post() -> None:
+        """Post the form and note the answer."""
+        answers.append(app.test_client().post(path, data=form).status_code)
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    for _ in range(1000):  # queued behind the earlier waiters: the lock is granted in this order
+        if lock_waiters() > waiting:
+            return thread
+        time.sleep(0.01)
+    raise AssertionError("the request never waited for the state's lock")
+
+
+@pytest.mark.parametrize("bounce", [{"MessageStatus": "undelivered", "ErrorCode": "30003"},
+                                    {"MessageStatus": "undelivered", "ErrorCode": "30005"}])
+def test_a_delivery_racing_a_bounce_of_its_message_leaves_no_bounce(app, client, bounce):
+    # The bounce commits while the delivery waits for the same state: the delivery's statement
+    # must see that bounce to withdraw it, not run on the snapshot it started with.
+    message = {"MessageSid": "SMrace", "To": "+4915112345678"}
+    assert client.post("/vendors/twilio/delivery-reports", data={**message, "MessageStatus": "sent"}).status_code == 200
+    answers: list[int] = []
+    with app.app_context(), db.engine.connect() as holder:
+        holder.execute(text("SELECT 1 FROM message_states WHERE vendor_message_id = 'SMrace' FOR UPDATE"))
+        threads = [post_in_thread(app, "/vendors/twilio/delivery-reports", {**message, **bounce}, answers),
+                   post_in_thread(app, "/vendors/twilio/delivery-reports",
+                                  {**message, "MessageStatus": "delivered"}, answers)]
+        holder.commit()
+    for thread in threads:
+        thread.join(10)
+
+    assert answers == [200, 200]
+    with app.app_context():
+        assert state_of("twilio", "SMrace").outcome == "DELIVERED"
+    assert client.get(ALL_TIME).get_json()["status"] == []
+
+
+def test_a_receipt_redelivered_many_times_at_once_is_stored_once(app):
+    # Each copy but the first meets the first's rows after its own snapshot: it is retried, and
+    # then finds itself a duplicate.
+    form = {"type": "receipt", "message_id": "g-burst", "message_state": "5", "result_code": "1"}
+    start = threading.Barrier(8)
+    answers: list[dict] = []
+
+    def post() -> None:
+        """Post the same receipt as the other threads, at the same moment."""
+        client = app.test_client()
+        start.wait()
+        answers.append(client.post("/vendors/genesys/delivery-reports", data=form).get_json())
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+
+    assert sorted(answer["stored"] for answer in answers) == [False] * 7 + [True]
+    with app.app_context():
+        assert db.session.scalar(db.select(func.count()).select_from(RawEvent)) == 1
+    assert [record["messageId"] for record in app.test_client().get(ALL_TIME).get_json()["status"]] == ["g-burst"]
