@@ -359,3 +359,21 @@ def test_a_receipt_redelivered_many_times_at_once_is_stored_once(app):
     with app.app_context():
         assert db.session.scalar(db.select(func.count()).select_from(RawEvent)) == 1
     assert [record["messageId"] for record in app.test_client().get(ALL_TIME).get_json()["status"]] == ["g-burst"]
+
+
+@pytest.mark.parametrize("body_name", ["message_state", "Message_State", "MESSAGE_STATE"])
+def test_the_body_wins_over_the_query_whatever_the_letter_case(app, client, body_name):
+    client.post("/vendors/genesys/delivery-reports?message_id=g-case&message_state=5&result_code=1",
+                data={"type": "receipt", body_name: "2"})
+
+    with app.app_context():
+        assert state_of("genesys", "g-case").outcome == "DELIVERED"
+
+
+@pytest.mark.parametrize("query, field", [("message_id=g%00", "message_id"), ("%00=1", "(parameter name)"),
+                                          ("mess%00age_id=1", "message_id")])
+def test_a_nul_character_is_refused_naming_the_parameter(client, query, field):
+    answer = client.post(f"/vendors/genesys/delivery-reports?type=receipt&{query}")
+
+    assert answer.status_code == 400
+    assert answer.get_json()["field"] == field
