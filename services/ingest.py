@@ -281,6 +281,20 @@ def add_send_results(reports: list[ReportToAdd]) -> None:
     """
     add_delivery_reports(reports)
     adopt_early_reports(reports)
+    _withdraw_bounces_of_client_messages(reports)
+
+
+def _withdraw_bounces_of_client_messages(reports: list[ReportToAdd]) -> None:
+    # At READ COMMITTED the send results' statement withdraws bounces as of its own snapshot: one
+    # written by a vendor report that committed while the statement waited for the state is missed.
+    # The states are locked now, so a statement of its own sees every bounce they will ever get.
+    keys = [(item.vendor, item.report.vendor_message_id) for item in reports if item.client_id]
+    if not keys:
+        return
+    client_states = db.select(MessageState.id).where(
+        tuple_(MessageState.vendor, MessageState.vendor_message_id).in_(keys),
+        MessageState.client_id.is_not(None))
+    db.session.execute(delete(Bounce).where(Bounce.message_state_id.in_(client_states), Bounce.pulled_at.is_(None)))
 
 
 def adopt_early_reports(reports: list[ReportToAdd]) -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from sqlalchemy import func, text
 from mappers.configurable import MappingFileError
 from models import InboundMessageRecord, MessageState, RawEvent, db
 from services.twilio_signature import compute_signature
+from tests.concurrency import post_in_thread
 
 ALL_TIME = "/status?startTimeUTC=20000101000000&endTimeUTC=21000101000000&page=0"
 EXAMPLE_MAPPINGS = Path(__file__).resolve().parents[2] / "vendor-mappings.example.yaml"
@@ -288,29 +288,6 @@ def test_malformed_mapping_file_stops_start_up_naming_file_and_fault(make_app, t
     with pytest.raises(MappingFileError) as error:
         make_app(VENDOR_MAPPINGS_FILE=str(path))
     assert "broken.yaml" in str(error.value) and "DELIVERD" in str(error.value)
-
-
-def lock_waiters() -> int:
-    """Return how many sessions wait for a lock."""
-    with db.engine.connect() as probe:
-        return probe.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"))
-
-
-def post_in_thread(app, path: str, form: dict[str, str], answers: list[int]) -> threading.Thread:
-    """Post from another web thread once the previous waiters queue on the lock; return the thread."""
-    waiting = lock_waiters()
-
-    def post() -> None:
-        """Post the form and note the answer."""
-        answers.append(app.test_client().post(path, data=form).status_code)
-
-    thread = threading.Thread(target=post)
-    thread.start()
-    for _ in range(1000):  # queued behind the earlier waiters: the lock is granted in this order
-        if lock_waiters() > waiting:
-            return thread
-        time.sleep(0.01)
-    raise AssertionError("the request never waited for the state's lock")
 
 
 @pytest.mark.parametrize("bounce", [{"MessageStatus": "undelivered", "ErrorCode": "30003"},

@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from mappers.report import DeliveryReport, ErrorType, Outcome
-from models import Bounce, OutboxItem, RawEvent, db
+from models import Bounce, MessageState, OutboxItem, RawEvent, db
 from schemas.callbacks import delivery_report_item
+from schemas.client_config import load_client_config
 from services import ingest
-from services.ingest import record_delivery_report
+from services.clients import save_client
+from services.clock import utcnow
+from services.ingest import ReportToAdd, add_send_results, record_delivery_report
+from tests.concurrency import post_in_thread, start_waiting_for_a_lock
 
 CLIENT = uuid.UUID("0b7c9a3e-5d2f-4c1a-9e8b-7f6a5d4c3b2a")
 
@@ -120,3 +125,39 @@ def test_the_report_statement_looks_rows_up_by_index_not_by_scanning_tables(app,
             connection.rollback()
             connection.close()
     assert "Seq Scan" not in plan, plan
+
+
+def test_a_send_result_racing_an_open_url_bounce_leaves_no_bounce_for_sap(app, client):
+    # The vendor's bounce commits while the send result (of an Emarsys client's message) waits
+    # for the same state: SAP must not be served it.
+    with app.app_context():
+        client_id = save_client(uuid.uuid4(), load_client_config({"customFieldValues": {
+            "vendor": "genesys", "login": "acme", "password": "pw", "baseUrl": "http://127.0.0.1:9"}})).id
+    receipt = {"type": "receipt", "message_id": "g-race", "result_code": "0"}
+    assert client.post("/vendors/genesys/delivery-reports", data={**receipt, "message_state": "1"}).status_code == 200
+    answers: list[int] = []
+
+    def record_send_result() -> None:
+        """Record a final ERROR send result, as the dispatcher does, in its own transaction."""
+        report = DeliveryReport(vendor_message_id="g-race", recipient="+36301234567", status_code="99",
+                                status_text="refused", event_at=utcnow() + timedelta(seconds=5),
+                                outcome=Outcome.ERROR, error_type=ErrorType.UNKNOWN)
+        with app.app_context():
+            add_send_results([ReportToAdd("genesys", report, {"public_id": "g-race"}, client_id=client_id,
+                                          emarsys_message_id="em-race", kind="send_result")])
+            db.session.commit()
+
+    with app.app_context(), db.engine.connect() as holder:
+        holder.execute(text("SELECT 1 FROM message_states WHERE vendor_message_id = 'g-race' FOR UPDATE"))
+        threads = [post_in_thread(app, "/vendors/genesys/delivery-reports", {**receipt, "message_state": "3"},
+                                  answers),
+                   start_waiting_for_a_lock(record_send_result)]
+        holder.commit()
+    for thread in threads:
+        thread.join(10)
+
+    assert answers == [200]
+    with app.app_context():
+        assert db.session.scalars(db.select(MessageState.client_id)).all() == [client_id]
+        assert db.session.scalars(db.select(Bounce)).all() == []
+    assert client.get("/status?startTimeUTC=20000101000000&endTimeUTC=21000101000000").get_json()["status"] == []
