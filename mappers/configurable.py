@@ -177,33 +177,40 @@ def parse_event_time(raw: str, time_format: str) -> datetime:
 
 # The digits a numeric strptime field takes when written in full.
 FIELD_WIDTHS = {"Y": 4, "y": 2, "m": 2, "d": 2, "H": 2, "I": 2, "M": 2, "S": 2, "j": 3}
+# Fields that are digits only: one of these right after a fixed-width field runs into it.
+NUMERIC_FIELDS = frozenset(FIELD_WIDTHS) | {"f"}
 FORMAT_PART = re.compile(r"%(.)|([^%]+)")
-# Put between the parts of a time whose fields run together, so strptime reads each one apart.
+# Put where a fixed-width field runs into a numeric one, so that strptime reads the two apart.
 PART_SEPARATOR = "\x1f"
 
 
 @lru_cache(maxsize=64)
 def _run_together_fields(time_format: str) -> tuple[re.Pattern, str] | None:
-    """Return a pattern that cuts a time into its format's parts, and the format with the parts apart.
+    """Return a pattern that cuts a time where its format runs numeric fields together, and the cut format.
 
-    None when no numeric field runs into the next one: then strptime alone reads the time.
+    A fixed-width field followed directly by a numeric one must have all its digits. None when
+    no such pair exists: then strptime alone reads the time.
     """
     parts = FORMAT_PART.findall(time_format)
-    patterns, formats = [], []
+    chunks: list[tuple[str, str]] = [("", "")]  # (pattern, format) of the pieces between cuts
     for index, (directive, literal) in enumerate(parts):
-        run_into_next = index + 1 < len(parts) and parts[index + 1][0] not in ("", "%")
+        following = parts[index + 1][0] if index + 1 < len(parts) else ""
+        cut = directive in FIELD_WIDTHS and following in NUMERIC_FIELDS
         if literal or directive == "%":
-            patterns.append(f"({re.escape(literal or '%')})")
-            formats.append(literal or "%%")
-        elif directive in FIELD_WIDTHS and run_into_next:
-            patterns.append(rf"(\d{{{FIELD_WIDTHS[directive]}}})")  # every digit, or the fields shift
-            formats.append(f"%{directive}")
+            piece = (re.escape(literal or "%"), literal or "%%")
+        elif cut:
+            piece = (rf"\d{{{FIELD_WIDTHS[directive]}}}", f"%{directive}")
         else:
-            patterns.append("(.+?)")
-            formats.append(f"%{directive}")
-    if not any(pattern.startswith(r"(\d{") for pattern in patterns):
+            piece = (".+?", f"%{directive}")  # strptime itself checks the rest
+        chunks[-1] = (chunks[-1][0] + piece[0], chunks[-1][1] + piece[1])
+        if cut:
+            chunks.append(("", ""))
+    if len(chunks) == 1:
         return None
-    return re.compile("".join(patterns), re.DOTALL), PART_SEPARATOR.join(formats)
+    pattern = "".join(f"({chunk_pattern})" for chunk_pattern, _ in chunks)
+    # Case-blind, as strptime is for the format's letters ("t" for "T", "pm" for "PM").
+    return (re.compile(pattern, re.DOTALL | re.IGNORECASE),
+            PART_SEPARATOR.join(chunk_format for _, chunk_format in chunks))
 
 
 def _strptime(raw: str, time_format: str) -> datetime:
@@ -216,7 +223,10 @@ def _strptime(raw: str, time_format: str) -> datetime:
     match = pattern.fullmatch(raw)
     if match is None:
         raise ValueError(f"{raw!r} does not match {time_format!r} digit for digit")
-    return datetime.strptime(PART_SEPARATOR.join(match.groups()), separated_format)
+    try:
+        return datetime.strptime(PART_SEPARATOR.join(match.groups()), separated_format)
+    except ValueError:
+        raise ValueError(f"{raw!r} does not match {time_format!r}") from None  # without the cuts
 
 
 def load_mapping_file(path: str) -> MappingFile:
@@ -432,7 +442,7 @@ def _table_key(raw_key: object, path: str, key_pattern: re.Pattern | None) -> st
         raise _Fault(path, "is not a status key this vendor's mapper understands")
     if key_pattern is genesys.STATUS_KEY_PATTERN:
         # The Genesys mapper reads "08" as 8: so must its override keys, or they never apply.
-        key = ":".join(part if part == "*" else str(int(part)) for part in key.split(":"))
+        key = ":".join(part if part == "*" else part.lstrip("0") or "0" for part in key.split(":"))
     return key
 
 
