@@ -5,6 +5,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import click
 from flask import Flask, jsonify
 from marshmallow import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -12,6 +13,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from mappers.report import MappingError
 from werkzeug.exceptions import HTTPException
+
+
+class StartupError(click.ClickException):
+    """A setting or file the service cannot start with; on the command line, one line that names it."""
 
 
 class ServiceError(Exception):

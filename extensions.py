@@ -8,7 +8,8 @@ from typing import Any
 from flask import Flask
 from flask_migrate import Migrate
 
-from mappers.configurable import load_mapping_file
+from errors import StartupError
+from mappers.configurable import MappingFileError, load_mapping_file
 from mappers.registry import VendorAdapter, build_registry
 from services.crypto import SecretBox, encryption_keys
 from services.partner_auth import EmarsysTokenVerifier, TokenPolicy
@@ -17,8 +18,12 @@ migrate = Migrate()
 
 
 def load_vendor_registry(mapping_path: str | None) -> dict[str, VendorAdapter]:
-    """Build the vendor adapters; a malformed mapping file stops start-up (MappingFileError)."""
-    return build_registry(load_mapping_file(mapping_path) if mapping_path else None)
+    """Build the vendor adapters; a malformed mapping file stops start-up (StartupError)."""
+    try:
+        return build_registry(load_mapping_file(mapping_path) if mapping_path else None)
+    except MappingFileError as error:
+        # The manifest's first step is a flask command: there it is one line, not a traceback.
+        raise StartupError(f"VENDOR_MAPPINGS_FILE {error}") from None
 
 
 def secret_box_factory(app: Flask) -> Callable[[], SecretBox]:

@@ -1,19 +1,23 @@
 """Every vendor's delivery reports and inbound messages, end to end against PostgreSQL."""
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, text
 
-from mappers.configurable import MappingFileError
+from errors import StartupError
 from models import InboundMessageRecord, MessageState, RawEvent, db
 from services.twilio_signature import compute_signature
 from tests.concurrency import post_in_thread
 
 ALL_TIME = "/status?startTimeUTC=20000101000000&endTimeUTC=21000101000000&page=0"
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_MAPPINGS = Path(__file__).resolve().parents[2] / "vendor-mappings.example.yaml"
 
 
@@ -285,9 +289,25 @@ def test_malformed_mapping_file_stops_start_up_naming_file_and_fault(make_app, t
     path = tmp_path / "broken.yaml"
     path.write_text("vendors:\n  acme:\n    parameters: {message_id: id, status_code: s}\n"
                     "    outcomes: {'1': DELIVERD}\n")
-    with pytest.raises(MappingFileError) as error:
+    with pytest.raises(StartupError) as error:
         make_app(VENDOR_MAPPINGS_FILE=str(path))
     assert "broken.yaml" in str(error.value) and "DELIVERD" in str(error.value)
+
+
+def test_a_flask_command_with_a_malformed_mapping_file_fails_in_one_line(tmp_path):
+    # The manifest starts with `flask --app app db-upgrade-locked`: an operator reads this line.
+    path = tmp_path / "broken.yaml"
+    path.write_text("vendors:\n  acme:\n    parameters: {message_id: id, status_code: s}\n"
+                    "    outcomes: {'1': DELIVERD}\n")
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("VCAP_", "PRODUCTION"))}
+    env.update(VENDOR_MAPPINGS_FILE=str(path), DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    done = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "routes"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("Error: VENDOR_MAPPINGS_FILE ") and "broken.yaml" in line and "DELIVERD" in line
 
 
 @pytest.mark.parametrize("bounce", [{"MessageStatus": "undelivered", "ErrorCode": "30003"},
