@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy
-from sqlalchemy import text
 from werkzeug import Request, Response
 
 from mappers.report import Outcome
@@ -23,6 +22,7 @@ from services import vendors
 from services.clients import callback_urls, delete_client, get_client, save_client
 from services.clock import utcnow
 from services.dispatcher import Dispatcher
+from tests.concurrency import lock_waiters
 
 GENESYS_PATH = "/httpapi/receiver"
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
@@ -384,9 +384,7 @@ def test_a_report_that_came_before_its_send_result_reaches_emarsys_under_its_id(
 def receipt_waits_or_ends(thread: threading.Thread) -> None:
     """Return once the receipt's thread has ended or waits on a row lock; fail after 10 s."""
     for _ in range(1000):
-        with db.engine.connect() as probe:
-            waiting = probe.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"))
-        if not thread.is_alive() or waiting:
+        if not thread.is_alive() or lock_waiters():
             return
         time.sleep(0.01)
     raise AssertionError("the receipt neither ended nor waited for a lock")
