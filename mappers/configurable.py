@@ -404,7 +404,7 @@ def _check_strptime_format(time_format: str, path: str) -> None:
         _strptime(sample.strftime(time_format), time_format)
     except ValueError as error:
         raise _Fault(path, f"{time_format!r} is not {expected}: {error}") from None
-    directives = set(re.findall(r"%(.)", time_format.replace("%%", "")))
+    directives = {directive for directive, _ in FORMAT_PART.findall(time_format)} - {"", "%"}
     if not (directives & {"Y", "y"} and directives & {"m", "b", "B", "j"} and directives & {"d", "j"}):
         # A time without its date would be read as 1900-01-01: outside every SAP window.
         raise _Fault(path, f"{time_format!r} must carry the date: a year, a month and a day")
@@ -441,8 +441,8 @@ def _table_key(raw_key: object, path: str, key_pattern: re.Pattern | None) -> st
     if key_pattern is not None and not key_pattern.match(key):
         raise _Fault(path, "is not a status key this vendor's mapper understands")
     if key_pattern is genesys.STATUS_KEY_PATTERN:
-        # The Genesys mapper reads "08" as 8: so must its override keys, or they never apply.
-        key = ":".join(part if part == "*" else part.lstrip("0") or "0" for part in key.split(":"))
+        # Read as the Genesys mapper reads codes ("08" is 8), or the key would never apply.
+        key = ":".join(part if part == "*" else genesys.read_code(part) for part in key.split(":"))
     return key
 
 

@@ -7,13 +7,13 @@ Status keys (built-in table and operator overrides share them):
 The most specific key wins: ``state:result_code``, then ``*:result_code``, then ``state``.
 A ``*:<result_code>`` key applies only to a failure state (3, 4, 5, 7, 8): Genesys details
 failures with the result code, so it never turns an en-route, accepted or delivered message
-(nor one in a state Genesys does not document) into a bounce. An override replaces the built-in entry with the same key and adds keys the
-table lacks.
+(nor one in a state Genesys does not document) into a bounce. An override replaces the
+built-in entry with the same key and adds keys the table lacks.
 
 ``status_code`` carries the raw values as ``"<state>:<result_code>"`` (``"<state>"`` when
 no result code was sent); ``status_text`` is a short label of the state and, in a failure
-state, of a result code other than 0, e.g. ``"rejected: throttled, resubmit"``: SAP Marketing Cloud shows it as the
-bounce reason, and ignores the code. Use
+state, of a result code other than 0, e.g. ``"rejected: throttled, resubmit"``: SAP Marketing
+Cloud shows it as the bounce reason, and ignores the code. Use
 ``is_recognised`` to learn whether a report's status was in the tables (to log the rest).
 """
 from __future__ import annotations
@@ -157,14 +157,15 @@ def _status_text(state: str, result_code: str) -> str:
 
 
 def _state_and_result_code(fields: Mapping[str, str]) -> tuple[str, str]:
-    return _number(optional(fields, "message_state")), _number(optional(fields, "result_code"))
+    return read_code(optional(fields, "message_state")), read_code(optional(fields, "result_code"))
 
 
 MAX_CODE_DIGITS = 9
 
 
-def _number(value: str | None) -> str:
-    # "08" and "8" are the same code; anything else is kept as sent so it can be logged.
+def read_code(value: str | None) -> str:
+    """Return a state or result code as the status keys spell it: "08" and "8" are one code."""
+    # Anything else is kept as sent, so it can be logged.
     # isascii: "²".isdigit() is true, and int() refuses it; past MAX_CODE_DIGITS, int() costs
     # more and past 4,300 digits refuses too, and no code is that long.
     if value and value.isascii() and value.isdigit() and len(value) <= MAX_CODE_DIGITS:

@@ -95,9 +95,9 @@ def add_delivery_report(vendor: str, report: DeliveryReport, params: dict[str, A
         if state.client_id is None:
             _sync_bounce(state.id, report, event_id)
         else:
-            _withdraw_bounce(state.id)  # an Emarsys client's message: SAP is never served its bounce
+            _withdraw_bounces([state.id])  # an Emarsys client's message: SAP is never served its bounce
         if state.client_id is not None and state.emarsys_message_id is not None:
-            # As in ingest_pg.sql: an unknown Emarsys id waits for the send result (adopt_early_reports).
+            # As in ingest_pg.sql: an unknown Emarsys id waits for the send result (_adopt_early_reports).
             enqueue_forward(state.client_id, "delivery_report", state.emarsys_message_id,
                             delivery_report_item(report, state.emarsys_message_id), report.event_at, now)
     return IngestResult(duplicate=False, applied=state is not None,
@@ -223,9 +223,10 @@ def _upsert_state(vendor: str, report: DeliveryReport, client_id, emarsys_messag
     return db.session.execute(returning).first()
 
 
-def _withdraw_bounce(state_id: int) -> None:
-    # Unless SAP already has it: what SAP pulled stays as it was served.
-    db.session.execute(delete(Bounce).where(Bounce.message_state_id == state_id, Bounce.pulled_at.is_(None)))
+def _withdraw_bounces(state_ids) -> None:
+    # Of the given states (ids, or a select of them), unless SAP already has them: what SAP pulled
+    # stays as it was served.
+    db.session.execute(delete(Bounce).where(Bounce.message_state_id.in_(state_ids), Bounce.pulled_at.is_(None)))
 
 
 def _says_something_new(excluded, current):
@@ -240,7 +241,7 @@ def _says_something_new(excluded, current):
 
 def _sync_bounce(state_id: int, report: DeliveryReport, event_id: int) -> None:
     if report.bounce_type is None:
-        _withdraw_bounce(state_id)  # the retry worked
+        _withdraw_bounces([state_id])  # the retry worked
         return
     recipient = db.select(MessageState.recipient).where(MessageState.id == state_id).scalar_subquery()
     values = dict(message_id=report.vendor_message_id, status_code=report.status_code,
@@ -276,11 +277,11 @@ def add_send_results(reports: list[ReportToAdd]) -> None:
     """Add the dispatcher's send results to the caller's transaction, then tie earlier vendor reports to them.
 
     In this order: a vendor report committed before the send results' statement is tied by
-    adopt_early_reports; one arriving after it waits for the caller's commit on the state the
+    _adopt_early_reports; one arriving after it waits for the caller's commit on the state the
     statement wrote, and then finds the ids there.
     """
     add_delivery_reports(reports)
-    adopt_early_reports(reports)
+    _adopt_early_reports(reports)
     _withdraw_bounces_of_client_messages(reports)
 
 
@@ -291,13 +292,13 @@ def _withdraw_bounces_of_client_messages(reports: list[ReportToAdd]) -> None:
     keys = [(item.vendor, item.report.vendor_message_id) for item in reports if item.client_id]
     if not keys:
         return
-    client_states = db.select(MessageState.id).where(
+    # This also withdraws the bounces of the states _adopt_early_reports has just tied to a client.
+    _withdraw_bounces(db.select(MessageState.id).where(
         tuple_(MessageState.vendor, MessageState.vendor_message_id).in_(keys),
-        MessageState.client_id.is_not(None))
-    db.session.execute(delete(Bounce).where(Bounce.message_state_id.in_(client_states), Bounce.pulled_at.is_(None)))
+        MessageState.client_id.is_not(None)))
 
 
-def adopt_early_reports(reports: list[ReportToAdd]) -> None:
+def _adopt_early_reports(reports: list[ReportToAdd]) -> None:
     """Tie each state a vendor report created before its send result to the message's client.
 
     A vendor may report on a message before the dispatcher has recorded that it sent it. That
@@ -321,7 +322,6 @@ def adopt_early_reports(reports: list[ReportToAdd]) -> None:
             continue  # another client's message: a report through its URL never changes this one
         state.client_id = state.client_id or item.client_id
         state.emarsys_message_id = state.emarsys_message_id or item.emarsys_message_id
-        _withdraw_bounce(state.id)  # now known as an Emarsys client's message: not SAP's to hear of
         if state.emarsys_message_id is not None:
             enqueue_forward(state.client_id, "delivery_report", state.emarsys_message_id,
                             delivery_report_item(_current_report(state), state.emarsys_message_id),

@@ -43,11 +43,10 @@ class SendResult:
     def __post_init__(self) -> None:
         """Cut the status code to its column; drop a vendor id too long to be a message's key."""
         object.__setattr__(self, "status_code", str(self.status_code)[:MAX_STATUS_CODE_LENGTH])
-        if self.vendor_message_id is not None:
-            object.__setattr__(self, "vendor_message_id", str(self.vendor_message_id))  # a JSON number
-        if self.vendor_message_id is not None and len(self.vendor_message_id) > MAX_MESSAGE_ID_LENGTH:
-            # Receipts carrying it would be refused too; the message keeps our own id as its key.
-            object.__setattr__(self, "vendor_message_id", None)
+        vendor_id = None if self.vendor_message_id is None else str(self.vendor_message_id)  # a JSON number
+        # One too long: receipts carrying it would be refused too, so our own id stays the key.
+        too_long = vendor_id is not None and len(vendor_id) > MAX_MESSAGE_ID_LENGTH
+        object.__setattr__(self, "vendor_message_id", None if too_long else vendor_id)
 
 
 @dataclass(frozen=True)
