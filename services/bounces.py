@@ -47,7 +47,7 @@ WITH remembered AS (
            coalesce(r.after_id, -1) AS after_id
     FROM (SELECT) AS one LEFT JOIN remembered AS r ON true
 ), page_rows AS (
-    SELECT id, message_id, recipient, status_code, status_text, type, event_at, pulled_at,
+    SELECT id, seq, message_id, recipient, status_code, status_text, type, event_at, pulled_at,
            row_number() OVER (ORDER BY event_at, message_id, id) AS n
     FROM (SELECT * FROM bounces
           WHERE (event_at, message_id, id) > ((SELECT after_event_at FROM position),
@@ -57,8 +57,17 @@ WITH remembered AS (
           ORDER BY event_at, message_id, id
           OFFSET ($4 - (SELECT page FROM position)) * {size} LIMIT {size} + 1) AS window_rows
 ), pulled AS (
-    UPDATE bounces SET pulled_at = $5
-    WHERE id IN (SELECT id FROM page_rows WHERE n <= {size} AND pulled_at IS NULL) AND pulled_at IS NULL
+    -- Only the version served: a report that was still committing when page 0 took its snapshot
+    -- may have changed the bounce since it was read, and that version is SAP's to pull later.
+    UPDATE bounces AS b SET pulled_at = $5
+    FROM page_rows AS p
+    WHERE b.id = p.id AND b.seq = p.seq AND p.n <= {size} AND p.pulled_at IS NULL AND b.pulled_at IS NULL
+), forgotten AS (
+    -- A new page 0 restarts the sequence: the old sequence's positions (and snapshot) must not
+    -- serve a page asked later. Page 1's is rewritten below when there is a page 1.
+    DELETE FROM status_cursors
+    WHERE $4 = 0 AND window_start = $1 AND window_end = $2 AND source_system = $3
+      AND (page > 1 OR NOT EXISTS (SELECT FROM page_rows WHERE n = {size} + 1))
 ), next_position AS (
     INSERT INTO status_cursors (window_start, window_end, source_system, page, snapshot_seq, after_event_at,
                                 after_message_id, after_id, created_at)
@@ -170,17 +179,23 @@ def _window_query(start: datetime, end: datetime, snapshot: int | None):
 
 
 def _cursor_for(window: tuple[datetime, datetime, str], page: int) -> StatusCursor:
-    """Return the nearest remembered start at or before `page`; page 0 takes a new snapshot."""
+    """Return the nearest remembered start at or before `page`; page 0 forgets them and takes a new snapshot."""
     if page > 0:
         cursor = db.session.scalars(
-            db.select(StatusCursor)
-            .where(StatusCursor.window_start == window[0], StatusCursor.window_end == window[1],
-                   StatusCursor.source_system == window[2], StatusCursor.page <= page)
+            db.select(StatusCursor).where(*_of_window(window), StatusCursor.page <= page)
             .order_by(StatusCursor.page.desc()).limit(1)).first()
         if cursor is not None:
             return cursor
+    else:
+        # A new page 0 restarts the sequence: the old sequence's positions must not serve a later page.
+        db.session.execute(delete(StatusCursor).where(*_of_window(window)))
     snapshot = db.session.scalar(db.select(func.coalesce(func.max(RawEvent.id), 0)))
     return StatusCursor(page=0, snapshot_seq=snapshot, after_id=None)
+
+
+def _of_window(window: tuple[datetime, datetime, str]) -> tuple:
+    return (StatusCursor.window_start == window[0], StatusCursor.window_end == window[1],
+            StatusCursor.source_system == window[2])
 
 
 def _remember_cursor(window: tuple[datetime, datetime, str], page: int, snapshot: int, last) -> None:

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import base64
+import threading
 from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import event
 
+from mappers import sapdi
 from models import Bounce, db
+from services.clock import utcnow
+from services.ingest import add_delivery_report
+from tests.concurrency import start_waiting_for_a_lock
 
 PULL_PATHS = ["/status", "/hybris_sms/status", "/api/v1/notifications/get"]
 WINDOW = "startTimeUTC=20180101000000&endTimeUTC=20180102000000"
@@ -226,6 +231,26 @@ def test_a_page_asked_for_without_its_predecessor_is_still_right(client):
     assert page_two["lastPage"] is True
 
 
+def page_after_a_restart(client) -> dict:
+    """Page 0..2 of one sequence, bounces late in the window, page 0 again and then page 2 straight away."""
+    start = datetime(2018, 1, 1, 0, 0, 0)
+    for i in range(250):
+        push_bounce(client, f"m{i:03d}", start + timedelta(minutes=i))
+    for page in range(3):
+        client.get(f"/status?{WINDOW}&page={page}&sourceSystem=SAP1")
+    for i in range(60):
+        push_bounce(client, f"z{i:03d}", start + timedelta(hours=20, minutes=i))
+    assert client.get(f"/status?{WINDOW}&page=0&sourceSystem=SAP1").get_json()["lastPage"] is False
+    return client.get(f"/status?{WINDOW}&page=2&sourceSystem=SAP1").get_json()
+
+
+def test_a_new_page_0_forgets_the_positions_of_the_sequence_before(client):
+    page_two = page_after_a_restart(client)
+    assert [r["messageId"] for r in page_two["status"]] == (
+        [f"m{i:03d}" for i in range(200, 250)] + [f"z{i:03d}" for i in range(50)])
+    assert page_two["lastPage"] is False
+
+
 def pulled_at(app) -> dict[str, datetime | None]:
     with app.app_context():
         return dict(db.session.execute(db.select(Bounce.message_id, Bounce.pulled_at)).all())
@@ -273,3 +298,41 @@ def test_a_changed_page_size_pages_correctly(make_app):
     pages = [small.get(f"/status?{WINDOW}&page={n}&sourceSystem=small").get_json() for n in range(3)]
     assert [len(page["status"]) for page in pages] == [50, 50, 20]
     assert [r["messageId"] for page in pages for r in page["status"]] == [f"m{i:03d}" for i in range(120)]
+
+
+def test_page_0_marks_pulled_only_the_version_it_served(make_app):
+    # A report of "a" has taken its raw event id but not committed when page 0 takes its snapshot,
+    # and page 0's marking waits for it. The version it wrote was not served: it stays SAP's to pull.
+    app = make_app(STATUS_PAGE_SIZE=2)
+    client = app.test_client()
+    for name, hour in (("a", 1), ("b", 2), ("c", 3)):
+        push_bounce(client, name, datetime(2018, 1, 1, hour))
+    written, may_commit = threading.Event(), threading.Event()
+
+    def later_report_of_a() -> None:
+        """Write a later bounce of "a" and commit only when told to."""
+        with app.app_context():
+            params = {"orderID": "a", "date": "01012018", "time": "050000", "msisdn": "+49123456789",
+                      "status": "0x4504 failed again"}
+            add_delivery_report("sapdi", sapdi.map_delivery_report(params, utcnow()), params)
+            written.set()
+            may_commit.wait(10)
+            db.session.commit()
+
+    writer = threading.Thread(target=later_report_of_a)
+    writer.start()
+    assert written.wait(10)
+    push_bounce(client, "d", datetime(2018, 1, 1, 4))  # a later raw event id commits first
+    pages = []
+    with app.app_context():
+        page_0 = start_waiting_for_a_lock(
+            lambda: pages.append(app.test_client().get(f"/status?{WINDOW}&page=0&sourceSystem=S").get_json()))
+    may_commit.set()
+    writer.join()
+    page_0.join()
+    assert [(r["messageId"], r["timestamp"]) for r in pages[0]["status"]] == [("a", "20180101010000"),
+                                                                            ("b", "20180101020000")]
+    with app.app_context():
+        a = db.session.scalars(db.select(Bounce).where(Bounce.message_id == "a")).one()
+        assert (a.status_code, a.pulled_at) == ("0x4504", None)
+    assert pulled_at(app)["b"] is not None

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import event, insert
 
 from models import Bounce, MessageState, db
-from tests.routes.test_sap_status import WINDOW, push_bounce
+from tests.routes.test_sap_status import WINDOW, page_after_a_restart, push_bounce
 
 STOCK_SQLITE_VARIABLE_LIMIT = 32766
 
@@ -73,3 +73,9 @@ def test_a_time_before_year_1000_is_rendered_in_14_digits_on_sqlite(sqlite_app):
     push_bounce(client, "edge", datetime(999, 1, 1, 12, 0))
     for path in ("/api/v1/notifications/get", "/status?startTimeUTC=00010101000000&page=0"):
         assert [record["timestamp"] for record in client.get(path).get_json()["status"]] == ["09990101120000"]
+
+
+def test_a_new_page_0_forgets_the_positions_of_the_sequence_before_on_sqlite(sqlite_app):
+    page_two = page_after_a_restart(sqlite_app.test_client())
+    assert [r["messageId"] for r in page_two["status"]][-50:] == [f"z{i:03d}" for i in range(50)]
+    assert page_two["lastPage"] is False
