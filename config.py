@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
+
+from errors import StartupError
 
 INSTANCE_DIR = Path(__file__).resolve().parent / "instance"
 
@@ -15,10 +18,27 @@ def _flag(value: str | None) -> bool:
 
 def _count(env: dict[str, str], name: str, default: int) -> int:
     """Return a setting that counts records: a whole number of at least 1, or a start-up error naming it."""
+    return _whole(env, name, default, minimum=1)
+
+
+def _whole(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+    """Return a whole-number setting of at least `minimum`, or a start-up error naming it."""
     value = (env.get(name) or "").strip() or str(default)
-    if not (value.isascii() and value.isdigit()) or int(value) < 1:
-        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+    if not (value.isascii() and value.isdigit()) or int(value) < minimum:
+        raise StartupError(f"{name} must be a whole number of at least {minimum}, not {value!r}")
     return int(value)
+
+
+def _seconds(env: dict[str, str], name: str, default: float) -> float:
+    """Return a duration setting in seconds (a number, 0 or more), or a start-up error naming it."""
+    value = (env.get(name) or "").strip() or str(default)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not math.isfinite(seconds) or seconds < 0:
+        raise StartupError(f"{name} must be a number of seconds, 0 or more, not {value!r}")
+    return seconds
 
 
 def normalise_database_url(url: str) -> str:
@@ -51,18 +71,21 @@ def _url_from_credentials(credentials: dict) -> str | None:
         return credentials["uri"]
     parts = {key: next((credentials[name] for name in names if credentials.get(name)), None)
              for key, names in _CREDENTIAL_ALIASES.items()}
-    if all(parts.values()):
-        user, password = quote(str(parts["username"]), safe=""), quote(str(parts["password"]), safe="")
-        return (f"postgresql://{user}:{password}@{parts['hostname']}:"
-                f"{parts['port']}/{quote(str(parts['dbname']), safe='')}")
-    return None
+    parts["port"] = parts["port"] or 5432  # brokers that omit it mean PostgreSQL's own
+    if not all(parts.values()):
+        return None
+    user, password = quote(str(parts["username"]), safe=""), quote(str(parts["password"]), safe="")
+    # A binding's TLS demand must hold without a uri too: dropped, libpq would settle for "prefer".
+    query = urlencode({"sslmode": credentials["sslmode"]}) if credentials.get("sslmode") else ""
+    return (f"postgresql://{user}:{password}@{parts['hostname']}:{parts['port']}/"
+            f"{quote(str(parts['dbname']), safe='')}" + (f"?{query}" if query else ""))
 
 
 def database_url_from_vcap(vcap_services: str | None) -> str | None:
     """Return the URL of the first bound PostgreSQL service in VCAP_SERVICES, if any."""
     if not vcap_services:
         return None
-    for services in json.loads(vcap_services).values():
+    for services in _vcap(vcap_services).values():
         for service in services:
             credentials = service.get("credentials") or {}
             url = _url_from_credentials(credentials)
@@ -75,19 +98,27 @@ def user_provided_settings(vcap_services: str | None, service_name: str | None) 
     """Return the credentials of the user-provided service named `service_name`, as settings."""
     if not vcap_services or not service_name:
         return {}
-    for service in json.loads(vcap_services).get("user-provided", []):
+    for service in _vcap(vcap_services).get("user-provided", []):
         if service.get("name") == service_name:
             return {str(k): str(v) for k, v in (service.get("credentials") or {}).items()}
     return {}
+
+
+def _vcap(vcap_services: str) -> dict:
+    try:
+        services = json.loads(vcap_services)
+    except ValueError as error:
+        raise StartupError(f"VCAP_SERVICES is not JSON: {error}") from None
+    if not isinstance(services, dict):
+        raise StartupError("VCAP_SERVICES must be a JSON object of service lists")
+    return services
 
 
 def load_config(environ: dict[str, str] | None = None) -> dict:
     """Build the Flask config mapping from environment variables."""
     env = dict(os.environ if environ is None else environ)
     env = {**user_provided_settings(env.get("VCAP_SERVICES"), env.get("CONFIG_SERVICE_NAME")), **env}
-    database_url = env.get("DATABASE_URL") or database_url_from_vcap(env.get("VCAP_SERVICES"))
-    if not database_url:
-        database_url = f"sqlite:///{INSTANCE_DIR / 'sms-status.sqlite3'}"
+    database_url = _database_url(env)
     return {
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(database_url),
         "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(database_url, env),
@@ -100,10 +131,10 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "ENABLE_CLEAR_ENDPOINT": _flag(env.get("ENABLE_CLEAR_ENDPOINT")),
         # A vendor receipt is a few hundred bytes and a partner batch of 1,000 messages a few MB;
         # a larger body is refused with 413 before it is read into memory.
-        "MAX_CONTENT_LENGTH": int(env.get("MAX_REQUEST_BYTES", str(16 * 1024 * 1024))),
+        "MAX_CONTENT_LENGTH": _whole(env, "MAX_REQUEST_BYTES", 16 * 1024 * 1024, minimum=1),
         # The open vendor URLs take anyone's body into raw_events: a receipt or a 10-part SMS is a few KB.
-        "MAX_VENDOR_REQUEST_BYTES": int(env.get("MAX_VENDOR_REQUEST_BYTES", str(64 * 1024))),
-        "PRODUCTION": _flag(env.get("PRODUCTION")) or "VCAP_APPLICATION" in env,
+        "MAX_VENDOR_REQUEST_BYTES": _whole(env, "MAX_VENDOR_REQUEST_BYTES", 64 * 1024, minimum=1),
+        "PRODUCTION": _is_production(env),
         "VENDOR_MAPPINGS_FILE": env.get("VENDOR_MAPPINGS_FILE") or None,
         "TWILIO_AUTH_TOKEN": env.get("TWILIO_AUTH_TOKEN") or None,
         "PUBLIC_BASE_URL": (env.get("PUBLIC_BASE_URL") or "http://localhost:8080").rstrip("/"),
@@ -117,28 +148,43 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
                                            "https://smsemarsys.accounts.ondemand.com/oauth2/token") or None,
         "PARTNER_OAUTH_CLIENT_ID": env.get("PARTNER_OAUTH_CLIENT_ID") or None,
         "PARTNER_OAUTH_CLIENT_SECRET": env.get("PARTNER_OAUTH_CLIENT_SECRET") or None,
-        "FORWARD_LINGER_MS": int(env.get("FORWARD_LINGER_MS", "1000")),
+        "FORWARD_LINGER_MS": _whole(env, "FORWARD_LINGER_MS", 1000),
         "FORWARD_RETRY_SCHEDULE": env.get("FORWARD_RETRY_SCHEDULE", "5s,1m,5m,30m,2h,5h"),
         "FORWARD_MAX_AGE": env.get("FORWARD_MAX_AGE", "3d"),
-        "FORWARD_BATCH_SIZE": int(env.get("FORWARD_BATCH_SIZE", "1000")),
-        "SEND_RETRY_DELAY_SECONDS": float(env.get("SEND_RETRY_DELAY_SECONDS", "30")),
-        "SEND_MAX_ATTEMPTS": int(env.get("SEND_MAX_ATTEMPTS", "10")),
-        "VENDOR_TIMEOUT_SECONDS": float(env.get("VENDOR_TIMEOUT_SECONDS", "10")),
+        "FORWARD_BATCH_SIZE": _count(env, "FORWARD_BATCH_SIZE", 1000),
+        "SEND_RETRY_DELAY_SECONDS": _seconds(env, "SEND_RETRY_DELAY_SECONDS", 30),
+        "SEND_MAX_ATTEMPTS": _count(env, "SEND_MAX_ATTEMPTS", 10),
+        "VENDOR_TIMEOUT_SECONDS": _seconds(env, "VENDOR_TIMEOUT_SECONDS", 10),
         # A client's baseUrl is not trusted: off, vendor calls reach only public addresses.
         "VENDOR_ALLOW_PRIVATE_ADDRESSES": _flag(env.get("VENDOR_ALLOW_PRIVATE_ADDRESSES")),
-        "LEASE_SECONDS": int(env.get("LEASE_SECONDS", "60")),
-        "DISPATCH_BATCH_SIZE": int(env.get("DISPATCH_BATCH_SIZE", "200")),
-        "DISPATCH_CONCURRENCY": int(env.get("DISPATCH_CONCURRENCY", "16")),
+        "LEASE_SECONDS": _count(env, "LEASE_SECONDS", 60),
+        "DISPATCH_BATCH_SIZE": _count(env, "DISPATCH_BATCH_SIZE", 200),
+        "DISPATCH_CONCURRENCY": _count(env, "DISPATCH_CONCURRENCY", 16),
         "RETENTION_DAYS": _count(env, "RETENTION_DAYS", 30),
         "PURGE_BATCH_SIZE": _count(env, "PURGE_BATCH_SIZE", 5000),
-        "PURGE_INTERVAL_SECONDS": float(env.get("PURGE_INTERVAL_SECONDS", "300")),
+        "PURGE_INTERVAL_SECONDS": _seconds(env, "PURGE_INTERVAL_SECONDS", 300),
         "PURGE_MAX_BATCHES": _count(env, "PURGE_MAX_BATCHES", 20),
         "ADMIN_USERNAME": env.get("ADMIN_USERNAME") or None,
         "ADMIN_PASSWORD": env.get("ADMIN_PASSWORD") or None,
         # prometheus_client itself reads this variable at import; the scrape must agree with it.
         "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
-        "METRICS_CACHE_SECONDS": float(env.get("METRICS_CACHE_SECONDS", "5")),
+        "METRICS_CACHE_SECONDS": _seconds(env, "METRICS_CACHE_SECONDS", 5),
     }
+
+
+def _is_production(env: dict[str, str]) -> bool:
+    return _flag(env.get("PRODUCTION")) or "VCAP_APPLICATION" in env
+
+
+def _database_url(env: dict[str, str]) -> str:
+    url = env.get("DATABASE_URL") or database_url_from_vcap(env.get("VCAP_SERVICES"))
+    if url:
+        return url
+    if _is_production(env):
+        # Each instance would keep a file of its own, lost on restage and unseen by the worker.
+        raise StartupError("no database: set DATABASE_URL or bind a PostgreSQL service "
+                           "(VCAP_SERVICES names none with a uri or hostname, dbname, username and password)")
+    return f"sqlite:///{INSTANCE_DIR / 'sms-status.sqlite3'}"
 
 
 def _engine_options(database_url: str, env: dict[str, str]) -> dict:
@@ -149,7 +195,7 @@ def _engine_options(database_url: str, env: dict[str, str]) -> dict:
     # Fail fast while PostgreSQL is down instead of hanging the vendor's request. No pre-ping:
     # it would cost the hot path a second round trip; a dropped connection fails one request
     # with 503 and SQLAlchemy then replaces the whole pool.
-    timeout = int(env.get("DATABASE_CONNECT_TIMEOUT", "3"))
-    statement_ms = int(env.get("DATABASE_STATEMENT_TIMEOUT_MS", "10000"))
+    timeout = _count(env, "DATABASE_CONNECT_TIMEOUT", 3)
+    statement_ms = _whole(env, "DATABASE_STATEMENT_TIMEOUT_MS", 10000)
     return {"hide_parameters": True, "pool_recycle": 1800,
             "connect_args": {"connect_timeout": timeout, "options": f"-c statement_timeout={statement_ms}"}}

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from config import database_url_from_vcap, load_config, normalise_database_url
+from errors import StartupError
 from tests.emarsys_spec import SPEC_DIR, requires_spec
 
 
@@ -27,6 +28,10 @@ def test_database_urls_are_normalised(url, expected):
                                                        "username": "u", "password": "p@ss"}, "tags": ["postgresql"]}]},
      "postgresql://u:p%40ss@h:5432/d"),
     ({"redis": [{"name": "cache", "tags": ["redis"], "credentials": {"uri": "redis://h:6379"}}]}, None),
+    # A broker that leaves out the port means PostgreSQL's own; its TLS demand is kept.
+    ({"postgresql-db": [{"tags": ["postgresql"], "credentials": {"host": "h", "dbname": "d", "username": "u",
+                                                                 "password": "p", "sslmode": "verify-full"}}]},
+     "postgresql://u:p@h:5432/d?sslmode=verify-full"),
 ])
 def test_bound_postgresql_service_is_found_in_vcap_services(services, expected):
     assert database_url_from_vcap(json.dumps(services)) == expected
@@ -50,12 +55,51 @@ def test_production_start_without_pull_credentials_logs_a_loud_warning(caplog):
     assert any("SAP_STATUS_USERNAME" in record.getMessage() for record in caplog.records)
 
 
-@pytest.mark.parametrize("name", ["STATUS_PAGE_SIZE", "STATUS_GET_ALL_LIMIT", "RETENTION_DAYS", "PURGE_BATCH_SIZE",
-                                  "PURGE_MAX_BATCHES"])
-@pytest.mark.parametrize("value", ["0", "-5", "ten", "1.5", "²"])
-def test_record_counts_below_one_or_not_whole_stop_start_up_naming_the_setting(name, value):
-    with pytest.raises(ValueError, match=f"^{name} must be a whole number of at least 1"):
+COUNTS = ["STATUS_PAGE_SIZE", "STATUS_GET_ALL_LIMIT", "RETENTION_DAYS", "PURGE_BATCH_SIZE", "PURGE_MAX_BATCHES",
+          "FORWARD_BATCH_SIZE", "SEND_MAX_ATTEMPTS", "LEASE_SECONDS", "DISPATCH_BATCH_SIZE", "DISPATCH_CONCURRENCY",
+          "MAX_REQUEST_BYTES", "MAX_VENDOR_REQUEST_BYTES"]
+
+
+@pytest.mark.parametrize("name", COUNTS)
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "1.5", "²", "16MB"])
+def test_counts_below_one_or_not_whole_stop_start_up_naming_the_setting(name, value):
+    with pytest.raises(StartupError, match=f"^{name} must be a whole number of at least 1, not '"):
         load_config({name: value})
+
+
+@pytest.mark.parametrize("name", ["FORWARD_LINGER_MS", "DATABASE_STATEMENT_TIMEOUT_MS"])
+@pytest.mark.parametrize("value", ["-1", "1s", "0.5"])
+def test_whole_numbers_that_may_be_zero_stop_start_up_naming_the_setting(name, value):
+    environ = {name: value, "DATABASE_URL": "postgresql://u@h/d"}
+    with pytest.raises(StartupError, match=f"^{name} must be a whole number of at least 0, not '"):
+        load_config(environ)
+
+
+@pytest.mark.parametrize("name", ["SEND_RETRY_DELAY_SECONDS", "VENDOR_TIMEOUT_SECONDS", "PURGE_INTERVAL_SECONDS",
+                                  "METRICS_CACHE_SECONDS"])
+@pytest.mark.parametrize("value", ["-1", "5m", "nan", "inf"])
+def test_durations_that_are_not_seconds_stop_start_up_naming_the_setting(name, value):
+    with pytest.raises(StartupError, match=f"^{name} must be a number of seconds, 0 or more, not '"):
+        load_config({name: value})
+
+
+def test_settings_in_range_are_read_as_numbers():
+    config = load_config({"LEASE_SECONDS": " 90 ", "VENDOR_TIMEOUT_SECONDS": "2.5", "FORWARD_LINGER_MS": "0"})
+    assert (config["LEASE_SECONDS"], config["VENDOR_TIMEOUT_SECONDS"], config["FORWARD_LINGER_MS"]) == (90, 2.5, 0)
+
+
+@pytest.mark.parametrize("environ", [{"PRODUCTION": "true"}, {"VCAP_APPLICATION": "{}"},
+                                     {"VCAP_APPLICATION": "{}", "VCAP_SERVICES": json.dumps(
+                                         {"postgresql-db": [{"tags": ["postgresql"], "credentials": {"host": "h"}}]})}])
+def test_production_without_a_database_stops_start_up_instead_of_using_a_local_file(environ):
+    with pytest.raises(StartupError, match="^no database: set DATABASE_URL or bind a PostgreSQL service"):
+        load_config(environ)
+
+
+@pytest.mark.parametrize("vcap, fault", [('{"postgresql-db": [', "is not JSON"), ("[]", "must be a JSON object")])
+def test_malformed_vcap_services_stops_start_up_naming_it(vcap, fault):
+    with pytest.raises(StartupError, match=f"^VCAP_SERVICES {fault}"):
+        load_config({"VCAP_SERVICES": vcap})
 
 
 @pytest.mark.parametrize("value, expected", [(None, 10000), ("", 10000), (" 250 ", 250)])
