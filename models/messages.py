@@ -51,7 +51,7 @@ class Bounce(db.Model):
     # Set when SAP first received the record; a later DELIVERED removes only unpulled bounces.
     pulled_at: Mapped[datetime | None]
     # Id of the raw event that wrote this version: a pull sequence serves versions up to a snapshot.
-    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    seq: Mapped[int] = mapped_column(BigInteger)
 
 
 class StatusCursor(db.Model):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from errors import ServiceError
+from errors import ServiceError, StartupError
 
 
 class EncryptionUnavailable(ServiceError):
@@ -50,7 +50,7 @@ def check_fernet_key(key: str, position: int) -> None:
         Fernet(key.encode())
     except (ValueError, binascii.Error):
         # The message names the key's position, never the key.
-        raise ValueError(f"CONFIG_ENCRYPTION_KEY: key {position} is not a Fernet key "
+        raise StartupError(f"CONFIG_ENCRYPTION_KEY: key {position} is not a Fernet key "
                          "(32 bytes in URL-safe base64)") from None
 
 

@@ -19,7 +19,7 @@ from tests.conftest import TEST_SETTINGS
 def test_migrated_schema_matches_the_models(request, app_fixture):
     migrated_app = request.getfixturevalue(app_fixture)
     with migrated_app.app_context(), db.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
         differences = compare_metadata(context, db.metadata)
     # A model changed without a migration (or the reverse) shows here as the DDL it would need.
     assert differences == []

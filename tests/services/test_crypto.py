@@ -6,6 +6,7 @@ import stat
 import pytest
 from cryptography.fernet import Fernet
 
+from errors import StartupError
 from services.crypto import EncryptionUnavailable, SecretBox, UndecryptableSecrets, encryption_keys
 
 SECRETS = {"password": "g3n-S3cret-pw!", "authToken": "tw1l10-S3cret-token"}
@@ -69,7 +70,7 @@ def test_configured_keys_are_comma_separated_newest_first(tmp_path, configured, 
     (f"{K1},{K2[:-4]}", 2),
 ])
 def test_a_malformed_key_stops_start_up_without_naming_the_key(tmp_path, configured, position):
-    with pytest.raises(ValueError, match=f"CONFIG_ENCRYPTION_KEY: key {position} is not a Fernet key") as raised:
+    with pytest.raises(StartupError, match=f"^CONFIG_ENCRYPTION_KEY: key {position} is not a Fernet key") as raised:
         encryption_keys(configured, tmp_path, production=True)
     assert configured.split(",")[-1] not in str(raised.value)
 
