@@ -54,6 +54,11 @@ BUILT_IN_RULES: dict[str, OutcomeRule] = {
 }
 
 
+def names_a_bad_number(error_code: str) -> bool:
+    """Return whether a Twilio error code says the number itself cannot take messages."""
+    return BUILT_IN_RULES.get(f"*:{error_code}") == (Outcome.HARDBOUNCE, None)
+
+
 def map_delivery_report(params: Mapping[str, str], received_at: datetime,
                         overrides: Overrides | None = None) -> DeliveryReport:
     """Map a Twilio status callback to a normalised report."""

@@ -109,11 +109,10 @@ def _classify_send(answer: VendorAnswer | str, our_message_id: str) -> SendResul
     if isinstance(answer, str):
         # The request may have reached Genesys: a retry reuses message_id, so no double send.
         return unreachable_send("Genesys", answer)
-    if answer.status_code >= 500 or answer.status_code == 429:
-        return retry_later(f"http_{answer.status_code}", f"Genesys answered HTTP {answer.status_code}")
     if not answer.ok:
-        return refused(Outcome.ERROR, ErrorType.UNKNOWN, f"http_{answer.status_code}",
-                       f"Genesys answered HTTP {answer.status_code}")
+        # Genesys refuses with HTTP 200 and a result_code; its guide says of any other answer "The
+        # request failed. Please try again in some time." (a proxy's 403, 404 or 408, say).
+        return retry_later(f"http_{answer.status_code}", f"Genesys answered HTTP {answer.status_code}")
     return _classify_result_code(parse_result_code(answer.text), our_message_id)
 
 

@@ -8,6 +8,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from mappers.report import ErrorType, Outcome
+from mappers.twilio import names_a_bad_number
 from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage
 from services.vendors import (CREDENTIAL, INTEGRATION, TEMPORARY, ConnectionTestResult, EarlierAttempt,
@@ -136,7 +137,9 @@ def _classify_send(answer: VendorAnswer | str) -> SendResult:
         return refused(Outcome.ERROR, ErrorType.AUTHENTICATION, code, text)
     if status == 400 and _names_sender(error):
         return refused(Outcome.ERROR, ErrorType.INVALID_SENDER_ID, code, text)
-    if status == 400:
+    # Most 400s fault our request (body too long, trial account, region not enabled): only a code
+    # that says the number cannot take messages may bar it in SAP Marketing Cloud.
+    if status == 400 and names_a_bad_number(code):
         return refused(Outcome.HARDBOUNCE, None, code, text)
     return refused(Outcome.ERROR, ErrorType.UNKNOWN, code, text)
 

@@ -192,3 +192,12 @@ def test_inbound_message_names_match_ignoring_letter_case():
     message = twilio.map_inbound_message(params, RECEIVED_AT)
 
     assert (message.vendor_message_id, message.source, message.body) == ("SM10", "+1", "yes")
+
+
+@pytest.mark.parametrize(
+    ("error_code", "bad_number"),
+    [("21211", True), ("21610", True), ("21614", True), ("30005", True), ("30003", False),
+     ("21617", False), ("21608", False), ("21408", False), ("21212", False), ("", False)],
+)
+def test_names_a_bad_number_only_for_the_codes_that_hard_bounce(error_code, bad_number):
+    assert twilio.names_a_bad_number(error_code) is bad_number

@@ -133,17 +133,18 @@ def test_a_twilio_sid_sent_as_a_json_number_is_kept_as_text(httpserver):
     ("", 500, "http_500"),
     ("", 503, "http_503"),
     ("", 429, "http_429"),
+    # Genesys's guide: any answer outside 2xx means "The request failed. Please try again in some time."
+    ("<html>proxy error</html>", 400, "http_400"),
+    ("<html>proxy error</html>", 403, "http_403"),
+    ("", 404, "http_404"),
+    ("", 408, "http_408"),
+    ("result_code=2", 401, "http_401"),
+    ("", 302, "http_302"),
 ])
 def test_genesys_transient_answers_are_retried(httpserver, answer, status, status_code):
     result = send_genesys(httpserver, answer, status=status)
 
     assert (result.outcome, result.retry, result.status_code) == (None, True, status_code)
-
-
-def test_genesys_client_error_status_is_an_unknown_error(httpserver):
-    result = send_genesys(httpserver, "", status=404)
-
-    assert (result.outcome, result.error_type, result.retry) == (Outcome.ERROR, ErrorType.UNKNOWN, False)
 
 
 def test_genesys_accepted_send_uses_our_message_id_as_vendor_id(httpserver):
@@ -236,7 +237,16 @@ def test_twilio_without_callback_url_sends_no_status_callback(httpserver):
     ({"code": 21999, "message": "The 'From' number is bad"}, 400, Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
     ({"code": 21211, "message": "The 'To' number is not valid"}, 400, Outcome.HARDBOUNCE, None),
     ({"code": 21610, "message": "Recipient unsubscribed"}, 400, Outcome.HARDBOUNCE, None),
-    ({}, 400, Outcome.HARDBOUNCE, None),
+    ({"code": 21614, "message": "'To' number is not a valid mobile number"}, 400, Outcome.HARDBOUNCE, None),
+    # A 400 faults our request unless its code says the number is bad: no hard bounce bars it.
+    ({}, 400, Outcome.ERROR, ErrorType.UNKNOWN),
+    ({"code": 21617, "message": "The concatenated message body exceeds the 1600 character limit"}, 400,
+     Outcome.ERROR, ErrorType.UNKNOWN),
+    ({"code": 21608, "message": "The 'to' phone number provided is not yet verified for this account."}, 400,
+     Outcome.ERROR, ErrorType.UNKNOWN),
+    ({"code": 21408, "message": "Permission to send an SMS has not been enabled for the region indicated by "
+                                "the 'To' number: +36301234567."}, 400, Outcome.ERROR, ErrorType.UNKNOWN),
+    ({"code": 30005, "message": "Unknown destination handset"}, 400, Outcome.HARDBOUNCE, None),
     ({"code": 20404, "message": "Not found"}, 404, Outcome.ERROR, ErrorType.UNKNOWN),
 ])
 def test_twilio_refusals_are_classified(httpserver, answer, status, outcome, error_type):
