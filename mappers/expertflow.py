@@ -5,8 +5,8 @@ Status keys (built-in table and operator overrides share them) are the status va
 delivery report, relayed as a form), matched case-insensitively, e.g. ``"undelivered"``.
 An override replaces the built-in entry with the same key and adds keys the table lacks.
 
-``status_code`` carries ``ProviderStatusCode`` when sent, else the status value;
-``status_text`` carries the status value as sent. Use
+``status_code`` carries ``ProviderStatusCode`` when sent and short enough to store, else the
+status value (cut when too long to store); ``status_text`` carries the status value as sent. Use
 ``is_recognised`` to learn whether a notification's status was in the tables (to log the rest).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from mappers.params import lower_keys, optional, phone_number
-from mappers.report import MAX_STATUS_CODE_LENGTH, DeliveryReport, ErrorType, InboundMessage, Outcome
+from mappers.report import DeliveryReport, ErrorType, InboundMessage, Outcome, storable_status_code
 from mappers.rules import OutcomeRule, Overrides, find_rule, required_as_spelled, required_phone_number
 
 VENDOR = "expertflow"
@@ -47,7 +47,9 @@ def map_delivery_report(params: Mapping[str, str], received_at: datetime,
     return DeliveryReport(
         vendor_message_id=required_as_spelled(fields, "MessageSid"),
         recipient=phone_number(fields.get("to")),
-        status_code=_provider_code(fields) or status,
+        # ProviderStatusCode is any string, says the connector: one too long to store gives way to
+        # the status, so that the receipt is still stored.
+        status_code=storable_status_code(optional(fields, "providerstatuscode"), status),
         status_text=status,
         event_at=received_at,  # Notifications carry no event time.
         outcome=outcome,
@@ -81,13 +83,6 @@ def _raw_status(fields: Mapping[str, str]) -> str:
     # DeliveryStatus in its ActiveMQ delivery report.
     return (optional(fields, "smsstatus") or optional(fields, "messagestatus")
             or optional(fields, "deliverystatus") or "")
-
-
-def _provider_code(fields: Mapping[str, str]) -> str | None:
-    # Any string, says the connector: one too long to store gives way to the status, so that the
-    # receipt is still stored.
-    code = optional(fields, "providerstatuscode")
-    return code if code and len(code) <= MAX_STATUS_CODE_LENGTH else None
 
 
 def _sms_sid(fields: Mapping[str, str]) -> str:

@@ -24,7 +24,7 @@ from datetime import datetime
 
 from mappers.params import lower_keys, optional, required
 from mappers.report import DeliveryReport, ErrorType, InboundMessage, MappingError, Outcome
-from mappers.rules import OutcomeRule, Overrides, coded_status_keys, find_rule
+from mappers.rules import OutcomeRule, Overrides, coded_status_keys, find_rule, required_phone_number
 
 VENDOR = "genesys"
 
@@ -115,8 +115,8 @@ def map_inbound_message(params: Mapping[str, str], received_at: datetime) -> Inb
     _expect_type(fields, MO_TYPE)
     return InboundMessage(
         vendor_message_id=required(fields, "message_id"),
-        source=required(fields, "phone_number"),
-        destination=required(fields, "shortcode"),
+        source=required_phone_number(fields, "phone_number"),
+        destination=required_phone_number(fields, "shortcode"),
         body=fields.get("message") or "",  # Whitespace in a body is content: keep it.
         received_at=received_at,
     )

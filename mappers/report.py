@@ -109,6 +109,16 @@ def check_lengths(values: dict[str, tuple[str | None, int]]) -> None:
             raise MappingError(field, f"must be at most {limit} characters")
 
 
+def storable_status_code(*candidates: str | None) -> str:
+    """Return the first candidate the store keeps whole, else the last one cut to fit."""
+    # Refused with 400, a status would be resent for ever and never stored: cut, it is stored (as
+    # UNKNOWN, unless a table knows it) and the status text keeps it whole.
+    for candidate in candidates:
+        if candidate and len(candidate) <= MAX_STATUS_CODE_LENGTH:
+            return candidate
+    return (candidates[-1] or "")[:MAX_STATUS_CODE_LENGTH]
+
+
 def bounce_type_for(outcome: Outcome) -> str | None:
     """Return `Permanent`, `Temporary` or None for an outcome."""
     if outcome is Outcome.HARDBOUNCE:

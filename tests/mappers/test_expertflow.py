@@ -167,3 +167,24 @@ def test_received_message_without_a_required_field_is_refused(missing):
         expertflow.map_inbound_message(params, RECEIVED_AT)
 
     assert raised.value.field == missing
+
+
+@pytest.mark.parametrize("status_name", ["SmsStatus", "MessageStatus", "DeliveryStatus"])
+@pytest.mark.parametrize(
+    ("status", "provider_code", "status_code"),
+    [
+        ("x" * 41, None, "x" * 40),
+        ("x" * 5000, "E" * 41, "x" * 40),
+        ("x" * 41, "30008", "30008"),
+    ],
+)
+def test_status_too_long_to_store_is_an_unknown_status_cut_to_fit(status_name, status, provider_code,
+                                                                   status_code):
+    params = {"MessageSid": "ef-9", status_name: status}
+    if provider_code is not None:
+        params["ProviderStatusCode"] = provider_code
+
+    report = expertflow.map_delivery_report(params, RECEIVED_AT)
+
+    assert (report.outcome, report.status_code, report.status_text) == (Outcome.UNKNOWN, status_code, status)
+    assert not expertflow.is_recognised(params)

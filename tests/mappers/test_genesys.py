@@ -209,3 +209,21 @@ def test_request_of_the_other_type_is_refused(mapper, params):
 @pytest.mark.parametrize(("kind", "inbound"), [("MO", True), ("mo", True), ("receipt", False)])
 def test_is_inbound_tells_mo_from_receipt(kind, inbound):
     assert genesys.is_inbound({"Type": kind}) is inbound
+
+
+@pytest.mark.parametrize(
+    ("phone_number", "shortcode", "expected"),
+    [
+        # A `+` sent un-encoded in a query string arrives as a space.
+        (" 4915112345", "99222", ("+4915112345", "99222")),
+        ("447700900000", " 4930123456", ("447700900000", "+4930123456")),
+        ("+4915112345", "99222", ("+4915112345", "99222")),
+        (" 44 7700 900000", "ACME", ("44 7700 900000", "ACME")),
+    ],
+)
+def test_mo_numbers_whose_plus_arrived_un_encoded_get_it_back(phone_number, shortcode, expected):
+    params = {"type": "MO", "message_id": "mo-3", "shortcode": shortcode, "phone_number": phone_number}
+
+    message = genesys.map_inbound_message(params, RECEIVED_AT)
+
+    assert (message.source, message.destination) == expected

@@ -374,3 +374,23 @@ def test_a_nul_character_is_refused_naming_the_parameter(client, query, field):
 
     assert answer.status_code == 400
     assert answer.get_json()["field"] == field
+
+
+def test_a_genesys_mo_number_whose_plus_arrived_as_a_space_keeps_it(app, client):
+    # A `+` left un-encoded in a query string is read as a space.
+    response = client.get("/vendors/genesys/inbound-messages?type=MO&message_id=mo-plus&shortcode=12345"
+                          "&phone_number=+4915112345&message=hi")
+    assert response.status_code == 200, response.get_json()
+    with app.app_context():
+        assert db.session.scalars(db.select(InboundMessageRecord.source)).one() == "+4915112345"
+
+
+@pytest.mark.parametrize("status_name", ["SmsStatus", "MessageStatus", "DeliveryStatus"])
+def test_an_expertflow_status_too_long_to_store_is_stored_as_unknown(app, client, status_name):
+    # Refused with 400, the connector would resend it for ever; the status text keeps it whole.
+    status = "x" * 41
+    response = client.post("/vendors/expertflow/delivery-reports", data={"MessageSid": "EF-long", status_name: status})
+    assert response.status_code == 200, response.get_json()
+    with app.app_context():
+        state = state_of("expertflow", "EF-long")
+        assert (state.outcome, state.status_code, state.status_text) == ("UNKNOWN", "x" * 40, status)
