@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,13 @@ SENDERS: dict[str, Callable[[EmarsysClient, str, list[dict]], CallResult]] = {
 }
 RELEASED = {"lease_owner": None, "lease_until": None}
 MAX_ROUNDS_PER_RUN = 10
+# The longest the forwarder holds off after Emarsys was unreachable: then one batch probes it again.
+MAX_PAUSE_SECONDS = 300.0
+
+
+def says_emarsys_is_unreachable(result: CallResult) -> bool:
+    """Return whether a call got no answer at all (timeout, network error, token service down)."""
+    return result.kind == "retry" and result.http_status is None
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,7 @@ class Forwarder:
         self.linger = timedelta(seconds=linger_seconds)
         self.lease = timedelta(seconds=lease_seconds)
         self._warned_unconfigured = False
+        self._paused_until = 0.0  # time.monotonic(); see _pause_if_unreachable
 
     @classmethod
     def from_config(cls, config: Mapping, owner: str) -> Forwarder:
@@ -146,16 +155,35 @@ class Forwarder:
         if self.emarsys is None:
             self._warn_unconfigured()
             return 0
+        if self._is_paused():
+            return 0
         handled, groups = 0, self.ready_groups(utcnow())
         # A client with a backlog keeps its turn while its batches are full, for a bounded number
         # of rounds, so the worker's other jobs still run.
         for _ in range(MAX_ROUNDS_PER_RUN):
-            sizes = {group: self._forward_isolated(*group) for group in groups}
+            sizes = {}
+            for group in groups:
+                sizes[group] = self._forward_isolated(*group)
+                if self._is_paused():
+                    return handled + sum(sizes.values())
             handled += sum(sizes.values())
             groups = [group for group, size in sizes.items() if size == self.batch_size]
             if not groups:
                 break
         return handled
+
+    def _is_paused(self) -> bool:
+        return time.monotonic() < self._paused_until
+
+    def _pause_if_unreachable(self, result: CallResult) -> None:
+        """Hold off every client's batches for the retry schedule's first delay when Emarsys did not answer.
+
+        Emarsys is one host: when it hangs until the timeout, trying each client in turn would cost
+        a timeout per client per round, and an attempt of each, to learn the same thing. An answer,
+        even a 503, comes fast and is about one batch, so it pauses nothing.
+        """
+        if says_emarsys_is_unreachable(result):
+            self._paused_until = time.monotonic() + min(self.policy.delay_for(1, None), MAX_PAUSE_SECONDS)
 
     def _warn_unconfigured(self) -> None:
         """Log, once per forwarder, that nothing is forwarded without partner OAuth settings."""
@@ -180,7 +208,9 @@ class Forwarder:
         batch = self.claim(client_id, kind, utcnow())
         if batch is None:
             return 0
-        self.acknowledge(batch, self.send(batch), utcnow())
+        result = self.send(batch)
+        self.acknowledge(batch, result, utcnow())
+        self._pause_if_unreachable(result)
         return len(batch.items)
 
     def ready_groups(self, now: datetime) -> list[tuple[uuid.UUID, str]]:

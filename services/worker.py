@@ -1,4 +1,4 @@
-"""The background worker: one loop that runs the dispatcher and the Emarsys forwarder."""
+"""The background worker: the dispatcher, the Emarsys forwarder and the retention purge, each in a loop of its own."""
 from __future__ import annotations
 
 import logging
@@ -25,7 +25,11 @@ def worker_identity() -> str:
 
 
 class Worker:
-    """Run every background job in turn until asked to stop (SIGTERM/SIGINT)."""
+    """Run every background job in a loop of its own until asked to stop (SIGTERM/SIGINT).
+
+    Each job has its own thread: a job that waits on its peer (an Emarsys that hangs until the
+    timeout, for every client in turn) must not hold up the others, such as sending campaigns.
+    """
 
     def __init__(self, app: Flask, jobs: list[Callable[[], int]], idle_seconds: float = 0.2):
         self.app = app
@@ -46,21 +50,33 @@ class Worker:
                          RetentionJob.from_config(app.config).run_once])
 
     def run(self, once: bool = False) -> None:
-        """Loop over the jobs; sleep briefly when none had anything to do."""
-        if not once and threading.current_thread() is threading.main_thread():
+        """Run each job once, or loop each in its own thread until stopped; return when all have ended."""
+        if once:
+            for job in self.jobs:
+                self._run_job(job)
+            return
+        if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
             signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        loops = [threading.Thread(target=self._loop, args=(job,), name=f"worker-job-{index}")
+                 for index, job in enumerate(self.jobs)]
+        for loop in loops:
+            loop.start()
+        # Each loop ends after its job's current round: a send or post in flight is recorded first.
+        while not self.stopping.wait(1):
+            pass
+        for loop in loops:
+            loop.join()
+
+    def _loop(self, job: Callable[[], int]) -> None:
         while not self.stopping.is_set():
-            done = sum(self._run_job(job) for job in self.jobs)
-            if once:
-                return
-            if not done:
+            if not self._run_job(job):
                 self.stopping.wait(self.idle_seconds)
 
     def _run_job(self, job: Callable[[], int]) -> int:
         with self.app.app_context():
             try:
                 return job()
-            except Exception:  # A failing job must not kill the loop; it retries next round.
+            except Exception:  # A failing job must not kill its loop; it retries next round.
                 log.exception("worker job failed")
                 return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import uuid
@@ -626,3 +627,66 @@ def test_a_token_service_slower_than_the_lease_allows_posts_nothing(forwarder_ap
     assert "token service" in item.last_error
     assert emarsys.calls == []
     time.sleep(1.0)  # let the slow handler finish before the next test's server starts
+
+
+@pytest.fixture
+def hanging_emarsys():
+    """Return the base URL of an Emarsys that takes connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}{BASE_PATH}"
+    listener.close()
+
+
+CLIENTS = [uuid.UUID(int=number) for number in range(1, 7)]
+
+
+def attempts_by_client() -> dict[uuid.UUID, int]:
+    """Return the attempts each client's outbox items have had, summed."""
+    db.session.expire_all()
+    rows = db.session.execute(select(OutboxItem.client_id, func.sum(OutboxItem.attempts))
+                              .group_by(OutboxItem.client_id)).all()
+    return {client_id: attempts for client_id, attempts in rows}
+
+
+def test_a_hanging_emarsys_costs_one_timeout_per_pause_not_one_per_client(forwarder_app, hanging_emarsys):
+    # LEASE_SECONDS=8 gives each request 1.5 s; trying every client in turn would cost 6 of them.
+    app = forwarder_app(EMARSYS_API_BASE_URL=hanging_emarsys, FORWARD_RETRY_SCHEDULE="5m", LEASE_SECONDS=8)
+    worker = forwarder(app)
+    with app.app_context():
+        for client_id in CLIENTS:
+            seed(client_id, 1)
+        assert worker.run_once() == 1
+        tried = attempts_by_client()
+        assert sorted(tried.values()) == [0] * (len(CLIENTS) - 1) + [1]
+        # Paused: the other clients' reports are neither tried nor charged an attempt.
+        assert worker.run_once() == 0
+        assert attempts_by_client() == tried
+        [item] = items(attempts=1)
+        assert item.last_error.startswith("timeout")
+
+
+def test_an_unreachable_token_service_pauses_every_client(forwarder_app, emarsys, hanging_emarsys):
+    token_url = hanging_emarsys.replace(BASE_PATH, TOKEN_PATH)
+    app = forwarder_app(PARTNER_OAUTH_TOKEN_URL=token_url, FORWARD_RETRY_SCHEDULE="5m", LEASE_SECONDS=8)
+    worker = forwarder(app)
+    with app.app_context():
+        seed(CLIENT_A, 1)
+        seed(CLIENT_B, 1, start=1)
+        assert worker.run_once() == 1
+        assert worker.run_once() == 0
+        assert sorted(attempts_by_client().values()) == [0, 1]
+    assert emarsys.calls == []
+
+
+@pytest.mark.parametrize("status", [404, 503])
+def test_an_answer_even_an_error_pauses_no_other_client(forwarder_app, emarsys, status):
+    emarsys.answer(status, {"message": "no"})
+    app = forwarder_app(FORWARD_RETRY_SCHEDULE="5m")
+    worker = forwarder(app)
+    with app.app_context():
+        seed(CLIENT_A, 1)
+        seed(CLIENT_B, 1, start=1)
+        assert worker.run_once() == 2
+    assert [call["status"] for call in emarsys.calls] == [status, 202]

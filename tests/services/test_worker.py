@@ -1,12 +1,13 @@
-"""The worker's identity: the lease owner every claim writes."""
+"""The worker: its identity (the lease owner every claim writes) and its job loops."""
 from __future__ import annotations
 
 import socket
+import threading
 
 import pytest
 
 from models import OutboundMessage, OutboxItem
-from services.worker import worker_identity
+from services.worker import Worker, worker_identity
 
 
 @pytest.mark.parametrize("hostname", ["web-1", "h" * 64, "a-very-long.fully.qualified.name." * 3])
@@ -19,3 +20,33 @@ def test_the_identity_fits_the_lease_owner_columns_and_stays_unique(monkeypatch,
     assert len(identities) == 50
     assert all(len(identity) <= min(widths) for identity in identities)
     assert all(identity.startswith(hostname[:20]) for identity in identities)
+
+
+def test_a_job_that_hangs_does_not_hold_up_the_others(app):
+    others_ran, hung_through, runs = threading.Event(), [], []
+
+    def hanging() -> int:
+        """Hang, like a forwarder on an Emarsys that never answers, until the other job ran 3 times."""
+        hung_through.append(others_ran.wait(10))
+        worker.stopping.set()
+        return 0
+
+    def counting() -> int:
+        """Count the rounds, like a dispatcher with messages to send."""
+        runs.append(1)
+        if len(runs) == 3:
+            others_ran.set()
+        return 1
+
+    worker = Worker(app, [hanging, counting])
+    loop = threading.Thread(target=worker.run)
+    loop.start()
+    loop.join(15)
+    assert hung_through == [True]
+    assert not loop.is_alive()
+
+
+def test_once_runs_each_job_one_time_in_order(app):
+    ran = []
+    Worker(app, [lambda: ran.append("a") or 1, lambda: ran.append("b") or 0]).run(once=True)
+    assert ran == ["a", "b"]
