@@ -11,6 +11,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import DBAPIError
 
 from logging_setup import mask_phone_numbers
 
@@ -121,6 +122,19 @@ def migration_lock(engine: Engine) -> Iterator[None]:
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
+def check_reachable(engine: Engine) -> None:
+    """Connect once, or stop with one line that names the database and the driver's reason."""
+    from errors import StartupError
+
+    try:
+        engine.connect().close()
+    except DBAPIError as error:
+        # libpq's first line says where and why ("... port 5432 failed: Connection refused"),
+        # never the password.
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+        raise StartupError(f"database unreachable: {reason}") from None
+
+
 def lift_statement_timeout(engine: Engine) -> None:
     """Let this process's new connections wait and migrate without the app's statement timeout."""
     engine.dispose()
@@ -146,6 +160,7 @@ def db_upgrade_locked_command() -> None:
         return
     # Waiting for the lock, or a long migration, must not be cut off by the 10 s statement timeout.
     lift_statement_timeout(db.engine)
+    check_reachable(db.engine)
     with migration_lock(db.engine):
         upgrade()
     click.echo("database schema is up to date", err=True)  # stdout carries only log lines

@@ -256,3 +256,23 @@ def test_instances_starting_together_take_turns_to_migrate(postgres, fresh_datab
 def test_tagged_postgresql_credentials_without_uri_become_the_database_url(credentials, expected):
     services = {"user-provided": [{"name": "customer-db", "tags": ["postgresql"], "credentials": credentials}]}
     assert database_url_from_vcap(json.dumps(services)) == expected
+
+
+def first_step(manifest: dict) -> str:
+    """Return the worker process's first step: the locked migration."""
+    return process_command(manifest, "worker").split("&&")[0].strip()
+
+
+@pytest.mark.parametrize("setting, last_line", [
+    ({}, 'Error: database unreachable: connection to server at "127.0.0.1", port {port} failed: Connection refused'),
+    ({"LEASE_SECONDS": "1m"}, "Error: LEASE_SECONDS must be a whole number of at least 1, not '1m'"),
+])
+def test_a_start_that_cannot_go_on_says_why_in_one_line(manifest, start, tmp_path, setting, last_line):
+    closed_port = free_port()
+    vcap = {"postgresql-db": [{"name": "sms-status-db", "label": "postgresql-db", "tags": ["postgresql"],
+                               "credentials": {"uri": f"postgres://test:db-S3cret@127.0.0.1:{closed_port}/d"}}]}
+    step = start(first_step(manifest), {**cf_environment(manifest, vcap, free_port(), tmp_path), **setting})
+    assert step.wait(timeout=60) != 0
+    errors = (tmp_path / f"{step.name}.err").read_text()
+    assert errors.strip().splitlines()[-1] == last_line.format(port=closed_port)
+    assert "Traceback" not in errors and "db-S3cret" not in errors
