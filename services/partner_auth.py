@@ -9,12 +9,21 @@ When no key for the token can be found *because the JWKS server cannot be reache
 never fetched, or its refetch just failed), ``verify`` raises ``errors.Unavailable`` (503 with
 ``Retry-After``) instead of 401: the caller's token may be perfectly valid, the fault is ours
 and transient, and the spec's ``5XX`` answer tells Emarsys to retry rather than to distrust its
-token. A kid that is absent from a key set we did fetch is the caller's problem: 401.
+token. A kid that is absent from a key set fetched *after* the token arrived is the caller's
+problem: 401. A kid that is merely absent from a recent key set, which the refetch interval keeps
+us from checking again, may be a just-rotated key: 503 with ``Retry-After`` until a refetch is due.
+
+A JWKS fetch ends by a whole-call deadline (``http_timeout_seconds``) and reads at most
+``MAX_JWKS_BYTES``: requests' timeout bounds each socket read, not the response, so a server
+trickling bytes would otherwise hold the request thread until gunicorn kills the worker.
 """
 from __future__ import annotations
 
+import contextvars
+import json
 import logging
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,8 +32,13 @@ from typing import Any
 
 import jwt
 import requests
+import requests.adapters
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from errors import Forbidden, Unauthorized, Unavailable
+from services.vendors.transport import CallDeadline
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +51,8 @@ ASYMMETRIC_ALGORITHMS = frozenset({
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 })
 ASYMMETRIC_KEY_TYPES = frozenset({"RSA", "EC", "OKP"})
+# A JWKS holds a handful of keys (a few kB, x5c chains included); far more is not a key set.
+MAX_JWKS_BYTES = 256 * 1024
 
 # Most specific first: several PyJWT errors subclass DecodeError or InvalidTokenError.
 # Fixed descriptions keep attacker-controlled text (and the token) out of responses and logs.
@@ -82,6 +98,8 @@ class EmarsysTokenVerifier:
                  clock: Callable[[], float] = time.monotonic):
         self._policy = policy
         self._session = session or requests.Session()
+        # Its connections (a given session's too) are shut when a fetch's deadline passes.
+        _bind_to_fetch_deadlines(self._session)
         self._clock = clock
         # The cache lock is held only for dict reads/swaps; the fetch lock serialises network
         # fetches so that threads verifying known kids never wait for a slow JWKS server.
@@ -89,6 +107,8 @@ class EmarsysTokenVerifier:
         self._fetch_lock = threading.Lock()
         self._keys: dict[str, dict[str, Any]] = {}
         self._keys_fetched_at: float | None = None
+        # Counts successful fetches, so a request can tell whether one happened after it arrived.
+        self._keys_version = 0
         self._last_fetch_attempt_at: float | None = None
         self._last_fetch_failed = False
 
@@ -135,22 +155,37 @@ class EmarsysTokenVerifier:
             raise _invalid_token("token algorithm does not fit its key") from None
 
     def _jwk_for(self, kid: str) -> dict[str, Any]:
+        version_seen = self._keys_version  # before the cache read, so a fetch after it counts
         jwk, fresh = self._cached_jwk(kid)
         if jwk is not None and fresh:
             return jwk
-        with self._fetch_lock:
-            # Another thread may have refetched while this one waited for the lock.
-            jwk, fresh = self._cached_jwk(kid)
-            if (jwk is None or not fresh) and self._refetch_due():
-                self._refresh_keys()
-                jwk, _ = self._cached_jwk(kid)
-            jwks_failing = self._last_fetch_failed
+        # The holder's fetch ends by its deadline; waiting longer than that means something is
+        # stuck, and a request thread must not wait on it unboundedly.
+        if not self._fetch_lock.acquire(timeout=self._policy.http_timeout_seconds):
+            if jwk is not None:
+                return jwk  # stale, but an unreachable JWKS does not make it untrustworthy
+            raise _unavailable(self._policy.http_timeout_seconds)
+        try:
+            jwk = self._jwk_after_refetch_if_due(kid)
+            checked_since_arrival = self._keys_version != version_seen and not self._last_fetch_failed
+            retry_after = self._seconds_until_refetch()
+        finally:
+            self._fetch_lock.release()
         if jwk is not None:
             return jwk
-        if jwks_failing:
-            raise Unavailable("token signing keys unavailable, retry later",
-                              headers={"Retry-After": str(self._retry_after_seconds())})
-        raise _invalid_token("token signing key unknown")
+        if checked_since_arrival:
+            raise _invalid_token("token signing key unknown")
+        # Either the JWKS is failing, or the refetch interval kept us from checking the current
+        # key set: a token signed with a just-rotated key may be valid, so this is no auth failure.
+        raise _unavailable(retry_after)
+
+    def _jwk_after_refetch_if_due(self, kid: str) -> dict[str, Any] | None:
+        # Another thread may have refetched while this one waited for the lock.
+        jwk, fresh = self._cached_jwk(kid)
+        if (jwk is None or not fresh) and self._refetch_due():
+            self._refresh_keys()
+            jwk, _ = self._cached_jwk(kid)
+        return jwk
 
     def _cached_jwk(self, kid: str) -> tuple[dict[str, Any] | None, bool]:
         with self._cache_lock:
@@ -160,32 +195,132 @@ class EmarsysTokenVerifier:
             return self._keys.get(kid), fresh
 
     def _refetch_due(self) -> bool:
-        last = self._last_fetch_attempt_at
-        return last is None or self._clock() - last >= self._policy.min_refetch_interval_seconds
+        return self._seconds_until_refetch() <= 0
 
-    def _retry_after_seconds(self) -> int:
-        return max(1, math.ceil(self._policy.min_refetch_interval_seconds))
+    def _seconds_until_refetch(self) -> float:
+        last = self._last_fetch_attempt_at
+        if last is None:
+            return 0.0
+        return self._policy.min_refetch_interval_seconds - (self._clock() - last)
 
     def _refresh_keys(self) -> None:
         self._last_fetch_attempt_at = self._clock()
         try:
             keys = self._fetch_keys()
-        except (requests.RequestException, ValueError) as exc:
-            # Keep the previous keys: an unreachable JWKS does not make them untrustworthy.
+        except Exception as exc:  # noqa: BLE001
+            # Whatever goes wrong fetching or reading a document from another service is a failed
+            # fetch (503), never a 500; the previous keys stay, an unreachable JWKS does not make
+            # them untrustworthy.
             self._last_fetch_failed = True
-            logger.warning("JWKS fetch from %s failed: %s", self._policy.jwks_url, exc)
+            logger.warning("JWKS fetch from %s failed: %s: %s", self._policy.jwks_url,
+                           type(exc).__name__, exc)
             return
         self._last_fetch_failed = False
         with self._cache_lock:
             self._keys = keys
             self._keys_fetched_at = self._last_fetch_attempt_at
+            self._keys_version += 1
         logger.info("JWKS fetched from %s: %d usable keys", self._policy.jwks_url, len(keys))
 
     def _fetch_keys(self) -> dict[str, dict[str, Any]]:
-        response = self._session.get(self._policy.jwks_url, timeout=self._policy.http_timeout_seconds,
-                                     headers={"Accept": "application/json"})
-        response.raise_for_status()
-        return usable_signing_keys(response.json())
+        with CallDeadline(self._policy.http_timeout_seconds) as deadline:
+            content = self._fetch_document(deadline)
+        # Past the deadline the socket was shut: what was read may be cut short.
+        if deadline.expired:
+            raise TimeoutError(f"no whole answer within {self._policy.http_timeout_seconds:g}s")
+        return usable_signing_keys(json.loads(content))
+
+    def _fetch_document(self, deadline: CallDeadline) -> bytes:
+        token = _fetch_deadline.set(deadline)
+        try:
+            with self._session.get(self._policy.jwks_url, timeout=self._policy.http_timeout_seconds,
+                                   headers={"Accept": "application/json"}, stream=True) as response:
+                try:
+                    response.raise_for_status()
+                    return _read_capped(response)
+                finally:
+                    # Before the connection goes back to the pool, where a later fetch reuses it.
+                    deadline.disarm()
+        finally:
+            _fetch_deadline.reset(token)
+
+
+def _read_capped(response: requests.Response) -> bytes:
+    content = response.raw.read(MAX_JWKS_BYTES + 1, decode_content=True)
+    if len(content) > MAX_JWKS_BYTES:
+        raise ValueError(f"JWKS document longer than {MAX_JWKS_BYTES} bytes")
+    return content
+
+
+def _unavailable(retry_after_seconds: float) -> Unavailable:
+    return Unavailable("token signing keys unavailable, retry later",
+                       headers={"Retry-After": str(max(1, math.ceil(retry_after_seconds)))})
+
+
+# The deadline of the JWKS fetch running in this context (thread), if any.
+_fetch_deadline: contextvars.ContextVar[CallDeadline | None] = contextvars.ContextVar(
+    "jwks_fetch_deadline", default=None)
+
+
+def _watch_for_this_fetch(sock: socket.socket | None) -> None:
+    deadline = _fetch_deadline.get()
+    if deadline is not None and sock is not None:
+        deadline.watch(sock)
+
+
+class _DeadlineWatchedConnection:
+    """A urllib3 connection whose socket the running JWKS fetch's deadline shuts when it passes."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        _watch_for_this_fetch(sock)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        """Send a request; a pooled connection's socket is watched by this fetch's deadline."""
+        _watch_for_this_fetch(getattr(self, "sock", None))
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPConnection(_DeadlineWatchedConnection, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_DeadlineWatchedConnection, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, with connections (also through a proxy) that a fetch deadline can shut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        """Build requests' pool manager, with pools of deadline-watched connections."""
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """Return requests' proxy manager, with pools of deadline-watched connections."""
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, urllib3.ProxyManager):  # a SOCKS manager keeps its own pools
+            manager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+        return manager
+
+
+def _bind_to_fetch_deadlines(session: requests.Session) -> None:
+    adapter = _DeadlineAdapter()
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
 
 
 def usable_signing_keys(document: Any) -> dict[str, dict[str, Any]]:
@@ -203,15 +338,21 @@ def usable_signing_keys(document: Any) -> dict[str, dict[str, Any]]:
 def _is_usable_signing_key(entry: Any) -> bool:
     if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str):
         return False
-    if entry.get("kty") not in ASYMMETRIC_KEY_TYPES or entry.get("use", "sig") != "sig":
+    # Type checks first: a list or object where a string belongs is unhashable, so a set lookup
+    # would raise instead of skipping the entry (and lose the document's valid keys with it).
+    if not _is_one_of(entry.get("kty"), ASYMMETRIC_KEY_TYPES) or entry.get("use", "sig") != "sig":
         return False
-    if "alg" in entry and entry["alg"] not in ASYMMETRIC_ALGORITHMS:
+    if "alg" in entry and not _is_one_of(entry["alg"], ASYMMETRIC_ALGORITHMS):
         return False
     try:
         jwt.PyJWK(entry)
     except (jwt.PyJWTError, ValueError, TypeError, KeyError):
         return False
     return True
+
+
+def _is_one_of(value: Any, accepted: frozenset[str]) -> bool:
+    return isinstance(value, str) and value in accepted
 
 
 def _bearer_token(authorization_header: str | None) -> str:

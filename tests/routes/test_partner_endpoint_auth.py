@@ -1,15 +1,21 @@
 """Every partner endpoint demands a valid Emarsys bearer token (routes, real JWKS server)."""
 from __future__ import annotations
 
+import json
+import threading
 import time
 import uuid
 
 import jwt
 import pytest
+from jwt.algorithms import RSAAlgorithm
 from sqlalchemy import func
 
 from models import Client, db
+from services.partner_auth import EmarsysTokenVerifier, TokenPolicy
 from tests.emarsys_spec import requires_spec, validate_schema
+from tests.routes.conftest import EMARSYS_CLIENT_ID, ISSUER, KID
+from tests.trickling_server import json_answer, serve_trickling
 
 CLIENT_ID = "39a281c7-942f-49a9-91c2-8f0dba750f7f"
 BATCH = {"messages": [{"emarsysMessageId": "m1", "source": "ACME", "destination": "+4915112345678",
@@ -100,3 +106,32 @@ def test_unconfigured_partner_api_answers_503(make_app, auth, method, path, body
     assert response.status_code == 503
     assert response.get_json()["message"] == "partner API not configured"
     validate_schema("common.yaml", "Error", response.get_json())
+
+
+def test_trickling_jwks_answers_503_json_within_the_fetch_deadline(make_app, auth, signing_key):
+    jwk = dict(RSAAlgorithm.to_jwk(signing_key.public_key(), as_dict=True), kid=KID, use="sig", alg="RS256")
+    url = serve_trickling([json_answer(json.dumps({"keys": [jwk]}).encode())], gap=0.05)
+    app = make_app(EMARSYS_JWKS_URL=url, EMARSYS_TOKEN_ISSUER=ISSUER,
+                   EMARSYS_OAUTH_CLIENT_ID=EMARSYS_CLIENT_ID)
+    # The app's verifier with a 1 s fetch deadline instead of the default 5 s, to keep the test short.
+    policy = TokenPolicy(issuer=ISSUER, client_id=EMARSYS_CLIENT_ID, jwks_url=url, http_timeout_seconds=1.0)
+    app.extensions["emarsys_token_verifier"] = EmarsysTokenVerifier(policy)
+    answers = []
+    thread = threading.Thread(target=lambda: answers.append(
+        app.test_client().post("/testConnection", json=CONFIG, headers=auth)), daemon=True)
+    thread.start()
+    thread.join(5.0)  # the trickle alone would take over 20 s
+    assert answers, "no answer within 5 s with a 1 s JWKS fetch deadline"
+    assert answers[0].status_code == 503
+    assert 1 <= int(answers[0].headers["Retry-After"]) <= 30  # until a refetch is allowed
+    assert answers[0].get_json()["error"] == "unavailable"
+
+
+def test_malformed_jwks_entry_is_skipped_not_a_500(make_app, auth, signing_key, httpserver):
+    jwk = dict(RSAAlgorithm.to_jwk(signing_key.public_key(), as_dict=True), kid=KID, use="sig", alg="RS256")
+    odd = dict(jwk, kid="odd", kty=["RSA"], alg=["RS256"])
+    httpserver.expect_request("/odd/certs").respond_with_json({"keys": [odd, jwk]})
+    app = make_app(EMARSYS_JWKS_URL=httpserver.url_for("/odd/certs"), EMARSYS_TOKEN_ISSUER=ISSUER,
+                   EMARSYS_OAUTH_CLIENT_ID=EMARSYS_CLIENT_ID)
+    response = app.test_client().get(f"/clients/{uuid.uuid4()}/configuration", headers=auth)
+    assert response.status_code == 404  # past the guard: the client is simply unknown

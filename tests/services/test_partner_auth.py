@@ -6,6 +6,7 @@ import hmac
 import json
 import logging
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -24,10 +25,12 @@ from werkzeug import Request, Response
 
 from errors import Forbidden, Unauthorized, Unavailable
 from services.partner_auth import (
+    MAX_JWKS_BYTES,
     EmarsysTokenVerifier,
     TokenPolicy,
     usable_signing_keys,
 )
+from tests.trickling_server import json_answer, serve_trickling
 
 ISSUER = "https://ias.example.test"
 CLIENT_ID = "emarsys-sms-client"
@@ -382,9 +385,13 @@ def test_unknown_kid_within_refetch_interval_is_not_refetched(verifier: EmarsysT
                                                               rotated_rsa_key: rsa.RSAPrivateKey) -> None:
     verifier.verify(bearer(sign(rsa_key)))
     jwks.publish(rsa_jwk(rotated_rsa_key, "k2"))
-    clock.advance(MIN_REFETCH_SECONDS - 1)
-    error = rejection(verifier, bearer(sign(rotated_rsa_key, kid="k2")))
-    assert error.message == "token signing key unknown"
+    clock.advance(MIN_REFETCH_SECONDS - 10)
+    # The current key set was never checked for k2 (it may be a just-rotated key): no auth
+    # failure, but a retry once a refetch is allowed.
+    with pytest.raises(Unavailable) as caught:
+        verifier.verify(bearer(sign(rotated_rsa_key, kid="k2")))
+    assert caught.value.status_code == 503
+    assert caught.value.headers == {"Retry-After": "10"}
     assert jwks.fetch_count == 1
 
 
@@ -398,13 +405,15 @@ def test_unknown_kid_flood_refetches_at_most_once_per_interval(verifier: Emarsys
     def outcome(header: str) -> str:
         try:
             verifier.verify(header)
-        except Unauthorized as error:
+        except (Unauthorized, Unavailable) as error:
             return error.message
         return "accepted"
 
     with ThreadPoolExecutor(max_workers=12) as pool:
         outcomes = list(pool.map(outcome, flood))
-    assert set(outcomes) == {"token signing key unknown"}
+    # 401 for a token that arrived before the refetch; 503 for one that came after it, within
+    # the interval, when its kid could not be checked against the current key set.
+    assert set(outcomes) <= {"token signing key unknown", "token signing keys unavailable, retry later"}
     assert jwks.fetch_count == 2
     clock.advance(MIN_REFETCH_SECONDS)
     rejection(verifier, flood[0])
@@ -432,7 +441,8 @@ def test_key_withdrawn_from_jwks_stops_working_after_max_age(verifier: EmarsysTo
     assert jwks.fetch_count == 2
 
 
-@pytest.mark.parametrize("failure", ["http-500", "not-json", "no-usable-keys", "connection-refused"])
+@pytest.mark.parametrize("failure", ["http-500", "not-json", "no-usable-keys", "connection-refused",
+                                     "nested-too-deeply", "only-malformed-keys"])
 def test_unreachable_jwks_without_cached_key_is_503_and_logged(httpserver: HTTPServer, clock: FakeClock,
                                                                 rsa_key: rsa.RSAPrivateKey, failure: str,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
@@ -440,7 +450,10 @@ def test_unreachable_jwks_without_cached_key_is_503_and_logged(httpserver: HTTPS
         url = unused_local_url()
     else:
         responses = {"http-500": ("oops", 500), "not-json": ("<html>", 200),
-                     "no-usable-keys": (json.dumps({"keys": [{"kty": "oct", "kid": "k1", "k": "c2VjcmV0"}]}), 200)}
+                     "no-usable-keys": (json.dumps({"keys": [{"kty": "oct", "kid": "k1", "k": "c2VjcmV0"}]}), 200),
+                     # json raises RecursionError, not ValueError
+                     "nested-too-deeply": ("[" * 100_000 + "]" * 100_000, 200),
+                     "only-malformed-keys": (json.dumps({"keys": [{"kty": ["RSA"], "kid": "k1"}]}), 200)}
         body, status = responses[failure]
         httpserver.expect_request(JWKS_PATH).respond_with_data(body, status=status)
         url = httpserver.url_for(JWKS_PATH)
@@ -480,7 +493,88 @@ def test_cached_keys_survive_jwks_outage(verifier: EmarsysTokenVerifier, jwks: J
     {"kty": "RSA", "n": "AQAB", "e": "AQAB"},
     {"kty": "RSA", "kid": "r"},
     "not-a-key",
-], ids=["symmetric", "encryption-key", "hmac-alg", "no-kid", "no-material", "not-an-object"])
+    # JSON arrays and objects where strings belong (unhashable: no set lookup may see them)
+    {"kty": ["RSA"], "kid": "r", "n": "AQAB", "e": "AQAB"},
+    {"kty": {"RSA": 1}, "kid": "r", "n": "AQAB", "e": "AQAB"},
+    {"kty": "RSA", "kid": "r", "alg": ["RS256"], "n": "AQAB", "e": "AQAB"},
+], ids=["symmetric", "encryption-key", "hmac-alg", "no-kid", "no-material", "not-an-object",
+        "kty-list", "kty-object", "alg-list"])
 def test_jwks_keeps_only_asymmetric_signing_keys(entry: Any, rsa_key: rsa.RSAPrivateKey) -> None:
     published = rsa_jwk(rsa_key, "k1")
     assert list(usable_signing_keys({"keys": [entry, published]})) == ["k1"]
+
+
+def test_malformed_entry_does_not_cost_the_documents_valid_keys(httpserver: HTTPServer, clock: FakeClock,
+                                                                 rsa_key: rsa.RSAPrivateKey) -> None:
+    odd = dict(rsa_jwk(rsa_key, "k0"), alg=["RS256"])
+    httpserver.expect_request(JWKS_PATH).respond_with_json({"keys": [odd, rsa_jwk(rsa_key, "k1")]})
+    assert make_verifier(httpserver.url_for(JWKS_PATH), clock).verify(bearer(sign(rsa_key)))["iss"] == ISSUER
+
+
+def outcome_within(verifier: EmarsysTokenVerifier, header: str, seconds: float) -> Any:
+    """Return verify's claims or exception, or None if it is still running after the seconds."""
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(verifier.verify(header))
+        except Exception as error:  # noqa: BLE001 - the test inspects whatever it is
+            result.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return result[0] if result else None
+
+
+def trickle_verifier(url: str, clock: FakeClock) -> EmarsysTokenVerifier:
+    """Build a verifier whose JWKS fetches have a one-second deadline."""
+    policy = TokenPolicy(issuer=ISSUER, client_id=CLIENT_ID, jwks_url=url, http_timeout_seconds=1.0,
+                         min_refetch_interval_seconds=MIN_REFETCH_SECONDS,
+                         jwks_max_age_seconds=MAX_AGE_SECONDS)
+    return EmarsysTokenVerifier(policy, requests.Session(), clock=clock)
+
+
+@pytest.mark.parametrize("trickle", ["body", "head"])
+def test_trickling_jwks_fetch_ends_by_its_deadline_with_503(trickle: str, clock: FakeClock,
+                                                            rsa_key: rsa.RSAPrivateKey,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    # Each byte comes well within the 1 s read timeout; the whole answer would take over 20 s.
+    document = json.dumps({"keys": [rsa_jwk(rsa_key, "k1")]}).encode()
+    verifier = trickle_verifier(serve_trickling([json_answer(document, trickle=trickle)], gap=0.05), clock)
+    error = outcome_within(verifier, bearer(sign(rsa_key)), 5.0)
+    assert isinstance(error, Unavailable), f"verify answered {error!r} within 5 s"
+    assert error.headers == {"Retry-After": "30"}
+    assert "JWKS fetch from" in caplog.text
+
+
+def test_trickling_refetch_on_a_pooled_connection_ends_by_its_deadline(clock: FakeClock,
+                                                                      rsa_key: rsa.RSAPrivateKey) -> None:
+    document = json.dumps({"keys": [rsa_jwk(rsa_key, "k1")]}).encode()
+    url = serve_trickling([json_answer(document, trickle="none"), json_answer(document)], gap=0.05)
+    verifier = trickle_verifier(url, clock)
+    verifier.verify(bearer(sign(rsa_key)))
+    clock.advance(MAX_AGE_SECONDS)
+    # The refetch trickles and is cut off; the cached key survives a failed fetch.
+    claims_or_error = outcome_within(verifier, bearer(sign(rsa_key)), 5.0)
+    assert isinstance(claims_or_error, dict), f"verify answered {claims_or_error!r} within 5 s"
+
+
+def test_oversized_jwks_is_a_failed_fetch(httpserver: HTTPServer, clock: FakeClock,
+                                          rsa_key: rsa.RSAPrivateKey) -> None:
+    document = {"keys": [rsa_jwk(rsa_key, "k1")], "padding": "x" * MAX_JWKS_BYTES}
+    httpserver.expect_request(JWKS_PATH).respond_with_json(document)
+    with pytest.raises(Unavailable):
+        make_verifier(httpserver.url_for(JWKS_PATH), clock).verify(bearer(sign(rsa_key)))
+
+
+def test_waiting_for_another_threads_fetch_is_bounded(jwks: JwksServer, clock: FakeClock,
+                                                      rsa_key: rsa.RSAPrivateKey) -> None:
+    verifier = trickle_verifier(jwks.url, clock)
+    # Stands in for a fetch that is stuck past its deadline: the lock is private, but only a
+    # holder that outlives its own deadline can show the wait being bounded.
+    with verifier._fetch_lock:
+        error = outcome_within(verifier, bearer(sign(rsa_key)), 5.0)
+    assert isinstance(error, Unavailable), f"verify answered {error!r} within 5 s"
+    assert error.headers == {"Retry-After": "1"}
+    assert jwks.fetch_count == 0
