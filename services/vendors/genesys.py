@@ -109,6 +109,10 @@ def _classify_send(answer: VendorAnswer | str, our_message_id: str) -> SendResul
     if isinstance(answer, str):
         # The request may have reached Genesys: a retry reuses message_id, so no double send.
         return unreachable_send("Genesys", answer)
+    if 300 <= answer.status_code < 400:
+        # A redirect is not followed (see transport): the same URL would redirect every attempt.
+        return refused(Outcome.ERROR, ErrorType.UNKNOWN, f"http_{answer.status_code}",
+                       f"Genesys answered HTTP {answer.status_code}")
     if not answer.ok:
         # Genesys refuses with HTTP 200 and a result_code; its guide says of any other answer "The
         # request failed. Please try again in some time." (a proxy's 403, 404 or 408, say).

@@ -139,7 +139,6 @@ def test_a_twilio_sid_sent_as_a_json_number_is_kept_as_text(httpserver):
     ("", 404, "http_404"),
     ("", 408, "http_408"),
     ("result_code=2", 401, "http_401"),
-    ("", 302, "http_302"),
 ])
 def test_genesys_transient_answers_are_retried(httpserver, answer, status, status_code):
     result = send_genesys(httpserver, answer, status=status)
