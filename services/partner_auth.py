@@ -19,11 +19,9 @@ trickling bytes would otherwise hold the request thread until gunicorn kills the
 """
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import math
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,13 +30,9 @@ from typing import Any
 
 import jwt
 import requests
-import requests.adapters
-import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from errors import Forbidden, Unauthorized, Unavailable
-from services.vendors.transport import CallDeadline
+from services.vendors.transport import CallDeadline, DeadlineAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -231,18 +225,14 @@ class EmarsysTokenVerifier:
         return usable_signing_keys(json.loads(content))
 
     def _fetch_document(self, deadline: CallDeadline) -> bytes:
-        token = _fetch_deadline.set(deadline)
-        try:
-            with self._session.get(self._policy.jwks_url, timeout=self._policy.http_timeout_seconds,
-                                   headers={"Accept": "application/json"}, stream=True) as response:
-                try:
-                    response.raise_for_status()
-                    return _read_capped(response)
-                finally:
-                    # Before the connection goes back to the pool, where a later fetch reuses it.
-                    deadline.disarm()
-        finally:
-            _fetch_deadline.reset(token)
+        with self._session.get(self._policy.jwks_url, timeout=self._policy.http_timeout_seconds,
+                               headers={"Accept": "application/json"}, stream=True) as response:
+            try:
+                response.raise_for_status()
+                return _read_capped(response)
+            finally:
+                # Before the connection goes back to the pool, where a later fetch reuses it.
+                deadline.disarm()
 
 
 def _read_capped(response: requests.Response) -> bytes:
@@ -257,68 +247,8 @@ def _unavailable(retry_after_seconds: float) -> Unavailable:
                        headers={"Retry-After": str(max(1, math.ceil(retry_after_seconds)))})
 
 
-# The deadline of the JWKS fetch running in this context (thread), if any.
-_fetch_deadline: contextvars.ContextVar[CallDeadline | None] = contextvars.ContextVar(
-    "jwks_fetch_deadline", default=None)
-
-
-def _watch_for_this_fetch(sock: socket.socket | None) -> None:
-    deadline = _fetch_deadline.get()
-    if deadline is not None and sock is not None:
-        deadline.watch(sock)
-
-
-class _DeadlineWatchedConnection:
-    """A urllib3 connection whose socket the running JWKS fetch's deadline shuts when it passes."""
-
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()  # type: ignore[misc]
-        _watch_for_this_fetch(sock)
-        return sock
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        """Send a request; a pooled connection's socket is watched by this fetch's deadline."""
-        _watch_for_this_fetch(getattr(self, "sock", None))
-        super().request(*args, **kwargs)  # type: ignore[misc]
-
-
-class _WatchedHTTPConnection(_DeadlineWatchedConnection, HTTPConnection):
-    pass
-
-
-class _WatchedHTTPSConnection(_DeadlineWatchedConnection, HTTPSConnection):
-    pass
-
-
-class _WatchedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
-
-
-class _DeadlineAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter, with connections (also through a proxy) that a fetch deadline can shut."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        """Build requests' pool manager, with pools of deadline-watched connections."""
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        """Return requests' proxy manager, with pools of deadline-watched connections."""
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if isinstance(manager, urllib3.ProxyManager):  # a SOCKS manager keeps its own pools
-            manager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
-        return manager
-
-
 def _bind_to_fetch_deadlines(session: requests.Session) -> None:
-    adapter = _DeadlineAdapter()
+    adapter = DeadlineAdapter()
     session.mount("https://", adapter)
     session.mount("http://", adapter)
 

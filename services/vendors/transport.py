@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
+import urllib3
 import urllib3.exceptions
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -149,7 +150,10 @@ _current = threading.local()
 
 
 class CallDeadline:
-    """The time limit of one vendor call on this thread: when it passes, the call's sockets are shut."""
+    """The time limit of one HTTP call on this thread: when it passes, the call's sockets are shut.
+
+    Only sockets of connections made through DeadlineAdapter (every vendor session's) are shut.
+    """
 
     def __init__(self, seconds: float):
         self.at = time.monotonic() + seconds
@@ -323,19 +327,45 @@ def _with_embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) 
     return [address, *(candidate for candidate in embedded if candidate is not None)]
 
 
-class _CheckedConnection:
-    """A urllib3 connection that reaches only public peers and ends by its call's deadline."""
+class _DeadlineWatchedConnection:
+    """A urllib3 connection that ends by the deadline of the call running on its thread (CallDeadline)."""
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()  # type: ignore[misc]
-        refuse_non_public_peer(sock)
+        self._check_peer(sock)
         _watch_for_this_call(sock)
         return sock
+
+    def _check_peer(self, sock: socket.socket) -> None:
+        pass  # any peer: the URL is the operator's, not a client's
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         """Send a request; a pooled connection's socket is watched by this call's deadline."""
         _watch_for_this_call(getattr(self, "sock", None))
         super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _CheckedConnection(_DeadlineWatchedConnection):
+    """A watched connection that reaches only public peers."""
+
+    def _check_peer(self, sock: socket.socket) -> None:
+        refuse_non_public_peer(sock)
+
+
+class _WatchedHTTPConnection(_DeadlineWatchedConnection, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_DeadlineWatchedConnection, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
 
 
 class _PublicPeerHTTPConnection(_CheckedConnection, HTTPConnection):
@@ -354,10 +384,25 @@ class _PublicPeerHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _PublicPeerHTTPSConnection
 
 
-class _PublicAddressAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter, with connections that check the address they reached."""
+class DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, with connections (also through an HTTP proxy) that a CallDeadline shuts."""
+
+    pool_classes = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        """Build requests' pool manager, with pools of checked connections."""
+        """Build requests' pool manager, with pools of watched connections."""
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _PublicPeerHTTPPool, "https": _PublicPeerHTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = dict(self.pool_classes)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """Return requests' proxy manager, with pools of watched connections."""
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, urllib3.ProxyManager):  # a SOCKS manager keeps pools of its own
+            manager.pool_classes_by_scheme = dict(self.pool_classes)
+        return manager
+
+
+class _PublicAddressAdapter(DeadlineAdapter):
+    """The deadline adapter, with connections that also check the address they reached."""
+
+    pool_classes = {"http": _PublicPeerHTTPPool, "https": _PublicPeerHTTPSPool}

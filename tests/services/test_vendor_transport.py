@@ -138,7 +138,7 @@ def test_a_deeply_nested_json_answer_is_no_crash(httpserver):
 
     result = vendors.send_message(twilio_config(httpserver.url_for("/")), MESSAGE, "our-1", None, TIMEOUT)
 
-    assert (result.outcome, result.status_code) == (Outcome.HARDBOUNCE, "http_400")
+    assert (result.outcome, result.status_code) == (Outcome.ERROR, "http_400")
 
 
 def test_the_session_cache_keeps_the_most_recent_hosts_and_closes_the_rest():
