@@ -11,10 +11,11 @@ failures with the result code, so it never turns an en-route, accepted or delive
 built-in entry with the same key and adds keys the table lacks.
 
 ``status_code`` carries the raw values as ``"<state>:<result_code>"`` (``"<state>"`` when
-no result code was sent); ``status_text`` is a short label of the state and, in a failure
-state, of a result code other than 0, e.g. ``"rejected: throttled, resubmit"``: SAP Marketing
-Cloud shows it as the bounce reason, and ignores the code. Use
-``is_recognised`` to learn whether a report's status was in the tables (to log the rest).
+no result code was sent or the pair is too long to store; a state too long to store is cut);
+``status_text`` is a short label of the state and, in a failure state, of a result code other
+than 0, e.g. ``"rejected: throttled, resubmit"``: SAP Marketing Cloud shows it as the bounce
+reason, and ignores the code. Use ``is_recognised`` to learn whether a report's status was in
+the tables (to log the rest).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from mappers.params import lower_keys, optional, required
-from mappers.report import DeliveryReport, ErrorType, InboundMessage, MappingError, Outcome
+from mappers.report import DeliveryReport, ErrorType, InboundMessage, MappingError, Outcome, storable_status_code
 from mappers.rules import OutcomeRule, Overrides, coded_status_keys, find_rule, required_phone_number
 
 VENDOR = "genesys"
@@ -101,7 +102,7 @@ def map_delivery_report(params: Mapping[str, str], received_at: datetime,
     return DeliveryReport(
         vendor_message_id=required(fields, "message_id"),
         recipient=None,  # Genesys receipts do not repeat the phone number.
-        status_code=f"{state}:{result_code}" if result_code else state,
+        status_code=storable_status_code(f"{state}:{result_code}" if result_code else None, state),
         status_text=_status_text(state, result_code),
         event_at=received_at,
         outcome=outcome,

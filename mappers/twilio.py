@@ -7,9 +7,10 @@ Status keys (built-in table and operator overrides share them), matched case-ins
 The most specific key wins: ``status:code``, then ``*:code``, then ``status``.
 An override replaces the built-in entry with the same key and adds keys the table lacks.
 
-``status_code`` carries ``ErrorCode`` as sent, or ``MessageStatus`` when no error code was
-sent; ``status_text`` carries ``MessageStatus`` as sent. Use ``is_recognised`` to learn
-whether a callback's status was in the tables (to log the rest).
+``status_code`` carries ``ErrorCode`` as sent, else (none sent, or one too long to store)
+``MessageStatus``, cut to the stored width if need be; ``status_text`` carries ``MessageStatus``
+as sent. Use ``is_recognised`` to learn whether a callback's status was in the tables (to log
+the rest).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from mappers.params import lower_keys, optional, phone_number
-from mappers.report import DeliveryReport, ErrorType, InboundMessage, Outcome
+from mappers.report import DeliveryReport, ErrorType, InboundMessage, Outcome, storable_status_code
 from mappers.rules import (OutcomeRule, Overrides, coded_status_keys, find_rule, required_as_spelled,
                            required_phone_number)
 
@@ -68,7 +69,7 @@ def map_delivery_report(params: Mapping[str, str], received_at: datetime,
     return DeliveryReport(
         vendor_message_id=_message_sid(fields),
         recipient=phone_number(fields.get("to")),
-        status_code=error_code or _raw_status(fields),
+        status_code=storable_status_code(error_code, _raw_status(fields)),
         status_text=_raw_status(fields),
         event_at=received_at,  # Status callbacks carry no event time.
         outcome=outcome,

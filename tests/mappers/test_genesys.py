@@ -227,3 +227,17 @@ def test_mo_numbers_whose_plus_arrived_un_encoded_get_it_back(phone_number, shor
     message = genesys.map_inbound_message(params, RECEIVED_AT)
 
     assert (message.source, message.destination) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "result_code", "outcome", "status_code"),
+    [
+        ("9" * 41, "0", Outcome.UNKNOWN, "9" * 40),
+        ("1" * 5000, None, Outcome.UNKNOWN, "1" * 40),
+        ("2", "7" * 5000, Outcome.DELIVERED, "2"),
+    ],
+)
+def test_a_receipt_too_long_to_store_is_stored_with_its_code_cut_to_fit(state, result_code, outcome, status_code):
+    report = genesys.map_delivery_report(receipt(state, result_code), RECEIVED_AT)
+
+    assert (report.outcome, report.status_code) == (outcome, status_code)

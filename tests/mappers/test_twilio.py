@@ -61,7 +61,9 @@ def test_failed_without_a_code_that_blames_the_number_is_the_senders_error(error
 
 @pytest.mark.parametrize(
     ("error_code", "status_code"),
-    [("30003", "30003"), (None, "undelivered"), ("0", "undelivered")],
+    [("30003", "30003"), (None, "undelivered"), ("0", "undelivered"),
+     # One too long to store gives way to the status, so that the callback is still stored.
+     ("3" * 41, "undelivered")],
 )
 def test_status_code_is_error_code_else_status(error_code, status_code):
     report = twilio.map_delivery_report(callback("undelivered", error_code), RECEIVED_AT)
@@ -201,3 +203,20 @@ def test_inbound_message_names_match_ignoring_letter_case():
 )
 def test_names_a_bad_number_only_for_the_codes_that_hard_bounce(error_code, bad_number):
     assert twilio.names_a_bad_number(error_code) is bad_number
+
+
+@pytest.mark.parametrize(
+    ("status", "error_code", "status_code"),
+    [
+        ("x" * 41, None, "x" * 40),
+        ("x" * 5000, "", "x" * 40),
+        ("x" * 41, "30003", "30003"),
+    ],
+)
+def test_status_too_long_to_store_is_an_unknown_status_cut_to_fit(status, error_code, status_code):
+    params = callback(status, error_code)
+
+    report = twilio.map_delivery_report(params, RECEIVED_AT)
+
+    assert (report.outcome, report.status_code, report.status_text) == (Outcome.UNKNOWN, status_code, status)
+    assert not twilio.is_recognised(params)

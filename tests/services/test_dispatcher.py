@@ -195,7 +195,7 @@ def test_twilio_request_asks_for_status_callbacks_at_the_client_url(app_context,
 
 @pytest.mark.parametrize("http_status, answer, row_state, outcome, status_code", [
     (201, {"sid": "SM" + "9" * 200, "status": "queued"}, "sent", "ACCEPTED", "201"),
-    (400, {"code": 2 ** 200, "message": "odd gateway"}, "failed", "HARDBOUNCE", str(2 ** 200)[:40]),
+    (400, {"code": 2 ** 200, "message": "odd gateway"}, "failed", "ERROR", str(2 ** 200)[:40]),
 ])
 def test_a_vendor_value_too_long_to_store_is_recorded_not_sent_again(app_context, httpserver, http_status,
                                                                      answer, row_state, outcome, status_code):
