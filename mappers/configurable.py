@@ -166,7 +166,7 @@ def parse_event_time(raw: str, time_format: str) -> datetime:
             return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(tzinfo=None)
         except (OverflowError, OSError) as error:
             raise ValueError(str(error)) from None
-    parsed = _strptime(raw, time_format)
+    parsed = _strptime_restoring_offset_plus(raw, time_format)
     if parsed.tzinfo is None:
         return parsed  # Times without an offset are declared to be UTC.
     try:
@@ -175,11 +175,31 @@ def parse_event_time(raw: str, time_format: str) -> datetime:
         raise ValueError(str(error)) from None
 
 
+def _strptime_restoring_offset_plus(raw: str, time_format: str) -> datetime:
+    try:
+        return _strptime(raw, time_format)
+    except ValueError as error:
+        # As for phone numbers: a `+` left un-encoded in a query string reads as a space, so
+        # "...05+01:00" arrives as "...05 01:00". Retried once with the last such space a `+`.
+        position = raw.rfind(" ", 0, len(raw) - 1)
+        directives = {directive for directive, _ in FORMAT_PART.findall(time_format)}
+        if "z" not in directives or position < 0 or not raw[position + 1].isdigit():
+            raise
+        try:
+            return _strptime(f"{raw[:position]}+{raw[position + 1:]}", time_format)
+        except ValueError:
+            raise error from None
+
+
 # The digits a numeric strptime field takes when written in full.
 FIELD_WIDTHS = {"Y": 4, "y": 2, "m": 2, "d": 2, "H": 2, "I": 2, "M": 2, "S": 2, "j": 3}
 # Fields that are digits only: one of these right after a fixed-width field runs into it.
 NUMERIC_FIELDS = frozenset(FIELD_WIDTHS) | {"f"}
 FORMAT_PART = re.compile(r"%(.)|([^%]+)")
+# strptime's %f takes 1 to 6 digits, so run into the seconds a missing digit would go unseen
+# ("...0405" + "12" read as .12): there it must be milliseconds (SSS, as myMSP writes) or
+# microseconds (as strftime writes %f).
+FRACTION_DIGITS = r"\d{3}(?:\d{3})?"
 # Put where a fixed-width field runs into a numeric one, so that strptime reads the two apart.
 PART_SEPARATOR = "\x1f"
 
@@ -193,13 +213,16 @@ def _run_together_fields(time_format: str) -> tuple[re.Pattern, str] | None:
     """
     parts = FORMAT_PART.findall(time_format)
     chunks: list[tuple[str, str]] = [("", "")]  # (pattern, format) of the pieces between cuts
+    cut = False
     for index, (directive, literal) in enumerate(parts):
         following = parts[index + 1][0] if index + 1 < len(parts) else ""
-        cut = directive in FIELD_WIDTHS and following in NUMERIC_FIELDS
+        after_cut, cut = cut, directive in FIELD_WIDTHS and following in NUMERIC_FIELDS
         if literal or directive == "%":
             piece = (re.escape(literal or "%"), literal or "%%")
         elif cut:
             piece = (rf"\d{{{FIELD_WIDTHS[directive]}}}", f"%{directive}")
+        elif directive == "f" and after_cut:
+            piece = (FRACTION_DIGITS, "%f")
         else:
             piece = (".+?", f"%{directive}")  # strptime itself checks the rest
         chunks[-1] = (chunks[-1][0] + piece[0], chunks[-1][1] + piece[1])

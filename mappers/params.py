@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import codecs
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from urllib.parse import unquote_to_bytes
 
 from mappers.report import MappingError
 
 UTF8_BOM = b"\xef\xbb\xbf"
-UTF16_BOMS = (b"\xfe\xff", b"\xff\xfe")
+UTF16_BOMS = (codecs.BOM_UTF16_BE, codecs.BOM_UTF16_LE)
+# A byte order mark that an explicitly ordered codec would keep as a leading U+FEFF.
+ORDERED_BOMS = {"utf-16-be": codecs.BOM_UTF16_BE, "utf-16-le": codecs.BOM_UTF16_LE,
+                "utf-32-be": codecs.BOM_UTF32_BE, "utf-32-le": codecs.BOM_UTF32_LE}
 # Lower-cased names of the parameters that carry a message's text, across the built-in vendors.
 TEXT_PARAMETERS = frozenset({"body", "message", "text", "content"})
-# SMS vendors name the 16-bit SMS alphabet UCS-2, which Python knows as UTF-16.
-CHARSET_ALIASES = {"ucs-2": "utf-16-be", "ucs2": "utf-16-be", "iso-10646-ucs-2": "utf-16-be",
+# SMS vendors name the 16-bit SMS alphabet UCS-2, which Python knows as UTF-16: a byte order
+# mark decides the order, as for UTF-16 (_decode_wide makes it big-endian without one).
+CHARSET_ALIASES = {"ucs-2": "utf-16", "ucs2": "utf-16", "iso-10646-ucs-2": "utf-16",
                    "ucs-2be": "utf-16-be", "ucs-2le": "utf-16-le"}
 # Codecs in which ASCII bytes mean something else: gateways use them for the text alone.
 WIDE_CODECS = {"utf-16", "utf-16-be", "utf-16-le", "utf-32", "utf-32-be", "utf-32-le"}
@@ -64,11 +68,26 @@ def decode_form(encoded: bytes, charset: str | None = None,
     for pair in encoded.removeprefix(UTF8_BOM).split(b"&"):
         if pair:
             raw_name, _, raw_value = pair.partition(b"=")
-            name = _decode_component(raw_name, None)
+            name = _decode_text(unquote_to_bytes(raw_name.replace(b"+", b" ")), None)
+            value = unquote_to_bytes(raw_value.replace(b"+", b" "))
             if wide and name.lower() in wide:
-                fields.setdefault(name, _decode_wide(raw_value, codec))
+                fields.setdefault(name, _decode_wide(value, codec))
             else:
-                fields.setdefault(name, _decode_component(raw_value, None if wide else codec))
+                fields.setdefault(name, _decode_text(value, None if wide else codec))
+    return fields
+
+
+def decode_parts(parts: Iterable[tuple[str, bytes, str | None]]) -> dict[str, str]:
+    """Return multipart fields from (name, raw bytes, declared charset) parts; the first of a name wins.
+
+    Each value is read as decode_form reads a URL-encoded one: in its part's declared charset
+    (a 16-bit one too, since it is that part's alone), else as UTF-8, else as Windows-1252.
+    """
+    fields: dict[str, str] = {}
+    for name, raw, charset in parts:
+        if name not in fields:
+            codec = _codec_name(charset)
+            fields[name] = _decode_wide(raw, codec) if codec in WIDE_CODECS else _decode_text(raw, codec)
     return fields
 
 
@@ -82,8 +101,7 @@ def _codec_name(charset: str | None) -> str | None:
         return charset  # decoding fails the same way and falls back
 
 
-def _decode_component(component: bytes, charset: str | None) -> str:
-    raw = unquote_to_bytes(component.replace(b"+", b" "))
+def _decode_text(raw: bytes, charset: str | None) -> str:
     if charset:
         try:
             # A declared codec may yield lone surrogates (utf-7, unicode_escape), which cannot be stored.
@@ -98,9 +116,8 @@ def _decode_component(component: bytes, charset: str | None) -> str:
         return raw.decode("cp1252", errors="replace")
 
 
-def _decode_wide(component: bytes, codec: str) -> str:
-    raw = unquote_to_bytes(component.replace(b"+", b" "))
+def _decode_wide(raw: bytes, codec: str) -> str:
     if codec == "utf-16" and raw[:2] not in UTF16_BOMS:
         codec = "utf-16-be"  # RFC 2781: without a byte order mark, UTF-16 is big-endian
     # A part cut inside a character (a split surrogate pair, an odd byte) keeps the rest of the text.
-    return raw.decode(codec, errors="replace")
+    return raw.removeprefix(ORDERED_BOMS.get(codec, b"")).decode(codec, errors="replace")

@@ -1,14 +1,19 @@
 """Open endpoints where SMS vendors push delivery receipts and inbound messages."""
 from __future__ import annotations
 
+import io
 import json
 import uuid
 
 from flask import Blueprint, current_app, g, request
+from werkzeug.datastructures import Headers
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.formparser import MultiPartParser
+from werkzeug.http import parse_options_header
 
 from errors import Forbidden, InvalidParameter, NotFound
 from mappers import genesys, sapdi
-from mappers.params import TEXT_PARAMETERS, decode_form
+from mappers.params import TEXT_PARAMETERS, decode_form, decode_parts
 from mappers.registry import VendorAdapter
 from models import Client
 from services.clients import client_config, client_for_callback
@@ -42,13 +47,52 @@ def request_params(adapter: VendorAdapter | None = None) -> dict[str, str]:
             request.get_data(), request.mimetype_params.get("charset"),
             adapter.body_parameters if adapter else TEXT_PARAMETERS))
     elif mimetype == MULTIPART:
-        params = _body_over_query(params, request.form.to_dict())
+        params = _body_over_query(params, _multipart_fields())
     for key, value in params.items():
         if "\x00" in key or "\x00" in value:
             # PostgreSQL text cannot hold NUL: refuse it here rather than fail while storing.
             raise InvalidParameter("must not contain NUL characters",
                                    field=key.replace("\x00", "") or "(parameter name)")
     return params
+
+
+class _BytePartParser(MultiPartParser):
+    """Read each field as Latin-1, which keeps its bytes, noting the charset its part declares.
+
+    werkzeug decodes a part as UTF-8 unless it declares one of four charsets, and replaces
+    what does not decode: decode_parts reads the bytes as a URL-encoded body's are read.
+    """
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.charsets: list[str | None] = []  # one per field, in the order of the fields
+
+    def get_part_charset(self, headers: Headers) -> str:
+        """Note the part's declared charset and have werkzeug decode it as Latin-1."""
+        self.charsets.append(parse_options_header(headers.get("content-type"))[1].get("charset"))
+        return "latin-1"
+
+
+def _multipart_fields() -> dict[str, str]:
+    body = request.get_data()  # within max_content_length; request.form can still read it (Twilio)
+    boundary = request.mimetype_params.get("boundary", "")
+    if not boundary:
+        return {}  # as with request.form, a malformed body has no fields: the mapper names one missing
+    # A list keeps the fields in order, as the charsets are: a MultiDict groups them by name.
+    parser = _BytePartParser(max_form_memory_size=request.max_form_memory_size,
+                             max_form_parts=request.max_form_parts, cls=list)
+    try:
+        fields, _ = parser.parse(io.BytesIO(body), boundary.encode("ascii"), len(body))
+    except ValueError:
+        return {}  # malformed too (a bad boundary, a part without Content-Disposition, a cut body)
+    except RequestEntityTooLarge:
+        if request.max_form_memory_size is not None and len(body) > request.max_form_memory_size:
+            raise  # only a body past max_form_memory_size trips that limit: the 413 is right
+        # So the part count tripped: werkzeug's 413 would blame a size the body is within.
+        raise InvalidParameter(f"a multipart body may have at most {request.max_form_parts} parts",
+                               field="body") from None
+    return decode_parts((name, value.encode("latin-1"), charset)
+                        for (name, value), charset in zip(fields, parser.charsets, strict=True))
 
 
 def _body_over_query(query: dict[str, str], body: dict[str, str]) -> dict[str, str]:

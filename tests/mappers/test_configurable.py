@@ -163,6 +163,10 @@ def test_event_time_not_matching_the_format_is_refused(tmp_path):
         ("%Y%m%dT%H%M%S", "20240506t125320", datetime(2024, 5, 6, 12, 53, 20)),
         ("%Y-%m-%d %I%p", "2024-05-06 3PM", datetime(2024, 5, 6, 15)),
         ("%Y%m%d%H%M%S%z", "20240506145320+0200", datetime(2024, 5, 6, 12, 53, 20)),
+        # An offset's `+` sent un-encoded in a query string arrives as a space.
+        ("%Y-%m-%dT%H:%M:%S%z", "2024-05-06T14:53:20 02:00", datetime(2024, 5, 6, 12, 53, 20)),
+        ("%Y%m%d%H%M%S%z", "20240506145320 0200", datetime(2024, 5, 6, 12, 53, 20)),
+        ("%Y-%m-%d %H:%M:%S %z", "2024-05-06 14:53:20  0200", datetime(2024, 5, 6, 12, 53, 20)),
     ],
 )
 def test_event_time_formats_are_read_as_utc(time_format, raw, expected):
@@ -349,7 +353,9 @@ def test_malformed_document_names_source_and_fault(document, fault):
      ("%Y-%m-%dT%H:%M:%S%z", "0001-01-01T00:00:00+0100"),
      # Fields run together need all their digits: strptime would read these shifted.
      ("%Y%m%d%H%M%S%f", "20240102030405"), ("%Y%m%d%H%M%S%f", "2024010203040"),
-     ("%Y%m%d%H%M%S", "2024012030405")],
+     ("%Y%m%d%H%M%S", "2024012030405"),
+     # 16 or 18 digits of yyyyMMddHHmmssSSS: a digit missing or extra, wherever it is.
+     ("%Y%m%d%H%M%S%f", "2024010203040512"), ("%Y%m%d%H%M%S%f", "202401020304051234")],
 )
 def test_event_time_parse_errors_are_value_errors(time_format, raw):
     with pytest.raises(ValueError) as raised:

@@ -1,6 +1,6 @@
 import pytest
 
-from mappers.params import decode_form, lower_keys, phone_number
+from mappers.params import decode_form, decode_parts, lower_keys, phone_number
 
 
 @pytest.mark.parametrize("encoded, charset, expected", [
@@ -40,6 +40,11 @@ from mappers.params import decode_form, lower_keys, phone_number
     (b"message=%09%27%09%28%09%4D", "UCS-2", {"message": "धन्"}),  # high bytes 0x09: tab in ASCII
     (b"message=%00H%00i%00%20%D8%3D", "UCS-2", {"message": "Hi \ufffd"}),  # a part cut in a surrogate pair
     (b"message=%00H%00", "UCS-2", {"message": "H\ufffd"}),  # an odd byte
+    # UCS-2 honours a byte order mark as UTF-16 does; an explicit order drops a matching one.
+    (b"message=%FF%FEH%00i%00", "UCS-2", {"message": "Hi"}),
+    (b"message=%FE%FF%00H%00i", "UCS-2", {"message": "Hi"}),
+    (b"message=%FE%FF%00H%00i", "UTF-16BE", {"message": "Hi"}),
+    (b"message=%FF%FEH%00i%00", "UCS-2LE", {"message": "Hi"}),
 ])
 def test_decode_form_reads_fields_in_the_encoding_they_came_in(encoded, charset, expected):
     assert decode_form(encoded, charset) == expected
@@ -74,3 +79,19 @@ def test_lower_keys_matches_names_ignoring_case_and_keeps_the_first(params, expe
 def test_a_16_bit_charset_applies_to_the_text_parameters_a_vendor_declares():
     assert decode_form(b"sms_text=%00H%00i&msgid=ab12", "UCS-2", frozenset({"sms_text"})) == {
         "sms_text": "Hi", "msgid": "ab12"}
+
+
+@pytest.mark.parametrize("parts, expected", [
+    ([("Body", "Grüße".encode(), None)], {"Body": "Grüße"}),
+    ([("Body", b"Gr\xfc\xdfe", None)], {"Body": "Grüße"}),  # not UTF-8: Windows-1252
+    ([("Body", b"\x80", None)], {"Body": "€"}),
+    ([("Body", b"Gr\xfc\xdfe", "ISO-8859-1")], {"Body": "Grüße"}),
+    ([("Body", b"\xa4", "iso-8859-15")], {"Body": "€"}),  # a part's own charset, not werkzeug's four
+    ([("Body", "ä".encode(), "no-such-charset")], {"Body": "ä"}),
+    ([("Body", b"\x00H\x00i", "UCS-2"), ("SmsSid", b"SM1", None)], {"Body": "Hi", "SmsSid": "SM1"}),
+    ([("Body", b"\xff\xfeH\x00i\x00", "UCS-2")], {"Body": "Hi"}),
+    ([("a", b"1", None), ("b", b"2", None), ("a", b"3", None)], {"a": "1", "b": "2"}),  # the first wins
+    ([], {}),
+])
+def test_decode_parts_reads_each_part_in_its_declared_charset_else_utf8_else_cp1252(parts, expected):
+    assert decode_parts(parts) == expected

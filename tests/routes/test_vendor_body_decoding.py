@@ -1,0 +1,79 @@
+"""Vendor bodies read as README promises: multipart parts and 16-bit charsets, part limits, offsets."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from sqlalchemy import func
+
+from models import InboundMessageRecord, MessageState, RawEvent, db
+
+FORM = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data; boundary=x"
+EXPERTFLOW_MO = [(b"SmsSid", b"ef-mp", b""), (b"From", b"+4915112345", b""), (b"To", b"8080", b"")]
+
+
+def multipart(parts: list[tuple[bytes, bytes, bytes]]) -> bytes:
+    """Return a multipart body of (name, value, extra part headers) with boundary x."""
+    return b"".join(b'--x\r\nContent-Disposition: form-data; name="%s"\r\n%s\r\n%s\r\n' % (name, headers, value)
+                    for name, value, headers in parts) + b"--x--\r\n"
+
+
+def stored_body(app) -> str:
+    with app.app_context():
+        return db.session.scalars(db.select(InboundMessageRecord.body)).one()
+
+
+@pytest.mark.parametrize("text, part_headers, expected", [
+    (b"Gr\xfc\xdfe", b"", "Grüße"),  # not UTF-8 and no charset: Windows-1252
+    (b"\x80 5", b"", "€ 5"),
+    (b"\xa4 5", b"Content-Type: text/plain; charset=ISO-8859-15\r\n", "€ 5"),
+    (b"\x00H\x00i", b"Content-Type: text/plain; charset=UCS-2\r\n", "Hi"),
+])
+def test_a_multipart_part_is_read_in_its_charset_else_utf8_else_windows_1252(app, client, text,
+                                                                             part_headers, expected):
+    body = multipart([*EXPERTFLOW_MO, (b"Body", text, part_headers)])
+    response = client.post("/vendors/expertflow/inbound-messages", data=body, content_type=MULTIPART)
+    assert response.status_code == 200, response.get_json()
+    assert stored_body(app) == expected
+
+
+def test_multipart_fields_keep_the_first_of_a_repeated_name_whatever_their_charsets(app, client):
+    body = multipart([(b"Body", b"\xa4 5", b"Content-Type: text/plain; charset=ISO-8859-15\r\n"),
+                      *EXPERTFLOW_MO, (b"Body", b"\x00H\x00i", b"Content-Type: text/plain; charset=UCS-2\r\n")])
+    response = client.post("/vendors/expertflow/inbound-messages", data=body, content_type=MULTIPART)
+    assert response.status_code == 200, response.get_json()
+    assert stored_body(app) == "€ 5"
+
+
+@pytest.mark.parametrize("text", [b"%FF%FE%FC%00%DF%00", b"%FE%FF%00%FC%00%DF"])
+def test_ucs2_text_follows_its_byte_order_mark(app, client, text):
+    body = b"type=MO&message_id=mo-bom&shortcode=12345&phone_number=4915112345&message=" + text
+    response = client.post("/vendors/genesys/inbound-messages", data=body, content_type=f"{FORM}; charset=UCS-2")
+    assert response.status_code == 200, response.get_json()
+    assert stored_body(app) == "üß"
+
+
+@pytest.mark.parametrize("settings, parts", [({}, 1001), ({"MAX_FORM_PARTS": 5}, 6)])
+def test_a_multipart_body_with_too_many_parts_is_refused_naming_the_part_limit(make_app, settings, parts):
+    app = make_app(**settings)
+    fields = [(b"type", b"receipt", b""), (b"message_id", b"g-parts", b""), (b"message_state", b"2", b"")]
+    body = multipart(fields + [(b"p", b"x", b"")] * (parts - len(fields)))
+    response = app.test_client().post("/vendors/genesys/delivery-reports", data=body, content_type=MULTIPART)
+    assert len(body) < app.config["MAX_VENDOR_REQUEST_BYTES"]  # within the size limit: the count is at fault
+    assert response.status_code == 400
+    answer = response.get_json()
+    assert answer["field"] == "body" and f"at most {parts - 1} parts" in answer["message"], answer
+    with app.app_context():
+        assert db.session.scalar(db.select(func.count()).select_from(RawEvent)) == 0
+
+
+def test_a_mapping_file_offset_whose_plus_arrived_as_a_space_is_read(make_app, tmp_path):
+    path = tmp_path / "vendor-mappings.yaml"
+    path.write_text("vendors:\n  acme:\n    parameters: {message_id: id, status_code: s, event_time: t}\n"
+                    "    time_format: '%Y-%m-%dT%H:%M:%S%z'\n    outcomes: {ok: DELIVERED}\n")
+    app = make_app(VENDOR_MAPPINGS_FILE=str(path))
+    response = app.test_client().get("/vendors/acme/delivery-reports?id=a1&s=ok&t=2024-01-02T03:04:05+01:00")
+    assert response.status_code == 200, response.get_json()
+    with app.app_context():
+        assert db.session.scalars(db.select(MessageState.event_at)).one() == datetime(2024, 1, 2, 2, 4, 5)
