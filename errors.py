@@ -6,13 +6,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from marshmallow import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from mappers.report import MappingError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 
 class StartupError(click.ClickException):
@@ -119,6 +119,19 @@ class UnknownMethodMiddleware:
         return [body]
 
 
+# What a request got wrong, for werkzeug's own errors, as the `field` of their JSON answer.
+FIELD_OF_HTTP_ERROR = {404: "path", 405: "method", 413: "body", 414: "path", 431: "headers"}
+
+
+def _http_fault(exc: HTTPException) -> str:
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        allowed = sorted(set(exc.valid_methods) - {"HEAD", "OPTIONS"}) or sorted(exc.valid_methods)
+        return f"{request.method} is not allowed here; use {' or '.join(allowed)}"
+    if isinstance(exc, RequestEntityTooLarge) and request.max_content_length:
+        return f"the body is larger than the {request.max_content_length} bytes this URL takes"
+    return exc.description or exc.name
+
+
 def register_error_handlers(app: Flask) -> None:
     """Answer every error as JSON, never as an HTML page or a traceback."""
     app.wsgi_app = UnknownMethodMiddleware(app.wsgi_app)
@@ -141,8 +154,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc: HTTPException):
-        """Answer werkzeug's own errors (404, 405, 413...) as JSON with their status."""
-        body = {"error": (exc.name or "error").lower().replace(" ", "_"), "message": exc.description}
+        """Answer werkzeug's own errors (404, 405, 413...) as JSON with their status, naming what is at fault."""
+        body = {"error": (exc.name or "error").lower().replace(" ", "_"), "message": _http_fault(exc)}
+        if exc.code in FIELD_OF_HTTP_ERROR:
+            body["field"] = FIELD_OF_HTTP_ERROR[exc.code]
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
         return jsonify(body), exc.code or 500, headers
 

@@ -27,3 +27,17 @@ def test_every_pooled_connection_busy_is_a_503_not_a_500(make_app):
         response = app.test_client().get(f"/status?{WINDOW}")
     assert response.status_code == 503
     assert response.get_json() == {"error": "unavailable", "message": "database unavailable, retry later"}
+
+
+@pytest.mark.parametrize("method, path, body, expected", [
+    ("POST", "/api/v1/notifications/set", None,
+     {"error": "method_not_allowed", "field": "method", "message": "POST is not allowed here; use GET"}),
+    ("POST", "/vendors/genesys/delivery-reports", b"a=" + b"x" * 70_000,
+     {"error": "request_entity_too_large", "field": "body",
+      "message": "the body is larger than the 65536 bytes this URL takes"}),
+    ("GET", "/no-such-route", None, {"error": "not_found", "field": "path"}),
+])
+def test_werkzeugs_own_errors_name_what_is_at_fault(client, method, path, body, expected):
+    response = client.open(path, method=method, data=body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code in (404, 405, 413)
+    assert {key: response.get_json()[key] for key in expected} == expected
