@@ -36,9 +36,14 @@ KEY_COLUMNS = (Bounce.event_at, Bounce.message_id, Bounce.id)
 # the window, so one row comparison is the index scan's only start key.
 PAGE_SQL = """
 PREPARE {name} (timestamp, timestamp, text, bigint, timestamp) AS
-WITH remembered AS (
+WITH sequence AS (
+    SELECT snapshot_seq FROM status_cursors
+    WHERE window_start = $1 AND window_end = $2 AND source_system = $3 AND page = 0
+), remembered AS (
     SELECT page, snapshot_seq, after_event_at, after_message_id, after_id FROM status_cursors
     WHERE window_start = $1 AND window_end = $2 AND source_system = $3 AND page <= $4 AND $4 > 0
+      -- A position holds only in the snapshot it was found in: not one of an earlier sequence.
+      AND snapshot_seq = coalesce((SELECT snapshot_seq FROM sequence), snapshot_seq)
     ORDER BY page DESC LIMIT 1
 ), position AS (
     SELECT coalesce(r.page, 0) AS page,
@@ -59,15 +64,14 @@ WITH remembered AS (
 ), pulled AS (
     -- Only the version served: a report that was still committing when page 0 took its snapshot
     -- may have changed the bounce since it was read, and that version is SAP's to pull later.
-    UPDATE bounces AS b SET pulled_at = $5
-    FROM page_rows AS p
-    WHERE b.id = p.id AND b.seq = p.seq AND p.n <= {size} AND p.pulled_at IS NULL AND b.pulled_at IS NULL
-), forgotten AS (
-    -- A new page 0 restarts the sequence: the old sequence's positions (and snapshot) must not
-    -- serve a page asked later. Page 1's is rewritten below when there is a page 1.
-    DELETE FROM status_cursors
-    WHERE $4 = 0 AND window_start = $1 AND window_end = $2 AND source_system = $3
-      AND (page > 1 OR NOT EXISTS (SELECT FROM page_rows WHERE n = {size} + 1))
+    UPDATE bounces SET pulled_at = $5
+    WHERE (id, seq) IN (SELECT id, seq FROM page_rows WHERE n <= {size} AND pulled_at IS NULL) AND pulled_at IS NULL
+), sequence_start AS (
+    -- Page 0 starts a sequence: its snapshot, and the window's start as the position of page 0.
+    INSERT INTO status_cursors (window_start, window_end, source_system, page, snapshot_seq, created_at)
+    SELECT $1, $2, $3, 0, (SELECT snapshot_seq FROM position), $5 WHERE $4 = 0
+    ON CONFLICT (window_start, window_end, source_system, page) DO UPDATE SET
+        snapshot_seq = excluded.snapshot_seq, created_at = excluded.created_at
 ), next_position AS (
     INSERT INTO status_cursors (window_start, window_end, source_system, page, snapshot_seq, after_event_at,
                                 after_message_id, after_id, created_at)
@@ -145,7 +149,8 @@ def _page_in_steps(window: tuple[datetime, datetime, str], page: int, page_size:
     rows = db.session.execute(query.offset(skip).limit(page_size + 1)).all()
     served = rows[:page_size]
     if served and len(rows) > page_size:
-        _remember_cursor(window, page + 1, cursor.snapshot_seq, served[-1])
+        last = served[-1]
+        _remember_cursor(window, page + 1, cursor.snapshot_seq, after=(last.event_at, last.message_id, last.id))
     _mark_pulled(served)
     db.session.commit()
     return [_sap_row(row) for row in rows]
@@ -179,17 +184,20 @@ def _window_query(start: datetime, end: datetime, snapshot: int | None):
 
 
 def _cursor_for(window: tuple[datetime, datetime, str], page: int) -> StatusCursor:
-    """Return the nearest remembered start at or before `page`; page 0 forgets them and takes a new snapshot."""
+    """Return the nearest start at or before `page` remembered in this sequence; page 0 starts a sequence."""
     if page > 0:
-        cursor = db.session.scalars(
-            db.select(StatusCursor).where(*_of_window(window), StatusCursor.page <= page)
-            .order_by(StatusCursor.page.desc()).limit(1)).first()
+        query = db.select(StatusCursor).where(*_of_window(window), StatusCursor.page <= page)
+        sequence = db.session.scalar(db.select(StatusCursor.snapshot_seq).where(*_of_window(window),
+                                                                               StatusCursor.page == 0))
+        if sequence is not None:
+            # A position holds only in the snapshot it was found in: not one of an earlier sequence.
+            query = query.where(StatusCursor.snapshot_seq == sequence)
+        cursor = db.session.scalars(query.order_by(StatusCursor.page.desc()).limit(1)).first()
         if cursor is not None:
             return cursor
-    else:
-        # A new page 0 restarts the sequence: the old sequence's positions must not serve a later page.
-        db.session.execute(delete(StatusCursor).where(*_of_window(window)))
     snapshot = db.session.scalar(db.select(func.coalesce(func.max(RawEvent.id), 0)))
+    if page == 0:
+        _remember_cursor(window, 0, snapshot, after=(None, None, None))
     return StatusCursor(page=0, snapshot_seq=snapshot, after_id=None)
 
 
@@ -198,9 +206,10 @@ def _of_window(window: tuple[datetime, datetime, str]) -> tuple:
             StatusCursor.source_system == window[2])
 
 
-def _remember_cursor(window: tuple[datetime, datetime, str], page: int, snapshot: int, last) -> None:
-    values = dict(snapshot_seq=snapshot, after_event_at=last.event_at, after_message_id=last.message_id,
-                  after_id=last.id, created_at=utcnow())
+def _remember_cursor(window: tuple[datetime, datetime, str], page: int, snapshot: int, after: tuple) -> None:
+    """Remember where `page` starts: after the (event time, message id, id) key `after`."""
+    values = dict(snapshot_seq=snapshot, after_event_at=after[0], after_message_id=after[1],
+                  after_id=after[2], created_at=utcnow())
     stmt = dialect_insert(StatusCursor).values(window_start=window[0], window_end=window[1],
                                         source_system=window[2], page=page, **values)
     db.session.execute(stmt.on_conflict_do_update(

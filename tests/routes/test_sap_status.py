@@ -244,7 +244,7 @@ def page_after_a_restart(client) -> dict:
     return client.get(f"/status?{WINDOW}&page=2&sourceSystem=SAP1").get_json()
 
 
-def test_a_new_page_0_forgets_the_positions_of_the_sequence_before(client):
+def test_a_new_page_0_sets_aside_the_positions_of_an_earlier_snapshot(client):
     page_two = page_after_a_restart(client)
     assert [r["messageId"] for r in page_two["status"]] == (
         [f"m{i:03d}" for i in range(200, 250)] + [f"z{i:03d}" for i in range(50)])

@@ -75,7 +75,7 @@ def test_a_time_before_year_1000_is_rendered_in_14_digits_on_sqlite(sqlite_app):
         assert [record["timestamp"] for record in client.get(path).get_json()["status"]] == ["09990101120000"]
 
 
-def test_a_new_page_0_forgets_the_positions_of_the_sequence_before_on_sqlite(sqlite_app):
+def test_a_new_page_0_sets_aside_the_positions_of_an_earlier_snapshot_on_sqlite(sqlite_app):
     page_two = page_after_a_restart(sqlite_app.test_client())
     assert [r["messageId"] for r in page_two["status"]][-50:] == [f"z{i:03d}" for i in range(50)]
     assert page_two["lastPage"] is False
