@@ -336,3 +336,37 @@ def test_page_0_marks_pulled_only_the_version_it_served(make_app):
         a = db.session.scalars(db.select(Bounce).where(Bounce.message_id == "a")).one()
         assert (a.status_code, a.pulled_at) == ("0x4504", None)
     assert pulled_at(app)["b"] is not None
+
+
+def rows_the_page_scan_read(app, page: int) -> int:
+    """Serve `page` of the window through the page statement under EXPLAIN ANALYZE; return the bounces it read."""
+    from services.bounces import PAGE_SQL
+
+    with app.app_context(), db.engine.connect() as connection:
+        # A few hundred rows: planned as at a million, where only an index scan makes sense.
+        connection.exec_driver_sql("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        connection.exec_driver_sql(PAGE_SQL.format(name="probe_page", size=100))
+        plan = connection.exec_driver_sql(
+            "EXPLAIN (ANALYZE, TIMING OFF, COSTS OFF) EXECUTE probe_page (%s, %s, %s, %s, %s)",
+            (datetime(2018, 1, 1), datetime(2018, 1, 2), "SAP1", page, utcnow())).scalars().all()
+        connection.commit()
+        connection.invalidate()  # not back to the pool with the planner setting and the statement
+    scan = next(line for line in plan if "Index Scan using ix_bounces_window on bounces " in line)
+    return int(scan.split("actual rows=")[1].split()[0])
+
+
+def test_page_0_asked_again_with_nothing_new_keeps_the_later_pages_positions(app, client):
+    start = datetime(2018, 1, 1, 0, 0, 0)
+    for i in range(450):
+        push_bounce(client, f"m{i:03d}", start + timedelta(minutes=i))
+    for page in range(5):
+        client.get(f"/status?{WINDOW}&page={page}&sourceSystem=SAP1")
+    client.get(f"/status?{WINDOW}&page=0&sourceSystem=SAP1")
+    # Page 4 starts where the first sequence found it: one page (and one row to see if more
+    # follow) is read, not the four pages before it.
+    assert rows_the_page_scan_read(app, 4) <= 101
+    push_bounce(client, "late", start + timedelta(hours=20))
+    client.get(f"/status?{WINDOW}&page=0&sourceSystem=SAP1")
+    # A new snapshot: the old positions are set aside, and page 4 is counted from where the new
+    # sequence's page 1 starts.
+    assert rows_the_page_scan_read(app, 4) == 3 * 100 + 51
