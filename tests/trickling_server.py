@@ -20,17 +20,21 @@ def json_answer(body: bytes, *, trickle: str = "body") -> list[bytes]:
     return [head + b"\r\n" + body]
 
 
-def serve_trickling(answers: list[list[bytes]], path: str = "/oauth2/certs", gap: float = 0.05) -> str:
-    """Answer requests on one kept-alive loopback connection with these answers in turn; return the URL."""
+def serve_trickling(answers: list[list[bytes]], gap: float = 0.3, path: str = "/") -> str:
+    """Answer requests on one kept-alive loopback connection with these answers in turn; return the URL.
+
+    Each answer is a list of pieces: the first is sent at once, every later byte after `gap`.
+    """
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
 
     def answer_all() -> None:
+        """Read each request and trickle its answer, until the client goes away."""
         connection, _ = listener.accept()
         with connection, listener, connection.makefile("rb") as requests_in:
             for first, *rest in answers:
-                _read_request_head(requests_in)
+                read_request(requests_in)
                 try:
                     connection.sendall(first)
                     for byte in b"".join(rest):
@@ -43,7 +47,12 @@ def serve_trickling(answers: list[list[bytes]], path: str = "/oauth2/certs", gap
     return f"http://127.0.0.1:{listener.getsockname()[1]}{path}"
 
 
-def _read_request_head(requests_in: BinaryIO) -> None:
-    # A JWKS fetch is a GET: no body to read after the head. b"" is the client gone.
-    while requests_in.readline() not in (b"\r\n", b""):
-        pass
+def read_request(requests_in: BinaryIO) -> None:
+    """Read one HTTP request, its head and its Content-Length body, whatever the TCP segments."""
+    length = 0
+    for line in iter(requests_in.readline, b"\r\n"):
+        if not line:
+            return  # the client went away
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    requests_in.read(length)

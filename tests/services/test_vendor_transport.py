@@ -15,6 +15,7 @@ from services import vendors
 from services.vendors import transport
 from tests.services.test_vendor_senders import (GENESYS_PATH, MESSAGE, TIMEOUT, TWILIO_MESSAGES, genesys_config,
                                                 twilio_config)
+from tests.trickling_server import serve_trickling
 
 
 class PeerSocket:
@@ -221,42 +222,6 @@ def test_a_body_that_stalls_or_breaks_off_is_a_transport_failure(answer, then_wa
 
 
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n"
-
-
-def serve_trickling(answers: list[list[bytes]], gap: float = 0.3) -> str:
-    """Answer requests on one kept-alive loopback connection, each answer a byte at a time; return the URL.
-
-    Each answer is a list of pieces: the first is sent at once, every later byte after `gap`.
-    """
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-
-    def answer_all() -> None:
-        """Read each request and trickle its answer, until the client goes away."""
-        connection, _ = listener.accept()
-        with connection, listener, connection.makefile("rb") as requests_in:
-            for first, *rest in answers:
-                read_request(requests_in)
-                try:
-                    connection.sendall(first)
-                    for byte in b"".join(rest):
-                        time.sleep(gap)
-                        connection.sendall(bytes([byte]))
-                except OSError:
-                    return
-
-    threading.Thread(target=answer_all, daemon=True).start()
-    return f"http://127.0.0.1:{listener.getsockname()[1]}/"
-
-
-def read_request(requests_in) -> None:
-    """Read one HTTP request, its head and its Content-Length body, whatever the TCP segments."""
-    length = 0
-    for line in iter(requests_in.readline, b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    requests_in.read(length)
 
 
 @pytest.mark.parametrize("answer", [
