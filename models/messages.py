@@ -65,6 +65,8 @@ class StatusCursor(db.Model):
     window_end: Mapped[datetime]
     source_system: Mapped[str] = mapped_column(String(100))
     page: Mapped[int]
+    # Positions hold for the page size they were found with (instances may differ in STATUS_PAGE_SIZE).
+    page_size: Mapped[int | None]
     snapshot_seq: Mapped[int] = mapped_column(BigInteger)
     after_event_at: Mapped[datetime | None]
     after_message_id: Mapped[str | None] = mapped_column(String(MAX_MESSAGE_ID_LENGTH))

@@ -38,12 +38,13 @@ PAGE_SQL = """
 PREPARE {name} (timestamp, timestamp, text, bigint, timestamp) AS
 WITH sequence AS (
     SELECT snapshot_seq FROM status_cursors
-    WHERE window_start = $1 AND window_end = $2 AND source_system = $3 AND page = 0
+    WHERE window_start = $1 AND window_end = $2 AND source_system = $3 AND page = 0 AND page_size = {size}
 ), remembered AS (
     SELECT page, snapshot_seq, after_event_at, after_message_id, after_id FROM status_cursors
     WHERE window_start = $1 AND window_end = $2 AND source_system = $3 AND page <= $4 AND $4 > 0
-      -- A position holds only in the snapshot it was found in: not one of an earlier sequence.
-      AND snapshot_seq = coalesce((SELECT snapshot_seq FROM sequence), snapshot_seq)
+      -- A position holds only in the snapshot and for the page size it was found with: not one of
+      -- an earlier sequence, nor one an instance with another STATUS_PAGE_SIZE remembered.
+      AND page_size = {size} AND snapshot_seq = coalesce((SELECT snapshot_seq FROM sequence), snapshot_seq)
     ORDER BY page DESC LIMIT 1
 ), position AS (
     SELECT coalesce(r.page, 0) AS page,
@@ -68,17 +69,17 @@ WITH sequence AS (
     WHERE (id, seq) IN (SELECT id, seq FROM page_rows WHERE n <= {size} AND pulled_at IS NULL) AND pulled_at IS NULL
 ), sequence_start AS (
     -- Page 0 starts a sequence: its snapshot, and the window's start as the position of page 0.
-    INSERT INTO status_cursors (window_start, window_end, source_system, page, snapshot_seq, created_at)
-    SELECT $1, $2, $3, 0, (SELECT snapshot_seq FROM position), $5 WHERE $4 = 0
+    INSERT INTO status_cursors (window_start, window_end, source_system, page, page_size, snapshot_seq, created_at)
+    SELECT $1, $2, $3, 0, {size}, (SELECT snapshot_seq FROM position), $5 WHERE $4 = 0
     ON CONFLICT (window_start, window_end, source_system, page) DO UPDATE SET
-        snapshot_seq = excluded.snapshot_seq, created_at = excluded.created_at
+        page_size = excluded.page_size, snapshot_seq = excluded.snapshot_seq, created_at = excluded.created_at
 ), next_position AS (
-    INSERT INTO status_cursors (window_start, window_end, source_system, page, snapshot_seq, after_event_at,
-                                after_message_id, after_id, created_at)
-    SELECT $1, $2, $3, $4 + 1, (SELECT snapshot_seq FROM position), event_at, message_id, id, $5
+    INSERT INTO status_cursors (window_start, window_end, source_system, page, page_size, snapshot_seq,
+                                after_event_at, after_message_id, after_id, created_at)
+    SELECT $1, $2, $3, $4 + 1, {size}, (SELECT snapshot_seq FROM position), event_at, message_id, id, $5
     FROM page_rows WHERE n = {size} AND EXISTS (SELECT FROM page_rows WHERE n = {size} + 1)
     ON CONFLICT (window_start, window_end, source_system, page) DO UPDATE SET
-        snapshot_seq = excluded.snapshot_seq, after_event_at = excluded.after_event_at,
+        page_size = excluded.page_size, snapshot_seq = excluded.snapshot_seq, after_event_at = excluded.after_event_at,
         after_message_id = excluded.after_message_id, after_id = excluded.after_id,
         created_at = excluded.created_at
 )
@@ -141,7 +142,7 @@ def _prepared_page_statement(connection: Connection, page_size: int) -> str:
 def _page_in_steps(window: tuple[datetime, datetime, str], page: int, page_size: int) -> list[tuple]:
     """Serve one page as separate statements in one transaction (databases without the one-statement path)."""
     start, end, _ = window
-    cursor = _cursor_for(window, page)
+    cursor = _cursor_for(window, page, page_size)
     query = _window_query(start, end, cursor.snapshot_seq)
     if cursor.after_id is not None:
         query = query.where(tuple_(*KEY_COLUMNS) > (cursor.after_event_at, cursor.after_message_id, cursor.after_id))
@@ -150,7 +151,8 @@ def _page_in_steps(window: tuple[datetime, datetime, str], page: int, page_size:
     served = rows[:page_size]
     if served and len(rows) > page_size:
         last = served[-1]
-        _remember_cursor(window, page + 1, cursor.snapshot_seq, after=(last.event_at, last.message_id, last.id))
+        _remember_cursor(window, page + 1, page_size, cursor.snapshot_seq,
+                         after=(last.event_at, last.message_id, last.id))
     _mark_pulled(served)
     db.session.commit()
     return [_sap_row(row) for row in rows]
@@ -183,12 +185,12 @@ def _window_query(start: datetime, end: datetime, snapshot: int | None):
     return query if snapshot is None else query.where(Bounce.seq <= snapshot)
 
 
-def _cursor_for(window: tuple[datetime, datetime, str], page: int) -> StatusCursor:
+def _cursor_for(window: tuple[datetime, datetime, str], page: int, page_size: int) -> StatusCursor:
     """Return the nearest start at or before `page` remembered in this sequence; page 0 starts a sequence."""
     if page > 0:
-        query = db.select(StatusCursor).where(*_of_window(window), StatusCursor.page <= page)
-        sequence = db.session.scalar(db.select(StatusCursor.snapshot_seq).where(*_of_window(window),
-                                                                               StatusCursor.page == 0))
+        same_size = (*_of_window(window), StatusCursor.page_size == page_size)
+        query = db.select(StatusCursor).where(*same_size, StatusCursor.page <= page)
+        sequence = db.session.scalar(db.select(StatusCursor.snapshot_seq).where(*same_size, StatusCursor.page == 0))
         if sequence is not None:
             # A position holds only in the snapshot it was found in: not one of an earlier sequence.
             query = query.where(StatusCursor.snapshot_seq == sequence)
@@ -197,7 +199,7 @@ def _cursor_for(window: tuple[datetime, datetime, str], page: int) -> StatusCurs
             return cursor
     snapshot = db.session.scalar(db.select(func.coalesce(func.max(RawEvent.id), 0)))
     if page == 0:
-        _remember_cursor(window, 0, snapshot, after=(None, None, None))
+        _remember_cursor(window, 0, page_size, snapshot, after=(None, None, None))
     return StatusCursor(page=0, snapshot_seq=snapshot, after_id=None)
 
 
@@ -206,9 +208,10 @@ def _of_window(window: tuple[datetime, datetime, str]) -> tuple:
             StatusCursor.source_system == window[2])
 
 
-def _remember_cursor(window: tuple[datetime, datetime, str], page: int, snapshot: int, after: tuple) -> None:
-    """Remember where `page` starts: after the (event time, message id, id) key `after`."""
-    values = dict(snapshot_seq=snapshot, after_event_at=after[0], after_message_id=after[1],
+def _remember_cursor(window: tuple[datetime, datetime, str], page: int, page_size: int, snapshot: int,
+                     after: tuple) -> None:
+    """Remember where `page` (of `page_size` records) starts: after the (event time, message id, id) key `after`."""
+    values = dict(page_size=page_size, snapshot_seq=snapshot, after_event_at=after[0], after_message_id=after[1],
                   after_id=after[2], created_at=utcnow())
     stmt = dialect_insert(StatusCursor).values(window_start=window[0], window_end=window[1],
                                         source_system=window[2], page=page, **values)

@@ -370,3 +370,21 @@ def test_page_0_asked_again_with_nothing_new_keeps_the_later_pages_positions(app
     # A new snapshot: the old positions are set aside, and page 4 is counted from where the new
     # sequence's page 1 starts.
     assert rows_the_page_scan_read(app, 4) == 3 * 100 + 51
+
+
+def page_3_after_the_page_size_changed(walk_client, smaller_client) -> list[str]:
+    """Walk pages 0-4 at 100 a page, then ask page 0 and page 3 at 50 a page; return page 3's ids."""
+    start = datetime(2018, 1, 1)
+    for i in range(450):
+        push_bounce(walk_client, f"m{i:03d}", start + timedelta(minutes=i))
+    for page in range(5):
+        walk_client.get(f"/status?{WINDOW}&page={page}&sourceSystem=SAP1")
+    smaller_client.get(f"/status?{WINDOW}&page=0&sourceSystem=SAP1")
+    page_3 = smaller_client.get(f"/status?{WINDOW}&page=3&sourceSystem=SAP1").get_json()
+    return [r["messageId"] for r in page_3["status"]]
+
+
+def test_positions_found_at_another_page_size_are_not_used(make_app):
+    walk, smaller = make_app(STATUS_PAGE_SIZE=100), make_app(STATUS_PAGE_SIZE=50)
+    ids = page_3_after_the_page_size_changed(walk.test_client(), smaller.test_client())
+    assert ids == [f"m{i:03d}" for i in range(150, 200)]

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import event, insert
 
 from models import Bounce, MessageState, db
-from tests.routes.test_sap_status import WINDOW, page_after_a_restart, push_bounce
+from tests.routes.test_sap_status import WINDOW, page_3_after_the_page_size_changed, page_after_a_restart, push_bounce
 
 STOCK_SQLITE_VARIABLE_LIMIT = 32766
 
@@ -79,3 +79,18 @@ def test_a_new_page_0_sets_aside_the_positions_of_an_earlier_snapshot_on_sqlite(
     page_two = page_after_a_restart(sqlite_app.test_client())
     assert [r["messageId"] for r in page_two["status"]][-50:] == [f"z{i:03d}" for i in range(50)]
     assert page_two["lastPage"] is False
+
+
+def test_positions_found_at_another_page_size_are_not_used_on_sqlite(sqlite_app):
+    client = sqlite_app.test_client()
+
+    class SmallerPages:
+        """The same app, asked with STATUS_PAGE_SIZE 50."""
+
+        def get(self, path: str):
+            """Ask at 50 a page."""
+            sqlite_app.config["STATUS_PAGE_SIZE"] = 50
+            return client.get(path)
+
+    ids = page_3_after_the_page_size_changed(client, SmallerPages())
+    assert ids == [f"m{i:03d}" for i in range(150, 200)]
