@@ -34,6 +34,8 @@ class CallResult:
     item_errors: dict[int, str] = field(default_factory=dict)
     reason: str = ""
     http_status: int | None = None
+    # No answer at all (a timeout, a network error, the token service down): about Emarsys, not the batch.
+    unreachable: bool = False
 
 
 def _item_path_pattern(collection: str) -> re.Pattern[str]:
@@ -167,11 +169,11 @@ class EmarsysClient:
                                        collection, len(items))
         except TokenServiceError as exc:
             # No http_status: it is the token endpoint's, and a 400 there is not Emarsys refusing items.
-            result = CallResult("retry", reason=f"token service: {exc}")
+            result = CallResult("retry", reason=f"token service: {exc}", unreachable=True)
         except requests.Timeout as exc:
-            result = CallResult("retry", reason=f"timeout: {type(exc).__name__}")
+            result = CallResult("retry", reason=f"timeout: {type(exc).__name__}", unreachable=True)
         except requests.RequestException as exc:
-            result = CallResult("retry", reason=f"network error: {type(exc).__name__}")
+            result = CallResult("retry", reason=f"network error: {type(exc).__name__}", unreachable=True)
         level = logging.INFO if result.kind == "delivered" else logging.WARNING
         log.log(level, "emarsys %s client=%s items=%d -> %s (%s)", collection, client_id,
                 len(items), result.kind, _loggable_reason(result))

@@ -46,11 +46,6 @@ MAX_ROUNDS_PER_RUN = 10
 MAX_PAUSE_SECONDS = 300.0
 
 
-def says_emarsys_is_unreachable(result: CallResult) -> bool:
-    """Return whether a call got no answer at all (timeout, network error, token service down)."""
-    return result.kind == "retry" and result.http_status is None
-
-
 @dataclass(frozen=True)
 class LeasedItem:
     """One outbox item this worker holds a lease on."""
@@ -182,7 +177,7 @@ class Forwarder:
         a timeout per client per round, and an attempt of each, to learn the same thing. An answer,
         even a 503, comes fast and is about one batch, so it pauses nothing.
         """
-        if says_emarsys_is_unreachable(result):
+        if result.unreachable:
             self._paused_until = time.monotonic() + min(self.policy.delay_for(1, None), MAX_PAUSE_SECONDS)
 
     def _warn_unconfigured(self) -> None:

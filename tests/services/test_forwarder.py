@@ -690,3 +690,16 @@ def test_an_answer_even_an_error_pauses_no_other_client(forwarder_app, emarsys, 
         seed(CLIENT_B, 1, start=1)
         assert worker.run_once() == 2
     assert [call["status"] for call in emarsys.calls] == [status, 202]
+
+
+def test_a_fault_of_ours_on_one_clients_batch_pauses_no_other_client(forwarder_app, emarsys):
+    app = forwarder_app(FORWARD_RETRY_SCHEDULE="5m")
+    worker = forwarder(app)
+    with app.app_context():
+        seed(CLIENT_A, 1, created_at=utcnow() - timedelta(seconds=5))  # its batch goes first
+        seed(CLIENT_B, 1, start=1)
+        # A kind this worker cannot send: sending raises, as a bug of ours would.
+        db.session.execute(update(OutboxItem).where(OutboxItem.client_id == CLIENT_A).values(kind="future_kind"))
+        db.session.commit()
+        assert worker.run_once() == 2
+    assert [call["client_id"] for call in emarsys.calls] == [str(CLIENT_B)]
