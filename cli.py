@@ -32,14 +32,17 @@ def register(app: Flask) -> None:
 @click.option("--once", is_flag=True, help="Run one round of every job, then exit.")
 def worker_command(once: bool) -> None:
     """Send queued campaign messages and forward reports to Emarsys until stopped."""
-    from services.worker import Worker
+    from services.worker import JobDied, Worker
 
     try:
         worker = Worker.from_app(current_app._get_current_object())
     except ValueError as exc:
         # A settings fault: one line that names it, and a failed exit, not a traceback.
         raise click.ClickException(f"worker settings: {exc}") from None
-    worker.run(once=once)
+    try:
+        worker.run(once=once)
+    except JobDied as exc:
+        raise click.ClickException(str(exc)) from None  # a failed exit: the platform restarts it
 
 
 outbox_group = AppGroup("outbox", help="Inspect the Emarsys outbox and replay its dead letters.")

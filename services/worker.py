@@ -24,6 +24,10 @@ def worker_identity() -> str:
     return socket.gethostname()[:MAX_IDENTITY_LENGTH - len(unique)] + unique
 
 
+class JobDied(RuntimeError):
+    """A job's loop ended without the worker being asked to stop."""
+
+
 class Worker:
     """Run every background job in a loop of its own until asked to stop (SIGTERM/SIGINT).
 
@@ -36,6 +40,7 @@ class Worker:
         self.jobs = jobs
         self.idle_seconds = idle_seconds
         self.stopping = threading.Event()
+        self.died: list[str] = []
 
     @classmethod
     def from_app(cls, app: Flask) -> "Worker":
@@ -50,7 +55,11 @@ class Worker:
                          RetentionJob.from_config(app.config).run_once])
 
     def run(self, once: bool = False) -> None:
-        """Run each job once, or loop each in its own thread until stopped; return when all have ended."""
+        """Run each job once, or loop each in its own thread until stopped; return when all have ended.
+
+        Raises JobDied if a job's loop ended by itself: the other jobs are stopped too, so the
+        process exits and the platform restarts it, rather than running on without that job.
+        """
         if once:
             for job in self.jobs:
                 self._run_job(job)
@@ -67,11 +76,20 @@ class Worker:
             pass
         for loop in loops:
             loop.join()
+        if self.died:
+            raise JobDied(f"worker job {', '.join(self.died)} ended unexpectedly; the worker stopped")
 
     def _loop(self, job: Callable[[], int]) -> None:
-        while not self.stopping.is_set():
-            if not self._run_job(job):
-                self.stopping.wait(self.idle_seconds)
+        try:
+            while not self.stopping.is_set():
+                if not self._run_job(job):
+                    self.stopping.wait(self.idle_seconds)
+        finally:
+            if not self.stopping.is_set():  # not asked to stop: something escaped _run_job
+                name = getattr(job, "__qualname__", repr(job))
+                log.critical("worker job %s ended unexpectedly; stopping the worker", name)
+                self.died.append(name)
+                self.stopping.set()
 
     def _run_job(self, job: Callable[[], int]) -> int:
         with self.app.app_context():

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from models import OutboundMessage, OutboxItem
-from services.worker import Worker, worker_identity
+from services.worker import JobDied, Worker, worker_identity
 
 
 @pytest.mark.parametrize("hostname", ["web-1", "h" * 64, "a-very-long.fully.qualified.name." * 3])
@@ -50,3 +50,30 @@ def test_once_runs_each_job_one_time_in_order(app):
     ran = []
     Worker(app, [lambda: ran.append("a") or 1, lambda: ran.append("b") or 0]).run(once=True)
     assert ran == ["a", "b"]
+
+
+class Escaped(BaseException):
+    """Something _run_job does not catch, as a bug in setting up its app context would be."""
+
+
+def test_a_job_loop_that_dies_stops_the_worker_with_a_failure(app):
+    def dying() -> int:
+        """Raise past the job's own error handling."""
+        raise Escaped()
+
+    worker = Worker(app, [dying, lambda: 0], idle_seconds=0.01)
+    outcome = []
+    loop = threading.Thread(target=lambda: outcome.append(_run_catching(worker)))
+    loop.start()
+    loop.join(10)
+    assert not loop.is_alive()
+    assert isinstance(outcome[0], JobDied) and "dying" in str(outcome[0])
+    assert worker.stopping.is_set()
+
+
+def _run_catching(worker: Worker) -> BaseException | None:
+    try:
+        worker.run()
+    except JobDied as exc:
+        return exc
+    return None
