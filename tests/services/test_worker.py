@@ -56,6 +56,8 @@ class Escaped(BaseException):
     """Something _run_job does not catch, as a bug in setting up its app context would be."""
 
 
+# The escaped exception is the point: threading reports it, pytest need not warn of it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_job_loop_that_dies_stops_the_worker_with_a_failure(app):
     def dying() -> int:
         """Raise past the job's own error handling."""
