@@ -127,8 +127,10 @@ def _http_fault(exc: HTTPException) -> str:
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
         allowed = sorted(set(exc.valid_methods) - {"HEAD", "OPTIONS"}) or sorted(exc.valid_methods)
         return f"{request.method} is not allowed here; use {' or '.join(allowed)}"
-    if isinstance(exc, RequestEntityTooLarge) and request.max_content_length:
-        return f"the body is larger than the {request.max_content_length} bytes this URL takes"
+    limit = request.max_content_length
+    # werkzeug raises the same error for too many form parts: only a body past the limit is too large.
+    if isinstance(exc, RequestEntityTooLarge) and limit and (request.content_length or 0) > limit:
+        return f"the body is larger than the {limit} bytes this URL takes"
     return exc.description or exc.name
 
 

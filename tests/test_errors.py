@@ -41,3 +41,12 @@ def test_werkzeugs_own_errors_name_what_is_at_fault(client, method, path, body, 
     response = client.open(path, method=method, data=body, content_type="application/x-www-form-urlencoded")
     assert response.status_code in (404, 405, 413)
     assert {key: response.get_json()[key] for key in expected} == expected
+
+
+def test_too_many_form_parts_is_not_called_a_body_too_large(make_app):
+    client = make_app(ADMIN_USERNAME="ops", ADMIN_PASSWORD="pw").test_client()
+    parts = b"".join(b'--b\r\nContent-Disposition: form-data; name="p"\r\n\r\nx\r\n' for _ in range(1001))
+    response = client.post("/dashboard/replay", auth=("ops", "pw"), data=parts + b"--b--\r\n",
+                           content_type="multipart/form-data; boundary=b", headers={"Sec-Fetch-Site": "same-origin"})
+    assert response.status_code == 413
+    assert "bytes this URL takes" not in response.get_json()["message"]
