@@ -6,13 +6,15 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, insert, select, text
 
 from models import (Bounce, InboundMessageRecord, MessageState, OutboundMessage, OutboxItem, RawEvent,
                     StatusCursor, db)
 from services.clock import utcnow
-from services.retention import RetentionJob, purge
+from services.outbox import replay_dead_letters
+from services.retention import RULES, RetentionJob, purge
 from services.worker import Worker
+from tests.test_cli_outbox import CLIENT_A, add_report_item, add_state
 
 RETENTION = timedelta(days=30)
 CLIENT_ID = uuid.uuid4()
@@ -263,3 +265,49 @@ def test_purge_command_refuses_a_bad_age(app, age):
     result = app.test_cli_runner().invoke(args=["purge", "--older-than", age])
     assert result.exit_code == 2
     assert "--older-than" in result.output
+
+
+def test_a_dead_letter_keeps_its_messages_state_so_a_replay_after_retention_stays_superseded(context):
+    # The reviewer's case: ACCEPTED refused by Emarsys, DELIVERED reached it a day later, both
+    # long ago. The done row goes with retention; the state must stay to keep ACCEPTED dead.
+    add_report_item("dead", "em-7", at=context - timedelta(days=40))
+    add_report_item("done", "em-7", at=context - timedelta(days=39))
+    add_state("em-7", at=context - timedelta(days=39))
+    # Purged as before: a message whose dead item is an inbound message, or another client's.
+    for key, column, other in (("em-8", "kind", "inbound_message"), ("em-9", "client_id", CLIENT_ID)):
+        add_report_item("dead", key, at=context - timedelta(days=40))
+        db.session.execute(db.update(OutboxItem).where(OutboxItem.message_key == key).values({column: other}))
+        add_state(key, at=context - timedelta(days=39))
+
+    purge(context - RETENTION, batch_size=100, now=context)
+
+    assert set(db.session.scalars(select(MessageState.emarsys_message_id))) == {"em-7"}
+    assert set(db.session.scalars(select(OutboxItem.state))) == {"dead"}
+    replay_dead_letters(now=context)
+    assert set(db.session.scalars(select(OutboxItem.message_key).where(OutboxItem.state == "dead"))) == {"em-7"}
+
+
+def test_the_dead_letter_check_reads_the_outbox_through_an_index_not_a_scan(context):
+    # Done rows pile up until retention: a purge batch must not read the whole outbox. The planner
+    # may probe per state (ix_outbox_client_order) or hash the few dead rows (ix_outbox_due).
+    old = context - RETENTION - timedelta(days=1)
+    db.session.execute(insert(OutboxItem), [
+        dict(client_id=CLIENT_A, kind="delivery_report", message_key=f"em-{index}", payload={}, event_at=old,
+             state="done" if index % 500 else "dead", attempts=0, next_attempt_at=old, created_at=old)
+        for index in range(20000)])
+    db.session.execute(insert(MessageState), [
+        dict(vendor="genesys", vendor_message_id=f"v-{index}", client_id=CLIENT_A, emarsys_message_id=f"em-{index}",
+             outcome="DELIVERED", rank=3, status_code="2", status_text="delivered", event_at=old, updated_at=old)
+        for index in range(200)])
+    db.session.commit()
+    db.session.execute(text("ANALYZE outbox"))
+    db.session.execute(text("ANALYZE message_states"))
+    rule = next(rule for rule in RULES if rule.model is MessageState)
+    query = (select(MessageState.id).where(rule.due(context - RETENTION, context)).limit(100)
+             .with_for_update(skip_locked=True))
+    sql = str(query.compile(db.engine, compile_kwargs={"literal_binds": True}))
+    plan = "\n".join(db.session.scalars(text("EXPLAIN " + sql)))
+    db.session.rollback()
+
+    assert "Seq Scan on outbox" not in plan, plan
+    assert "using ix_outbox_client_order on outbox" in plan or "using ix_outbox_due on outbox" in plan, plan
