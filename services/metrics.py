@@ -221,6 +221,7 @@ class DatabaseCollector(Collector):
         self._lock = threading.Lock()
         self._cached: list[Metric] | None = None
         self._cached_at = 0.0
+        self._last_good: list[Metric] = []
 
     def collect(self) -> Iterator[Metric]:
         """Yield the families of the latest snapshot, reading the database when the cache is stale."""
@@ -232,7 +233,7 @@ class DatabaseCollector(Collector):
         yield from families
 
     def _read(self) -> list[Metric]:
-        """Read a snapshot in a context (and session) of its own; report the database as down on failure."""
+        """Read a snapshot in a context (and session) of its own; on failure, report down with the last values."""
         up = GaugeMetricFamily("sms_metrics_database_up", "Whether the last metrics read of the database worked")
         with self.app.app_context():
             try:
@@ -241,10 +242,12 @@ class DatabaseCollector(Collector):
                 db.session.rollback()
                 log.warning("metrics: database unavailable: %s", type(exc).__name__)
                 up.add_metric([], 0)
-                return [up]
+                # Series that vanish would resolve the queue alerts during the outage itself.
+                return [up, *self._last_good]
             finally:
                 db.session.remove()
         up.add_metric([], 1)
+        self._last_good = families
         return [up, *families]
 
 

@@ -7,14 +7,16 @@ import subprocess
 import sys
 import uuid
 from datetime import timedelta
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import insert
+from sqlalchemy import create_engine, insert, text
 from werkzeug import Request, Response
 
 from models import OutboundMessage, OutboxItem, db
+from models.counters import WorkerCounter
 from services.clock import utcnow
 from services.forwarder import Forwarder
 from services.metrics import worker_tally
@@ -218,6 +220,56 @@ def test_a_database_outage_is_reported_as_a_metric_not_an_error(make_app):
     after = scrape(make_app(SQLALCHEMY_DATABASE_URI=dead, METRICS_CACHE_SECONDS=0).test_client())
     assert value(after, "sms_metrics_database_up") == 0
     assert ("sms_outbox_depth", frozenset()) not in after
+
+
+DATABASE_SERIES = ("sms_outbound_", "sms_outbox_", "sms_emarsys_", "sms_oauth_")
+
+
+def database_series(scrape: dict[tuple[str, frozenset], float]) -> dict[tuple[str, frozenset], float]:
+    """Return the samples of a scrape that are read from the database."""
+    return {key: number for key, number in scrape.items() if key[0].startswith(DATABASE_SERIES)}
+
+
+@pytest.fixture
+def doomed_database(postgres) -> Iterator[tuple[str, Callable[[], None]]]:
+    """Create a database of its own; return its URL and a function that drops it under the app's feet."""
+    name = f"sms_metrics_outage_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+
+    def drop() -> None:
+        with engine.connect() as connection:
+            # FORCE ends the app's pooled connections too, as a database restart would.
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield postgres.database_url(name), drop
+    drop()
+    engine.dispose()
+
+
+def test_during_a_database_outage_the_gauges_keep_their_last_values(make_app, doomed_database):
+    url, drop = doomed_database
+    app = make_app(SQLALCHEMY_DATABASE_URI=url, METRICS_CACHE_SECONDS=0)
+    with app.app_context():
+        db.create_all()
+        add_outbound({"queued": 2})
+        add_outbox({"pending": 1, "dead": 3})
+        db.session.add(WorkerCounter(name="emarsys_calls", labels='{"kind":"delivery_report","result":"delivered"}',
+                                     value=7, updated_at=utcnow()))
+        db.session.commit()
+        db.session.remove()
+    client = app.test_client()
+    before = scrape(client)
+    assert value(before, "sms_metrics_database_up") == 1
+    drop()
+    for _ in range(2):  # the pooled connection breaks, then no new one can be made
+        during = scrape(client)
+        assert value(during, "sms_metrics_database_up") == 0
+        assert database_series(during) == database_series(before)
+    assert len(database_series(before)) >= 10
+    assert value(during, "sms_outbox_dead_letters") == 3
+    assert value(during, "sms_emarsys_calls_total", kind="delivery_report", result="delivered") == 7
 
 
 @pytest.mark.parametrize("settings, credentials, status", [
