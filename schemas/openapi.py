@@ -33,17 +33,17 @@ RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 SECURITY_SCHEMES = {
     "sapBasic": {"type": "http", "scheme": "basic", "description":
-                 "SAP_STATUS_USERNAME / SAP_STATUS_PASSWORD (the SAP communication user); "
-                 "the endpoints are open while these are unset."},
+                 "SAP_STATUS_USERNAME / SAP_STATUS_PASSWORD (the SAP communication user). While these are "
+                 "unset, the endpoints are open outside production and answer 503 in production."},
     "adminBasic": {"type": "http", "scheme": "basic", "description":
-                   "ADMIN_USERNAME / ADMIN_PASSWORD. /metrics is open while these are unset; "
-                   "the dashboard answers 404 then."},
+                   "ADMIN_USERNAME / ADMIN_PASSWORD. While these are unset, /metrics is open outside "
+                   "production and answers 503 in production; the dashboard answers 404."},
     "emarsysBearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description":
                       "An access token issued to EMARSYS_OAUTH_CLIENT_ID by EMARSYS_TOKEN_ISSUER, "
                       "verified against EMARSYS_JWKS_URL."},
 }
 OPEN: tuple[dict[str, list[str]], ...] = ()
-SAP_AUTH = ({"sapBasic": []}, {})  # {} : no credentials needed while none are configured
+SAP_AUTH = ({"sapBasic": []}, {})  # {} : no credentials needed while none are configured, outside production
 ADMIN_AUTH_IF_SET = ({"adminBasic": []}, {})
 ADMIN_AUTH = ({"adminBasic": []},)
 EMARSYS_AUTH = ({"emarsysBearer": []},)
@@ -119,7 +119,8 @@ OPERATIONS: dict[str, Operation] = {
     "ops.metrics": Operation(
         "ops", {"200": {"description": "Prometheus text exposition format",
                         "content": {"text/plain": {"schema": {"type": "string"}}}},
-                "401": "Unauthorized"}, security=ADMIN_AUTH_IF_SET),
+                "401": "Unauthorized", "503": "Unavailable"}, security=ADMIN_AUTH_IF_SET,
+        description="In production without ADMIN_USERNAME and ADMIN_PASSWORD: 503, never open."),
     "ops.openapi": Operation("ops", {"200": json_body({"type": "object"}, "This document")}),
     "vendors.sapdi_notification": Operation("vendors", STORED, parameters=SAPDI_QUERY),
     "vendors.delivery_report": VENDOR_PUSH,
@@ -132,7 +133,7 @@ OPERATIONS: dict[str, Operation] = {
         security=SAP_AUTH, parameters=({"in": "query", "schema": StatusQuerySchema},)),
     "sap.clear": Operation(
         "sap", {"200": json_body(responses.ClearedSchema, "Every record deleted"), "401": "Unauthorized",
-                "404": "NotFound"}, security=SAP_AUTH,
+                "404": "NotFound", "503": "Unavailable"}, security=SAP_AUTH,
         description="Only with ENABLE_CLEAR_ENDPOINT on (test set-ups); otherwise 404."),
     "partner.put_configuration": Operation(
         "partner", {"200": json_body(responses.ConfigurationSavedSchema, "Stored; the callback URLs"),

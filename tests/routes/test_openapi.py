@@ -138,3 +138,21 @@ def test_real_answers_match_the_document(app, client, document, method, url, sta
     assert response.status_code == status
     OpenAPI.from_dict(document).validate_response(WerkzeugOpenAPIRequest(response.request),
                                                   WerkzeugOpenAPIResponse(response))
+
+
+@pytest.mark.parametrize("method, url", [("GET", "/metrics"), ("DELETE", "/api/v1/notifications/clear")])
+def test_production_without_credentials_answers_the_documented_503(make_app, method, url):
+    app = make_app(PRODUCTION=True, ADMIN_USERNAME=None, ADMIN_PASSWORD=None, SAP_STATUS_USERNAME=None,
+                   SAP_STATUS_PASSWORD=None)
+    client = app.test_client()
+    document = client.get("/openapi.json").get_json()
+    response = client.open(url, method=method)
+    assert response.status_code == 503
+    OpenAPI.from_dict(document).validate_response(WerkzeugOpenAPIRequest(response.request),
+                                                  WerkzeugOpenAPIResponse(response))
+
+
+@pytest.mark.parametrize("name", ["adminBasic", "sapBasic"])
+def test_the_basic_schemes_say_production_answers_503_without_credentials(document, name):
+    description = document["components"]["securitySchemes"][name]["description"]
+    assert "open outside production" in description and "503 in production" in description
