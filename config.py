@@ -41,6 +41,15 @@ def _seconds(env: dict[str, str], name: str, default: float) -> float:
     return seconds
 
 
+def _basic_user(env: dict[str, str], name: str) -> str | None:
+    """Return a Basic auth user name (None if unset), or a start-up error naming it if it holds a colon."""
+    value = env.get(name) or None
+    if value is not None and ":" in value:
+        # Basic credentials split at the first colon: such a user could never log in.
+        raise StartupError(f"{name} must not contain ':' (HTTP Basic auth ends the user name at the first colon)")
+    return value
+
+
 def normalise_database_url(url: str) -> str:
     """Return a SQLAlchemy URL on the psycopg2 driver; `postgres://` (Cloud Foundry style) is accepted."""
     for prefix in ("postgres://", "postgresql://"):
@@ -122,7 +131,7 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
     return {
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(database_url),
         "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(database_url, env),
-        "SAP_STATUS_USERNAME": env.get("SAP_STATUS_USERNAME") or None,
+        "SAP_STATUS_USERNAME": _basic_user(env, "SAP_STATUS_USERNAME"),
         "SAP_STATUS_PASSWORD": env.get("SAP_STATUS_PASSWORD") or None,
         "STATUS_PAGE_SIZE": _count(env, "STATUS_PAGE_SIZE", 100),
         # The blog's `/api/v1/notifications/get` without parameters answers every record, which
@@ -164,7 +173,7 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "PURGE_BATCH_SIZE": _count(env, "PURGE_BATCH_SIZE", 5000),
         "PURGE_INTERVAL_SECONDS": _seconds(env, "PURGE_INTERVAL_SECONDS", 300),
         "PURGE_MAX_BATCHES": _count(env, "PURGE_MAX_BATCHES", 20),
-        "ADMIN_USERNAME": env.get("ADMIN_USERNAME") or None,
+        "ADMIN_USERNAME": _basic_user(env, "ADMIN_USERNAME"),
         "ADMIN_PASSWORD": env.get("ADMIN_PASSWORD") or None,
         # prometheus_client itself reads this variable at import; the scrape must agree with it.
         "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or None,

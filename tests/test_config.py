@@ -115,3 +115,17 @@ def test_callback_token_url_defaults_to_the_one_the_callback_contract_names():
 
     assert load_config({})["PARTNER_OAUTH_TOKEN_URL"] == flows["clientCredentials"]["tokenUrl"]
     assert load_config({"PARTNER_OAUTH_TOKEN_URL": ""})["PARTNER_OAUTH_TOKEN_URL"] is None
+
+
+@pytest.mark.parametrize("name", ["ADMIN_USERNAME", "SAP_STATUS_USERNAME"])
+@pytest.mark.parametrize("value", ["ops:team", ":ops", "ops:"])
+def test_a_basic_auth_user_name_with_a_colon_stops_start_up_naming_the_setting(name, value):
+    # Basic credentials split at the first colon, so this user could never log in.
+    with pytest.raises(StartupError, match=f"^{name} must not contain ':'"):
+        load_config({name: value})
+
+
+def test_a_colon_in_a_user_name_from_the_user_provided_service_stops_start_up_too():
+    vcap = json.dumps({"user-provided": [{"name": "cfg", "credentials": {"ADMIN_USERNAME": "ops:team"}}]})
+    with pytest.raises(StartupError, match="^ADMIN_USERNAME must not contain ':'"):
+        load_config({"VCAP_SERVICES": vcap, "CONFIG_SERVICE_NAME": "cfg"})
