@@ -559,6 +559,87 @@ def test_claimed_message_of_a_client_deleted_meanwhile_is_cancelled(app_context,
     assert httpserver.log == []
 
 
+def genesys_deleting_its_client(app, client_ids: list[uuid.UUID], first_answer: str):
+    """Return a Genesys handler that deletes the client (DELETE answered 204) during the first send."""
+    deleted = threading.Event()
+
+    def genesys(request: Request) -> Response:
+        """Delete the client while the first send is in flight, as Emarsys may; accept later sends."""
+        if deleted.is_set():
+            return Response("result_code=0")
+        deleted.set()
+        with app.app_context():
+            delete_client(client_ids[0])
+        return Response(first_answer)
+    return genesys
+
+
+def test_a_send_that_ends_in_a_retry_after_its_client_was_deleted_is_cancelled(app_context, httpserver):
+    client_ids: list[uuid.UUID] = []
+    httpserver.expect_request(GENESYS_PATH).respond_with_handler(
+        genesys_deleting_its_client(app_context, client_ids, "result_code=98"))
+    client_ids.append(genesys_client(httpserver.url_for(GENESYS_PATH)))
+    [public_id] = queue_messages(client_ids[0])
+    dispatcher(app_context).run_once()
+    # Configured again under the same clientId before the retry would be due: DELETE cancelled it.
+    save_client(client_ids[0], get_client_config(httpserver))
+    dispatcher(app_context).run_once()
+
+    row = message(public_id)
+    assert (row.state, row.lease_owner) == ("cancelled", None)
+    assert sent_message_ids(httpserver) == [public_id]
+
+
+def test_a_send_result_after_its_client_was_deleted_is_stored_but_not_forwarded(app_context, httpserver):
+    client_ids: list[uuid.UUID] = []
+    httpserver.expect_request(GENESYS_PATH).respond_with_handler(
+        genesys_deleting_its_client(app_context, client_ids, "result_code=0"))
+    client_ids.append(genesys_client(httpserver.url_for(GENESYS_PATH)))
+    [public_id] = queue_messages(client_ids[0])
+    dispatcher(app_context).run_once()
+
+    row = message(public_id)
+    assert row.state == "sent"
+    assert message_state("genesys", public_id).outcome == "ACCEPTED"  # kept for audit
+    # Emarsys would answer 404 for the deleted client: the report would only become a dead letter.
+    assert db.session.scalars(db.select(OutboxItem)).all() == []
+
+
+def test_a_client_deleted_while_its_send_is_recorded_cancels_the_retry(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=98")
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    [public_id] = queue_messages(client_id)
+
+    def delete_the_client() -> None:
+        """Delete the client from another web thread (DELETE /clients/{id}/configuration)."""
+        with app_context.app_context():
+            delete_client(client_id)
+
+    def right_after_the_requeue(conn, cursor, statement, *_args) -> None:
+        # DELETE comes after the retry is queued again, before the recording commits.
+        if statement.lstrip().startswith("WITH") and "UPDATE outbound_messages" in statement \
+                and not deletion.is_alive():
+            deletion.start()
+            receipt_waits_or_ends(deletion)
+
+    deletion = threading.Thread(target=delete_the_client)
+    sqlalchemy.event.listen(db.engine, "after_cursor_execute", right_after_the_requeue)
+    try:
+        dispatcher(app_context).run_once()
+    finally:
+        sqlalchemy.event.remove(db.engine, "after_cursor_execute", right_after_the_requeue)
+    deletion.join(10)
+
+    row = message(public_id)
+    assert (row.state, row.lease_owner) == ("cancelled", None)
+
+
+def get_client_config(httpserver):
+    """Return the Genesys configuration genesys_client onboards, to configure a client again."""
+    return load_client_config({"customFieldValues": {
+        "vendor": "genesys", "login": "acme", "password": PASSWORD, "baseUrl": httpserver.url_for(GENESYS_PATH)}})
+
+
 def test_send_results_are_stored_as_raw_events(app_context, httpserver):
     httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
     [public_id] = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)))
