@@ -11,6 +11,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from models import BigId, db
 
 OPEN_ITEMS = "state IN ('pending', 'leased')"
+DONE_ITEMS = "state = 'done'"
+HAS_VENDOR_ID = "vendor_message_id IS NOT NULL"
 
 
 class Client(db.Model):
@@ -34,6 +36,9 @@ class OutboundMessage(db.Model):
     __table_args__ = (
         UniqueConstraint("client_id", "emarsys_message_id"),
         Index("ix_outbound_messages_due", "state", "next_attempt_at"),
+        # The dashboard's search by the vendor's id; queued messages have none yet.
+        Index("ix_outbound_messages_vendor_message_id", "vendor_message_id",
+              postgresql_where=text(HAS_VENDOR_ID), sqlite_where=text(HAS_VENDOR_ID)),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -66,6 +71,8 @@ class OutboxItem(db.Model):
         # Claims read one client's open items in event order; done rows pile up until retention.
         Index("ix_outbox_open", "client_id", "kind", "event_at", "id",
               postgresql_where=text(OPEN_ITEMS), sqlite_where=text(OPEN_ITEMS)),
+        # The dashboard's last successful forward; a receipt's new item, still pending, costs no entry.
+        Index("ix_outbox_sent", "sent_at", postgresql_where=text(DONE_ITEMS), sqlite_where=text(DONE_ITEMS)),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_
+from sqlalchemy import ColumnElement, and_, func, or_
 
 from logging_setup import mask_digits, mask_phone_numbers
 from mappers.params import TEXT_PARAMETERS
@@ -17,6 +17,7 @@ from mappers.report import PERMANENT, TEMPORARY, Outcome
 from models import Bounce, MessageState, OutboundMessage, OutboxItem, RawEvent, db
 from services.charts import StackedBars
 from services.clock import utcnow
+from services.forwarder import DONE
 from services.outbox import outbox_status
 
 CHART_HOURS = 24
@@ -144,8 +145,9 @@ def waiting_bounces() -> dict[str, int]:
 
 def forwarding_health(now: datetime | None = None) -> ForwardingHealth:
     """Return outbox depth, oldest waiting age, last successful forward and dead letters."""
-    status = outbox_status(now)
-    last_success = db.session.scalar(db.select(func.max(OutboxItem.sent_at)))
+    status = outbox_status(now, count_done=False)
+    # Only a done item has a sent_at: the condition lets ix_outbox_sent answer from its last entry.
+    last_success = db.session.scalar(db.select(func.max(OutboxItem.sent_at)).where(OutboxItem.state == DONE))
     return ForwardingHealth(depth=status.counts["pending"] + status.counts["leased"],
                             oldest_pending_age=status.oldest_pending_age, last_success=last_success,
                             dead_letters=status.counts["dead"])
@@ -156,23 +158,70 @@ def message_history(message_id: str, vendors: Mapping[str, VendorAdapter] | None
 
     `vendors` (the vendor registry) tells which parameters of each vendor's raw events to hide.
     """
-    identifiers = _related_identifiers(message_id)
-    states = _rows(db.select(MessageState).where(_any_in(identifiers, MessageState.vendor_message_id,
-                                                      MessageState.emarsys_message_id))
-                   .order_by(MessageState.id))
-    state_ids = [state.id for state in states]
+    keys = _SearchKeys.read()
+    identifiers = _related_identifiers(message_id, keys)
+    states = _rows(db.select(MessageState).where(keys.states_matching(identifiers)).order_by(MessageState.id))
     return MessageHistory(
         message_id=message_id, identifiers=sorted(identifiers),
         raw_events=[_raw_event_view(event, (vendors or {}).get(event.vendor)) for event in _rows(
             db.select(RawEvent).where(RawEvent.vendor_message_id.in_(identifiers)).order_by(RawEvent.id))],
         states=[_state_view(state) for state in states],
+        # A bounce's message_id is its state's vendor_message_id, so its state is among those found.
         bounces=[_bounce_view(bounce) for bounce in _rows(
-            db.select(Bounce).where(or_(Bounce.message_state_id.in_(state_ids), Bounce.message_id.in_(identifiers)))
+            db.select(Bounce).where(Bounce.message_state_id.in_([state.id for state in states]))
             .order_by(Bounce.id))],
-        outbound=[_outbound_view(message) for message in _rows(_outbound_matching(identifiers))],
+        outbound=[_outbound_view(message) for message in _rows(
+            db.select(OutboundMessage).where(keys.outbound_matching(identifiers)).order_by(OutboundMessage.id))],
         forwarding=[_forwarding_view(item) for item in _rows(
-            db.select(OutboxItem).where(OutboxItem.message_key.in_(identifiers)).order_by(OutboxItem.id))],
+            db.select(OutboxItem).where(keys.outbox_matching(identifiers)).order_by(OutboxItem.id))],
     )
+
+
+@dataclass(frozen=True)
+class _SearchKeys:
+    """The values leading the composite indexes a search probes: the few vendors and clients stored.
+
+    message_states is unique on (vendor, vendor_message_id), outbound_messages on (client_id,
+    emarsys_message_id) and the outbox is ordered on (client_id, message_key): naming every vendor
+    or client turns a lookup by the second column into one index probe per pair, where the second
+    column alone would read the table whole. Cheaper than more indexes every receipt must update.
+    """
+
+    vendors: list[str]
+    outbound_clients: list[uuid.UUID]
+    outbox_clients: list[uuid.UUID]
+
+    @classmethod
+    def read(cls) -> "_SearchKeys":
+        """Read the stored vendors and clients, one index probe each."""
+        return cls(vendors=_distinct(MessageState.vendor), outbound_clients=_distinct(OutboundMessage.client_id),
+                   outbox_clients=_distinct(OutboxItem.client_id))
+
+    def states_matching(self, identifiers: set[str]) -> ColumnElement[bool]:
+        """Return the condition of the message states known by any of these ids."""
+        return or_(and_(MessageState.vendor.in_(self.vendors), MessageState.vendor_message_id.in_(identifiers)),
+                   MessageState.emarsys_message_id.in_(identifiers))
+
+    def outbound_matching(self, identifiers: set[str]) -> ColumnElement[bool]:
+        """Return the condition of the campaign messages known by any of these ids."""
+        return or_(OutboundMessage.public_id.in_(identifiers), OutboundMessage.vendor_message_id.in_(identifiers),
+                   and_(OutboundMessage.client_id.in_(self.outbound_clients),
+                        OutboundMessage.emarsys_message_id.in_(identifiers)))
+
+    def outbox_matching(self, identifiers: set[str]) -> ColumnElement[bool]:
+        """Return the condition of the outbox items keyed by any of these ids."""
+        return and_(OutboxItem.client_id.in_(self.outbox_clients), OutboxItem.message_key.in_(identifiers))
+
+
+def _distinct(column: ColumnElement) -> list:
+    # A loose index scan: each step asks the index on `column` for the next greater value, so a
+    # handful of vendors or clients cost a handful of probes however many rows they have.
+    # ORDER BY ... LIMIT 1, not min(): PostgreSQL has no min() of a uuid.
+    first = db.select(column).where(column.is_not(None)).order_by(column).limit(1).scalar_subquery()
+    found = db.select(first.label("value")).cte("found", recursive=True)
+    following = (db.select(column).where(column > found.c.value).order_by(column).limit(1).scalar_subquery())
+    found = found.union_all(db.select(following).where(found.c.value.is_not(None)))
+    return list(db.session.scalars(db.select(found.c.value).where(found.c.value.is_not(None))))
 
 
 def _hour_of(column: ColumnElement) -> ColumnElement:
@@ -185,26 +234,14 @@ def _rows(stmt) -> list:
     return list(db.session.scalars(stmt.limit(HISTORY_LIMIT)))
 
 
-def _any_in(identifiers: set[str], *columns: ColumnElement) -> ColumnElement:
-    return or_(*(column.in_(identifiers) for column in columns))
-
-
-def _outbound_matching(identifiers: set[str]):
-    return (db.select(OutboundMessage)
-            .where(_any_in(identifiers, OutboundMessage.emarsys_message_id, OutboundMessage.public_id,
-                           OutboundMessage.vendor_message_id))
-            .order_by(OutboundMessage.id))
-
-
-def _related_identifiers(message_id: str) -> set[str]:
+def _related_identifiers(message_id: str, keys: _SearchKeys) -> set[str]:
     # A message is known by its Emarsys id, our public id and the vendor's id; outbox rows are keyed
     # by the Emarsys id (or the vendor's id without one), so collect every alias before looking.
     identifiers = {message_id}
     for _ in range(2):
-        for message in _rows(_outbound_matching(identifiers)):
+        for message in _rows(db.select(OutboundMessage).where(keys.outbound_matching(identifiers))):
             identifiers |= {message.emarsys_message_id, message.public_id, message.vendor_message_id}
-        for state in _rows(db.select(MessageState).where(_any_in(
-                identifiers, MessageState.vendor_message_id, MessageState.emarsys_message_id))):
+        for state in _rows(db.select(MessageState).where(keys.states_matching(identifiers))):
             identifiers |= {state.vendor_message_id, state.emarsys_message_id}
         identifiers.discard(None)
     return identifiers
