@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -185,15 +185,30 @@ class Dispatcher:
 
     def _send_all(self, jobs: list[SendJob], send_deadline: float) -> None:
         """Send in a thread pool; while sends are in flight, record those that have finished."""
-        with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(jobs)),
+        lanes = _lanes(jobs)
+        with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(lanes)),
                                 thread_name_prefix="dispatch") as pool:
-            pending = {pool.submit(self._send_before, job, send_deadline): job for job in jobs}
+            pending = {pool.submit(self._send_lane, lane, send_deadline) for lane in lanes}
             while pending:
                 wait(pending, return_when=FIRST_COMPLETED)
                 # Let the sends in flight with it finish too: recording costs per chunk, so a
                 # chunk of a whole round of sends leaves the pool threads more of the CPU.
-                done, _ = wait(pending, timeout=GATHER_SECONDS)
-                self._settle_all([(pending.pop(future), future.result()) for future in done])
+                done, pending = wait(pending, timeout=GATHER_SECONDS)
+                self._settle_all([outcome for future in done for outcome in future.result()])
+
+    def _send_lane(self, lane: list[SendJob], send_deadline: float) -> list[SendOutcome]:
+        """Send the lane's jobs one after another; a retry never takes a vendor id an earlier one got."""
+        outcomes: list[SendOutcome] = []
+        taken: set[str] = set()
+        for job in lane:
+            if job.earlier_attempt is not None and taken:
+                job = replace(job, earlier_attempt=replace(
+                    job.earlier_attempt, taken_vendor_ids=job.earlier_attempt.taken_vendor_ids | taken))
+            result = self._send_before(job, send_deadline)
+            if result is not None and result.vendor_message_id:
+                taken.add(result.vendor_message_id)
+            outcomes.append((job, result))
+        return outcomes
 
     def _send_before(self, job: SendJob, send_deadline: float) -> SendResult | None:
         """Send the job in a pool thread, or return None when the deadline to start has passed."""
@@ -357,6 +372,30 @@ def _owned_by(owner: str, ids: list[int]):
             .where(OutboundMessage.id.in_(ids), OutboundMessage.state == "sending",
                    OutboundMessage.lease_owner == owner)
             .execution_options(synchronize_session=False))
+
+
+def _lanes(jobs: list[SendJob]) -> list[list[SendJob]]:
+    """Group the jobs into lanes sent one after another: one per recipient with a retry, else one per job.
+
+    A retry adopts the oldest vendor message with its text that no other message has (Twilio).
+    Not yet recorded, an id adopted or created in this batch would still look free: so the
+    recipient's retries look one after another, each told the ids the earlier ones got, and its
+    first sends come after them, where no look-up of this batch can mistake them for its own.
+    """
+    retried = {_recipient(job) for job in jobs if job.earlier_attempt is not None}
+    lanes: dict[tuple[uuid.UUID, str], list[SendJob]] = {}
+    alone = []
+    for job in sorted(jobs, key=lambda job: job.earlier_attempt is None):  # stable: retries first
+        if _recipient(job) in retried:
+            lanes.setdefault(_recipient(job), []).append(job)
+        else:
+            alone.append([job])
+    return [*lanes.values(), *alone]
+
+
+def _recipient(job: SendJob) -> tuple[uuid.UUID, str]:
+    """Return the client and number a job sends to."""
+    return job.message.client_id, job.message.destination
 
 
 def _earlier_attempts(messages: list[ClaimedMessage]) -> dict[int, EarlierAttempt]:

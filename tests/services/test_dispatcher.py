@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy
+from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from mappers.report import Outcome
@@ -232,18 +233,21 @@ class FakeTwilio:
     """A fake Twilio that keeps the messages it creates and lists them newest first.
 
     `late_seconds` delays the answer to the first create (the message exists meanwhile);
-    `refuse_next` makes the next create answer 503 without creating anything.
+    `refuse_next` makes the next create answer 503 without creating anything; `lookup_seconds`
+    delays every list.
     """
 
     def __init__(self, late_seconds: float = 0.0):
         self.late_seconds = late_seconds
         self.refuse_next = False
+        self.lookup_seconds = 0.0
         self.created: list[dict] = []
         self.first_answered = threading.Event()
 
     def handle(self, request: Request) -> Response:
         """Create a message on POST, list them on GET."""
         if request.method == "GET":
+            time.sleep(self.lookup_seconds)
             return Response(json.dumps({"messages": self.created[::-1]}), mimetype="application/json")
         if self.refuse_next:
             self.refuse_next = False
@@ -296,6 +300,54 @@ def test_twilio_retry_does_not_take_the_same_text_sent_as_another_message(app_co
 
     assert http_methods(httpserver) == ["POST", "POST", "GET", "POST"]
     assert [message(first).vendor_message_id, message(second).vendor_message_id] == [
+        created["sid"] for created in twilio.created]
+
+
+def test_two_retries_of_the_same_text_to_one_number_adopt_one_twilio_message_each(app_context, httpserver):
+    twilio = FakeTwilio()
+    httpserver.expect_request(TWILIO_MESSAGES).respond_with_handler(twilio.handle)
+    client_id = twilio_client(httpserver.url_for("/"))
+    # Two contacts sharing a number get the same campaign text; a worker died after sending both.
+    first, second = queue_messages(client_id, count=2)
+    dispatcher(app_context, "dead-worker").claim()
+    for _ in (first, second):
+        twilio.handle(Request.from_values(method="POST", data={"To": DESTINATION, "From": "ACME", "Body": BODY}))
+    db.session.execute(sqlalchemy.update(OutboundMessage).values(lease_until=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+
+    dispatcher(app_context, "worker-b").run_once()
+
+    assert http_methods(httpserver) == ["GET", "GET"]
+    assert sorted([message(first).vendor_message_id, message(second).vendor_message_id]) == [
+        created["sid"] for created in twilio.created]
+
+
+@pytest.fixture
+def threaded_httpserver():
+    """Return a started local HTTP server that answers concurrent requests concurrently, as Twilio does."""
+    server = HTTPServer(threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
+
+
+def test_a_twilio_retry_does_not_take_a_text_sent_in_its_own_batch(app_context, threaded_httpserver):
+    httpserver = threaded_httpserver
+    twilio = FakeTwilio()
+    httpserver.expect_request(TWILIO_MESSAGES).respond_with_handler(twilio.handle)
+    client_id = twilio_client(httpserver.url_for("/"))
+    worker = dispatcher(app_context)
+    [retried] = queue_messages(client_id)
+    twilio.refuse_next = True
+    worker.run_once()  # 503: nothing was created, the message is retried
+    [new] = queue_messages(client_id)  # the same text to the same number, first sent in the same batch
+    twilio.lookup_seconds = 0.3  # a new message created meanwhile would be in the look-up's answer
+
+    worker.run_once()
+
+    assert http_methods(httpserver) == ["POST", "GET", "POST", "POST"]
+    assert [message(retried).vendor_message_id, message(new).vendor_message_id] == [
         created["sid"] for created in twilio.created]
 
 
