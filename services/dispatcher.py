@@ -185,15 +185,19 @@ class Dispatcher:
 
     def _send_all(self, jobs: list[SendJob], send_deadline: float) -> None:
         """Send in a thread pool; while sends are in flight, record those that have finished."""
-        lanes = _lanes(jobs)
-        with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(lanes)),
+        lanes, after_lane = _lanes(jobs)
+        with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(jobs)),
                                 thread_name_prefix="dispatch") as pool:
-            pending = {pool.submit(self._send_lane, lane, send_deadline) for lane in lanes}
+            pending = {pool.submit(self._send_lane, lane, send_deadline): lane for lane in lanes}
             while pending:
                 wait(pending, return_when=FIRST_COMPLETED)
                 # Let the sends in flight with it finish too: recording costs per chunk, so a
                 # chunk of a whole round of sends leaves the pool threads more of the CPU.
-                done, pending = wait(pending, timeout=GATHER_SECONDS)
+                done, _ = wait(pending, timeout=GATHER_SECONDS)
+                for future in done:
+                    # A recipient's first sends go once its retries have looked (see _lanes).
+                    for job in after_lane.pop(_recipient(pending.pop(future)[0]), []):
+                        pending[pool.submit(self._send_lane, [job], send_deadline)] = [job]
                 self._settle_all([outcome for future in done for outcome in future.result()])
 
     def _send_lane(self, lane: list[SendJob], send_deadline: float) -> list[SendOutcome]:
@@ -374,23 +378,32 @@ def _owned_by(owner: str, ids: list[int]):
             .execution_options(synchronize_session=False))
 
 
-def _lanes(jobs: list[SendJob]) -> list[list[SendJob]]:
-    """Group the jobs into lanes sent one after another: one per recipient with a retry, else one per job.
+# Vendors whose retry looks for the message an earlier attempt may have created (Twilio has no
+# idempotency key; Genesys gets the same message_id on every attempt and needs no look-up).
+LOOK_UP_VENDORS = frozenset({"twilio"})
 
-    A retry adopts the oldest vendor message with its text that no other message has (Twilio).
-    Not yet recorded, an id adopted or created in this batch would still look free: so the
-    recipient's retries look one after another, each told the ids the earlier ones got, and its
-    first sends come after them, where no look-up of this batch can mistake them for its own.
+
+def _lanes(jobs: list[SendJob]) -> tuple[list[list[SendJob]], dict[tuple[uuid.UUID, str], list[SendJob]]]:
+    """Group the jobs into lanes, each sent one job after another, and the jobs to send after a lane.
+
+    A Twilio retry adopts the oldest vendor message with its text that no other message has. Not
+    yet recorded, an id adopted or created in this batch would still look free: so a recipient's
+    retries look one after another in one lane, each told the ids the earlier ones got, and its
+    first sends go (in parallel) once that lane is done, where no look-up of the batch can mistake
+    them for its own. Every other job is a lane of its own.
     """
-    retried = {_recipient(job) for job in jobs if job.earlier_attempt is not None}
     lanes: dict[tuple[uuid.UUID, str], list[SendJob]] = {}
-    alone = []
-    for job in sorted(jobs, key=lambda job: job.earlier_attempt is None):  # stable: retries first
-        if _recipient(job) in retried:
+    for job in jobs:
+        if job.earlier_attempt is not None and job.vendor in LOOK_UP_VENDORS:
             lanes.setdefault(_recipient(job), []).append(job)
-        else:
+    after_lane: dict[tuple[uuid.UUID, str], list[SendJob]] = {}
+    alone = []
+    for job in jobs:
+        if _recipient(job) not in lanes:
             alone.append([job])
-    return [*lanes.values(), *alone]
+        elif job.earlier_attempt is None or job.vendor not in LOOK_UP_VENDORS:
+            after_lane.setdefault(_recipient(job), []).append(job)
+    return [*lanes.values(), *alone], after_lane
 
 
 def _recipient(job: SendJob) -> tuple[uuid.UUID, str]:

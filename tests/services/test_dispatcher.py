@@ -825,3 +825,44 @@ def test_two_workers_recording_in_chunks_send_and_report_each_message_once(app_c
     assert rows_per(MessageState, MessageState.vendor_message_id) == Counter(public_ids)
     assert sum(rows_per(OutboxItem, OutboxItem.message_key).values()) == 400
     assert rows_per(OutboundMessage, OutboundMessage.state) == Counter({"sent": 400})
+
+
+class ConcurrencyProbe:
+    """Wrap a fake vendor's handler: every create takes `seconds`, and the most at once is counted."""
+
+    def __init__(self, handle, seconds: float = 0.2):
+        self.handle_inner, self.seconds = handle, seconds
+        self.in_flight = self.most_at_once = 0
+        self.lock = threading.Lock()
+
+    def handle(self, request: Request) -> Response:
+        """Answer as the wrapped handler does, after `seconds`, counting the creates in flight."""
+        if request.method == "GET":
+            return self.handle_inner(request)
+        with self.lock:
+            self.in_flight += 1
+            self.most_at_once = max(self.most_at_once, self.in_flight)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.in_flight -= 1
+        return self.handle_inner(request)
+
+
+@pytest.mark.parametrize("vendor", ["twilio", "genesys"])
+def test_a_retry_to_a_number_does_not_make_its_first_sends_go_one_by_one(app_context, threaded_httpserver, vendor):
+    fake = FakeTwilio() if vendor == "twilio" else None
+    probe = ConcurrencyProbe(fake.handle if fake else lambda request: Response("result_code=0"))
+    path = TWILIO_MESSAGES if vendor == "twilio" else GENESYS_PATH
+    threaded_httpserver.expect_request(path).respond_with_handler(probe.handle)
+    base_url = threaded_httpserver.url_for("/" if vendor == "twilio" else GENESYS_PATH)
+    client_id = twilio_client(base_url) if vendor == "twilio" else genesys_client(base_url)
+    queue_messages(client_id)
+    dispatcher(app_context, "dead-worker").claim()  # its attempt may have reached the vendor: a retry
+    db.session.execute(sqlalchemy.update(OutboundMessage).values(lease_until=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+    queue_messages(client_id, count=4)  # first sends to the same number
+
+    dispatcher(app_context, "worker-b").run_once()
+
+    assert probe.most_at_once >= 2
+    assert {message.state for message in db.session.scalars(db.select(OutboundMessage))} == {"sent"}
