@@ -120,6 +120,8 @@ class SendJob:
     config: ClientConfig | None  # None when the stored configuration could not be read
     status_callback_url: str
     earlier_attempt: EarlierAttempt | None = None  # set when an earlier send may have reached the vendor
+    # When the client was configured, as claimed: one deleted and configured again meanwhile differs.
+    client_created_at: datetime | None = None
 
 
 # A finished send and its result; None when it was never started (handed back).
@@ -180,7 +182,7 @@ class Dispatcher:
         earlier_attempts = _earlier_attempts(messages)
         return [SendJob(message, clients[message.client_id].vendor, configs[message.client_id],
                         callback_urls(clients[message.client_id]).delivery_reports,
-                        earlier_attempts.get(message.id))
+                        earlier_attempts.get(message.id), clients[message.client_id].created_at)
                 for message in messages if message.client_id in clients]
 
     def _send_all(self, jobs: list[SendJob], send_deadline: float) -> None:
@@ -261,7 +263,7 @@ class Dispatcher:
         again, and its send result is stored but not forwarded.
         """
         now = utcnow()
-        deleted = _lock_clients({job.message.client_id for job, _ in outcomes})
+        deleted = _lock_clients({job.message.client_id: job.client_created_at for job, _ in outcomes})
         hand_backs, retries, finals, cancels = [], [], [], []
         for job, result in sorted(outcomes, key=lambda outcome: outcome[0].message.id):
             if job.message.client_id in deleted and (result is None or result.retry):
@@ -348,16 +350,21 @@ def _is_due(now: datetime):
                (OutboundMessage.state == "sending") & (OutboundMessage.lease_until < now))
 
 
-def _lock_clients(client_ids: set[uuid.UUID]) -> set[uuid.UUID]:
-    """Hold the clients' rows until commit so none is deleted meanwhile; return the ids already deleted."""
+def _lock_clients(claimed: dict[uuid.UUID, datetime | None]) -> set[uuid.UUID]:
+    """Hold the clients' rows until commit so none is deleted meanwhile; return those deleted since the claim.
+
+    `claimed` maps each client to when it was configured, as the claim read it: a client deleted
+    and configured again during the send is a new client, and its DELETE cancelled this message.
+    """
     # KEY SHARE waits for a DELETE of the client (delete_client locks its row FOR UPDATE) and is
     # waited for by one, yet lets a PUT of the configuration through. A deletion that comes after
     # this lock then cancels the messages this chunk queues again; one that came before is seen
     # here. SQLite ignores the clause; its single writer leaves only the moment before the
     # chunk's first write.
-    present = db.session.scalars(db.select(Client.id).where(Client.id.in_(client_ids))
+    present = db.session.execute(db.select(Client.id, Client.created_at).where(Client.id.in_(list(claimed)))
                                  .with_for_update(read=True, key_share=True))
-    return client_ids - set(present)
+    still_claimed = {client_id for client_id, created_at in present if created_at == claimed[client_id]}
+    return set(claimed) - still_claimed
 
 
 def _drop_forwards(messages: list[ClaimedMessage]) -> None:

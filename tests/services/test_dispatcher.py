@@ -866,3 +866,26 @@ def test_a_retry_to_a_number_does_not_make_its_first_sends_go_one_by_one(app_con
 
     assert probe.most_at_once >= 2
     assert {message.state for message in db.session.scalars(db.select(OutboundMessage))} == {"sent"}
+
+
+def test_a_client_deleted_and_configured_again_during_a_send_does_not_get_its_retry(app_context, httpserver):
+    client_ids = []
+
+    def genesys(request: Request) -> Response:
+        """Answer "try again" to the first send, after the client was deleted and configured again."""
+        if len(httpserver.log) == 0:
+            with app_context.app_context():
+                delete_client(client_ids[0])
+                save_client(client_ids[0], get_client_config(httpserver))
+                db.session.remove()
+            return Response("result_code=98")
+        return Response("result_code=0")
+
+    httpserver.expect_request(GENESYS_PATH).respond_with_handler(genesys)
+    client_ids.append(genesys_client(httpserver.url_for(GENESYS_PATH)))
+    [public_id] = queue_messages(client_ids[0])
+
+    dispatcher(app_context).run_once()
+    dispatcher(app_context).run_once()
+
+    assert (message(public_id).state, sent_message_ids(httpserver)) == ("cancelled", [public_id])
