@@ -464,11 +464,7 @@ def test_a_receipt_arriving_while_the_send_result_is_recorded_reaches_emarsys(ap
             receipt_waits_or_ends(receipt)
 
     receipt = threading.Thread(target=deliver_receipt)
-    sqlalchemy.event.listen(db.engine, "after_cursor_execute", right_after_the_first_state_statement)
-    try:
-        dispatcher(app_context).run_once()
-    finally:
-        sqlalchemy.event.remove(db.engine, "after_cursor_execute", right_after_the_first_state_statement)
+    run_once_calling_after_each_statement(app_context, right_after_the_first_state_statement)
     receipt.join(10)
 
     row = message(public_id)
@@ -675,15 +671,20 @@ def test_a_client_deleted_while_its_send_is_recorded_cancels_the_retry(app_conte
             receipt_waits_or_ends(deletion)
 
     deletion = threading.Thread(target=delete_the_client)
-    sqlalchemy.event.listen(db.engine, "after_cursor_execute", right_after_the_requeue)
-    try:
-        dispatcher(app_context).run_once()
-    finally:
-        sqlalchemy.event.remove(db.engine, "after_cursor_execute", right_after_the_requeue)
+    run_once_calling_after_each_statement(app_context, right_after_the_requeue)
     deletion.join(10)
 
     row = message(public_id)
     assert (row.state, row.lease_owner) == ("cancelled", None)
+
+
+def run_once_calling_after_each_statement(app_context, hook) -> None:
+    """Run the dispatcher once with `hook` called after every statement it sends (a race's cue)."""
+    sqlalchemy.event.listen(db.engine, "after_cursor_execute", hook)
+    try:
+        dispatcher(app_context).run_once()
+    finally:
+        sqlalchemy.event.remove(db.engine, "after_cursor_execute", hook)
 
 
 def get_client_config(httpserver):
