@@ -113,9 +113,14 @@ FOR_UPDATE = {"read": False}
 def delete_client(client_id: uuid.UUID) -> None:
     """Delete a client, cancel its unsent messages, drop its unforwarded reports, and commit."""
     client = get_client(client_id, lock=FOR_UPDATE)
+    now = utcnow()
+    # A message being sent is cancelled too: if its worker dies, no other may claim it later and send
+    # it under the configuration of a client given this id again. A worker still sending it then
+    # records nothing for it (its row is no longer its to record), and Emarsys hears nothing more.
     db.session.execute(update(OutboundMessage)
-                       .where(OutboundMessage.client_id == client_id, OutboundMessage.state == "queued")
-                       .values(state="cancelled", updated_at=utcnow(), lease_owner=None, lease_until=None))
+                       .where(OutboundMessage.client_id == client_id,
+                              OutboundMessage.state.in_(("queued", "sending")))
+                       .values(state="cancelled", updated_at=now, lease_owner=None, lease_until=None))
     # Emarsys would answer them 404: they would only pile up as dead letters.
     db.session.execute(delete(OutboxItem)
                        .where(OutboxItem.client_id == client_id, OutboxItem.state.in_((PENDING, LEASED))))

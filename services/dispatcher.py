@@ -488,8 +488,9 @@ def _log_recorded(hand_backs: list[ClaimedMessage], retries: list[tuple[ClaimedM
         if job.message.id in finished:
             _log_outcome(job.message, result)
         else:
-            log.warning("message %s: lease lost before its outcome was stored; the new owner "
-                        "records it", job.message.public_id)
+            log.warning("message %s: no longer leased to this worker when its outcome came (its lease "
+                        "ended, or its client was deleted and it was cancelled); outcome %s %s not stored",
+                        job.message.public_id, result.outcome.value, result.status_code)
 
 
 def _log_outcome(message: ClaimedMessage, result: SendResult) -> None:

@@ -597,10 +597,10 @@ def test_claimed_message_of_a_client_deleted_meanwhile_is_cancelled(app_context,
     client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
     [public_id] = queue_messages(client_id)
     dispatcher(app_context, "dead-worker").claim()
-    delete_client(client_id)
+    delete_client(client_id)  # cancels the message the dead worker held
     wait_until_leases_expire()
 
-    assert dispatcher(app_context, "worker-b").run_once() == 1
+    assert dispatcher(app_context, "worker-b").run_once() == 0
 
     row = message(public_id)
     assert (row.state, row.lease_owner) == ("cancelled", None)
@@ -638,7 +638,7 @@ def test_a_send_that_ends_in_a_retry_after_its_client_was_deleted_is_cancelled(a
     assert sent_message_ids(httpserver) == [public_id]
 
 
-def test_a_send_result_after_its_client_was_deleted_is_stored_but_not_forwarded(app_context, httpserver):
+def test_a_send_result_after_its_client_was_deleted_is_not_forwarded(app_context, httpserver):
     client_ids: list[uuid.UUID] = []
     httpserver.expect_request(GENESYS_PATH).respond_with_handler(
         genesys_deleting_its_client(app_context, client_ids, "result_code=0"))
@@ -646,9 +646,8 @@ def test_a_send_result_after_its_client_was_deleted_is_stored_but_not_forwarded(
     [public_id] = queue_messages(client_ids[0])
     dispatcher(app_context).run_once()
 
-    row = message(public_id)
-    assert row.state == "sent"
-    assert message_state("genesys", public_id).outcome == "ACCEPTED"  # kept for audit
+    # DELETE cancelled the message while it was being sent; its result is no longer this worker's.
+    assert message(public_id).state == "cancelled"
     # Emarsys would answer 404 for the deleted client: the report would only become a dead letter.
     assert db.session.scalars(db.select(OutboxItem)).all() == []
 
@@ -890,3 +889,19 @@ def test_a_client_deleted_and_configured_again_during_a_send_does_not_get_its_re
     dispatcher(app_context).run_once()
 
     assert (message(public_id).state, sent_message_ids(httpserver)) == ("cancelled", [public_id])
+
+
+def test_a_message_a_dead_worker_held_while_its_client_was_deleted_is_not_sent_for_a_new_client(
+        app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=0")
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    [public_id] = queue_messages(client_id)
+    dispatcher(app_context, "dead-worker").claim()  # leased; the worker dies before its lease ends
+    delete_client(client_id)
+    save_client(client_id, get_client_config(httpserver))  # a new client with the same id
+    db.session.execute(sqlalchemy.update(OutboundMessage).values(lease_until=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+
+    dispatcher(app_context, "worker-b").run_once()
+
+    assert (message(public_id).state, sent_message_ids(httpserver)) == ("cancelled", [])
