@@ -237,9 +237,12 @@ class Dispatcher:
 
     def _send(self, job: SendJob) -> SendResult:
         """Call the vendor, or decide without calling it when sending cannot or must not happen."""
-        message = job.message
+        message, earlier_attempt = job.message, job.earlier_attempt
         if message.attempts > self.settings.max_attempts:
-            return retry_later("attempts", "the worker sending it was lost on the last attempt")
+            if earlier_attempt is None or job.vendor not in LOOK_UP_VENDORS or job.config is None:
+                return retry_later("attempts", "the worker sending it was lost on the last attempt")
+            # The lost attempt may have reached Twilio: adopt what it sent, but send nothing more.
+            earlier_attempt = replace(earlier_attempt, look_up_only=True)
         if job.config is None:
             return retry_later("configuration", "the client's stored configuration cannot be read")
         try:
@@ -248,7 +251,7 @@ class Dispatcher:
                                 our_message_id=message.public_id,
                                 status_callback_url=job.status_callback_url,
                                 timeout=self.settings.vendor_timeout_seconds,
-                                earlier_attempt=job.earlier_attempt)
+                                earlier_attempt=earlier_attempt)
         except Exception as exc:  # A sender bug must end as a retry, not as a row stuck in `sending`.
             # Only the type: an exception's text could quote the body or a credential.
             log.error("sending message %s raised %s", message.public_id, type(exc).__name__)

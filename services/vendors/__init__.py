@@ -54,11 +54,13 @@ class EarlierAttempt:
     """A retry's hint: an earlier attempt may have reached the vendor at or after `since` (naive UTC).
 
     `taken_vendor_ids` are the vendor ids recorded for other messages to the same recipient,
-    which therefore cannot be this message's.
+    which therefore cannot be this message's. `look_up_only`: no attempt is left, so a vendor
+    that can look the earlier attempt up does, but sends nothing.
     """
 
     since: datetime
     taken_vendor_ids: frozenset[str] = frozenset()
+    look_up_only: bool = False
 
 
 def accepted(vendor_message_id: str | None, status_code: str, status_text: str) -> SendResult:

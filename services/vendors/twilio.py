@@ -45,6 +45,8 @@ def send_message(config: ClientConfig, message: OutboundMessage, our_message_id:
     if status_callback_url:
         form["StatusCallback"] = status_callback_url
     result = None if earlier_attempt is None else _earlier_attempt(config, form, earlier_attempt, timeout)
+    if result is None and earlier_attempt is not None and earlier_attempt.look_up_only:
+        result = retry_later("attempts", "no earlier attempt found at Twilio, and no attempt is left")
     if result is None:
         result = _classify_send(_request(config, "POST", "/Messages.json", timeout, data=form))
     log.info("twilio send %s: %s %s", our_message_id, result.status_code, result.status_text)

@@ -905,3 +905,27 @@ def test_a_message_a_dead_worker_held_while_its_client_was_deleted_is_not_sent_f
     dispatcher(app_context, "worker-b").run_once()
 
     assert (message(public_id).state, sent_message_ids(httpserver)) == ("cancelled", [])
+
+
+@pytest.mark.parametrize("settings", [dict(SEND_MAX_ATTEMPTS=1)])
+@pytest.mark.parametrize("reached_twilio", [True, False])
+def test_a_worker_lost_on_the_last_attempt_leaves_a_twilio_look_up_not_a_send(app_context, httpserver,
+                                                                               reached_twilio):
+    twilio = FakeTwilio()
+    httpserver.expect_request(TWILIO_MESSAGES).respond_with_handler(twilio.handle)
+    [public_id] = queue_messages(twilio_client(httpserver.url_for("/")))
+    dispatcher(app_context, "dead-worker").claim()  # its one attempt; then the worker dies
+    if reached_twilio:
+        twilio.handle(Request.from_values(method="POST", data={"To": DESTINATION, "From": "ACME", "Body": BODY}))
+    db.session.execute(sqlalchemy.update(OutboundMessage).values(lease_until=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+
+    dispatcher(app_context, "worker-b").run_once()
+
+    row = message(public_id)
+    assert http_methods(httpserver) == ["GET"]  # looked up, never sent again
+    if reached_twilio:
+        assert (row.state, row.vendor_message_id) == ("sent", twilio.created[0]["sid"])
+        assert forwarded_statuses(row.emarsys_message_id) == ["ACCEPTED"]
+    else:
+        assert (row.state, forwarded_statuses(row.emarsys_message_id)) == ("failed", ["ERROR"])
