@@ -263,20 +263,11 @@ class Dispatcher:
         Only rows still leased to this worker change, and only for those is a report written:
         a worker whose lease expired cannot overwrite the result of the one that took over.
         A message whose client was deleted while it was sent is cancelled rather than queued
-        again, and its send result is stored but not forwarded.
+        again, and its send result is not forwarded.
         """
         now = utcnow()
         deleted = _lock_clients({job.message.client_id: job.client_created_at for job, _ in outcomes})
-        hand_backs, retries, finals, cancels = [], [], [], []
-        for job, result in sorted(outcomes, key=lambda outcome: outcome[0].message.id):
-            if job.message.client_id in deleted and (result is None or result.retry):
-                cancels.append(job.message)  # DELETE cancels unsent messages: this one is unsent
-            elif result is None:
-                hand_backs.append(job.message)
-            elif result.retry and job.message.attempts < self.settings.max_attempts:
-                retries.append((job.message, result))
-            else:
-                finals.append((job, self._final(job.message, result)))
+        hand_backs, retries, finals, cancels = self._sorted(outcomes, deleted)
         cancelled = self._cancel(cancels, now, "client deleted while sending")
         self._hand_back(hand_backs, now)
         requeued = self._requeue(retries, now)
@@ -288,6 +279,20 @@ class Dispatcher:
             if message.id in cancelled:
                 log.info("message %s cancelled: its client was deleted while it was sent", message.public_id)
         _log_recorded(hand_backs, retries, requeued, finals, finished)
+
+    def _sorted(self, outcomes: list[SendOutcome], deleted: set[uuid.UUID]) -> tuple[list, list, list, list]:
+        """Split a chunk's outcomes into hand-backs, retries, final results and cancellations."""
+        hand_backs, retries, finals, cancels = [], [], [], []
+        for job, result in sorted(outcomes, key=lambda outcome: outcome[0].message.id):
+            if job.message.client_id in deleted and (result is None or result.retry):
+                cancels.append(job.message)  # DELETE cancels unsent messages: this one is unsent
+            elif result is None:
+                hand_backs.append(job.message)
+            elif result.retry and job.message.attempts < self.settings.max_attempts:
+                retries.append((job.message, result))
+            else:
+                finals.append((job, self._final(job.message, result)))
+        return hand_backs, retries, finals, cancels
 
     def _final(self, message: ClaimedMessage, result: SendResult) -> SendResult:
         """Return the outcome to store for good: a retry without attempts left becomes an error."""
