@@ -114,6 +114,16 @@ def outbox_replay_command(client_id: uuid.UUID | None, since: datetime | None) -
                    "of the same message, sent or on its way (sent now, it would move its state backwards)")
 
 
+@outbox_group.command("discard-superseded")
+@click.option("--client", "client_id", type=click.UUID, help="Only this Emarsys client.")
+def outbox_discard_superseded_command(client_id: uuid.UUID | None) -> None:
+    """Delete the dead letters replay leaves dead (a later report of their message was sent) and print how many."""
+    from services.outbox import count_dead_letters, discard_superseded_dead_letters
+
+    click.echo(f"discarded {discard_superseded_dead_letters(client_id)} superseded dead letter(s)")
+    click.echo(f"{count_dead_letters(client_id)} dead letter(s) left, each the latest report of its message")
+
+
 @contextmanager
 def migration_lock(engine: Engine) -> Iterator[None]:
     """Hold the migrations' session advisory lock while the block runs; others wait their turn."""

@@ -5,7 +5,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import exists, func, update
+from sqlalchemy import delete, exists, func, update
 from sqlalchemy.orm import aliased
 
 from models import MessageState, OutboxItem, db
@@ -108,6 +108,20 @@ def replay_dead_letters(client_id: uuid.UUID | None = None, since: datetime | No
     replayed = db.session.execute(stmt.execution_options(synchronize_session=False)).rowcount
     db.session.commit()
     return replayed
+
+
+def discard_superseded_dead_letters(client_id: uuid.UUID | None = None) -> int:
+    """Delete the dead letters a replay would never send (optionally of one client) and commit; return how many.
+
+    Their message has a later report that reached Emarsys or is on its way, so Emarsys needs
+    them no more; left, they would keep the dead-letter count above zero for ever.
+    """
+    stmt = delete(OutboxItem).where(OutboxItem.state == DEAD, _superseded())
+    if client_id is not None:
+        stmt = stmt.where(OutboxItem.client_id == client_id)
+    discarded = db.session.execute(stmt.execution_options(synchronize_session=False)).rowcount
+    db.session.commit()
+    return discarded
 
 
 def _superseded():

@@ -197,3 +197,24 @@ def test_since_takes_an_iso_time_in_utc_or_an_age(text, expected):
 def test_since_rejects_other_text():
     with pytest.raises(ValueError, match="ISO time"):
         parse_since("last week", NOW)
+
+
+def test_discard_superseded_deletes_only_the_dead_letters_replay_leaves_dead(app):
+    now = utcnow()
+    with app.app_context():
+        add_report_item("dead", "later-sent", at=now - timedelta(days=3))
+        add_report_item("done", "later-sent", at=now - timedelta(days=1))  # a later report reached Emarsys
+        add_report_item("dead", "later-purged", at=now - timedelta(days=40))
+        add_state("later-purged", at=now - timedelta(days=39))  # its done row is purged, the state is not
+        add_report_item("dead", "newest", at=now - timedelta(days=40))
+        add_state("newest", at=now - timedelta(days=40))  # this very report is the message's latest
+
+    result = run(app, "discard-superseded")
+
+    assert result.exit_code == 0 and "discarded 2 superseded dead letter(s)" in result.output
+    assert "1 dead letter(s) left" in result.output
+    with app.app_context():
+        dead = db.session.scalars(select(OutboxItem.message_key).where(OutboxItem.state == "dead")).all()
+        assert dead == ["newest"]
+        assert db.session.scalars(select(OutboxItem.message_key).where(OutboxItem.state == "done")).all() == [
+            "later-sent"]
