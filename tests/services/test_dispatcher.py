@@ -456,16 +456,9 @@ def test_a_receipt_arriving_while_the_send_result_is_recorded_reaches_emarsys(ap
                 "type": "receipt", "message_id": public_id, "message_state": "2", "result_code": "0"})
             answers.append(answer.status_code)
 
-    def right_after_the_first_state_statement(conn, cursor, statement, *_args) -> None:
-        # The receipt comes in the middle of the recording transaction, after its first statement.
-        touches_states = "message_states" in statement or "sms_record_report" in statement
-        if touches_states and not answers and not receipt.is_alive():
-            receipt.start()
-            receipt_waits_or_ends(receipt)
-
-    receipt = threading.Thread(target=deliver_receipt)
-    run_once_calling_after_each_statement(app_context, right_after_the_first_state_statement)
-    receipt.join(10)
+    # The receipt comes in the middle of the recording transaction, after its first statement.
+    run_once_starting_after(app_context, threading.Thread(target=deliver_receipt),
+                            lambda statement: "message_states" in statement or "sms_record_report" in statement)
 
     row = message(public_id)
     assert answers == [200]
@@ -662,28 +655,32 @@ def test_a_client_deleted_while_its_send_is_recorded_cancels_the_retry(app_conte
         with app_context.app_context():
             delete_client(client_id)
 
-    def right_after_the_requeue(conn, cursor, statement, *_args) -> None:
-        # DELETE comes after the retry is queued again, before the recording commits.
-        if statement.lstrip().startswith("WITH") and "UPDATE outbound_messages" in statement \
-                and not deletion.is_alive():
-            deletion.start()
-            receipt_waits_or_ends(deletion)
-
-    deletion = threading.Thread(target=delete_the_client)
-    run_once_calling_after_each_statement(app_context, right_after_the_requeue)
-    deletion.join(10)
+    # DELETE comes after the retry is queued again, before the recording commits.
+    run_once_starting_after(app_context, threading.Thread(target=delete_the_client),
+                            lambda statement: statement.lstrip().startswith("WITH")
+                            and "UPDATE outbound_messages" in statement)
 
     row = message(public_id)
     assert (row.state, row.lease_owner) == ("cancelled", None)
 
 
-def run_once_calling_after_each_statement(app_context, hook) -> None:
-    """Run the dispatcher once with `hook` called after every statement it sends (a race's cue)."""
-    sqlalchemy.event.listen(db.engine, "after_cursor_execute", hook)
+def run_once_starting_after(app_context, thread: threading.Thread, cue) -> None:
+    """Run the dispatcher once, starting `thread` after the first statement `cue` picks (a race's cue).
+
+    The dispatcher goes on once the thread has ended or waits on a row lock; the thread is then
+    waited for.
+    """
+    def start_on_cue(conn, cursor, statement, *_args) -> None:
+        if cue(statement) and thread.ident is None:
+            thread.start()
+            receipt_waits_or_ends(thread)
+
+    sqlalchemy.event.listen(db.engine, "after_cursor_execute", start_on_cue)
     try:
         dispatcher(app_context).run_once()
     finally:
-        sqlalchemy.event.remove(db.engine, "after_cursor_execute", hook)
+        sqlalchemy.event.remove(db.engine, "after_cursor_execute", start_on_cue)
+    thread.join(10)
 
 
 def get_client_config(httpserver):
