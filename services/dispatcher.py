@@ -29,16 +29,15 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, column, delete, or_, tuple_, update, values
+from sqlalchemy import String, column, or_, tuple_, update, values
 
 from logging_setup import mask_phone_numbers
 from mappers.report import DeliveryReport, ErrorType, Outcome
-from models import Client, OutboundMessage, OutboxItem, db
+from models import Client, OutboundMessage, db
 from schemas.client_config import ClientConfig
 from schemas.outbound import OutboundMessage as MessageToSend
 from services.clients import callback_urls, client_config
 from services.clock import utcnow
-from services.forwarder import PENDING
 from services.ingest import ReportToAdd, add_send_results
 from services.vendors import (REQUESTS_PER_SEND, EarlierAttempt, SendResult, refused, retry_later,
                              send_message)
@@ -120,8 +119,6 @@ class SendJob:
     config: ClientConfig | None  # None when the stored configuration could not be read
     status_callback_url: str
     earlier_attempt: EarlierAttempt | None = None  # set when an earlier send may have reached the vendor
-    # When the client was configured, as claimed: one deleted and configured again meanwhile differs.
-    client_created_at: datetime | None = None
 
 
 # A finished send and its result; None when it was never started (handed back).
@@ -182,7 +179,7 @@ class Dispatcher:
         earlier_attempts = _earlier_attempts(messages)
         return [SendJob(message, clients[message.client_id].vendor, configs[message.client_id],
                         callback_urls(clients[message.client_id]).delivery_reports,
-                        earlier_attempts.get(message.id), clients[message.client_id].created_at)
+                        earlier_attempts.get(message.id))
                 for message in messages if message.client_id in clients]
 
     def _send_all(self, jobs: list[SendJob], send_deadline: float) -> None:
@@ -262,37 +259,23 @@ class Dispatcher:
 
         Only rows still leased to this worker change, and only for those is a report written:
         a worker whose lease expired cannot overwrite the result of the one that took over.
-        A message whose client was deleted while it was sent is cancelled rather than queued
-        again, and its send result is not forwarded.
+        A message whose client was deleted while it was sent is no longer this worker's: DELETE
+        cancelled it (services.clients.delete_client), so nothing is recorded or forwarded for it.
         """
         now = utcnow()
-        deleted = _lock_clients({job.message.client_id: job.client_created_at for job, _ in outcomes})
-        hand_backs, retries, finals, cancels = self._sorted(outcomes, deleted)
-        cancelled = self._cancel(cancels, now, "client deleted while sending")
-        self._hand_back(hand_backs, now)
-        requeued = self._requeue(retries, now)
-        finished = self._finish(finals, now)
-        _drop_forwards([job.message for job, _ in finals
-                        if job.message.client_id in deleted and job.message.id in finished])
-        db.session.commit()
-        for message in cancels:
-            if message.id in cancelled:
-                log.info("message %s cancelled: its client was deleted while it was sent", message.public_id)
-        _log_recorded(hand_backs, retries, requeued, finals, finished)
-
-    def _sorted(self, outcomes: list[SendOutcome], deleted: set[uuid.UUID]) -> tuple[list, list, list, list]:
-        """Split a chunk's outcomes into hand-backs, retries, final results and cancellations."""
-        hand_backs, retries, finals, cancels = [], [], [], []
+        hand_backs, retries, finals = [], [], []
         for job, result in sorted(outcomes, key=lambda outcome: outcome[0].message.id):
-            if job.message.client_id in deleted and (result is None or result.retry):
-                cancels.append(job.message)  # DELETE cancels unsent messages: this one is unsent
-            elif result is None:
+            if result is None:
                 hand_backs.append(job.message)
             elif result.retry and job.message.attempts < self.settings.max_attempts:
                 retries.append((job.message, result))
             else:
                 finals.append((job, self._final(job.message, result)))
-        return hand_backs, retries, finals, cancels
+        self._hand_back(hand_backs, now)
+        requeued = self._requeue(retries, now)
+        finished = self._finish(finals, now)
+        db.session.commit()
+        _log_recorded(hand_backs, retries, requeued, finals, finished)
 
     def _final(self, message: ClaimedMessage, result: SendResult) -> SendResult:
         """Return the outcome to store for good: a retry without attempts left becomes an error."""
@@ -301,13 +284,11 @@ class Dispatcher:
         return refused(Outcome.ERROR, ErrorType.UNKNOWN, result.status_code,
                        f"gave up after {message.attempts} attempts: {result.status_text}")
 
-    def _cancel(self, messages: list[ClaimedMessage], now: datetime, reason: str) -> set[int]:
-        """Cancel messages of a deleted client that are still leased to this worker; return those cancelled."""
-        if not messages:
-            return set()
-        return set(db.session.scalars(_owned_by(self.owner, [message.id for message in messages]).values(
-            state="cancelled", lease_owner=None, lease_until=None, updated_at=now, last_error=reason)
-            .returning(OutboundMessage.id)))
+    def _cancel(self, messages: list[ClaimedMessage], now: datetime, reason: str) -> None:
+        """Cancel messages of a deleted client that are still leased to this worker."""
+        if messages:
+            db.session.execute(_owned_by(self.owner, [message.id for message in messages]).values(
+                state="cancelled", lease_owner=None, lease_until=None, updated_at=now, last_error=reason))
 
     def _hand_back(self, messages: list[ClaimedMessage], now: datetime) -> None:
         """Return unsent messages to the queue, undoing their claim's attempt."""
@@ -356,33 +337,6 @@ def _is_due(now: datetime):
     """Return the condition of a message a worker may claim now."""
     return or_((OutboundMessage.state == "queued") & (OutboundMessage.next_attempt_at <= now),
                (OutboundMessage.state == "sending") & (OutboundMessage.lease_until < now))
-
-
-def _lock_clients(claimed: dict[uuid.UUID, datetime | None]) -> set[uuid.UUID]:
-    """Hold the clients' rows until commit so none is deleted meanwhile; return those deleted since the claim.
-
-    `claimed` maps each client to when it was configured, as the claim read it: a client deleted
-    and configured again during the send is a new client, and its DELETE cancelled this message.
-    """
-    # KEY SHARE waits for a DELETE of the client (delete_client locks its row FOR UPDATE) and is
-    # waited for by one, yet lets a PUT of the configuration through. A deletion that comes after
-    # this lock then cancels the messages this chunk queues again; one that came before is seen
-    # here. SQLite ignores the clause; its single writer leaves only the moment before the
-    # chunk's first write.
-    present = db.session.execute(db.select(Client.id, Client.created_at).where(Client.id.in_(list(claimed)))
-                                 .with_for_update(read=True, key_share=True))
-    still_claimed = {client_id for client_id, created_at in present if created_at == claimed[client_id]}
-    return set(claimed) - still_claimed
-
-
-def _drop_forwards(messages: list[ClaimedMessage]) -> None:
-    """Delete the Emarsys forwards of these deleted clients' messages, as delete_client drops its client's."""
-    if messages:
-        # Emarsys would answer 404 for a deleted client: they would only pile up as dead letters.
-        db.session.execute(delete(OutboxItem).where(
-            tuple_(OutboxItem.client_id, OutboxItem.message_key).in_(
-                [(message.client_id, message.emarsys_message_id[:120]) for message in messages]),
-            OutboxItem.state == PENDING).execution_options(synchronize_session=False))
 
 
 def _owned_by(owner: str, ids: list[int]):
