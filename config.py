@@ -1,11 +1,13 @@
 """Configuration, read from the environment in this one place."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from errors import StartupError
 
@@ -76,18 +78,57 @@ _CREDENTIAL_ALIASES = {
 
 
 def _url_from_credentials(credentials: dict) -> str | None:
-    if credentials.get("uri"):
-        return credentials["uri"]
+    url = credentials.get("uri") or _url_from_parts(credentials)
+    return _with_binding_tls(url, credentials) if url else None
+
+
+def _url_from_parts(credentials: dict) -> str | None:
     parts = {key: next((credentials[name] for name in names if credentials.get(name)), None)
              for key, names in _CREDENTIAL_ALIASES.items()}
     parts["port"] = parts["port"] or 5432  # brokers that omit it mean PostgreSQL's own
     if not all(parts.values()):
         return None
     user, password = quote(str(parts["username"]), safe=""), quote(str(parts["password"]), safe="")
-    # A binding's TLS demand must hold without a uri too: dropped, libpq would settle for "prefer".
-    query = urlencode({"sslmode": credentials["sslmode"]}) if credentials.get("sslmode") else ""
     return (f"postgresql://{user}:{password}@{parts['hostname']}:{parts['port']}/"
-            f"{quote(str(parts['dbname']), safe='')}" + (f"?{query}" if query else ""))
+            f"{quote(str(parts['dbname']), safe='')}")
+
+
+def _with_binding_tls(url: str, credentials: dict) -> str:
+    """Add the binding's sslmode and root certificate to its URL, unless the URL names them itself.
+
+    Dropped, libpq would settle for sslmode "prefer": encrypted if the server offers it, but with
+    any certificate. Brokers such as SAP BTP's PostgreSQL give the CA certificate itself, not a
+    file, in `sslrootcert`, and no sslmode: the certificate then means the server is verified.
+    """
+    query = dict(parse_qsl(urlsplit(url).query))
+    added = {}
+    if credentials.get("sslrootcert") and "sslrootcert" not in query:
+        added["sslrootcert"] = str(_root_certificate_file(str(credentials["sslrootcert"])))
+    sslmode = credentials.get("sslmode") or ("verify-ca" if added else None)
+    if sslmode and "sslmode" not in query:
+        added["sslmode"] = sslmode
+    if not added:
+        return url
+    return url + ("&" if "?" in url else "?") + urlencode(added)
+
+
+def _root_certificate_file(pem: str) -> Path:
+    """Write the binding's CA certificate to a file libpq can read, named by its content."""
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise StartupError("the bound PostgreSQL service's sslrootcert is not a PEM certificate "
+                           "(-----BEGIN CERTIFICATE-----)")
+    digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"sms-status-db-root-{digest}.pem"
+    if path.exists():
+        return path
+    try:
+        # Written aside and renamed: gunicorn's workers and the CLI may start at the same moment.
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as staged:
+            staged.write(pem)
+        os.replace(staged.name, path)
+    except OSError as error:
+        raise StartupError(f"cannot write the database's root certificate to {path}: {error.strerror}") from None
+    return path
 
 
 def database_url_from_vcap(vcap_services: str | None) -> str | None:
@@ -96,9 +137,8 @@ def database_url_from_vcap(vcap_services: str | None) -> str | None:
         return None
     for services in _vcap(vcap_services).values():
         for service in services:
-            credentials = service.get("credentials") or {}
-            url = _url_from_credentials(credentials)
-            if url and _is_postgres_service(service):
+            url = _is_postgres_service(service) and _url_from_credentials(service.get("credentials") or {})
+            if url:
                 return url
     return None
 

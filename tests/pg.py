@@ -36,6 +36,7 @@ class ThrowawayPostgres:
     """A PostgreSQL cluster in a temp dir; as root it runs as the unprivileged `postgres` user."""
 
     def __init__(self):
+        self.settings: dict[str, str] = {}  # more server settings for start() (-c name=value)
         self.bin = find_pg_bin()
         self.root = Path(tempfile.mkdtemp(prefix="sms-status-pg-"))
         self.data = self.root / "data"
@@ -58,8 +59,18 @@ class ThrowawayPostgres:
         self._run("initdb", "-D", str(self.data), "-U", "test", "-A", "trust", "-E", "UTF8", "--no-sync")
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
         return self
+
+    def own_file(self, name: str, content: bytes) -> Path:
+        """Write a file in the cluster's folder that only the server's user may read (keys, certificates)."""
+        path = self.root / name
+        path.write_bytes(content)
+        path.chmod(0o600)
+        if self.run_as:
+            shutil.chown(path, self.run_as)
+        return path
 
     def stop(self) -> None:
         """Stop the cluster and delete its files."""
