@@ -12,6 +12,7 @@ import requests
 
 from services.oauth import OAuthTokenProvider, TokenServiceError
 from services.retry import parse_retry_after
+from services.vendors.transport import bind_to_deadlines, request_within, whole_call_seconds
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class EmarsysClient:
                  timeout: float | tuple[float, float] = (5, 30)):
         self._base_url = base_url.rstrip("/")
         self._tokens = tokens
-        self._session = session or requests.Session()
+        self._session = bind_to_deadlines(session or requests.Session())
         self._timeout = timeout
 
     def send_delivery_reports(self, client_id: str, reports: list[dict]) -> CallResult:
@@ -192,5 +193,5 @@ class EmarsysClient:
         """Post the body once with the current bearer token."""
         headers = {"Authorization": f"Bearer {self._tokens.token()}", "Accept": "application/json"}
         # Redirects are not followed: they would resend the token to wherever they point.
-        return self._session.post(url, json=body, headers=headers, timeout=self._timeout,
-                                  allow_redirects=False)
+        return request_within(self._session, whole_call_seconds(self._timeout), "POST", url, json=body,
+                              headers=headers, timeout=self._timeout, allow_redirects=False)

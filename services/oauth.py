@@ -12,6 +12,7 @@ import jwt
 import requests
 
 from services.metrics import count_token_refresh
+from services.vendors.transport import bind_to_deadlines, request_within, whole_call_seconds
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class OAuthTokenProvider:
         # RFC 6749 2.3.1: both are form-urlencoded (UTF-8) before HTTP Basic, so a compliant token
         # service reads a secret with "+", "%" or ":" as it was issued; plain ASCII goes unchanged.
         self._credentials = (quote_plus(client_id, safe=""), quote_plus(client_secret, safe=""))
-        self._session = session or requests.Session()
+        self._session = bind_to_deadlines(session or requests.Session())
         self._timeout = timeout
         self._refresh_margin = refresh_margin
         self._clock = clock
@@ -101,10 +102,10 @@ class OAuthTokenProvider:
     def _request_token(self) -> dict[str, Any]:
         """Call the token endpoint and return its JSON object, or raise TokenServiceError."""
         try:
-            response = self._session.post(
-                self._token_url, data={"grant_type": "client_credentials"},
-                auth=self._credentials, headers={"Accept": "application/json"},
-                timeout=self._timeout, allow_redirects=False)
+            response = request_within(
+                self._session, whole_call_seconds(self._timeout), "POST", self._token_url,
+                data={"grant_type": "client_credentials"}, auth=self._credentials,
+                headers={"Accept": "application/json"}, timeout=self._timeout, allow_redirects=False)
         except requests.RequestException as exc:
             raise TokenServiceError(f"token service unreachable: {type(exc).__name__}") from exc
         if response.status_code != 200:

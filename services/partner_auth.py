@@ -32,7 +32,7 @@ import jwt
 import requests
 
 from errors import Forbidden, Unauthorized, Unavailable
-from services.vendors.transport import CallDeadline, DeadlineAdapter
+from services.vendors.transport import CallDeadline, bind_to_deadlines
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class EmarsysTokenVerifier:
         self._policy = policy
         self._session = session or requests.Session()
         # Its connections (a given session's too) are shut when a fetch's deadline passes.
-        _bind_to_fetch_deadlines(self._session)
+        bind_to_deadlines(self._session)
         self._clock = clock
         # The cache lock is held only for dict reads/swaps; the fetch lock serialises network
         # fetches so that threads verifying known kids never wait for a slow JWKS server.
@@ -245,12 +245,6 @@ def _read_capped(response: requests.Response) -> bytes:
 def _unavailable(retry_after_seconds: float) -> Unavailable:
     return Unavailable("token signing keys unavailable, retry later",
                        headers={"Retry-After": str(max(1, math.ceil(retry_after_seconds)))})
-
-
-def _bind_to_fetch_deadlines(session: requests.Session) -> None:
-    adapter = DeadlineAdapter()
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
 
 
 def usable_signing_keys(document: Any) -> dict[str, dict[str, Any]]:

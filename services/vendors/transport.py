@@ -104,7 +104,7 @@ def vendor_call(method: str, url: str, timeout: tuple[float, float], **kwargs: A
 
     The call as a whole ends within the sum of the connect and read timeouts.
     """
-    with CallDeadline(sum(timeout)) as deadline:
+    with CallDeadline(whole_call_seconds(timeout)) as deadline:
         answer = _call(method, url, timeout, deadline, **kwargs)
     # Past the deadline its socket was shut: what was read may be cut short.
     return TIMEOUT if deadline.expired else answer
@@ -400,6 +400,43 @@ class DeadlineAdapter(requests.adapters.HTTPAdapter):
         if isinstance(manager, urllib3.ProxyManager):  # a SOCKS manager keeps pools of its own
             manager.pool_classes_by_scheme = dict(self.pool_classes)
         return manager
+
+
+def bind_to_deadlines(session: requests.Session) -> requests.Session:
+    """Make the session's new connections ones that a CallDeadline shuts; return the session."""
+    adapter = DeadlineAdapter()
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def whole_call_seconds(timeout: float | tuple[float, float]) -> float:
+    """Return the time one call may take in all: its connect and read timeouts together."""
+    return sum(timeout) if isinstance(timeout, tuple) else timeout * 2
+
+
+def request_within(session: requests.Session, seconds: float, method: str, url: str,
+                   **kwargs: Any) -> requests.Response:
+    """Make one request whose whole answer arrives within `seconds`, or raise requests.Timeout.
+
+    requests' own timeout bounds each socket read, so a peer that trickles its answer could hold
+    the call for ever. The body is read before return; only a DeadlineAdapter's sockets are shut.
+    """
+    with CallDeadline(seconds) as deadline:
+        try:
+            with session.request(method, url, stream=True, **kwargs) as response:
+                try:
+                    response.content  # noqa: B018 - read it all while the deadline watches
+                finally:
+                    # Before the connection goes back to the pool, where a later call takes it.
+                    deadline.disarm()
+        except requests.RequestException:
+            if not deadline.expired:
+                raise
+    # Past the deadline the socket was shut: what was read may be cut short.
+    if deadline.expired:
+        raise requests.Timeout(f"no whole answer within {seconds:g}s")
+    return response
 
 
 class _PublicAddressAdapter(DeadlineAdapter):

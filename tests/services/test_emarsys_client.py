@@ -14,6 +14,7 @@ from werkzeug import Request, Response
 from services.emarsys_client import CallResult, EmarsysClient, item_index
 from services.oauth import OAuthTokenProvider
 from tests.emarsys_spec import SpecMismatch, requires_spec, validate_pointer, validate_schema
+from tests.trickling_server import json_answer, serve_trickling
 
 pytestmark = requires_spec
 
@@ -320,6 +321,19 @@ def test_timeout_is_a_retry(httpserver, token_server):
 
     assert result.kind == "retry"
     assert result.reason.startswith("timeout")
+
+
+@pytest.mark.parametrize("trickle", ["body", "head"])
+def test_trickling_answer_ends_by_the_whole_call_deadline_as_a_retry(token_server, trickle):
+    # Each byte comes within the 0.5 s read timeout; the whole answer would take about 10 s.
+    answer = json_answer(json.dumps({"accepted": "x" * 200}).encode(), trickle=trickle)
+    url = serve_trickling([answer], gap=0.05, path=BASE_PATH)
+    tokens = OAuthTokenProvider(token_server.url, "partner-client", "partner-secret")
+
+    result = EmarsysClient(url, tokens, timeout=(0.5, 0.5)).send_delivery_reports(CLIENT_ID, [delivered_report()])
+
+    assert (result.kind, result.unreachable) == ("retry", True)
+    assert result.reason == "timeout: Timeout"
 
 
 def test_connection_refused_is_a_retry(token_server):

@@ -11,6 +11,7 @@ import pytest
 from werkzeug import Request, Response
 
 from services.oauth import OAuthTokenProvider, TokenServiceError
+from tests.trickling_server import json_answer, serve_trickling
 
 TOKEN_PATH = "/oauth2/token"
 SIGNING_KEY = "a-test-only-signing-key-of-sufficient-length"
@@ -274,3 +275,13 @@ def test_token_service_recovers_after_an_outage(httpserver):
         provider.token()
 
     assert provider.token() == "opaque-token-1"
+
+
+@pytest.mark.parametrize("trickle", ["body", "head"])
+def test_trickling_token_service_ends_by_the_whole_call_deadline(trickle):
+    # Each byte comes within the 0.5 s read timeout; the whole answer would take about 10 s.
+    body = json.dumps({"access_token": "t" * 200, "token_type": "bearer", "expires_in": 300}).encode()
+    provider = make_provider(serve_trickling([json_answer(body, trickle=trickle)], gap=0.05), timeout=(0.5, 0.5))
+
+    with pytest.raises(TokenServiceError, match="^token service unreachable: Timeout$"):
+        provider.token()
