@@ -98,13 +98,15 @@ def _with_binding_tls(url: str, credentials: dict) -> str:
 
     Dropped, libpq would settle for sslmode "prefer": encrypted if the server offers it, but with
     any certificate. Brokers such as SAP BTP's PostgreSQL give the CA certificate itself, not a
-    file, in `sslrootcert`, and no sslmode: the certificate then means the server is verified.
+    file, in `sslrootcert`, and no sslmode: a root certificate then means verify-full, since a
+    broker's CA (a cloud's regional one) also signs every other customer's database.
     """
     query = dict(parse_qsl(urlsplit(url).query))
     added = {}
     if credentials.get("sslrootcert") and "sslrootcert" not in query:
         added["sslrootcert"] = str(_root_certificate_file(str(credentials["sslrootcert"])))
-    sslmode = credentials.get("sslmode") or ("verify-ca" if added else None)
+    has_root_certificate = "sslrootcert" in query or "sslrootcert" in added
+    sslmode = credentials.get("sslmode") or ("verify-full" if has_root_certificate else None)
     if sslmode and "sslmode" not in query:
         added["sslmode"] = sslmode
     if not added:
@@ -119,16 +121,24 @@ def _root_certificate_file(pem: str) -> Path:
                            "(-----BEGIN CERTIFICATE-----)")
     digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
     path = Path(tempfile.gettempdir()) / f"sms-status-db-root-{digest}.pem"
-    if path.exists():
+    if _is_own_file_holding(path, pem):
         return path
     try:
-        # Written aside and renamed: gunicorn's workers and the CLI may start at the same moment.
+        # Written aside and renamed: gunicorn's workers and the CLI may start at the same moment,
+        # and a file someone else left under that name is replaced, never trusted.
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as staged:
             staged.write(pem)
         os.replace(staged.name, path)
     except OSError as error:
         raise StartupError(f"cannot write the database's root certificate to {path}: {error.strerror}") from None
     return path
+
+
+def _is_own_file_holding(path: Path, content: str) -> bool:
+    try:
+        return path.stat().st_uid == os.getuid() and not path.is_symlink() and path.read_text() == content
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def database_url_from_vcap(vcap_services: str | None) -> str | None:

@@ -86,7 +86,7 @@ def test_binding_root_certificate_makes_the_service_verify_the_server(tls_postgr
     environ = _binding(tls_postgres, sslrootcert=_pem(tls_ca[1]))
     database_url = load_config(environ)["SQLALCHEMY_DATABASE_URI"]
     query = parse_qs(urlsplit(database_url).query)
-    assert query["sslmode"] == ["verify-ca"]
+    assert query["sslmode"] == ["verify-full"]  # the certificate names 127.0.0.1
     assert Path(query["sslrootcert"][0]).read_text() == _pem(tls_ca[1])
     assert _connection_uses_tls(database_url) is True
 
@@ -99,21 +99,39 @@ def test_server_with_a_certificate_of_another_ca_is_refused(tls_postgres):
 
 
 def test_binding_sslmode_is_kept_beside_its_root_certificate(tls_postgres, tls_ca):
-    environ = _binding(tls_postgres, sslrootcert=_pem(tls_ca[1]), sslmode="verify-full")
+    environ = _binding(tls_postgres, sslrootcert=_pem(tls_ca[1]), sslmode="verify-ca")
     database_url = load_config(environ)["SQLALCHEMY_DATABASE_URI"]
-    assert parse_qs(urlsplit(database_url).query)["sslmode"] == ["verify-full"]
-    assert _connection_uses_tls(database_url) is True  # the certificate names 127.0.0.1
+    assert parse_qs(urlsplit(database_url).query)["sslmode"] == ["verify-ca"]
+    assert _connection_uses_tls(database_url) is True
+
+
+def test_server_whose_certificate_names_another_host_is_refused(tls_postgres, tls_ca):
+    environ = _binding(tls_postgres, hostname="localhost", sslrootcert=_pem(tls_ca[1]))
+    database_url = load_config(environ)["SQLALCHEMY_DATABASE_URI"]
+    with pytest.raises(OperationalError, match="does not match host name"):
+        _connection_uses_tls(database_url)
 
 
 def test_binding_uri_gets_the_root_certificate_unless_it_names_one(tls_postgres, tls_ca):
     uri = f"postgres://test:unused@127.0.0.1:{tls_postgres.port}/postgres"
     database_url = load_config(_binding(tls_postgres, uri=uri, sslrootcert=_pem(tls_ca[1])))[
         "SQLALCHEMY_DATABASE_URI"]
-    assert parse_qs(urlsplit(database_url).query)["sslmode"] == ["verify-ca"]
+    assert parse_qs(urlsplit(database_url).query)["sslmode"] == ["verify-full"]
     assert _connection_uses_tls(database_url) is True
     own = load_config(_binding(tls_postgres, uri=uri + "?sslrootcert=/etc/own.pem",
                                sslrootcert=_pem(tls_ca[1])))["SQLALCHEMY_DATABASE_URI"]
-    assert parse_qs(urlsplit(own).query) == {"sslrootcert": ["/etc/own.pem"]}
+    assert parse_qs(urlsplit(own).query) == {"sslrootcert": ["/etc/own.pem"], "sslmode": ["verify-full"]}
+
+
+def test_a_file_left_under_the_certificate_name_is_replaced_not_trusted(tls_postgres, tls_ca):
+    environ = _binding(tls_postgres, sslrootcert=_pem(tls_ca[1]))
+    path = Path(parse_qs(urlsplit(load_config(environ)["SQLALCHEMY_DATABASE_URI"]).query)["sslrootcert"][0])
+    path.write_text(_pem(_new_ca("planted")[1]))
+
+    database_url = load_config(environ)["SQLALCHEMY_DATABASE_URI"]
+
+    assert path.read_text() == _pem(tls_ca[1])
+    assert _connection_uses_tls(database_url) is True
 
 
 def test_binding_root_certificate_that_is_not_pem_stops_start_up(tls_postgres):

@@ -360,11 +360,24 @@ class _WatchedHTTPSConnection(_DeadlineWatchedConnection, HTTPSConnection):
     pass
 
 
-class _WatchedHTTPPool(HTTPConnectionPool):
+class _DisarmingPool:
+    """A pool that ends the watch of the call returning a connection before pooling it."""
+
+    def _put_conn(self, conn: Any) -> None:
+        """Disarm this thread's call deadline, then pool the connection."""
+        # urllib3 pools a connection as soon as its answer is read whole, inside the call: a
+        # deadline passing after that would shut a socket that another thread has taken.
+        deadline = getattr(_current, "deadline", None)
+        if deadline is not None:
+            deadline.disarm()
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _WatchedHTTPPool(_DisarmingPool, HTTPConnectionPool):
     ConnectionCls = _WatchedHTTPConnection
 
 
-class _WatchedHTTPSPool(HTTPSConnectionPool):
+class _WatchedHTTPSPool(_DisarmingPool, HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
@@ -376,11 +389,11 @@ class _PublicPeerHTTPSConnection(_CheckedConnection, HTTPSConnection):
     pass
 
 
-class _PublicPeerHTTPPool(HTTPConnectionPool):
+class _PublicPeerHTTPPool(_DisarmingPool, HTTPConnectionPool):
     ConnectionCls = _PublicPeerHTTPConnection
 
 
-class _PublicPeerHTTPSPool(HTTPSConnectionPool):
+class _PublicPeerHTTPSPool(_DisarmingPool, HTTPSConnectionPool):
     ConnectionCls = _PublicPeerHTTPSConnection
 
 
@@ -403,10 +416,15 @@ class DeadlineAdapter(requests.adapters.HTTPAdapter):
 
 
 def bind_to_deadlines(session: requests.Session) -> requests.Session:
-    """Make the session's new connections ones that a CallDeadline shuts; return the session."""
+    """Make the session's new connections ones that a CallDeadline shuts; return the session.
+
+    The session's http and https adapters are replaced, unless they are DeadlineAdapters already
+    (one session shared by two callers keeps its pools).
+    """
     adapter = DeadlineAdapter()
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
+    for prefix in ("https://", "http://"):
+        if not isinstance(session.adapters.get(prefix), DeadlineAdapter):
+            session.mount(prefix, adapter)
     return session
 
 

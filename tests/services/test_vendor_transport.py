@@ -7,6 +7,7 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 import urllib3.exceptions
 from werkzeug import Response
 
@@ -261,6 +262,19 @@ def test_a_finished_calls_deadline_never_cuts_the_next_call_on_its_pooled_connec
     assert (first.text, second.text) == ("result_code=0", "result_code=0")
 
 
+def test_a_deadline_passing_after_its_connection_is_pooled_shuts_nothing():
+    # urllib3 pools the connection once the answer is read whole, before the call returns: if the
+    # watchdog fires then, it must not shut a socket another call may already be using.
+    url = serve_trickling([[OK_HEAD + b"result_code=0"], [OK_HEAD + b"result", b"_code=0"]], gap=0.2)
+    pool = transport._PublicPeerHTTPPool("127.0.0.1", urlsplit(url).port, maxsize=1, timeout=2.0, retries=False)
+    with transport.CallDeadline(60) as first:
+        assert pool.urlopen("POST", "/", body=b"a=b").data == b"result_code=0"
+        first.expire()  # the watchdog, between the pooling and the end of the call
+
+    assert pool.urlopen("POST", "/", body=b"a=b").data == b"result_code=0"
+    assert not first.expired and pool.num_connections == 1  # the same kept-alive connection
+
+
 def test_a_disarmed_deadline_shuts_nothing_and_an_expired_one_shuts_what_it_is_given():
     kept, kept_peer = socket.socketpair()
     cut, cut_peer = socket.socketpair()
@@ -284,3 +298,14 @@ def test_a_call_within_its_deadline_is_answered_whole():
     answer = transport.vendor_call("POST", url, (0.5, 0.5), data={"a": "b"})
 
     assert (answer.status_code, answer.text) == (200, "result_code=0")
+
+
+def test_a_session_bound_to_deadlines_twice_keeps_its_pools():
+    session = transport.bind_to_deadlines(requests.Session())
+    adapter = session.get_adapter("https://emarsys.example/")
+
+    transport.bind_to_deadlines(session)
+
+    assert isinstance(adapter, transport.DeadlineAdapter)
+    assert session.get_adapter("https://emarsys.example/") is adapter
+    assert session.get_adapter("http://emarsys.example/") is adapter
