@@ -7,7 +7,6 @@ is also the vendor message id.
 """
 from __future__ import annotations
 
-import logging
 import uuid
 from urllib.parse import parse_qs
 
@@ -20,7 +19,6 @@ from services.vendors import (CREDENTIAL, INTEGRATION, TEMPORARY, ConnectionTest
                               vendor_request_timeout)
 from services.vendors.transport import VendorAnswer, vendor_call
 
-log = logging.getLogger(__name__)
 
 ACCEPTED_CODES = {0: "queued", 7: "duplicate message_id, already accepted"}
 RETRY_CODES = {6: "throttled", 98: "internal server error"}
@@ -58,7 +56,6 @@ def send_message(config: ClientConfig, message: OutboundMessage, our_message_id:
     if config.fields.get("priority"):
         form["priority"] = config.fields["priority"]
     result = _classify_send(_post(config, form, timeout), our_message_id)
-    log.info("genesys send %s: %s %s", our_message_id, result.status_code, result.status_text)
     return result
 
 

@@ -1,7 +1,6 @@
 """Twilio Programmable Messaging: sending and the credential check, with Basic auth."""
 from __future__ import annotations
 
-import logging
 import re
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
@@ -16,7 +15,6 @@ from services.vendors import (CREDENTIAL, INTEGRATION, TEMPORARY, ConnectionTest
                               vendor_request_timeout)
 from services.vendors.transport import NOT_PUBLIC, VendorAnswer, vendor_call
 
-log = logging.getLogger(__name__)
 
 API_VERSION = "2010-04-01"
 # Twilio error codes that blame the sender: invalid From, From not SMS-capable, From not owned.
@@ -49,7 +47,6 @@ def send_message(config: ClientConfig, message: OutboundMessage, our_message_id:
         result = retry_later("attempts", "no earlier attempt found at Twilio, and no attempt is left")
     if result is None:
         result = _classify_send(_request(config, "POST", "/Messages.json", timeout, data=form))
-    log.info("twilio send %s: %s %s", our_message_id, result.status_code, result.status_text)
     return result
 
 
