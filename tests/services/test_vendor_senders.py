@@ -468,7 +468,7 @@ def test_secrets_and_bodies_are_never_logged(httpserver, caplog):
     vendors.send_message(twilio_config(httpserver.url_for("/")), MESSAGE, "t-1", None, TIMEOUT)
     vendors.test_connection(genesys_config(closed_port_url()), TIMEOUT)
 
-    assert "g-1" in caplog.text and "t-1" in caplog.text
+    assert "vendor request failed: ConnectionError" in caplog.text  # the log was captured
     for secret in (PASSWORD, AUTH_TOKEN, BODY):
         assert secret not in caplog.text
 
