@@ -55,8 +55,7 @@ def send_message(config: ClientConfig, message: OutboundMessage, our_message_id:
     }
     if config.fields.get("priority"):
         form["priority"] = config.fields["priority"]
-    result = _classify_send(_post(config, form, timeout), our_message_id)
-    return result
+    return _classify_send(_post(config, form, timeout), our_message_id)
 
 
 def test_connection(config: ClientConfig, timeout: float) -> ConnectionTestResult:
