@@ -4,6 +4,9 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -19,6 +22,8 @@ from sqlalchemy.exc import OperationalError
 from config import load_config
 from errors import StartupError
 from tests.pg import ThrowawayPostgres
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _certificate(subject: str, issuer_key, public_key, issuer: str, is_ca: bool) -> x509.Certificate:
@@ -137,3 +142,15 @@ def test_a_file_left_under_the_certificate_name_is_replaced_not_trusted(tls_post
 def test_binding_root_certificate_that_is_not_pem_stops_start_up(tls_postgres):
     with pytest.raises(StartupError, match="sslrootcert is not a PEM certificate"):
         load_config(_binding(tls_postgres, sslrootcert="/etc/ssl/certs/ca.pem"))
+
+
+def test_migration_step_names_a_certificate_that_does_not_verify(tls_postgres):
+    environ = {**os.environ, **_binding(tls_postgres, sslrootcert=_pem(_new_ca("someone else")[1]))}
+    environ.pop("DATABASE_URL", None)
+    step = subprocess.run([str(Path(sys.executable).parent / "flask"), "--app", "app", "db-upgrade-locked"],
+                          cwd=REPO, env=environ, capture_output=True, text=True, timeout=60)
+
+    assert step.returncode != 0
+    last_line = step.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("Error: database unreachable: ") and "certificate verify failed" in last_line
+    assert "Traceback" not in step.stderr
