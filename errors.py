@@ -50,6 +50,13 @@ class InvalidParameter(ServiceError):
     error = "invalid_parameter"
 
 
+class UnsupportedMediaType(ServiceError):
+    """A request body in a format this endpoint does not read."""
+
+    status_code = 415
+    error = "unsupported_media_type"
+
+
 class Unauthorized(ServiceError):
     """Credentials are missing or wrong."""
 

@@ -11,7 +11,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import MultiPartParser
 from werkzeug.http import parse_options_header
 
-from errors import Forbidden, InvalidParameter, NotFound
+from errors import Forbidden, InvalidParameter, NotFound, UnsupportedMediaType
 from mappers import genesys, sapdi
 from mappers.params import TEXT_PARAMETERS, decode_form, decode_parts
 from mappers.registry import VendorAdapter
@@ -48,6 +48,11 @@ def request_params(adapter: VendorAdapter | None = None) -> dict[str, str]:
             adapter.body_parameters if adapter else TEXT_PARAMETERS))
     elif mimetype == MULTIPART:
         params = _body_over_query(params, _multipart_fields())
+    elif not params and request.content_length:
+        # Nothing to read but a body in another format (JSON, XML): say so, not "X is required".
+        body = f"a body of type {mimetype}" if mimetype else "a body without a Content-Type"
+        raise UnsupportedMediaType(f"{body} is not read: send the parameters in the query string "
+                                   f"or as {URLENCODED} or {MULTIPART}", field="Content-Type")
     for key, value in params.items():
         if "\x00" in key or "\x00" in value:
             # PostgreSQL text cannot hold NUL: refuse it here rather than fail while storing.
@@ -82,7 +87,7 @@ def _multipart_fields() -> dict[str, str]:
     parser = _BytePartParser(max_form_memory_size=request.max_form_memory_size,
                              max_form_parts=request.max_form_parts, cls=list)
     try:
-        fields, _ = parser.parse(io.BytesIO(body), boundary.encode("ascii"), len(body))
+        fields, files = parser.parse(io.BytesIO(body), boundary.encode("ascii"), len(body))
     except ValueError:
         return {}  # malformed too (a bad boundary, a part without Content-Disposition, a cut body)
     except RequestEntityTooLarge:
@@ -91,8 +96,11 @@ def _multipart_fields() -> dict[str, str]:
         # So the part count tripped: werkzeug's 413 would blame a size the body is within.
         raise InvalidParameter(f"a multipart body may have at most {request.max_form_parts} parts",
                                field="body") from None
-    return decode_parts((name, value.encode("latin-1"), charset)
-                        for (name, value), charset in zip(fields, parser.charsets, strict=True))
+    parts = [(name, value.encode("latin-1"), charset)
+             for (name, value), charset in zip(fields, parser.charsets, strict=True)]
+    # A part with a filename is a file to werkzeug, but to a vendor just another way to send a value.
+    parts += [(name, upload.stream.read(), upload.mimetype_params.get("charset")) for name, upload in files]
+    return decode_parts(parts)
 
 
 def _body_over_query(query: dict[str, str], body: dict[str, str]) -> dict[str, str]:

@@ -53,6 +53,7 @@ ERROR_RESPONSES = {
     "Unauthorized": "Credentials are missing or wrong",
     "Forbidden": "Credentials are valid but do not grant this request",
     "NotFound": "The addressed resource does not exist",
+    "UnsupportedMediaType": "The body is in a format this endpoint does not read",
     "Unavailable": "The database or another dependency cannot serve the request; retry later",
 }
 
@@ -105,7 +106,7 @@ def custom_fields_body(required: bool = True) -> dict[str, Any]:
 
 
 STORED = {"200": json_body(responses.IngestAnswerSchema, "Stored, or recognised as a redelivery"),
-          "400": "BadRequest", "404": "NotFound", "503": "Unavailable"}
+          "400": "BadRequest", "404": "NotFound", "415": "UnsupportedMediaType", "503": "Unavailable"}
 VENDOR_PUSH = Operation("vendors", {**STORED, "403": "Forbidden"}, parameters=(VENDOR_QUERY, TWILIO_SIGNATURE),
                         request_body=VENDOR_FORM_BODY)
 PARTNER_ERRORS = {"401": "Unauthorized", "403": "Forbidden", "503": "Unavailable"}

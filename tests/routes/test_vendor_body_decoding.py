@@ -46,6 +46,20 @@ def test_multipart_fields_keep_the_first_of_a_repeated_name_whatever_their_chars
     assert stored_body(app) == "€ 5"
 
 
+@pytest.mark.parametrize("part_headers, expected", [
+    (b"Content-Type: text/plain; charset=iso-8859-1\r\n", "Grüße"),
+    (b"Content-Type: application/octet-stream\r\n", "Grüße"),  # not UTF-8: Windows-1252
+])
+def test_a_value_sent_as_a_file_part_is_read_like_any_part(app, client, part_headers, expected):
+    file_part = (b'Body"; filename="text.txt', b"Gr\xfc\xdfe", part_headers)
+    body = multipart([*EXPERTFLOW_MO, file_part])
+    response = client.post("/vendors/expertflow/inbound-messages", data=body, content_type=MULTIPART)
+    assert response.status_code == 200, response.get_json()
+    assert stored_body(app) == expected
+    with app.app_context():
+        assert db.session.scalars(db.select(RawEvent.params)).one()["Body"] == expected
+
+
 @pytest.mark.parametrize("text", [b"%FF%FE%FC%00%DF%00", b"%FE%FF%00%FC%00%DF"])
 def test_ucs2_text_follows_its_byte_order_mark(app, client, text):
     body = b"type=MO&message_id=mo-bom&shortcode=12345&phone_number=4915112345&message=" + text
@@ -77,3 +91,20 @@ def test_a_mapping_file_offset_whose_plus_arrived_as_a_space_is_read(make_app, t
     assert response.status_code == 200, response.get_json()
     with app.app_context():
         assert db.session.scalars(db.select(MessageState.event_at)).one() == datetime(2024, 1, 2, 2, 4, 5)
+
+
+@pytest.mark.parametrize("content_type", ["application/json", None])
+def test_a_body_in_a_format_not_read_is_refused_naming_content_type(app, client, content_type):
+    response = client.post("/vendors/twilio/delivery-reports", data=b'{"MessageSid": "SM1"}',
+                           headers={"Content-Type": content_type} if content_type else {})
+    assert response.status_code == 415
+    assert response.get_json()["field"] == "Content-Type"
+    assert (content_type or "without a Content-Type") in response.get_json()["message"]
+    with app.app_context():
+        assert db.session.scalar(db.select(func.count()).select_from(RawEvent)) == 0
+
+
+def test_a_body_in_another_format_beside_query_parameters_is_no_fault(client):
+    response = client.post("/vendors/twilio/delivery-reports?MessageSid=SM1&MessageStatus=delivered",
+                           data=b"{}", content_type="application/json")
+    assert response.status_code == 200, response.get_json()
