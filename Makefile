@@ -29,7 +29,7 @@ install: $(BIN)/.installed
 ## worker refusing its settings never leaves a web server that accepts messages nobody sends.
 run: install
 	mkdir -p instance
-	$(BIN)/flask --app app db upgrade
+	$(BIN)/flask --app app db-upgrade-locked
 	@$(BIN)/flask --app app worker & worker=$$!; \
 	$(BIN)/gunicorn --workers $(WEB_CONCURRENCY) --bind 0.0.0.0:$(PORT) --access-logfile - wsgi:app & web=$$!; \
 	stopped=0; trap 'stopped=1; kill $$worker $$web 2>/dev/null' INT TERM; \

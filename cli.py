@@ -1,8 +1,9 @@
 """Command-line commands: `flask --app app <command>`."""
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -11,7 +12,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import Engine, event, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from logging_setup import mask_phone_numbers
 
@@ -45,6 +46,26 @@ def worker_command(once: bool) -> None:
         raise click.ClickException(str(exc)) from None  # a failed exit: the platform restarts it
 
 
+def database_faults_in_one_line(command: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a command so that a database error stops it with one line naming the fault, not a traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except DBAPIError as error:
+            kind = "database unreachable" if isinstance(error, OperationalError) else "database error"
+            raise click.ClickException(f"{kind}: {driver_reason(error)}") from None
+
+    return run
+
+
+def driver_reason(error: DBAPIError) -> str:
+    """Return the first line of the driver's message: where and why, never the password."""
+    # libpq's first line says where and why ("... port 5432 failed: Connection refused").
+    return str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+
+
 outbox_group = AppGroup("outbox", help="Inspect the Emarsys outbox and replay its dead letters.")
 
 
@@ -70,6 +91,7 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> dat
 
 
 @outbox_group.command("status")
+@database_faults_in_one_line
 def outbox_status_command() -> None:
     """Print how many outbox items are in each state and the oldest pending age."""
     from services.outbox import outbox_status
@@ -84,6 +106,7 @@ def outbox_status_command() -> None:
 @outbox_group.command("dead")
 @click.option("--client", "client_id", type=click.UUID, help="Only this Emarsys client.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+@database_faults_in_one_line
 def outbox_dead_command(client_id: uuid.UUID | None, limit: int) -> None:
     """List dead letters (never message bodies), oldest first."""
     from services.outbox import count_dead_letters, dead_letters
@@ -103,6 +126,7 @@ def outbox_dead_command(client_id: uuid.UUID | None, limit: int) -> None:
 @click.option("--since", callback=_since,
               help="Only items created since an ISO time (UTC), e.g. 2026-01-01T00:00, "
                    "or an age, e.g. 2h or 3d.")
+@database_faults_in_one_line
 def outbox_replay_command(client_id: uuid.UUID | None, since: datetime | None) -> None:
     """Re-queue dead letters for immediate forwarding and print how many."""
     from services.outbox import count_dead_letters, replay_dead_letters
@@ -116,6 +140,7 @@ def outbox_replay_command(client_id: uuid.UUID | None, since: datetime | None) -
 
 @outbox_group.command("discard-superseded")
 @click.option("--client", "client_id", type=click.UUID, help="Only this Emarsys client.")
+@database_faults_in_one_line
 def outbox_discard_superseded_command(client_id: uuid.UUID | None) -> None:
     """Delete the dead letters replay leaves dead (a later report of their message was sent) and print how many."""
     from services.outbox import count_dead_letters, discard_superseded_dead_letters
@@ -142,10 +167,7 @@ def check_reachable(engine: Engine) -> None:
     try:
         engine.connect().close()
     except DBAPIError as error:
-        # libpq's first line says where and why ("... port 5432 failed: Connection refused"),
-        # never the password.
-        reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
-        raise StartupError(f"database unreachable: {reason}") from None
+        raise StartupError(f"database unreachable: {driver_reason(error)}") from None
 
 
 def lift_statement_timeout(engine: Engine) -> None:
@@ -199,6 +221,7 @@ def _age(ctx: click.Context, param: click.Parameter, value: str | None) -> timed
               help="Delete rows older than this age, e.g. 30d or 12h (default: RETENTION_DAYS).")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Rows per transaction (default: PURGE_BATCH_SIZE).")
+@database_faults_in_one_line
 def purge_command(older_than: timedelta | None, dry_run: bool, batch_size: int | None) -> None:
     """Delete what has outlived the retention, in short batches, and print the count per table."""
     from services.clock import utcnow

@@ -10,6 +10,7 @@ from sqlalchemy import insert, select
 from models import MessageState, OutboxItem, db
 from services.clock import utcnow
 from services.outbox import parse_since
+from tests.pg import free_port
 
 CLIENT_A = uuid.UUID("39a281c7-942f-49a9-91c2-8f0dba750f7f")
 CLIENT_B = uuid.UUID("5b0e6c55-2f3e-4c1e-9d8e-0a1b2c3d4e5f")
@@ -218,3 +219,27 @@ def test_discard_superseded_deletes_only_the_dead_letters_replay_leaves_dead(app
         assert dead == ["newest"]
         assert db.session.scalars(select(OutboxItem.message_key).where(OutboxItem.state == "done")).all() == [
             "later-sent"]
+
+
+@pytest.mark.parametrize("command", [["outbox", "status"], ["outbox", "dead"], ["outbox", "replay"],
+                                     ["outbox", "discard-superseded"], ["purge", "--dry-run"]])
+def test_a_database_it_cannot_reach_stops_a_command_with_one_line(make_app, command):
+    port = free_port()  # nothing listens there
+    app = make_app(SQLALCHEMY_DATABASE_URI=f"postgresql+psycopg2://ops:db-S3cret@127.0.0.1:{port}/d")
+
+    with app.app_context():  # as `flask` pushes one for every command
+        result = app.test_cli_runner().invoke(args=command)
+
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        f'Error: database unreachable: connection to server at "127.0.0.1", port {port} failed: Connection refused')
+    assert "Traceback" not in result.output and "db-S3cret" not in result.output
+
+
+def test_a_database_error_stops_a_command_with_one_line_naming_it(make_app, postgres):
+    app = make_app(SQLALCHEMY_DATABASE_URI=postgres.url)  # reachable, but never migrated
+
+    result = app.test_cli_runner().invoke(args=["outbox", "status"])
+
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith('Error: database error: relation "outbox" does not exist')
