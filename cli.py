@@ -12,7 +12,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import Engine, event, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from logging_setup import mask_phone_numbers
 
@@ -51,11 +51,15 @@ def database_faults_in_one_line(command: Callable[..., None]) -> Callable[..., N
 
     @functools.wraps(command)
     def run(*args, **kwargs) -> None:
+        from models import db
+
+        # Connecting first tells "unreachable" apart from what fails later (a statement timeout,
+        # a lock wait, a missing table), which psycopg2 also calls OperationalError.
+        check_reachable(db.engine)
         try:
             command(*args, **kwargs)
         except DBAPIError as error:
-            kind = "database unreachable" if isinstance(error, OperationalError) else "database error"
-            raise click.ClickException(f"{kind}: {driver_reason(error)}") from None
+            raise click.ClickException(f"database error: {driver_reason(error)}") from None
 
     return run
 

@@ -5,7 +5,7 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import create_engine, insert, select, text
 
 from models import MessageState, OutboxItem, db
 from services.clock import utcnow
@@ -243,3 +243,19 @@ def test_a_database_error_stops_a_command_with_one_line_naming_it(make_app, post
 
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith('Error: database error: relation "outbox" does not exist')
+
+
+def test_a_statement_timeout_is_a_database_error_not_an_unreachable_database(make_app, database_url):
+    app = make_app(SQLALCHEMY_ENGINE_OPTIONS={"connect_args": {"options": "-c statement_timeout=200"}})
+    blocker = create_engine(database_url).connect()
+    blocker.execute(text("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE"))
+    try:
+        with app.app_context():
+            result = app.test_cli_runner().invoke(args=["outbox", "status"])
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: database error: canceling statement due to statement timeout")
