@@ -186,6 +186,11 @@ class CallDeadline:
             if self.expired:
                 _shut(sock)
 
+    def unwatch(self, sock: socket.socket | None) -> None:
+        """Stop watching this socket: its connection goes back to the pool, to another call."""
+        with self._lock:
+            self._sockets = [watched for watched in self._sockets if watched is not sock]
+
     def expire(self) -> None:
         """Shut the call's sockets, unless it was disarmed first."""
         # Shut under the lock: once disarm() returns, no socket of this call is shut any more.
@@ -360,24 +365,25 @@ class _WatchedHTTPSConnection(_DeadlineWatchedConnection, HTTPSConnection):
     pass
 
 
-class _DisarmingPool:
-    """A pool that ends the watch of the call returning a connection before pooling it."""
+class _UnwatchingPool:
+    """A pool that stops the deadline of the call returning a connection from watching its socket."""
 
     def _put_conn(self, conn: Any) -> None:
-        """Disarm this thread's call deadline, then pool the connection."""
-        # urllib3 pools a connection as soon as its answer is read whole, inside the call: a
-        # deadline passing after that would shut a socket that another thread has taken.
+        """Unwatch the connection's socket for this thread's call, then pool the connection."""
+        # urllib3 pools a connection as soon as an answer is read whole, inside the call: a
+        # deadline passing after that would shut a socket that another thread has taken. Only
+        # this socket: the call's later requests (a redirect followed) stay bounded.
         deadline = getattr(_current, "deadline", None)
-        if deadline is not None:
-            deadline.disarm()
+        if deadline is not None and conn is not None:
+            deadline.unwatch(getattr(conn, "sock", None))
         super()._put_conn(conn)  # type: ignore[misc]
 
 
-class _WatchedHTTPPool(_DisarmingPool, HTTPConnectionPool):
+class _WatchedHTTPPool(_UnwatchingPool, HTTPConnectionPool):
     ConnectionCls = _WatchedHTTPConnection
 
 
-class _WatchedHTTPSPool(_DisarmingPool, HTTPSConnectionPool):
+class _WatchedHTTPSPool(_UnwatchingPool, HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
@@ -389,11 +395,11 @@ class _PublicPeerHTTPSConnection(_CheckedConnection, HTTPSConnection):
     pass
 
 
-class _PublicPeerHTTPPool(_DisarmingPool, HTTPConnectionPool):
+class _PublicPeerHTTPPool(_UnwatchingPool, HTTPConnectionPool):
     ConnectionCls = _PublicPeerHTTPConnection
 
 
-class _PublicPeerHTTPSPool(_DisarmingPool, HTTPSConnectionPool):
+class _PublicPeerHTTPSPool(_UnwatchingPool, HTTPSConnectionPool):
     ConnectionCls = _PublicPeerHTTPSConnection
 
 

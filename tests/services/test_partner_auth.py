@@ -548,6 +548,16 @@ def test_trickling_jwks_fetch_ends_by_its_deadline_with_503(trickle: str, clock:
     assert "JWKS fetch from" in caplog.text
 
 
+def test_trickling_jwks_behind_a_redirect_ends_by_its_deadline(clock: FakeClock, rsa_key: rsa.RSAPrivateKey) -> None:
+    # The redirect's answer is read whole and its connection pooled: the deadline must still hold
+    # for the request that follows it.
+    redirect = [b"HTTP/1.1 302 Found\r\nLocation: /keys\r\nContent-Length: 0\r\n\r\n"]
+    document = json.dumps({"keys": [rsa_jwk(rsa_key, "k1")]}).encode()
+    verifier = trickle_verifier(serve_trickling([redirect, json_answer(document)], gap=0.05), clock)
+    error = outcome_within(verifier, bearer(sign(rsa_key)), 5.0)
+    assert isinstance(error, Unavailable), f"verify answered {error!r} within 5 s"
+
+
 def test_trickling_refetch_on_a_pooled_connection_ends_by_its_deadline(clock: FakeClock,
                                                                       rsa_key: rsa.RSAPrivateKey) -> None:
     document = json.dumps({"keys": [rsa_jwk(rsa_key, "k1")]}).encode()
