@@ -4,12 +4,14 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from typing import IO
 
 from flask import Blueprint, current_app, g, request
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import MultiPartParser
 from werkzeug.http import parse_options_header
+from werkzeug.sansio.multipart import File
 
 from errors import Forbidden, InvalidParameter, NotFound, UnsupportedMediaType
 from mappers import genesys, sapdi
@@ -62,20 +64,43 @@ def request_params(adapter: VendorAdapter | None = None) -> dict[str, str]:
 
 
 class _BytePartParser(MultiPartParser):
-    """Read each field as Latin-1, which keeps its bytes, noting the charset its part declares.
+    """Read each field as Latin-1, which keeps its bytes, noting each part's kind and declared charset.
 
     werkzeug decodes a part as UTF-8 unless it declares one of four charsets, and replaces
-    what does not decode: decode_parts reads the bytes as a URL-encoded body's are read.
+    what does not decode: decode_parts reads the bytes as a URL-encoded body's are read. A part
+    with a filename is a file to werkzeug, but to a vendor just another way to send a value.
     """
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        self.charsets: list[str | None] = []  # one per field, in the order of the fields
+        self.kinds: list[tuple[bool, str | None]] = []  # (is a file, charset), in the body's order
 
     def get_part_charset(self, headers: Headers) -> str:
-        """Note the part's declared charset and have werkzeug decode it as Latin-1."""
-        self.charsets.append(parse_options_header(headers.get("content-type"))[1].get("charset"))
+        """Note a field's declared charset and have werkzeug decode it as Latin-1."""
+        self.kinds.append((False, _declared_charset(headers)))
         return "latin-1"
+
+    def start_file_streaming(self, event: File, total_content_length: int | None) -> IO[bytes]:
+        """Note a file part's declared charset, then let werkzeug store its bytes."""
+        self.kinds.append((True, _declared_charset(event.headers)))
+        return super().start_file_streaming(event, total_content_length)
+
+    def parts_in_body_order(self, fields: list, files: list) -> list[tuple[str, bytes, str | None]]:
+        """Return (name, bytes, declared charset) of every field and file part, in the body's order."""
+        fields_left, files_left = iter(fields), iter(files)
+        parts = []
+        for is_file, charset in self.kinds:
+            if is_file:
+                name, upload = next(files_left)
+                parts.append((name, upload.stream.read(), charset))
+            else:
+                name, value = next(fields_left)
+                parts.append((name, value.encode("latin-1"), charset))
+        return parts
+
+
+def _declared_charset(headers: Headers) -> str | None:
+    return parse_options_header(headers.get("content-type"))[1].get("charset")
 
 
 def _multipart_fields() -> dict[str, str]:
@@ -83,12 +108,12 @@ def _multipart_fields() -> dict[str, str]:
     boundary = request.mimetype_params.get("boundary", "")
     if not boundary:
         return {}  # as with request.form, a malformed body has no fields: the mapper names one missing
-    # A list keeps the fields in order, as the charsets are: a MultiDict groups them by name.
+    # Lists keep the parts in order, as the kinds are: a MultiDict groups them by name.
     parser = _BytePartParser(max_form_memory_size=request.max_form_memory_size,
                              max_form_parts=request.max_form_parts, cls=list)
     try:
-        fields, files = parser.parse(io.BytesIO(body), boundary.encode("ascii"), len(body))
-    except ValueError:
+        parts = parser.parts_in_body_order(*parser.parse(io.BytesIO(body), boundary.encode("ascii"), len(body)))
+    except (ValueError, StopIteration):
         return {}  # malformed too (a bad boundary, a part without Content-Disposition, a cut body)
     except RequestEntityTooLarge:
         if request.max_form_memory_size is not None and len(body) > request.max_form_memory_size:
@@ -96,10 +121,6 @@ def _multipart_fields() -> dict[str, str]:
         # So the part count tripped: werkzeug's 413 would blame a size the body is within.
         raise InvalidParameter(f"a multipart body may have at most {request.max_form_parts} parts",
                                field="body") from None
-    parts = [(name, value.encode("latin-1"), charset)
-             for (name, value), charset in zip(fields, parser.charsets, strict=True)]
-    # A part with a filename is a file to werkzeug, but to a vendor just another way to send a value.
-    parts += [(name, upload.stream.read(), upload.mimetype_params.get("charset")) for name, upload in files]
     return decode_parts(parts)
 
 
@@ -125,7 +146,11 @@ def check_twilio_signature(auth_token: str | None, params: dict[str, str]) -> No
     """Refuse a Twilio request whose X-Twilio-Signature does not match, when a token is known."""
     if not auth_token:
         return
-    signed = list(request.form.items(multi=True)) if request.method == "POST" else []
+    signed = []
+    if request.method == "POST":
+        # Every value read is signed: a multipart part sent as a file is read like a field.
+        signed = list(request.form.items(multi=True)) + [
+            (name, upload.read().decode("utf-8", "replace")) for name, upload in request.files.items(multi=True)]
     if not is_valid_signature(auth_token, public_url(), signed, request.headers.get(SIGNATURE_HEADER)):
         raise Forbidden(f"invalid or missing {SIGNATURE_HEADER}", field=SIGNATURE_HEADER)
 

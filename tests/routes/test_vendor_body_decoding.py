@@ -93,6 +93,13 @@ def test_a_mapping_file_offset_whose_plus_arrived_as_a_space_is_read(make_app, t
         assert db.session.scalars(db.select(MessageState.event_at)).one() == datetime(2024, 1, 2, 2, 4, 5)
 
 
+def test_parts_keep_the_body_order_whether_sent_as_files_or_fields(app, client):
+    body = multipart([(b'Body"; filename="first.txt', b"first", b""), *EXPERTFLOW_MO, (b"Body", b"second", b"")])
+    response = client.post("/vendors/expertflow/inbound-messages", data=body, content_type=MULTIPART)
+    assert response.status_code == 200, response.get_json()
+    assert stored_body(app) == "first"
+
+
 @pytest.mark.parametrize("content_type", ["application/json", None])
 def test_a_body_in_a_format_not_read_is_refused_naming_content_type(app, client, content_type):
     response = client.post("/vendors/twilio/delivery-reports", data=b'{"MessageSid": "SM1"}',

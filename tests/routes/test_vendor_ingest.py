@@ -1,6 +1,7 @@
 """Every vendor's delivery reports and inbound messages, end to end against PostgreSQL."""
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -251,6 +252,23 @@ def test_twilio_signature_accepted_and_rejected(make_app):
     missing = client.post("/vendors/twilio/inbound-messages", data={"MessageSid": "x", "From": "1", "To": "2",
                                                                     "Body": "b"})
     assert (rejected.status_code, missing.status_code) == (403, 403)
+
+
+def test_twilio_signature_covers_a_value_sent_as_a_file_part(make_app):
+    client = make_app(TWILIO_AUTH_TOKEN="tw-secret", PUBLIC_BASE_URL="https://sms.example.com").test_client()
+    form = {"MessageSid": "SMfile", "MessageStatus": "undelivered", "To": "+4915112345"}
+    good = compute_signature("tw-secret", "https://sms.example.com/vendors/twilio/delivery-reports", form)
+    # The signed fields again, with an unsigned error code that would bar the number as a file part.
+    forged = {**form, "ErrorCode": (io.BytesIO(b"30005"), "e.txt")}
+    response = client.post("/vendors/twilio/delivery-reports", data=forged, content_type="multipart/form-data",
+                           headers={"X-Twilio-Signature": good})
+    assert response.status_code == 403
+    signed_with_file = compute_signature("tw-secret", "https://sms.example.com/vendors/twilio/delivery-reports",
+                                         {**form, "ErrorCode": "30005"})
+    forged["ErrorCode"] = (io.BytesIO(b"30005"), "e.txt")
+    response = client.post("/vendors/twilio/delivery-reports", data=forged, content_type="multipart/form-data",
+                           headers={"X-Twilio-Signature": signed_with_file})
+    assert response.status_code == 200, response.get_json()
 
 
 @pytest.fixture
