@@ -5,6 +5,7 @@ import io
 import json
 import uuid
 from typing import IO
+from urllib.parse import parse_qsl
 
 from flask import Blueprint, current_app, g, request
 from werkzeug.datastructures import Headers
@@ -92,10 +93,14 @@ class _BytePartParser(MultiPartParser):
         for is_file, charset in self.kinds:
             if is_file:
                 name, upload = next(files_left)
-                parts.append((name, upload.stream.read(), charset))
+                raw = upload.stream.read()
             else:
-                name, value = next(fields_left)
-                parts.append((name, value.encode("latin-1"), charset))
+                name, text = next(fields_left)
+                raw = text.encode("latin-1")
+            if name is None:  # RFC 7578: every part has one; nothing could be read from it
+                raise InvalidParameter("every multipart part needs a name (Content-Disposition: form-data; "
+                                       'name="...")', field="body")
+            parts.append((name, raw, charset))
         return parts
 
 
@@ -146,13 +151,24 @@ def check_twilio_signature(auth_token: str | None, params: dict[str, str]) -> No
     """Refuse a Twilio request whose X-Twilio-Signature does not match, when a token is known."""
     if not auth_token:
         return
-    signed = []
-    if request.method == "POST":
-        # Every value read is signed: a multipart part sent as a file is read like a field.
-        signed = list(request.form.items(multi=True)) + [
-            (name, upload.read().decode("utf-8", "replace")) for name, upload in request.files.items(multi=True)]
-    if not is_valid_signature(auth_token, public_url(), signed, request.headers.get(SIGNATURE_HEADER)):
+    if not is_valid_signature(auth_token, public_url(), _signed_body_pairs(), request.headers.get(SIGNATURE_HEADER)):
         raise Forbidden(f"invalid or missing {SIGNATURE_HEADER}", field=SIGNATURE_HEADER)
+
+
+def _signed_body_pairs() -> list[tuple[str, str]]:
+    """Return every (name, value) of the body that request_params reads, as Twilio signs them (UTF-8).
+
+    Whatever the method, and without werkzeug's form parser, which drops a URL-encoded body that
+    is not UTF-8 while request_params still reads it: a value read but not signed could be forged.
+    """
+    if request.mimetype == URLENCODED:
+        # Latin-1 keeps a raw byte as it came (Twilio percent-encodes everything but ASCII).
+        return parse_qsl(request.get_data().decode("latin-1"), keep_blank_values=True, encoding="utf-8",
+                         errors="replace")
+    if request.mimetype == MULTIPART:
+        return list(request.form.items(multi=True)) + [
+            (name, upload.read().decode("utf-8", "replace")) for name, upload in request.files.items(multi=True)]
+    return []
 
 
 def public_url() -> str:

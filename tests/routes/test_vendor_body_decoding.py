@@ -100,6 +100,15 @@ def test_parts_keep_the_body_order_whether_sent_as_files_or_fields(app, client):
     assert stored_body(app) == "first"
 
 
+@pytest.mark.parametrize("disposition", [b"form-data", b'form-data; filename="x.txt"'])
+def test_a_multipart_part_without_a_name_is_refused_naming_body(app, client, disposition):
+    body = (multipart(EXPERTFLOW_MO)[:-len(b"--x--\r\n")]
+            + b"--x\r\nContent-Disposition: " + disposition + b"\r\n\r\nHello\r\n--x--\r\n")
+    response = client.post("/vendors/expertflow/inbound-messages?Body=b", data=body, content_type=MULTIPART)
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "body"
+
+
 @pytest.mark.parametrize("content_type", ["application/json", None])
 def test_a_body_in_a_format_not_read_is_refused_naming_content_type(app, client, content_type):
     response = client.post("/vendors/twilio/delivery-reports", data=b'{"MessageSid": "SM1"}',

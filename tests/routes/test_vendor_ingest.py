@@ -271,6 +271,21 @@ def test_twilio_signature_covers_a_value_sent_as_a_file_part(make_app):
     assert response.status_code == 200, response.get_json()
 
 
+@pytest.mark.parametrize("method, body", [
+    ("GET", b"MessageStatus=undelivered&ErrorCode=30005"),  # a body on a GET callback, unsigned
+    ("HEAD", b"MessageStatus=undelivered&ErrorCode=30005"),
+    ("POST", b"MessageStatus=undelivered&ErrorCode=30005&x=\xe9"),  # not UTF-8: werkzeug reads no form
+])
+def test_twilio_signature_covers_every_body_value_read(make_app, method, body):
+    client = make_app(TWILIO_AUTH_TOKEN="tw-secret", PUBLIC_BASE_URL="https://sms.example.com").test_client()
+    path = "/vendors/twilio/delivery-reports?MessageSid=SMget&MessageStatus=delivered&To=%2B4915112345"
+    url_only = compute_signature("tw-secret", "https://sms.example.com" + path, {})
+    response = client.open(path, method=method, data=body, content_type="application/x-www-form-urlencoded",
+                           headers={"X-Twilio-Signature": url_only})
+    assert response.status_code == 403
+    assert client.get(path, headers={"X-Twilio-Signature": url_only}).status_code == 200
+
+
 @pytest.fixture
 def mapping_file(tmp_path):
     path = tmp_path / "vendor-mappings.yaml"
