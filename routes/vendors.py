@@ -151,7 +151,8 @@ def check_twilio_signature(auth_token: str | None, params: dict[str, str]) -> No
     """Refuse a Twilio request whose X-Twilio-Signature does not match, when a token is known."""
     if not auth_token:
         return
-    if not is_valid_signature(auth_token, public_url(), _signed_body_pairs(), request.headers.get(SIGNATURE_HEADER)):
+    signature = request.headers.get(SIGNATURE_HEADER)
+    if not is_valid_signature(auth_token, public_url(), _signed_body_pairs(), signature):
         raise Forbidden(f"invalid or missing {SIGNATURE_HEADER}", field=SIGNATURE_HEADER)
 
 

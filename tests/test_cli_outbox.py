@@ -242,7 +242,8 @@ def test_a_database_error_stops_a_command_with_one_line_naming_it(make_app, post
     result = app.test_cli_runner().invoke(args=["outbox", "status"])
 
     assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1].startswith('Error: database error: relation "outbox" does not exist')
+    last_line = result.output.strip().splitlines()[-1]
+    assert last_line.startswith('Error: database error: relation "outbox" does not exist')
 
 
 def test_a_statement_timeout_is_a_database_error_not_an_unreachable_database(make_app, database_url):

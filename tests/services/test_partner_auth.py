@@ -548,7 +548,8 @@ def test_trickling_jwks_fetch_ends_by_its_deadline_with_503(trickle: str, clock:
     assert "JWKS fetch from" in caplog.text
 
 
-def test_trickling_jwks_behind_a_redirect_ends_by_its_deadline(clock: FakeClock, rsa_key: rsa.RSAPrivateKey) -> None:
+def test_trickling_jwks_behind_a_redirect_ends_by_its_deadline(clock: FakeClock,
+                                                              rsa_key: rsa.RSAPrivateKey) -> None:
     # The redirect's answer is read whole and its connection pooled: the deadline must still hold
     # for the request that follows it.
     redirect = [b"HTTP/1.1 302 Found\r\nLocation: /keys\r\nContent-Length: 0\r\n\r\n"]
