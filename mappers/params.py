@@ -97,8 +97,8 @@ def _codec_name(charset: str | None) -> str | None:
     charset = CHARSET_ALIASES.get(charset.lower(), charset)
     try:
         return codecs.lookup(charset).name
-    except LookupError:
-        return charset  # decoding fails the same way and falls back
+    except (LookupError, ValueError):  # unknown, or not a name at all (a NUL in it)
+        return None  # read as undeclared: UTF-8, else Windows-1252
 
 
 def _decode_text(raw: bytes, charset: str | None) -> str:

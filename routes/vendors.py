@@ -30,6 +30,8 @@ bp.after_request(observe_vendor_request)
 VENDOR_METHODS = ["GET", "POST"]
 URLENCODED = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
+# What a signed (Twilio) body may declare: what Twilio sends, read by request_params as Twilio signs it.
+SIGNED_CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}
 
 
 def request_params(adapter: VendorAdapter | None = None) -> dict[str, str]:
@@ -157,19 +159,23 @@ def check_twilio_signature(auth_token: str | None, params: dict[str, str]) -> No
 
 
 def _signed_body_pairs() -> list[tuple[str, str]]:
-    """Return every (name, value) of the body that request_params reads, as Twilio signs them (UTF-8).
+    """Return every (name, value) of the body, as Twilio signs them and as request_params reads them.
 
-    Whatever the method, and without werkzeug's form parser, which drops a URL-encoded body that
-    is not UTF-8 while request_params still reads it: a value read but not signed could be forged.
+    Twilio signs UTF-8 URL-encoded parameters. A signed request's body must be just that, whatever
+    the method: a body read in another charset, or as multipart, would give a genuine signature's
+    values another meaning (an unsigned header would choose it), so it is refused.
     """
-    if request.mimetype == URLENCODED:
-        # Latin-1 keeps a raw byte as it came (Twilio percent-encodes everything but ASCII).
-        return parse_qsl(request.get_data().decode("latin-1"), keep_blank_values=True, encoding="utf-8",
-                         errors="replace")
-    if request.mimetype == MULTIPART:
-        return list(request.form.items(multi=True)) + [
-            (name, upload.read().decode("utf-8", "replace")) for name, upload in request.files.items(multi=True)]
-    return []
+    body = request.get_data()
+    if request.mimetype not in (URLENCODED, MULTIPART) or not body:
+        return []  # nothing read from it
+    charset = (request.mimetype_params.get("charset") or "utf-8").lower()
+    if request.mimetype == URLENCODED and charset in SIGNED_CHARSETS:
+        try:
+            return parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict")
+        except UnicodeError:
+            pass
+    raise InvalidParameter(f"a signed request carries its body as {URLENCODED} in UTF-8, percent-encoded",
+                           field="Content-Type")
 
 
 def public_url() -> str:

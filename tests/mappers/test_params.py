@@ -18,6 +18,7 @@ from mappers.params import decode_form, decode_parts, lower_keys, phone_number
     (b"text=%E4", "iso-8859-1", {"text": "ä"}),
     (b"text=%A4", "iso-8859-15", {"text": "€"}),
     (b"text=%C3%A4", "no-such-charset", {"text": "ä"}),
+    (b"text=%E4", "utf-8\x00x", {"text": "ä"}),  # not a charset name at all: read as undeclared
     (b"text=%81", None, {"text": "\ufffd"}),
     (b"a=b=c", None, {"a": "b=c"}),
     (b"=x", None, {"": "x"}),
@@ -88,6 +89,7 @@ def test_a_16_bit_charset_applies_to_the_text_parameters_a_vendor_declares():
     ([("Body", b"Gr\xfc\xdfe", "ISO-8859-1")], {"Body": "Grüße"}),
     ([("Body", b"\xa4", "iso-8859-15")], {"Body": "€"}),  # a part's own charset, not werkzeug's four
     ([("Body", "ä".encode(), "no-such-charset")], {"Body": "ä"}),
+    ([("Body", b"\xe4", "a\x00b")], {"Body": "ä"}),
     ([("Body", b"\x00H\x00i", "UCS-2"), ("SmsSid", b"SM1", None)], {"Body": "Hi", "SmsSid": "SM1"}),
     ([("Body", b"\xff\xfeH\x00i\x00", "UCS-2")], {"Body": "Hi"}),
     ([("a", b"1", None), ("b", b"2", None), ("a", b"3", None)], {"a": "1", "b": "2"}),  # the first wins

@@ -1,13 +1,13 @@
 """Every vendor's delivery reports and inbound messages, end to end against PostgreSQL."""
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import func, text
@@ -254,29 +254,45 @@ def test_twilio_signature_accepted_and_rejected(make_app):
     assert (rejected.status_code, missing.status_code) == (403, 403)
 
 
-def test_twilio_signature_covers_a_value_sent_as_a_file_part(make_app):
+TWILIO_SIGNED_URL = "https://sms.example.com/vendors/twilio/delivery-reports"
+HARD_BOUNCE_FORM = {"MessageSid": "SMcs", "MessageStatus": "undelivered", "ErrorCode": "30005", "To": "+4915112345"}
+
+
+@pytest.mark.parametrize("content_type, body", [
+    # The signed values as multipart, the error code in a charset that reads it as another code.
+    ("multipart/form-data; boundary=x",
+     b"".join(b'--x\r\nContent-Disposition: form-data; name="%s"\r\n%s\r\n%s\r\n'
+              % (name.encode(), b"Content-Type: text/plain; charset=cp500\r\n" if name == "ErrorCode" else b"",
+                 value.encode()) for name, value in HARD_BOUNCE_FORM.items()) + b"--x--\r\n"),
+    ("application/x-www-form-urlencoded; charset=cp500", urlencode(HARD_BOUNCE_FORM).encode()),
+    ("application/x-www-form-urlencoded; charset=punycode", urlencode(HARD_BOUNCE_FORM).encode()),
+    ("application/x-www-form-urlencoded", urlencode(HARD_BOUNCE_FORM).encode() + b"&x=\xc3\xa4"),  # raw bytes
+    ("application/x-www-form-urlencoded", urlencode(HARD_BOUNCE_FORM).encode() + b"&x=%E9"),  # not UTF-8
+])
+def test_a_signed_body_is_read_only_as_utf8_url_encoded(app, make_app, content_type, body):
     client = make_app(TWILIO_AUTH_TOKEN="tw-secret", PUBLIC_BASE_URL="https://sms.example.com").test_client()
-    form = {"MessageSid": "SMfile", "MessageStatus": "undelivered", "To": "+4915112345"}
-    good = compute_signature("tw-secret", "https://sms.example.com/vendors/twilio/delivery-reports", form)
-    # The signed fields again, with an unsigned error code that would bar the number as a file part.
-    forged = {**form, "ErrorCode": (io.BytesIO(b"30005"), "e.txt")}
-    response = client.post("/vendors/twilio/delivery-reports", data=forged, content_type="multipart/form-data",
-                           headers={"X-Twilio-Signature": good})
-    assert response.status_code == 403
-    signed_with_file = compute_signature("tw-secret", "https://sms.example.com/vendors/twilio/delivery-reports",
-                                         {**form, "ErrorCode": "30005"})
-    forged["ErrorCode"] = (io.BytesIO(b"30005"), "e.txt")
-    response = client.post("/vendors/twilio/delivery-reports", data=forged, content_type="multipart/form-data",
-                           headers={"X-Twilio-Signature": signed_with_file})
+    signature = compute_signature("tw-secret", TWILIO_SIGNED_URL, HARD_BOUNCE_FORM)
+
+    response = client.post("/vendors/twilio/delivery-reports", data=body, content_type=content_type,
+                           headers={"X-Twilio-Signature": signature})
+
+    assert response.status_code == 400 and response.get_json()["field"] == "Content-Type"
+    with app.app_context():
+        assert db.session.scalar(db.select(func.count()).select_from(RawEvent)) == 0
+
+
+def test_a_signed_body_may_declare_utf8(app, make_app):
+    client = make_app(TWILIO_AUTH_TOKEN="tw-secret", PUBLIC_BASE_URL="https://sms.example.com").test_client()
+    form = {**HARD_BOUNCE_FORM, "Body": "Grüße"}
+    response = client.post("/vendors/twilio/delivery-reports", data=urlencode(form).encode(),
+                           content_type="application/x-www-form-urlencoded; charset=UTF-8",
+                           headers={"X-Twilio-Signature": compute_signature("tw-secret", TWILIO_SIGNED_URL, form)})
     assert response.status_code == 200, response.get_json()
 
 
-@pytest.mark.parametrize("method, body", [
-    ("GET", b"MessageStatus=undelivered&ErrorCode=30005"),  # a body on a GET callback, unsigned
-    ("HEAD", b"MessageStatus=undelivered&ErrorCode=30005"),
-    ("POST", b"MessageStatus=undelivered&ErrorCode=30005&x=\xe9"),  # not UTF-8: werkzeug reads no form
-])
-def test_twilio_signature_covers_every_body_value_read(make_app, method, body):
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
+def test_twilio_signature_covers_every_body_value_read(make_app, method):
+    body = b"MessageStatus=undelivered&ErrorCode=30005"  # a body on a GET callback too, unsigned
     client = make_app(TWILIO_AUTH_TOKEN="tw-secret", PUBLIC_BASE_URL="https://sms.example.com").test_client()
     path = "/vendors/twilio/delivery-reports?MessageSid=SMget&MessageStatus=delivered&To=%2B4915112345"
     url_only = compute_signature("tw-secret", "https://sms.example.com" + path, {})
