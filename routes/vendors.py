@@ -179,8 +179,13 @@ def _signed_body_pairs() -> list[tuple[str, str]]:
 
 
 def public_url() -> str:
-    """Return the URL the vendor called, as seen from outside (behind the platform router)."""
-    return current_app.config["PUBLIC_BASE_URL"] + request.full_path.rstrip("?")
+    """Return the URL the vendor called, as seen from outside (behind the platform router), as signed."""
+    query = request.query_string
+    if not query.isascii():
+        # Twilio percent-encodes its URLs; raw bytes cannot be the URL it signed.
+        raise InvalidParameter("must be ASCII, percent-encoded", field="query string")
+    # The query exactly as sent: a trailing "?" is part of what was signed, or of what was not.
+    return current_app.config["PUBLIC_BASE_URL"] + request.path + ("?" + query.decode("ascii") if query else "")
 
 
 def store_report(adapter: VendorAdapter, params: dict[str, str], client_id: uuid.UUID | None = None):

@@ -290,6 +290,18 @@ def test_a_signed_body_may_declare_utf8(app, make_app):
     assert response.status_code == 200, response.get_json()
 
 
+def test_a_signed_url_is_the_query_string_exactly_as_sent(make_app):
+    client = make_app(TWILIO_AUTH_TOKEN="tw-secret", PUBLIC_BASE_URL="https://sms.example.com").test_client()
+    path = "/vendors/twilio/delivery-reports?MessageSid=SMq&MessageStatus=delivered&To=%2B4915112345"
+    signature = compute_signature("tw-secret", "https://sms.example.com" + path, {})
+    raw = client.get("/vendors/twilio/delivery-reports", headers={"X-Twilio-Signature": signature},
+                     environ_overrides={"QUERY_STRING": "MessageSid=SMq&x=\xe9"})
+    appended = client.get(path + "??", headers={"X-Twilio-Signature": signature})
+    assert (raw.status_code, raw.get_json()["field"]) == (400, "query string")
+    assert appended.status_code == 403
+    assert client.get(path, headers={"X-Twilio-Signature": signature}).status_code == 200
+
+
 @pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
 def test_twilio_signature_covers_every_body_value_read(make_app, method):
     body = b"MessageStatus=undelivered&ErrorCode=30005"  # a body on a GET callback too, unsigned
