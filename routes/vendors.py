@@ -53,7 +53,7 @@ def request_params(adapter: VendorAdapter | None = None) -> dict[str, str]:
             adapter.body_parameters if adapter else TEXT_PARAMETERS))
     elif mimetype == MULTIPART:
         params = _body_over_query(params, _multipart_fields())
-    elif not params and request.content_length:
+    elif not params and (request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "")):
         # Nothing to read but a body in another format (JSON, XML): say so, not "X is required".
         body = f"a body of type {mimetype}" if mimetype else "a body without a Content-Type"
         raise UnsupportedMediaType(f"{body} is not read: send the parameters in the query string "

@@ -1,6 +1,7 @@
 """Vendor bodies read as README promises: multipart parts and 16-bit charsets, part limits, offsets."""
 from __future__ import annotations
 
+import io
 from datetime import datetime
 
 import pytest
@@ -118,6 +119,13 @@ def test_a_body_in_a_format_not_read_is_refused_naming_content_type(app, client,
     assert (content_type or "without a Content-Type") in response.get_json()["message"]
     with app.app_context():
         assert db.session.scalar(db.select(func.count()).select_from(RawEvent)) == 0
+
+
+def test_a_chunked_body_in_a_format_not_read_is_refused_too(client):
+    response = client.post("/vendors/twilio/delivery-reports", input_stream=io.BytesIO(b'{"MessageSid": "SM1"}'),
+                           content_type="application/json", headers={"Transfer-Encoding": "chunked"},
+                           environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == 415 and response.get_json()["field"] == "Content-Type"
 
 
 def test_a_body_in_another_format_beside_query_parameters_is_no_fault(client):
