@@ -8,11 +8,11 @@ import uuid
 from dataclasses import dataclass
 
 from flask import current_app
-from sqlalchemy import delete, update
+from sqlalchemy import delete, exists, update
 from sqlalchemy.exc import IntegrityError
 
 from errors import NotFound
-from models import Client, OutboundMessage, OutboxItem, db
+from models import Client, MessageState, OutboundMessage, OutboxItem, db
 from schemas.client_config import ClientConfig
 from services.clock import utcnow
 from services.crypto import SecretBox
@@ -95,12 +95,22 @@ def client_by_token(token: str) -> Client:
 
 
 def client_for_callback(vendor: str, token: str) -> Client:
-    """Return the client of a callback URL, or raise NotFound when the vendor is not the client's."""
+    """Return the client of a callback URL, or raise NotFound unless the client sends, or sent, through the vendor.
+
+    A client that moved to another vendor keeps its token: the old vendor's URL still takes the
+    late reports of the messages sent through it (as long as retention keeps those messages).
+    """
     client = client_by_token(token)
-    if client.vendor != vendor:
+    if client.vendor != vendor and not _has_sent_through(client.id, vendor):
         # Same answer as an unknown token: the URL does not reveal that the token exists.
         raise NotFound("unknown callback URL")
     return client
+
+
+def _has_sent_through(client_id: uuid.UUID, vendor: str) -> bool:
+    # A message state of the client's under that vendor: a send result recorded, or a report taken.
+    return db.session.scalar(db.select(exists().where(MessageState.client_id == client_id,
+                                                      MessageState.vendor == vendor)))
 
 
 # A batch being queued holds its client's row in SHARE mode until it commits, and a deletion

@@ -196,6 +196,19 @@ def test_unknown_token_or_foreign_vendor_is_404(partner_app, partner_client, onb
     assert count(partner_app, MessageState) == 0
 
 
+def test_a_client_moved_to_another_vendor_keeps_the_old_vendors_url_for_its_messages(
+        partner_app, partner_client, onboard, record_sent, twilio_fields):
+    client_id, genesys_urls = onboard()
+    record_sent(partner_app, client_id, "genesys", "g-1")
+    _, twilio_urls = onboard(twilio_fields, client_id=client_id)
+    assert path_of(twilio_urls["deliveryReports"]["url"]).startswith("/vendors/twilio/")
+
+    response = partner_client.post(path_of(genesys_urls["deliveryReports"]["url"]), data=GENESYS_DR)
+
+    assert response.status_code == 200, response.get_json()
+    assert outbox(partner_app) == [(client_id, "delivery_report", "em-1")]
+
+
 @pytest.mark.parametrize("url_kind", ["deliveryReports", "inboundMessages"])
 def test_nul_characters_are_a_400_not_a_500(partner_app, partner_client, onboard, url_kind):
     _, urls = onboard()
