@@ -53,7 +53,7 @@ RECORDING_SHARE = 0.25
 _CLAIMED_COLUMNS = (OutboundMessage.id, OutboundMessage.public_id, OutboundMessage.client_id,
                     OutboundMessage.emarsys_message_id, OutboundMessage.source,
                     OutboundMessage.destination, OutboundMessage.body, OutboundMessage.attempts,
-                    OutboundMessage.created_at)
+                    OutboundMessage.created_at, OutboundMessage.vendor)
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,7 @@ class ClaimedMessage:
     body: str
     attempts: int
     created_at: datetime
+    last_vendor: str | None  # the vendor of the last attempt recorded, None before the first
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,8 @@ class Dispatcher:
             earlier_attempt = replace(earlier_attempt, look_up_only=True)
         if job.config is None:
             return retry_later("configuration", "the client's stored configuration cannot be read")
+        if earlier_attempt is not None and message.last_vendor not in (None, job.vendor):
+            return _moved_to_another_vendor(message.last_vendor, job.vendor)
         try:
             return send_message(job.config, MessageToSend(message.emarsys_message_id, message.source,
                                                           message.destination, message.body),
@@ -268,7 +271,7 @@ class Dispatcher:
             if result is None:
                 hand_backs.append(job.message)
             elif result.retry and job.message.attempts < self.settings.max_attempts:
-                retries.append((job.message, result))
+                retries.append((job, result))
             else:
                 finals.append((job, self._final(job.message, result)))
         self._hand_back(hand_backs, now)
@@ -297,14 +300,18 @@ class Dispatcher:
                 state="queued", lease_owner=None, lease_until=None, updated_at=now,
                 attempts=OutboundMessage.attempts - 1))
 
-    def _requeue(self, retries: list[tuple[ClaimedMessage, SendResult]], now: datetime) -> set[int]:
-        """Queue messages again after the retry delay, keeping their public ids; return those requeued."""
+    def _requeue(self, retries: list[tuple[SendJob, SendResult]], now: datetime) -> set[int]:
+        """Queue messages again after the retry delay, keeping their public ids; return those requeued.
+
+        The vendor of the attempt is kept: a retry through another vendor could send the SMS twice.
+        """
         if not retries:
             return set()
-        errors = _rows("id", "last_error", rows=[
-            (message.id, f"{result.status_code}: {result.status_text}") for message, result in retries])
+        errors = _rows("id", "last_error", "vendor", rows=[
+            (job.message.id, f"{result.status_code}: {result.status_text}", job.vendor)
+            for job, result in retries])
         return self._update_owned(errors, state="queued", lease_owner=None, lease_until=None,
-                                  updated_at=now, last_error=errors.c.last_error,
+                                  updated_at=now, last_error=errors.c.last_error, vendor=errors.c.vendor,
                                   next_attempt_at=now + timedelta(seconds=self.settings.retry_delay_seconds))
 
     def _finish(self, finals: list[tuple[SendJob, SendResult]], now: datetime) -> set[int]:
@@ -380,6 +387,15 @@ def _recipient(job: SendJob) -> tuple[uuid.UUID, str]:
     return job.message.client_id, job.message.destination
 
 
+def _moved_to_another_vendor(old_vendor: str, new_vendor: str) -> SendResult:
+    """Return the failure of a retry whose client moved to another vendor since its last attempt."""
+    # The new vendor cannot tell whether the old one delivered it: sent again, it could reach the
+    # phone twice.
+    return refused(Outcome.ERROR, ErrorType.UNKNOWN, "vendor changed",
+                   f"the client moved from {old_vendor} to {new_vendor} after an attempt that may have "
+                   f"reached {old_vendor}; not sent again")
+
+
 def _earlier_attempts(messages: list[ClaimedMessage]) -> dict[int, EarlierAttempt]:
     """Return the retry hint of each message an earlier send may already have delivered to its vendor."""
     # A hand-back undoes its attempt, so a second attempt means a send may have started before.
@@ -436,13 +452,13 @@ def _report(job: SendJob, result: SendResult, now: datetime) -> ReportToAdd:
                        emarsys_message_id=message.emarsys_message_id, kind=SEND_RESULT_KIND)
 
 
-def _log_recorded(hand_backs: list[ClaimedMessage], retries: list[tuple[ClaimedMessage, SendResult]],
+def _log_recorded(hand_backs: list[ClaimedMessage], retries: list[tuple[SendJob, SendResult]],
                   requeued: set[int], finals: list[tuple[SendJob, SendResult]], finished: set[int]) -> None:
     """Log what a committed chunk did, message by message."""
     for message in hand_backs:
         log.warning("message %s handed back: the lease would end before a send could finish",
                     message.public_id)
-    for message, result in retries:
+    for message, result in ((job.message, result) for job, result in retries):
         log.info("message %s to %s: attempt %d will be retried (%s %s)%s", message.public_id,
                  mask_phone_numbers(message.destination), message.attempts, result.status_code,
                  mask_phone_numbers(result.status_text), "" if message.id in requeued else "; lease lost")

@@ -364,6 +364,41 @@ def test_retry_waits_for_the_retry_delay(app_context, httpserver):
     assert len(httpserver.log) == 1
 
 
+def move_to_twilio(client_id: uuid.UUID, base_url: str) -> None:
+    """Configure the client anew with Twilio, as a PUT with another vendor does."""
+    save_client(client_id, load_client_config({"customFieldValues": {
+        "vendor": "twilio", "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "baseUrl": base_url}}))
+
+
+def test_a_retry_after_the_client_moved_to_another_vendor_fails_instead_of_sending_twice(app_context,
+                                                                                          httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=98")  # try again later
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    [public_id] = queue_messages(client_id)
+    dispatcher(app_context).run_once()
+    assert (message(public_id).state, message(public_id).vendor) == ("queued", "genesys")
+    move_to_twilio(client_id, httpserver.url_for("/"))
+
+    dispatcher(app_context).run_once()
+
+    assert message(public_id).state == "failed"
+    assert not any(TWILIO_MESSAGES in request.path for request, _ in httpserver.log)
+    state = db.session.scalars(db.select(MessageState).where(MessageState.vendor == "twilio")).one()
+    assert (state.outcome, state.error_type, state.status_code) == ("ERROR", "UNKNOWN", "vendor changed")
+
+
+def test_a_first_send_after_the_client_moved_goes_through_the_new_vendor(app_context, httpserver):
+    httpserver.expect_request(TWILIO_MESSAGES, method="POST").respond_with_json({"sid": "SM" + "3" * 32},
+                                                                                status=201)
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    [public_id] = queue_messages(client_id)
+    move_to_twilio(client_id, httpserver.url_for("/"))
+
+    dispatcher(app_context).run_once()
+
+    assert (message(public_id).state, message(public_id).vendor) == ("sent", "twilio")
+
+
 @pytest.mark.parametrize("settings", [dict(SEND_MAX_ATTEMPTS=3)])
 def test_retries_exhausted_fail_with_unknown_error(app_context, httpserver):
     httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=6")
