@@ -52,6 +52,10 @@ class _HttpUrl(validate.URL):
 _HTTP_URL = _HttpUrl(schemes={"http", "https"}, require_tld=False, error="must be an absolute http or https URL")
 
 
+# Longer than any credential, sender or vendor URL; a larger value is a mistake, not a setting.
+MAX_FIELD_LENGTH = 2048
+
+
 class _UnicodeText(fields.String):
     """A string that can be stored and sent to a vendor: JSON's lone surrogates ("\\udc00") are refused."""
 
@@ -61,13 +65,19 @@ class _UnicodeText(fields.String):
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise self.make_error("unicode") from None
+        if "\x00" in text:
+            raise self.make_error("nul")  # sent in a vendor's form or header, it would end the value there
+        if len(text) > MAX_FIELD_LENGTH:
+            raise self.make_error("too_long")
         return text
 
 
 def _text(**kwargs: Any) -> fields.String:
     """Return a string field whose error messages read after the field name."""
     return _UnicodeText(error_messages={"invalid": "must be a string",
-                                        "unicode": "must be valid Unicode text (it holds a lone surrogate)"},
+                                        "unicode": "must be valid Unicode text (it holds a lone surrogate)",
+                                        "nul": "must not contain NUL characters",
+                                        "too_long": f"must be at most {MAX_FIELD_LENGTH} characters"},
                         **kwargs)
 
 

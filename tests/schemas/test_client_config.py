@@ -133,6 +133,10 @@ def test_body_and_vendor_faults_name_one_field(request_body, field_name, error_t
     ({**TWILIO_FIELDS, "accountSid": ACCOUNT_SID + "/../x"}, [("accountSid", "invalid")]),
     ({**TWILIO_FIELDS, "messagingServiceSid": "MG1"}, [("messagingServiceSid", "invalid")]),
     ({**TWILIO_FIELDS, "baseUrl": "api.twilio.com"}, [("baseUrl", "invalid")]),
+    ({**GENESYS_FIELDS, "login": "a\x00b"}, [("login", "invalid")]),
+    ({**GENESYS_FIELDS, "sender": "x" * 2049}, [("sender", "invalid")]),
+    ({**TWILIO_FIELDS, "authToken": "t\x00k"}, [("authToken", "invalid")]),
+    ({**GENESYS_FIELDS, "baseUrl": "https://smsc.example.com/" + "a" * 100_000}, [("baseUrl", "invalid")]),
     ({"vendor": "twilio", "accountSid": "x", "baseUrl": "mailto:a@b.c"},
      [("accountSid", "invalid"), ("authToken", "missing"), ("baseUrl", "invalid")]),
 ])
