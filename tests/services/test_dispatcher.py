@@ -64,11 +64,11 @@ def genesys_client(base_url: str) -> uuid.UUID:
     return save_client(uuid.uuid4(), config).id
 
 
-def twilio_client(base_url: str) -> uuid.UUID:
-    """Onboard a Twilio client whose vendor is the fake server; return its id."""
+def twilio_client(base_url: str, client_id: uuid.UUID | None = None) -> uuid.UUID:
+    """Onboard a Twilio client whose vendor is the fake server (or move this client to it); return its id."""
     config = load_client_config({"customFieldValues": {
         "vendor": "twilio", "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "baseUrl": base_url}})
-    return save_client(uuid.uuid4(), config).id
+    return save_client(client_id or uuid.uuid4(), config).id
 
 
 def queue_messages(client_id: uuid.UUID, count: int = 1) -> list[str]:
@@ -364,12 +364,6 @@ def test_retry_waits_for_the_retry_delay(app_context, httpserver):
     assert len(httpserver.log) == 1
 
 
-def move_to_twilio(client_id: uuid.UUID, base_url: str) -> None:
-    """Configure the client anew with Twilio, as a PUT with another vendor does."""
-    save_client(client_id, load_client_config({"customFieldValues": {
-        "vendor": "twilio", "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "baseUrl": base_url}}))
-
-
 def test_a_retry_after_the_client_moved_to_another_vendor_fails_instead_of_sending_twice(app_context,
                                                                                           httpserver):
     httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=98")  # try again later
@@ -377,7 +371,7 @@ def test_a_retry_after_the_client_moved_to_another_vendor_fails_instead_of_sendi
     [public_id] = queue_messages(client_id)
     dispatcher(app_context).run_once()
     assert (message(public_id).state, message(public_id).vendor) == ("queued", "genesys")
-    move_to_twilio(client_id, httpserver.url_for("/"))
+    twilio_client(httpserver.url_for("/"), client_id)  # a PUT with another vendor
 
     dispatcher(app_context).run_once()
 
@@ -392,7 +386,7 @@ def test_a_first_send_after_the_client_moved_goes_through_the_new_vendor(app_con
                                                                                 status=201)
     client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
     [public_id] = queue_messages(client_id)
-    move_to_twilio(client_id, httpserver.url_for("/"))
+    twilio_client(httpserver.url_for("/"), client_id)  # a PUT with another vendor
 
     dispatcher(app_context).run_once()
 
@@ -650,15 +644,21 @@ def genesys_deleting_its_client(app, client_ids: list[uuid.UUID], first_answer: 
     return genesys
 
 
-def test_a_send_that_ends_in_a_retry_after_its_client_was_deleted_is_cancelled(app_context, httpserver):
+def send_while_deleting_the_client(app, httpserver, first_answer: str) -> tuple[uuid.UUID, str]:
+    """Queue one message and send it once while its client is deleted; return the client and message ids."""
     client_ids: list[uuid.UUID] = []
     httpserver.expect_request(GENESYS_PATH).respond_with_handler(
-        genesys_deleting_its_client(app_context, client_ids, "result_code=98"))
+        genesys_deleting_its_client(app, client_ids, first_answer))
     client_ids.append(genesys_client(httpserver.url_for(GENESYS_PATH)))
     [public_id] = queue_messages(client_ids[0])
-    dispatcher(app_context).run_once()
+    dispatcher(app).run_once()
+    return client_ids[0], public_id
+
+
+def test_a_send_that_ends_in_a_retry_after_its_client_was_deleted_is_cancelled(app_context, httpserver):
+    client_id, public_id = send_while_deleting_the_client(app_context, httpserver, "result_code=98")
     # Configured again under the same clientId before the retry would be due: DELETE cancelled it.
-    save_client(client_ids[0], get_client_config(httpserver))
+    save_client(client_id, get_client_config(httpserver))
     dispatcher(app_context).run_once()
 
     row = message(public_id)
@@ -667,12 +667,7 @@ def test_a_send_that_ends_in_a_retry_after_its_client_was_deleted_is_cancelled(a
 
 
 def test_a_send_result_after_its_client_was_deleted_is_not_forwarded(app_context, httpserver):
-    client_ids: list[uuid.UUID] = []
-    httpserver.expect_request(GENESYS_PATH).respond_with_handler(
-        genesys_deleting_its_client(app_context, client_ids, "result_code=0"))
-    client_ids.append(genesys_client(httpserver.url_for(GENESYS_PATH)))
-    [public_id] = queue_messages(client_ids[0])
-    dispatcher(app_context).run_once()
+    _, public_id = send_while_deleting_the_client(app_context, httpserver, "result_code=0")
 
     # DELETE cancelled the message while it was being sent; its result is no longer this worker's.
     assert message(public_id).state == "cancelled"
