@@ -108,7 +108,7 @@ class ClaimedMessage:
     body: str
     attempts: int
     created_at: datetime
-    last_vendor: str | None  # the vendor of the last attempt recorded, None before the first
+    last_vendor: str | None  # the vendor of the last attempt started, None before the first
 
 
 @dataclass(frozen=True)
@@ -165,8 +165,22 @@ class Dispatcher:
                     lease_until=now + timedelta(seconds=self.settings.lease_seconds), updated_at=now)
             .returning(*_CLAIMED_COLUMNS).execution_options(synchronize_session=False)).all()
         jobs = self._jobs_for([ClaimedMessage(*row) for row in rows], now)
+        self._record_vendors(jobs)
         db.session.commit()
         return jobs, len(rows)
+
+    def _record_vendors(self, jobs: list[SendJob]) -> None:
+        """Record the vendor each job will be sent through, before it is sent.
+
+        A worker lost mid-send records no outcome: its retry must still see which vendor the lost
+        attempt may have reached, or a client moved since would send the SMS again elsewhere.
+        """
+        ids_by_vendor: dict[str, list[int]] = {}
+        for job in jobs:
+            if job.message.last_vendor != job.vendor and not _moved_since_an_attempt(job):
+                ids_by_vendor.setdefault(job.vendor, []).append(job.message.id)
+        for vendor, ids in ids_by_vendor.items():
+            db.session.execute(_owned_by(self.owner, ids).values(vendor=vendor))
 
     def _jobs_for(self, messages: list[ClaimedMessage], now: datetime) -> list[SendJob]:
         """Pair messages with their client's configuration, loaded once per client; cancel orphans."""
@@ -243,7 +257,7 @@ class Dispatcher:
             earlier_attempt = replace(earlier_attempt, look_up_only=True)
         if job.config is None:
             return retry_later("configuration", "the client's stored configuration cannot be read")
-        if earlier_attempt is not None and message.last_vendor not in (None, job.vendor):
+        if _moved_since_an_attempt(job):
             return _moved_to_another_vendor(message.last_vendor, job.vendor)
         try:
             return send_message(job.config, MessageToSend(message.emarsys_message_id, message.source,
@@ -385,6 +399,11 @@ def _lanes(jobs: list[SendJob]) -> tuple[list[list[SendJob]], dict[tuple[uuid.UU
 def _recipient(job: SendJob) -> tuple[uuid.UUID, str]:
     """Return the client and number a job sends to."""
     return job.message.client_id, job.message.destination
+
+
+def _moved_since_an_attempt(job: SendJob) -> bool:
+    """Tell whether the client moved to another vendor after an attempt that may have reached the old one."""
+    return job.earlier_attempt is not None and job.message.last_vendor not in (None, job.vendor)
 
 
 def _moved_to_another_vendor(old_vendor: str, new_vendor: str) -> SendResult:

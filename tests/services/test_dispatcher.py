@@ -381,6 +381,25 @@ def test_a_retry_after_the_client_moved_to_another_vendor_fails_instead_of_sendi
     assert (state.outcome, state.error_type, state.status_code) == ("ERROR", "UNKNOWN", "vendor changed")
 
 
+def test_a_worker_lost_mid_send_leaves_its_vendor_for_the_retry(app_context, httpserver):
+    httpserver.expect_request(TWILIO_MESSAGES, method="POST").respond_with_json({"sid": "SM" + "3" * 32},
+                                                                                status=201)
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    [public_id] = queue_messages(client_id)
+    dispatcher(app_context, "dead-worker").claim()  # its first attempt; then the worker dies
+    assert message(public_id).vendor == "genesys"
+    twilio_client(httpserver.url_for("/"), client_id)  # a PUT with another vendor
+    db.session.execute(sqlalchemy.update(OutboundMessage).values(lease_until=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+
+    dispatcher(app_context, "worker-b").run_once()
+
+    assert httpserver.log == []  # the lost Genesys attempt may have reached the phone
+    assert (message(public_id).state, message(public_id).last_error) == (
+        "failed", "vendor changed: the client moved from genesys to twilio after an attempt that may have "
+        "reached genesys; not sent again")
+
+
 def test_a_first_send_after_the_client_moved_goes_through_the_new_vendor(app_context, httpserver):
     httpserver.expect_request(TWILIO_MESSAGES, method="POST").respond_with_json({"sid": "SM" + "3" * 32},
                                                                                 status=201)
