@@ -9,6 +9,7 @@ from sqlalchemy import JSON, Index, Integer, String, Text, UniqueConstraint, Uui
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models import BigId, db
+from schemas.client_config import ACCOUNT_FINGERPRINT_LENGTH
 
 OPEN_ITEMS = "state IN ('pending', 'leased')"
 DONE_ITEMS = "state = 'done'"
@@ -54,7 +55,9 @@ class OutboundMessage(db.Model):
     next_attempt_at: Mapped[datetime]
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None]
+    # The vendor and account (ClientConfig.account) of the last attempt started.
     vendor: Mapped[str | None] = mapped_column(String(40))
+    vendor_account: Mapped[str | None] = mapped_column(String(ACCOUNT_FINGERPRINT_LENGTH))
     vendor_message_id: Mapped[str | None] = mapped_column(String(100))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]

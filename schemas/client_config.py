@@ -10,6 +10,7 @@ Secrets keep their exact value; every other text value is trimmed.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -26,6 +27,10 @@ DEFAULT_GENESYS_BASE_URL = "https://smsc-api.genesyscloud.com/httpapi/receiver"
 DEFAULT_TWILIO_BASE_URL = "https://api.twilio.com"
 CUSTOM_FIELD_VALUES = "customFieldValues"
 VENDOR_FIELD = "vendor"
+ACCOUNT_FINGERPRINT_LENGTH = 32
+# The fields that name the account a message is sent through: what an earlier send created or
+# counted as sent (Genesys' message_id check, Twilio's message list) is seen only in that account.
+ACCOUNT_FIELD_NAMES = {GENESYS: ("baseUrl", "login"), TWILIO: ("accountSid",)}
 
 class _HttpUrl(validate.URL):
     """An absolute http(s) URL whose port, if it names one, a connection can use."""
@@ -108,6 +113,12 @@ class ClientConfig:
         """Return the fields with secret values masked, safe to log."""
         return {name: "***" if name in self.secret_field_names else value
                 for name, value in self.fields.items()}
+
+    def account(self) -> str:
+        """Return a short fingerprint of the vendor account messages are sent through."""
+        names = ACCOUNT_FIELD_NAMES.get(self.vendor, ())
+        named = "\0".join([self.vendor, *(self.fields.get(name, "") for name in names)])
+        return hashlib.sha256(named.encode()).hexdigest()[:ACCOUNT_FINGERPRINT_LENGTH]
 
 
 class _VendorFieldsSchema(Schema):

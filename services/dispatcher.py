@@ -53,7 +53,7 @@ RECORDING_SHARE = 0.25
 _CLAIMED_COLUMNS = (OutboundMessage.id, OutboundMessage.public_id, OutboundMessage.client_id,
                     OutboundMessage.emarsys_message_id, OutboundMessage.source,
                     OutboundMessage.destination, OutboundMessage.body, OutboundMessage.attempts,
-                    OutboundMessage.created_at, OutboundMessage.vendor)
+                    OutboundMessage.created_at, OutboundMessage.vendor, OutboundMessage.vendor_account)
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,7 @@ class ClaimedMessage:
     attempts: int
     created_at: datetime
     last_vendor: str | None  # the vendor of the last attempt started, None before the first
+    last_account: str | None  # its account (ClientConfig.account), None if not known
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,11 @@ class SendJob:
     config: ClientConfig | None  # None when the stored configuration could not be read
     status_callback_url: str
     earlier_attempt: EarlierAttempt | None = None  # set when an earlier send may have reached the vendor
+
+    @property
+    def account(self) -> str | None:
+        """Return the vendor account this job is sent through, None when the configuration cannot be read."""
+        return None if self.config is None else self.config.account()
 
 
 # A finished send and its result; None when it was never started (handed back).
@@ -172,15 +178,17 @@ class Dispatcher:
     def _record_vendors(self, jobs: list[SendJob]) -> None:
         """Record the vendor each job will be sent through, before it is sent.
 
-        A worker lost mid-send records no outcome: its retry must still see which vendor the lost
-        attempt may have reached, or a client moved since would send the SMS again elsewhere.
+        A worker lost mid-send records no outcome: its retry must still see which vendor account
+        the lost attempt may have reached, or a client moved since would send the SMS again elsewhere.
         """
-        ids_by_vendor: dict[str, list[int]] = {}
+        ids_by_route: dict[tuple[str, str | None], list[int]] = {}
         for job in jobs:
-            if job.message.last_vendor != job.vendor and not _moved_since_an_attempt(job):
-                ids_by_vendor.setdefault(job.vendor, []).append(job.message.id)
-        for vendor, ids in ids_by_vendor.items():
-            db.session.execute(_owned_by(self.owner, ids).values(vendor=vendor))
+            route = (job.vendor, job.account)
+            last_route = (job.message.last_vendor, job.message.last_account)
+            if last_route != route and not _moved_since_an_attempt(job):
+                ids_by_route.setdefault(route, []).append(job.message.id)
+        for (vendor, account), ids in ids_by_route.items():
+            db.session.execute(_owned_by(self.owner, ids).values(vendor=vendor, vendor_account=account))
 
     def _jobs_for(self, messages: list[ClaimedMessage], now: datetime) -> list[SendJob]:
         """Pair messages with their client's configuration, loaded once per client; cancel orphans."""
@@ -258,7 +266,7 @@ class Dispatcher:
         if job.config is None:
             return retry_later("configuration", "the client's stored configuration cannot be read")
         if _moved_since_an_attempt(job):
-            return _moved_to_another_vendor(message.last_vendor, job.vendor)
+            return _moved_elsewhere(message.last_vendor, job.vendor)
         try:
             return send_message(job.config, MessageToSend(message.emarsys_message_id, message.source,
                                                           message.destination, message.body),
@@ -317,15 +325,15 @@ class Dispatcher:
     def _requeue(self, retries: list[tuple[SendJob, SendResult]], now: datetime) -> set[int]:
         """Queue messages again after the retry delay, keeping their public ids; return those requeued.
 
-        The vendor of the attempt is kept: a retry through another vendor could send the SMS twice.
+        The vendor account of the attempt, recorded when it was claimed, stays: a retry through
+        another could send the SMS twice.
         """
         if not retries:
             return set()
-        errors = _rows("id", "last_error", "vendor", rows=[
-            (job.message.id, f"{result.status_code}: {result.status_text}", job.vendor)
-            for job, result in retries])
+        errors = _rows("id", "last_error", rows=[
+            (job.message.id, f"{result.status_code}: {result.status_text}") for job, result in retries])
         return self._update_owned(errors, state="queued", lease_owner=None, lease_until=None,
-                                  updated_at=now, last_error=errors.c.last_error, vendor=errors.c.vendor,
+                                  updated_at=now, last_error=errors.c.last_error,
                                   next_attempt_at=now + timedelta(seconds=self.settings.retry_delay_seconds))
 
     def _finish(self, finals: list[tuple[SendJob, SendResult]], now: datetime) -> set[int]:
@@ -402,14 +410,22 @@ def _recipient(job: SendJob) -> tuple[uuid.UUID, str]:
 
 
 def _moved_since_an_attempt(job: SendJob) -> bool:
-    """Tell whether the client moved to another vendor after an attempt that may have reached the old one."""
-    return job.earlier_attempt is not None and job.message.last_vendor not in (None, job.vendor)
+    """Tell whether the client moved to another vendor account since an attempt that may have reached it."""
+    message = job.message
+    if job.earlier_attempt is None or message.last_vendor is None:  # None: claimed before it was recorded
+        return False
+    return message.last_vendor != job.vendor or (
+        job.account is not None and message.last_account not in (None, job.account))
 
 
-def _moved_to_another_vendor(old_vendor: str, new_vendor: str) -> SendResult:
-    """Return the failure of a retry whose client moved to another vendor since its last attempt."""
-    # The new vendor cannot tell whether the old one delivered it: sent again, it could reach the
+def _moved_elsewhere(old_vendor: str, new_vendor: str) -> SendResult:
+    """Return the failure of a retry whose client moved to another vendor or account since its attempt."""
+    # The new account cannot tell whether the old one delivered it: sent again, it could reach the
     # phone twice.
+    if old_vendor == new_vendor:
+        return refused(Outcome.ERROR, ErrorType.UNKNOWN, "account changed",
+                       f"the client moved to another {new_vendor} account after an attempt that may have "
+                       "reached the old one; not sent again")
     return refused(Outcome.ERROR, ErrorType.UNKNOWN, "vendor changed",
                    f"the client moved from {old_vendor} to {new_vendor} after an attempt that may have "
                    f"reached {old_vendor}; not sent again")

@@ -85,6 +85,30 @@ def test_redacted_masks_only_secrets():
     assert redacted["login"] == "acme"
 
 
+@pytest.mark.parametrize("changed, same_account", [
+    ({**GENESYS_FIELDS, "password": "rotated", "sender": "ACME", "priority": "BULK"}, True),
+    ({**GENESYS_FIELDS, "login": "other"}, False),
+    ({**GENESYS_FIELDS, "baseUrl": "https://genesys.example.com/httpapi/receiver"}, False),
+    ({**TWILIO_FIELDS, "login": "acme"}, False),  # another vendor
+], ids=["genesys-secret-and-sender", "genesys-login", "genesys-server", "other-vendor"])
+def test_account_names_only_what_decides_where_a_genesys_message_goes(changed, same_account):
+    account = load_client_config(body(**GENESYS_FIELDS)).account()
+
+    assert (load_client_config(body(**changed)).account() == account) is same_account
+    assert len(account) == 32 and "acme" not in account
+
+
+@pytest.mark.parametrize("changed, same_account", [
+    ({**TWILIO_FIELDS, "authToken": "rotated", "messagingServiceSid": SERVICE_SID,
+      "baseUrl": "https://api.dublin.ie1.twilio.com"}, True),
+    ({**TWILIO_FIELDS, "accountSid": "AC" + "f" * 32}, False),
+], ids=["twilio-token-service-and-edge", "twilio-account"])
+def test_account_of_a_twilio_client_is_its_account_sid(changed, same_account):
+    account = load_client_config(body(**TWILIO_FIELDS)).account()
+
+    assert (load_client_config(body(**changed)).account() == account) is same_account
+
+
 def test_config_is_frozen():
     config = load_client_config(body(**GENESYS_FIELDS))
 

@@ -57,11 +57,11 @@ def app_context(make_app, settings):
         yield app
 
 
-def genesys_client(base_url: str) -> uuid.UUID:
-    """Onboard a Genesys client whose vendor is the fake server; return its id."""
+def genesys_client(base_url: str, client_id: uuid.UUID | None = None, **fields: str) -> uuid.UUID:
+    """Onboard a Genesys client whose vendor is the fake server (or reconfigure this one); return its id."""
     config = load_client_config({"customFieldValues": {
-        "vendor": "genesys", "login": "acme", "password": PASSWORD, "baseUrl": base_url}})
-    return save_client(uuid.uuid4(), config).id
+        "vendor": "genesys", "login": "acme", "password": PASSWORD, "baseUrl": base_url, **fields}})
+    return save_client(client_id or uuid.uuid4(), config).id
 
 
 def twilio_client(base_url: str, client_id: uuid.UUID | None = None) -> uuid.UUID:
@@ -379,6 +379,48 @@ def test_a_retry_after_the_client_moved_to_another_vendor_fails_instead_of_sendi
     assert not any(TWILIO_MESSAGES in request.path for request, _ in httpserver.log)
     state = db.session.scalars(db.select(MessageState).where(MessageState.vendor == "twilio")).one()
     assert (state.outcome, state.error_type, state.status_code) == ("ERROR", "UNKNOWN", "vendor changed")
+
+
+@pytest.mark.parametrize("new_fields, refused", [
+    (dict(login="another-login"), True),
+    (dict(baseUrl_path="/another-genesys"), True),
+    (dict(sender="ACME2", password="rotated"), False),  # the same account: Genesys sees the message_id
+])
+def test_a_retry_after_the_client_moved_to_another_genesys_account_fails_instead_of_sending_twice(
+        app_context, httpserver, new_fields, refused):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=98")  # try again later
+    httpserver.expect_request("/another-genesys").respond_with_data("result_code=0")
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    [public_id] = queue_messages(client_id)
+    dispatcher(app_context).run_once()
+    path = new_fields.pop("baseUrl_path", GENESYS_PATH)
+    genesys_client(httpserver.url_for(path), client_id, **new_fields)
+
+    dispatcher(app_context).run_once()
+
+    row = message(public_id)
+    if refused:
+        assert len(httpserver.log) == 1
+        assert (row.state, row.last_error.split(":")[0]) == ("failed", "account changed")
+        assert message_state("genesys", public_id).status_code == "account changed"
+    else:
+        assert len(httpserver.log) == 2 and row.state == "queued"  # retried through the same account
+
+
+def test_a_twilio_retry_after_the_client_moved_to_another_twilio_account_fails(app_context, httpserver):
+    httpserver.expect_request(TWILIO_MESSAGES).respond_with_data("", status=503)
+    client_id = twilio_client(httpserver.url_for("/"))
+    [public_id] = queue_messages(client_id)
+    dispatcher(app_context).run_once()
+    save_client(client_id, load_client_config({"customFieldValues": {
+        "vendor": "twilio", "accountSid": "AC" + "b" * 32, "authToken": AUTH_TOKEN,
+        "baseUrl": httpserver.url_for("/")}}))
+
+    dispatcher(app_context).run_once()
+
+    assert http_methods(httpserver) == ["POST"]  # neither looked up nor sent in the other account
+    assert (message(public_id).state, message(public_id).last_error.split(":")[0]) == ("failed",
+                                                                                      "account changed")
 
 
 def test_a_worker_lost_mid_send_leaves_its_vendor_for_the_retry(app_context, httpserver):
