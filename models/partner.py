@@ -25,6 +25,9 @@ class Client(db.Model):
     vendor: Mapped[str] = mapped_column(String(20))
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)  # non-secret custom fields
     secrets: Mapped[str] = mapped_column(Text)  # Fernet token of the secret custom fields
+    # Fernet token of {"<vendor>:<account>": signing secrets} of accounts the client moved away from:
+    # their late callbacks are still signed with them (services.clients.callback_signing_keys).
+    former_secrets: Mapped[str | None] = mapped_column(Text)
     callback_token: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

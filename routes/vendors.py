@@ -19,7 +19,7 @@ from mappers import genesys, sapdi
 from mappers.params import TEXT_PARAMETERS, decode_form, decode_parts
 from mappers.registry import VendorAdapter
 from models import Client
-from services.clients import client_config, client_for_callback
+from services.clients import callback_signing_keys, client_for_callback
 from services.clock import utcnow
 from services.ingest import record_delivery_report, record_inbound_message
 from services.metrics import observe_vendor_request, untracked_by_exporter
@@ -149,13 +149,18 @@ def vendor_adapter(vendor: str) -> VendorAdapter:
     return adapter
 
 
-def check_twilio_signature(auth_token: str | None, params: dict[str, str]) -> None:
-    """Refuse a Twilio request whose X-Twilio-Signature does not match, when a token is known."""
-    if not auth_token:
-        return
+def check_twilio_signature(auth_tokens: list[str]) -> None:
+    """Refuse a Twilio request whose X-Twilio-Signature matches none of the auth tokens (so any, if none)."""
     signature = request.headers.get(SIGNATURE_HEADER)
-    if not is_valid_signature(auth_token, public_url(), _signed_body_pairs(), signature):
+    url, pairs = public_url(), _signed_body_pairs()
+    if not any(is_valid_signature(token, url, pairs, signature) for token in auth_tokens):
         raise Forbidden(f"invalid or missing {SIGNATURE_HEADER}", field=SIGNATURE_HEADER)
+
+
+def check_open_twilio_signature() -> None:
+    """Refuse a Twilio request to an open URL with a signature not made with TWILIO_AUTH_TOKEN, if set."""
+    if current_app.config["TWILIO_AUTH_TOKEN"]:
+        check_twilio_signature([current_app.config["TWILIO_AUTH_TOKEN"]])
 
 
 def _signed_body_pairs() -> list[tuple[str, str]]:
@@ -242,7 +247,7 @@ def delivery_report(vendor: str):
     adapter = vendor_adapter(vendor)
     params = request_params(adapter)
     if vendor == "twilio":
-        check_twilio_signature(current_app.config["TWILIO_AUTH_TOKEN"], params)
+        check_open_twilio_signature()
     return store_report(adapter, params)
 
 
@@ -253,21 +258,22 @@ def inbound_message(vendor: str):
     adapter = vendor_adapter(vendor)
     params = request_params(adapter)
     if vendor == "twilio":
-        check_twilio_signature(current_app.config["TWILIO_AUTH_TOKEN"], params)
+        check_open_twilio_signature()
     return store_inbound(adapter, params)
 
 
 def client_callback(vendor: str, token: str) -> tuple[Client, VendorAdapter, dict[str, str]]:
     """Return the client of a callback URL, its vendor adapter and the request parameters.
 
-    A Twilio request must carry a valid X-Twilio-Signature made with the client's own authToken.
+    A Twilio request must carry a valid X-Twilio-Signature made with the client's own authToken
+    (or, for a client moved since, the one of the Twilio account it moved away from).
     """
     client = client_for_callback(vendor, token)
     g.client_id = str(client.id)  # for the request's log lines
     adapter = vendor_adapter(vendor)
     params = request_params(adapter)
     if vendor == "twilio":
-        check_twilio_signature(client_config(client).fields.get("authToken"), params)
+        check_twilio_signature(callback_signing_keys(client, vendor))
     return client, adapter, params
 
 

@@ -31,6 +31,8 @@ ACCOUNT_FINGERPRINT_LENGTH = 32
 # The fields that name the account a message is sent through: what an earlier send created or
 # counted as sent (Genesys' message_id check, Twilio's message list) is seen only in that account.
 ACCOUNT_FIELD_NAMES = {GENESYS: ("baseUrl", "login"), TWILIO: ("accountSid",)}
+# The secrets a vendor signs its callbacks with (Twilio's X-Twilio-Signature).
+SIGNING_FIELD_NAMES = {TWILIO: ("authToken",)}
 
 class _HttpUrl(validate.URL):
     """An absolute http(s) URL whose port, if it names one, a connection can use."""
@@ -113,6 +115,10 @@ class ClientConfig:
         """Return the fields with secret values masked, safe to log."""
         return {name: "***" if name in self.secret_field_names else value
                 for name, value in self.fields.items()}
+
+    def signing_secrets(self) -> dict[str, str]:
+        """Return the secrets the vendor signs this account's callbacks with (none for most vendors)."""
+        return {name: self.fields[name] for name in SIGNING_FIELD_NAMES.get(self.vendor, ()) if name in self.fields}
 
     def account(self) -> str:
         """Return a short fingerprint of the vendor account messages are sent through."""

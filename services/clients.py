@@ -15,13 +15,15 @@ from errors import NotFound
 from models import Client, MessageState, OutboundMessage, OutboxItem, db
 from schemas.client_config import ClientConfig
 from services.clock import utcnow
-from services.crypto import SecretBox
+from services.crypto import SecretBox, UndecryptableSecrets
 from services.forwarder import LEASED, PENDING
 
 log = logging.getLogger(__name__)
 
 # secrets.token_urlsafe(32): 43 URL-safe base64 characters; the column's 64 leave room to lengthen it.
 CALLBACK_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,64}")
+# The signing keys of at most this many former accounts are kept per client.
+MAX_FORMER_ACCOUNTS = 5
 # The spec's clientId is `format: uuid`: the canonical hyphenated form only, any letter case.
 _CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.IGNORECASE)
 
@@ -70,9 +72,46 @@ def _store_client(client_id: uuid.UUID, config: ClientConfig) -> Client:
         # 256 bits from the OS CSPRNG: unguessable, and it never leaves our URLs.
         client = Client(id=client_id, callback_token=secrets.token_urlsafe(32), created_at=now)
         db.session.add(client)
+    else:
+        client.former_secrets = _former_secrets_after(client, config)
     client.vendor, client.settings, client.secrets, client.updated_at = config.vendor, plain_values, sealed, now
     db.session.commit()
     return client
+
+
+def _former_secrets_after(client: Client, config: ClientConfig) -> str | None:
+    """Return the client's former signing keys once it is moved to `config`, sealed (None if none).
+
+    When the account changes (another vendor, another Twilio account), the old one's late callbacks
+    are still signed with its key: it is kept. The current account's never is: rotated, it is gone.
+    """
+    box = secret_box()
+    try:
+        former = box.open(client.former_secrets) if client.former_secrets else {}
+        old = client_config(client)
+    except UndecryptableSecrets:  # a PUT is how a client with unreadable secrets is repaired
+        log.warning("client %s: former signing keys cannot be read and are dropped", client.id)
+        return None
+    old_account, new_account = _account_key(old), _account_key(config)
+    if old.signing_secrets() and old_account != new_account:
+        former.pop(old_account, None)  # moved to the end: the newest are kept
+        former[old_account] = old.signing_secrets()
+    former.pop(new_account, None)
+    for account in list(former)[:-MAX_FORMER_ACCOUNTS]:
+        del former[account]
+    return box.seal(former) if former else None
+
+
+def _account_key(config: ClientConfig) -> str:
+    return f"{config.vendor}:{config.account()}"
+
+
+def callback_signing_keys(client: Client, vendor: str) -> list[str]:
+    """Return the keys a vendor's callback for the client may be signed with: its current account's, then former ones."""
+    keys = list(client_config(client).signing_secrets().values()) if client.vendor == vendor else []
+    former = secret_box().open(client.former_secrets) if client.former_secrets else {}
+    return keys + [key for account, signing in former.items() if account.startswith(f"{vendor}:")
+                   for key in signing.values()]
 
 
 def get_client(client_id: uuid.UUID, lock: dict[str, bool] | None = None) -> Client:

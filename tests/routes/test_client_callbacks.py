@@ -7,9 +7,11 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import func
 
-from models import InboundMessageRecord, MessageState, OutboxItem, db
+from models import Client, InboundMessageRecord, MessageState, OutboxItem, db
+from services.clients import callback_signing_keys
 from services.twilio_signature import compute_signature
 
 PUBLIC_BASE_URL = "https://sms.example.com"
@@ -207,6 +209,60 @@ def test_a_client_moved_to_another_vendor_keeps_the_old_vendors_url_for_its_mess
 
     assert response.status_code == 200, response.get_json()
     assert outbox(partner_app) == [(client_id, "delivery_report", "em-1")]
+
+
+@pytest.mark.parametrize("url_kind", ["deliveryReports", "inboundMessages"])
+def test_a_client_moved_off_twilio_keeps_checking_its_old_urls_signature(partner_app, partner_client, onboard,
+                                                                        record_sent, twilio_fields, url_kind):
+    client_id, twilio_urls = onboard(twilio_fields)
+    record_sent(partner_app, client_id, "twilio", TWILIO_DR["MessageSid"])
+    onboard(client_id=client_id)  # moved to Genesys: the Twilio authToken is no longer in its configuration
+    path = path_of(twilio_urls[url_kind]["url"])
+    form = TWILIO_DR if url_kind == "deliveryReports" else TWILIO_MO
+
+    assert partner_client.post(path, data=form).status_code == 403  # a forged report is not taken
+    assert signed_post(partner_client, path, form, "another-token").status_code == 403
+    assert signed_post(partner_client, path, form, twilio_fields["authToken"]).status_code == 200
+
+    assert len(outbox(partner_app)) == 1
+
+
+def test_a_client_moved_to_another_twilio_account_takes_both_accounts_signatures(partner_app, partner_client,
+                                                                               onboard, record_sent, twilio_fields):
+    client_id, urls = onboard(twilio_fields)
+    record_sent(partner_app, client_id, "twilio", TWILIO_DR["MessageSid"])
+    onboard({**twilio_fields, "accountSid": "AC" + "e" * 32, "authToken": "new-account-token"}, client_id=client_id)
+    onboard({**twilio_fields, "accountSid": "AC" + "e" * 32, "authToken": "rotated-token"}, client_id=client_id)
+    path = path_of(urls["deliveryReports"]["url"])
+
+    assert signed_post(partner_client, path, TWILIO_DR, twilio_fields["authToken"]).status_code == 200  # old account
+    assert signed_post(partner_client, path, TWILIO_DR, "rotated-token").status_code == 200  # current
+    # A token rotated within an account is gone: whoever knows it cannot sign.
+    assert signed_post(partner_client, path, TWILIO_DR, "new-account-token").status_code == 403
+
+
+def test_a_client_moved_back_to_its_twilio_account_keeps_no_former_key(partner_app, onboard, twilio_fields):
+    client_id, _ = onboard(twilio_fields)
+    onboard(client_id=client_id)
+    onboard({**twilio_fields, "authToken": "rotated-token"}, client_id=client_id)
+
+    with partner_app.app_context():
+        client = db.session.get(Client, client_id)
+        assert client.former_secrets is None
+        assert callback_signing_keys(client, "twilio") == ["rotated-token"]
+
+
+def test_a_client_whose_secrets_cannot_be_read_can_still_be_moved(partner_app, onboard, twilio_fields):
+    client_id, _ = onboard(twilio_fields)
+    with partner_app.app_context():
+        db.session.get(Client, client_id).secrets = Fernet(Fernet.generate_key()).encrypt(b"{}").decode()
+        db.session.commit()
+
+    onboard(client_id=client_id)  # the PUT that repairs it answers 200
+
+    with partner_app.app_context():
+        client = db.session.get(Client, client_id)
+        assert (client.vendor, client.former_secrets) == ("genesys", None)
 
 
 @pytest.mark.parametrize("url_kind", ["deliveryReports", "inboundMessages"])
