@@ -128,12 +128,17 @@ class EmarsysTokenVerifier:
             raise _invalid_token(f"token lacks the {exc.claim} claim") from None
         except jwt.InvalidTokenError as exc:
             raise _invalid_token(_describe(exc)) from None
+        except jwt.PyJWTError:  # e.g. an EC key without alg whose curve is not the header's
+            raise _invalid_token("token algorithm does not fit its key") from None
 
     def _authorise(self, claims: Mapping[str, Any]) -> None:
         client_id = self._policy.client_id
+        # The party the token was issued to, when it names one: a token another client of the
+        # same tenant asked for with Emarsys as its audience is not Emarsys calling.
+        presenters = [claims[name] for name in ("azp", "client_id") if claims.get(name) is not None]
         audience = claims.get("aud")
         audiences = audience if isinstance(audience, list) else [audience]
-        if client_id in (claims.get("azp"), claims.get("client_id")) or client_id in audiences:
+        if (all(presenter == client_id for presenter in presenters) if presenters else client_id in audiences):
             return
         logger.info("bearer token refused: issued to another OAuth client")
         raise Forbidden("token was not issued to the Emarsys OAuth client")

@@ -304,6 +304,15 @@ def test_algorithm_that_does_not_fit_the_key_type_is_rejected(jwks: JwksServer, 
     assert error.message == "token algorithm does not fit its key"
 
 
+@pytest.mark.parametrize("algorithm", ["ES384", "ES512"])
+def test_algorithm_for_another_curve_than_the_keys_is_rejected(jwks: JwksServer, clock: FakeClock,
+                                                               algorithm: str) -> None:
+    jwks.publish(ec_jwk(ec.generate_private_key(ec.SECP256R1())))  # P-256, no alg declared
+    attacker_key = ec.generate_private_key(ec.SECP384R1() if algorithm == "ES384" else ec.SECP521R1())
+    error = rejection(make_verifier(jwks.url, clock), bearer(sign(attacker_key, algorithm=algorithm)))
+    assert error.message == "token algorithm does not fit its key"
+
+
 def ec_jwk(private_key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
     """Return a P-256 public JWK without a declared alg."""
     return {**ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True), "kid": "k1"}
@@ -337,8 +346,8 @@ def test_other_asymmetric_algorithms_are_accepted(jwks: JwksServer, clock: FakeC
     {"azp": None, "client_id": CLIENT_ID},
     {"azp": None, "aud": ["other-api", CLIENT_ID]},
     {"azp": None, "aud": CLIENT_ID},
-    {"azp": "someone-else", "aud": [CLIENT_ID]},
-], ids=["azp", "client_id", "aud-list", "aud-string", "aud-despite-other-azp"])
+    {"azp": CLIENT_ID, "client_id": CLIENT_ID, "aud": ["other-api"]},
+], ids=["azp", "client_id", "aud-list", "aud-string", "azp-and-client_id"])
 def test_token_issued_to_emarsys_client_is_authorised(verifier: EmarsysTokenVerifier,
                                                       rsa_key: rsa.RSAPrivateKey,
                                                       overrides: dict[str, Any]) -> None:
@@ -352,7 +361,11 @@ def test_token_issued_to_emarsys_client_is_authorised(verifier: EmarsysTokenVeri
     {"azp": None, "aud": "someone-else"},
     {"azp": None},
     {"azp": None, "sub": CLIENT_ID, "aud": [CLIENT_ID + "-suffix"]},
-], ids=["azp", "client_id", "aud-list", "aud-string", "no-client-claims", "near-miss"])
+    {"azp": "someone-else", "aud": [CLIENT_ID]},
+    {"azp": None, "client_id": "someone-else", "aud": CLIENT_ID},
+    {"azp": CLIENT_ID, "client_id": "someone-else"},
+], ids=["azp", "client_id", "aud-list", "aud-string", "no-client-claims", "near-miss",
+        "other-azp-with-emarsys-aud", "other-client_id-with-emarsys-aud", "client_id-contradicts-azp"])
 def test_valid_token_for_another_client_is_forbidden(verifier: EmarsysTokenVerifier,
                                                      rsa_key: rsa.RSAPrivateKey,
                                                      overrides: dict[str, Any]) -> None:
