@@ -6,7 +6,9 @@ with FOR UPDATE SKIP LOCKED, leases them to this worker and commits. It then pos
 and records the answer with set-based updates guarded by `lease_owner = me`, so a worker whose
 lease expired and was taken over cannot mark anything twice.
 
-Reports of one message go out in event order: a message with a report that waits (for a retry,
+Reports of one message go out in the order they changed its state (outbox id order: each row is
+written under the lock of the state it records; a state never moves backwards, while a report of
+a higher rank can carry an earlier event time): a message with a report that waits (for a retry,
 or leased to a worker) has no report claimed, and claims of one client and kind are serialised
 by a transaction-scoped advisory lock so that no claim sees another's half-done work.
 """
@@ -58,7 +60,7 @@ class LeasedItem:
 
 @dataclass(frozen=True)
 class Batch:
-    """Leased items of one client and kind, in event order: one call to Emarsys."""
+    """Leased items of one client and kind, in the order they were written: one call to Emarsys."""
 
     client_id: uuid.UUID
     kind: str
@@ -236,13 +238,13 @@ class Forwarder:
         db.session.commit()
         if not rows:
             return None
-        ordered = sorted(rows, key=lambda row: (row.event_at, row.id))
+        ordered = sorted(rows, key=lambda row: row.id)
         return Batch(client_id, kind, [LeasedItem(row.id, row.payload, row.attempts, row.first_attempt_at)
                                        for row in ordered])
 
     def _candidates(self, client_id: uuid.UUID, kind: str, now: datetime):
         """Return the locking select of due items whose message has no report waiting for a retry or lease."""
-        # Excluding the whole message keeps event order: its later reports wait for the earlier one.
+        # Excluding the whole message keeps its order: its later reports wait for the earlier one.
         # A correlated NOT EXISTS is one index probe per candidate (ix_outbox_client_order); a NOT IN
         # over every waiting item of the client outgrows work_mem in a long Emarsys outage and is
         # then rescanned for each candidate (hours at 1.5M waiting items).
@@ -253,7 +255,7 @@ class Forwarder:
         return (db.select(OutboxItem.id, OutboxItem.created_at)
                 .where(OutboxItem.client_id == client_id, OutboxItem.kind == kind,
                        OutboxItem.state.in_((PENDING, LEASED)), is_due(OutboxItem, now), ~message_waits)
-                .order_by(OutboxItem.event_at, OutboxItem.id).limit(self.batch_size)
+                .order_by(OutboxItem.id).limit(self.batch_size)
                 .with_for_update(skip_locked=True, of=OutboxItem))
 
     def _lingered(self, candidates: list[Row], now: datetime) -> bool:

@@ -128,19 +128,21 @@ def _superseded():
     """Return the condition of an item whose message has a later report forwarded or on its way."""
     later = aliased(OutboxItem)
     # Pending or leased counts too: the message's later report would go first, this one after it.
+    # Later means written later (a higher id): the order the message's state changed in, which a
+    # report of a higher rank with an earlier event time does not follow.
     later_item = exists().where(later.client_id == OutboxItem.client_id, later.kind == OutboxItem.kind,
                                 later.message_key == OutboxItem.message_key, later.state != DEAD,
-                                later.event_at > OutboxItem.event_at)
+                                later.id > OutboxItem.id)
     # The outbox's done rows are purged after RETENTION_DAYS, dead letters are not: the message's
-    # state remembers the latest event it took. Unless that event's own report is a dead letter
-    # too: then both are replayed, in event order.
+    # state remembers when it last changed (a row that records a change is written with the same
+    # time). Unless that change's own report is a dead letter too: then both are replayed, in order.
     latest_is_dead = exists().where(later.client_id == OutboxItem.client_id, later.kind == OutboxItem.kind,
                                     later.message_key == OutboxItem.message_key, later.state == DEAD,
-                                    later.event_at >= MessageState.event_at)
+                                    later.created_at >= MessageState.updated_at)
     # Both outer tables, explicitly: auto-correlation reaches only the nearest enclosing query.
     latest_is_dead = latest_is_dead.correlate(OutboxItem, MessageState)
     later_state = exists().where(OutboxItem.kind == "delivery_report",
                                  MessageState.client_id == OutboxItem.client_id,
                                  MessageState.emarsys_message_id == OutboxItem.message_key,
-                                 MessageState.event_at > OutboxItem.event_at, ~latest_is_dead)
+                                 MessageState.updated_at > OutboxItem.created_at, ~latest_is_dead)
     return later_item | later_state

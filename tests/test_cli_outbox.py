@@ -172,6 +172,21 @@ def test_replay_leaves_dead_a_report_behind_a_later_one_still_on_its_way_or_long
         assert sorted(dead) == ["later-pending", "later-purged"]
 
 
+def test_replay_leaves_dead_a_report_its_message_changed_after_even_with_an_earlier_event_time(app):
+    now = utcnow()
+    with app.app_context():
+        add_report_item("dead", "overtaken", at=now - timedelta(minutes=1))  # ACCEPTED, say
+        # Then DELIVERED, timestamped on arrival a little before it; its done row long purged.
+        add_state("overtaken", at=now - timedelta(minutes=1, milliseconds=5))
+        state = db.session.scalars(select(MessageState)).one()
+        state.updated_at = now
+        db.session.commit()
+
+    result = run(app, "replay")
+
+    assert result.exit_code == 0 and "replayed 0 dead letter(s)" in result.output
+
+
 @pytest.mark.parametrize("arguments", [("--since", "yesterday"), ("--client", "not-a-uuid")])
 def test_replay_refuses_bad_arguments(app, arguments):
     result = run(app, "replay", *arguments)

@@ -232,6 +232,22 @@ def test_genesys_dr_for_a_partner_api_message_carries_the_emarsys_message_id(app
         ("em-42", "ACCEPTED"), ("em-42", "DELIVERED")]
 
 
+def test_a_higher_report_with_an_earlier_event_time_reaches_emarsys_after_the_one_it_overtook(app, emarsys):
+    with app.app_context():
+        genesys_client()
+        now = utcnow()
+        # A DELIVERED timestamped on arrival, committed after the send result the worker timed later.
+        for outcome, at in [(Outcome.ACCEPTED, now), (Outcome.DELIVERED, now - timedelta(milliseconds=5))]:
+            report_ = DeliveryReport("pub-1", "+4915112345", "0", outcome.value, at, outcome)
+            record_delivery_report("genesys", report_, {"outcome": outcome.value}, client_id=CLIENT_A,
+                                   emarsys_message_id="em-1")
+
+    assert drain(app, forwarder(app)) == 2
+
+    [call] = emarsys.calls
+    assert [item["status"] for item in call["items"]] == ["ACCEPTED", "DELIVERED"]  # as our state changed
+
+
 def test_mo_on_a_client_callback_url_reaches_inbound_messages(app, emarsys):
     with app.app_context():
         url = callback_urls(genesys_client()).inbound_messages
