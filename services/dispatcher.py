@@ -21,6 +21,7 @@ are handed back.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -135,14 +136,16 @@ SendOutcome = tuple[SendJob, SendResult | None]
 class Dispatcher:
     """Claim due outbound messages and send them through each client's vendor."""
 
-    def __init__(self, settings: DispatchSettings, owner: str):
+    def __init__(self, settings: DispatchSettings, owner: str, stopping: threading.Event | None = None):
         self.settings = settings
         self.owner = owner
+        self.stopping = stopping or threading.Event()  # set: start no more sends, hand them back
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], owner: str) -> Dispatcher:
+    def from_config(cls, config: Mapping[str, Any], owner: str,
+                    stopping: threading.Event | None = None) -> Dispatcher:
         """Build a dispatcher from the app config; owner names this worker in leases."""
-        return cls(DispatchSettings.from_config(config), owner)
+        return cls(DispatchSettings.from_config(config), owner, stopping)
 
     def run_once(self) -> int:
         """Claim one batch, send it concurrently, record every outcome; return the rows claimed."""
@@ -237,8 +240,8 @@ class Dispatcher:
         return outcomes
 
     def _send_before(self, job: SendJob, send_deadline: float) -> SendResult | None:
-        """Send the job in a pool thread, or return None when the deadline to start has passed."""
-        return None if time.monotonic() > send_deadline else self._send(job)
+        """Send the job in a pool thread; return None (hand it back) past the deadline to start, or when stopping."""
+        return None if time.monotonic() > send_deadline or self.stopping.is_set() else self._send(job)
 
     def _settle_all(self, outcomes: list[SendOutcome]) -> None:
         """Record a chunk of outcomes in one transaction, or one by one if the chunk fails."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -121,7 +122,7 @@ class Forwarder:
 
     def __init__(self, emarsys: EmarsysClient | None, policy: RetryPolicy, owner: str,
                  batch_size: int = MAX_BATCH_SIZE, linger_seconds: float = 1.0,
-                 lease_seconds: float = 60):
+                 lease_seconds: float = 60, stopping: threading.Event | None = None):
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch size must be 1 to {MAX_BATCH_SIZE}, got {batch_size}")
         self.emarsys = emarsys
@@ -132,9 +133,10 @@ class Forwarder:
         self.lease = timedelta(seconds=lease_seconds)
         self._warned_unconfigured = False
         self._paused_until = 0.0  # time.monotonic(); see _pause_if_unreachable
+        self.stopping = stopping or threading.Event()  # set: post no further batch this round
 
     @classmethod
-    def from_config(cls, config: Mapping, owner: str) -> Forwarder:
+    def from_config(cls, config: Mapping, owner: str, stopping: threading.Event | None = None) -> Forwarder:
         """Build a forwarder from the app config; without partner OAuth settings it sends nothing."""
         policy = RetryPolicy.from_config(config["FORWARD_RETRY_SCHEDULE"], config["FORWARD_MAX_AGE"])
         credentials = [config.get(name) for name in
@@ -145,7 +147,8 @@ class Forwarder:
             emarsys = EmarsysClient(config["EMARSYS_API_BASE_URL"],
                                     OAuthTokenProvider(*credentials, timeout=timeout), timeout=timeout)
         return cls(emarsys, policy, owner, batch_size=int(config.get("FORWARD_BATCH_SIZE", MAX_BATCH_SIZE)),
-                   linger_seconds=config["FORWARD_LINGER_MS"] / 1000, lease_seconds=config["LEASE_SECONDS"])
+                   linger_seconds=config["FORWARD_LINGER_MS"] / 1000, lease_seconds=config["LEASE_SECONDS"],
+                   stopping=stopping)
 
     def run_once(self) -> int:
         """Forward due batches, round-robin over ready clients and kinds; return the items handled."""
@@ -160,9 +163,9 @@ class Forwarder:
         for _ in range(MAX_ROUNDS_PER_RUN):
             sizes = {}
             for group in groups:
-                sizes[group] = self._forward_isolated(*group)
-                if self._is_paused():
+                if self._is_paused() or self.stopping.is_set():
                     return handled + sum(sizes.values())
+                sizes[group] = self._forward_isolated(*group)
             handled += sum(sizes.values())
             groups = [group for group, size in sizes.items() if size == self.batch_size]
             if not groups:

@@ -35,11 +35,13 @@ class Worker:
     timeout, for every client in turn) must not hold up the others, such as sending campaigns.
     """
 
-    def __init__(self, app: Flask, jobs: list[Callable[[], int]], idle_seconds: float = 0.2):
+    def __init__(self, app: Flask, jobs: list[Callable[[], int]], idle_seconds: float = 0.2,
+                 stopping: threading.Event | None = None):
         self.app = app
         self.jobs = jobs
         self.idle_seconds = idle_seconds
-        self.stopping = threading.Event()
+        # Shared with the jobs, so that a long round ends early too (see Forwarder.run_once).
+        self.stopping = stopping or threading.Event()
         self.died: list[str] = []
 
     @classmethod
@@ -49,10 +51,10 @@ class Worker:
         from services.forwarder import Forwarder
         from services.retention import RetentionJob
 
-        owner = worker_identity()
-        return cls(app, [Dispatcher.from_config(app.config, owner).run_once,
-                         Forwarder.from_config(app.config, owner).run_once,
-                         RetentionJob.from_config(app.config).run_once])
+        owner, stopping = worker_identity(), threading.Event()
+        return cls(app, [Dispatcher.from_config(app.config, owner, stopping).run_once,
+                         Forwarder.from_config(app.config, owner, stopping).run_once,
+                         RetentionJob.from_config(app.config).run_once], stopping=stopping)
 
     def run(self, once: bool = False) -> None:
         """Run each job once, or loop each in its own thread until stopped; return when all have ended.
@@ -71,7 +73,9 @@ class Worker:
                  for index, job in enumerate(self.jobs)]
         for loop in loops:
             loop.start()
-        # Each loop ends after its job's current round: a send or post in flight is recorded first.
+        # Each loop ends after its job's current round, which starts no new send or post once
+        # stopping is set: those in flight are recorded first. The platform kills the process
+        # soon after SIGTERM (Cloud Foundry: 10 s), and a post killed unrecorded is posted again.
         while not self.stopping.wait(1):
             pass
         for loop in loops:

@@ -423,6 +423,24 @@ def test_a_twilio_retry_after_the_client_moved_to_another_twilio_account_fails(a
                                                                                       "account changed")
 
 
+@pytest.mark.parametrize("settings", [dict(DISPATCH_CONCURRENCY=1)])
+def test_a_stopping_worker_starts_no_further_send_and_hands_the_rest_back(app_context, httpserver):
+    stopping = threading.Event()
+
+    def answer_and_stop(request: Request) -> Response:
+        stopping.set()  # SIGTERM arrives while the first message is sent
+        return Response("result_code=0")
+
+    httpserver.expect_request(GENESYS_PATH).respond_with_handler(answer_and_stop)
+    public_ids = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)), count=5)
+
+    Dispatcher.from_config(app_context.config, "worker-a", stopping).run_once()
+
+    assert len(httpserver.log) == 1
+    rows = sorted((message(public_id).state, message(public_id).attempts) for public_id in public_ids)
+    assert rows == [("queued", 0)] * 4 + [("sent", 1)]
+
+
 def test_a_worker_lost_mid_send_leaves_its_vendor_for_the_retry(app_context, httpserver):
     httpserver.expect_request(TWILIO_MESSAGES, method="POST").respond_with_json({"sid": "SM" + "3" * 32},
                                                                                 status=201)

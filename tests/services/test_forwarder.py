@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -60,6 +61,7 @@ class FakeEmarsys:
         self.tokens = tokens
         self.answers: list[Response] = []
         self.calls: list[dict] = []
+        self.on_call: Callable[[], object] | None = None  # run as each call arrives
         self.lock = threading.Lock()
         httpserver.expect_request(CALLBACK_PATH, method="POST").respond_with_handler(self.handle)
         self.base_url = httpserver.url_for(BASE_PATH)
@@ -72,6 +74,8 @@ class FakeEmarsys:
     def handle(self, request: Request) -> Response:
         """Validate and record one callback, then answer."""
         client_id, collection = CALLBACK_PATH.match(request.path).groups()
+        if self.on_call:
+            self.on_call()
         body = request.get_json()
         # A body that breaks the spec raises: the forwarder sees a 500, the test a handler error.
         validate_schema(CALLBACKS, BATCH_SCHEMAS[collection], body)
@@ -302,6 +306,21 @@ def test_a_lingering_batch_goes_once_its_oldest_item_is_old_enough(forwarder_app
 
     assert drain(app, forwarder(app)) == 2
     assert emarsys.batches(CLIENT_A) == [2]
+
+
+def test_a_stopping_worker_posts_no_further_batch(app, emarsys):
+    with app.app_context():
+        seed(CLIENT_A, 2500)
+        seed(CLIENT_B, 1000, start=5000)
+    stopping = threading.Event()
+    emarsys.on_call = stopping.set  # SIGTERM arrives while the first batch is posted
+    worker = Forwarder.from_config(app.config, "worker-a", stopping)
+
+    with app.app_context():
+        handled = worker.run_once()
+
+        assert [call["status"] for call in emarsys.calls] == [202]  # the one in flight is recorded
+        assert handled == 1000 and states() == Counter(done=1000, pending=2500)
 
 
 # --- answers of Emarsys -------------------------------------------------------------------

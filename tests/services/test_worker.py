@@ -79,3 +79,11 @@ def _run_catching(worker: Worker) -> BaseException | None:
     except JobDied as exc:
         return exc
     return None
+
+
+def test_the_dispatcher_and_forwarder_see_the_workers_stop_signal(app):
+    worker = Worker.from_app(app)
+
+    dispatcher, forwarder = (job.__self__ for job in worker.jobs[:2])
+
+    assert dispatcher.stopping is worker.stopping and forwarder.stopping is worker.stopping
