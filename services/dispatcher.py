@@ -493,9 +493,10 @@ def _report(job: SendJob, result: SendResult, now: datetime) -> ReportToAdd:
 def _log_recorded(hand_backs: list[ClaimedMessage], retries: list[tuple[SendJob, SendResult]],
                   requeued: set[int], finals: list[tuple[SendJob, SendResult]], finished: set[int]) -> None:
     """Log what a committed chunk did, message by message."""
-    for message in hand_backs:
-        log.warning("message %s handed back: the lease would end before a send could finish",
-                    message.public_id)
+    if hand_backs:
+        log.warning("%d message(s) handed back unsent: the worker is stopping, or their lease would end "
+                    "before a send could finish: %s", len(hand_backs),
+                    ", ".join(message.public_id for message in hand_backs))
     for message, result in ((job.message, result) for job, result in retries):
         log.info("message %s to %s: attempt %d will be retried (%s %s)%s", message.public_id,
                  mask_phone_numbers(message.destination), message.attempts, result.status_code,
