@@ -14,7 +14,7 @@ from flask import current_app
 from sqlalchemy import Connection, delete, literal, or_, tuple_
 
 from mappers.report import OUTCOME_RANK, DeliveryReport, ErrorType, InboundMessage, Outcome
-from models import Bounce, InboundMessageRecord, MessageState, OutboxItem, RawEvent, db, dialect_insert
+from models import Bounce, Client, InboundMessageRecord, MessageState, OutboxItem, RawEvent, db, dialect_insert
 from schemas.callbacks import delivery_report_item, inbound_message_item
 from services.clock import utcnow
 from services.metrics import count_report
@@ -96,8 +96,10 @@ def add_delivery_report(vendor: str, report: DeliveryReport, params: dict[str, A
             _sync_bounce(state.id, report, event_id)
         else:
             _withdraw_bounces([state.id])  # an Emarsys client's message: SAP is never served its bounce
-        if state.client_id is not None and state.emarsys_message_id is not None:
-            # As in ingest_pg.sql: an unknown Emarsys id waits for the send result (_adopt_early_reports).
+        if (state.client_id is not None and state.emarsys_message_id is not None
+                and db.session.get(Client, state.client_id) is not None):
+            # As in ingest_pg.sql: an unknown Emarsys id waits for the send result (_adopt_early_reports),
+            # and a deleted client's reports are not forwarded (Emarsys would answer 404).
             enqueue_forward(state.client_id, "delivery_report", state.emarsys_message_id,
                             delivery_report_item(report, state.emarsys_message_id), report.event_at, now)
     return IngestResult(duplicate=False, applied=state is not None,

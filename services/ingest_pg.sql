@@ -75,5 +75,7 @@ WITH ev AS (
     -- Emarsys maps a report by its Emarsys message id: one that is not known yet (the vendor
     -- reported before the send result was recorded) is forwarded when the send result ties it.
     WHERE st.client_id IS NOT NULL AND st.emarsys_message_id IS NOT NULL
+      -- A deleted client's late reports (on an open URL) would only be dead letters: Emarsys answers 404.
+      AND EXISTS (SELECT 1 FROM clients WHERE clients.id = st.client_id)
 )
 SELECT (SELECT id FROM ev) AS event_id, (SELECT id FROM st) AS state_id

@@ -17,6 +17,7 @@ from mappers.report import DeliveryReport, Outcome
 from models import OutboxItem, db
 from services.clock import utcnow
 from services.ingest import record_delivery_report
+from tests.records import insert_client
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -70,6 +71,7 @@ def report(vendor: str, vendor_message_id: str, outcome: Outcome, status_text: s
 def create_traffic(app) -> None:
     """Store one client message with two reports, both forwards dead, plus other vendors' reports."""
     with app.app_context():
+        insert_client(CLIENT_ID)
         report("genesys", "g-e2e-1", Outcome.ACCEPTED, "accepted", 0, CLIENT_ID, EMARSYS_ID)
         report("genesys", "g-e2e-1", Outcome.HARDBOUNCE, "absent subscriber", 1, CLIENT_ID, EMARSYS_ID)
         for index in range(3):

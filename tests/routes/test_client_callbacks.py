@@ -4,6 +4,7 @@ A delivery report is queued once the message's Emarsys id is known (its send was
 """
 from __future__ import annotations
 
+import uuid
 from urllib.parse import urlsplit
 
 import pytest
@@ -263,6 +264,17 @@ def test_a_client_whose_secrets_cannot_be_read_can_still_be_moved(partner_app, o
     with partner_app.app_context():
         client = db.session.get(Client, client_id)
         assert (client.vendor, client.former_secrets) == ("genesys", None)
+
+
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_a_deleted_clients_late_report_is_stored_but_not_forwarded(request, partner_app, record_sent, database):
+    app = partner_app if database == "postgresql" else request.getfixturevalue("sqlite_app")
+    record_sent(app, uuid.uuid4(), "genesys", "g-1")  # a message of a client deleted since
+
+    assert app.test_client().post("/vendors/genesys/delivery-reports", data=GENESYS_DR).status_code == 200
+
+    assert count(app, MessageState, vendor_message_id="g-1", outcome="DELIVERED") == 1
+    assert outbox(app) == []  # Emarsys would answer 404: it would only be a dead letter
 
 
 @pytest.mark.parametrize("url_kind", ["deliveryReports", "inboundMessages"])

@@ -16,6 +16,7 @@ from services import dashboard
 from services.charts import StackedBars, nice_ceiling, stacked_bar_svg
 from services.clock import utcnow
 from services.ingest import record_delivery_report
+from tests.records import insert_client
 
 ADMIN = ("operator", "dash-Pa55-word")
 CLIENT_ID = uuid.UUID("0d3c8f4e-6a0b-4c55-9d1e-3f2a1b4c5d6e")
@@ -226,6 +227,7 @@ def add_outbound(public_id: str, vendor_message_id: str) -> None:
 @pytest.mark.parametrize("searched", ["em-42", "pub-7", "vmid-7"])
 def test_search_shows_a_messages_whole_history_by_any_of_its_ids(admin_app, admin, searched):
     with admin_app.app_context():
+        insert_client(CLIENT_ID)
         add_outbound("pub-7", "vmid-7")
         deliver("vmid-7", Outcome.ACCEPTED, "accepted")
         deliver("vmid-7", Outcome.HARDBOUNCE, "absent subscriber", minutes=1)

@@ -16,6 +16,7 @@ from services.clients import save_client
 from services.clock import utcnow
 from services.ingest import ReportToAdd, add_send_results, record_delivery_report
 from tests.concurrency import post_in_thread, start_waiting_for_a_lock
+from tests.records import insert_client
 
 CLIENT = uuid.UUID("0b7c9a3e-5d2f-4c1a-9e8b-7f6a5d4c3b2a")
 
@@ -35,6 +36,7 @@ def test_the_outbox_item_the_statement_builds_is_the_python_delivery_report_item
                             event_at=datetime(2026, 12, 1, 9, 30, 15, 987654))
     with app.app_context():
         assert db.engine.dialect.name == "postgresql"
+        insert_client(CLIENT)
         record_delivery_report("genesys", report, {"message_id": "v-1"}, CLIENT, "em-42")
         [item] = db.session.scalars(db.select(OutboxItem)).all()
         assert (item.client_id, item.kind, item.message_key) == (CLIENT, "delivery_report", "em-42")
@@ -69,6 +71,7 @@ def test_a_redelivery_in_other_bytes_with_its_own_event_time_is_neither_forwarde
     bounced = DeliveryReport(vendor_message_id="v-2", recipient="+4915112345678", status_code="5:1",
                              status_text="absent", outcome=Outcome.HARDBOUNCE, event_at=datetime(2026, 12, 1, 9))
     with request.getfixturevalue(app_fixture).app_context():
+        insert_client(CLIENT)
         record_delivery_report("genesys", delivered, {"message_id": "v-1"}, CLIENT, "em-42")
         record_delivery_report("genesys", bounced, {"message_id": "v-2"})
         pulled_at = datetime(2026, 12, 1, 10)
