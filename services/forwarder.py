@@ -85,6 +85,26 @@ def is_waiting(item: Any, now: datetime) -> ColumnElement[bool]:
                and_(item.state == LEASED, item.lease_until >= now))
 
 
+def _defer_held_back(client_id: uuid.UUID, kind: str, now: datetime) -> None:
+    """Make the due items held back behind a report of their message waiting for a retry due with that retry.
+
+    Due, they would be counted ready, and looked at by a claim that cannot take them, in every
+    round until then: a long Emarsys outage holds back hundreds of thousands. Those held back by
+    a leased report are left due: the lease ends in seconds.
+    """
+    waiting = aliased(OutboxItem)
+    retry_at = (db.select(func.max(waiting.next_attempt_at))
+                .where(waiting.client_id == OutboxItem.client_id, waiting.kind == OutboxItem.kind,
+                       waiting.message_key == OutboxItem.message_key, waiting.state == PENDING,
+                       waiting.next_attempt_at > now)
+                .scalar_subquery())
+    db.session.execute(
+        update(OutboxItem)
+        .where(OutboxItem.client_id == client_id, OutboxItem.kind == kind, OutboxItem.state == PENDING,
+               OutboxItem.next_attempt_at <= now, retry_at.is_not(None))
+        .values(next_attempt_at=retry_at).execution_options(synchronize_session=False))
+
+
 def claim_lock_key(client_id: uuid.UUID, kind: str) -> int:
     """Return the PostgreSQL advisory lock key that serialises claims of one client and kind."""
     digest = hashlib.blake2b(f"outbox-claim:{client_id}:{kind}".encode(), digest_size=8).digest()
@@ -229,6 +249,7 @@ class Forwarder:
         lock_claims_of(client_id, kind)
         candidates = db.session.execute(self._candidates(client_id, kind, now)).all()
         if len(candidates) < self.batch_size and not self._lingered(candidates, now):
+            _defer_held_back(client_id, kind, now)
             db.session.commit()
             return None
         ids = [row.id for row in candidates]

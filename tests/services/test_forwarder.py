@@ -440,13 +440,32 @@ def test_a_later_report_waits_while_an_earlier_one_of_its_message_is_retried(for
         seed(CLIENT_A, 2, message_key="em-1")
         assert worker.run_once() == 1  # the first report fails and waits an hour
         assert worker.run_once() == 0  # the second must not overtake it
+        # The hour passes.
         db.session.execute(update(OutboxItem).where(OutboxItem.state == "pending")
-                           .where(OutboxItem.attempts == 1).values(next_attempt_at=utcnow()))
+                           .values(next_attempt_at=utcnow() - timedelta(seconds=1)))
         db.session.commit()
     drain(app, worker)
 
     sent = [(call["items"][0]["providerMessageIds"][0], call["status"]) for call in emarsys.calls]
     assert sent == [("v-0", 503), ("v-0", 202), ("v-1", 202)]
+
+
+def test_reports_held_back_behind_a_retry_wait_for_it_instead_of_being_looked_at_every_round(forwarder_app,
+                                                                                            emarsys):
+    app = forwarder_app(FORWARD_BATCH_SIZE=1, FORWARD_RETRY_SCHEDULE="1h", FORWARD_LINGER_MS=0)
+    emarsys.answer(503)
+    emarsys.answer(503)
+    worker = forwarder(app)
+    with app.app_context():
+        seed(CLIENT_A, 2, message_key="em-1")
+        seed(CLIENT_A, 1, start=2, message_key="em-2")
+        assert worker.run_once() == 2  # em-1's first report and em-2's fail and wait an hour
+        seed(CLIENT_A, 1, start=3, message_key="em-2")  # a later report of em-2 arrives meanwhile
+        assert worker.run_once() == 0
+
+        retries = {item.payload["providerMessageIds"][0]: item.next_attempt_at for item in items()}
+        assert retries["v-1"] == retries["v-0"] and retries["v-3"] == retries["v-2"] > utcnow()
+        assert worker.ready_groups(utcnow()) == []  # nothing to count or claim until the retry
 
 
 def test_reports_held_back_behind_a_retry_do_not_fill_the_batch(forwarder_app, emarsys):
