@@ -39,6 +39,12 @@ PREPARE {name} (timestamp, timestamp, text, bigint, timestamp) AS
 WITH sequence AS (
     SELECT snapshot_seq FROM status_cursors
     WHERE window_start = $1 AND window_end = $2 AND source_system = $3 AND page = 0 AND page_size = {size}
+), other_size AS (
+    -- Page 0 of this sequence was served at another page size (by an instance with another
+    -- STATUS_PAGE_SIZE): nothing is done here, and the caller asks again at that size.
+    SELECT page_size FROM status_cursors
+    WHERE window_start = $1 AND window_end = $2 AND source_system = $3 AND page = 0 AND $4 > 0
+      AND page_size <> {size}
 ), remembered AS (
     SELECT page, snapshot_seq, after_event_at, after_message_id, after_id FROM status_cursors
     WHERE window_start = $1 AND window_end = $2 AND source_system = $3 AND page <= $4 AND $4 > 0
@@ -60,6 +66,7 @@ WITH sequence AS (
                                               (SELECT after_message_id FROM position),
                                               (SELECT after_id FROM position))
             AND event_at < $2 AND seq <= (SELECT snapshot_seq FROM position)
+            AND NOT EXISTS (SELECT FROM other_size)
           ORDER BY event_at, message_id, id
           OFFSET ($4 - (SELECT page FROM position)) * {size} LIMIT {size} + 1) AS window_rows
 ), pulled AS (
@@ -83,8 +90,13 @@ WITH sequence AS (
         after_message_id = excluded.after_message_id, after_id = excluded.after_id,
         created_at = excluded.created_at
 )
-SELECT message_id, recipient, status_code, status_text, type, to_char(event_at, 'YYYYMMDDHH24MISS')
-FROM page_rows ORDER BY n
+SELECT message_id, recipient, status_code, status_text, type, sap_time, sequence_page_size FROM (
+    SELECT n, message_id, recipient, status_code, status_text, type,
+           to_char(event_at, 'YYYYMMDDHH24MISS') AS sap_time, NULL::integer AS sequence_page_size
+    FROM page_rows
+    UNION ALL
+    SELECT 0, NULL, NULL, NULL, NULL, NULL, NULL, page_size FROM other_size
+) AS answer ORDER BY n
 """
 
 
@@ -107,8 +119,9 @@ def fetch_bounce_page(start: datetime | None, end: datetime | None, page: int, p
     start, end = start or EARLIEST, end or LATEST
     window = (start, end, source_system or "")
     if db.session.get_bind().dialect.name == "postgresql":
-        rows = _page_in_one_round_trip(window, page, page_size)
+        rows, page_size = _page_in_one_round_trip(window, page, page_size)
     else:
+        page_size = _sequence_page_size(window, page) or page_size
         rows = _page_in_steps(window, page, page_size)
     return BouncePage(page=page, last_page=len(rows) <= page_size, status=_rendered(rows[:page_size]))
 
@@ -124,12 +137,24 @@ def _rendered(rows) -> list[dict[str, str]]:
     return [dict(zip(SAP_FIELDS, row)) for row in rows]
 
 
-def _page_in_one_round_trip(window: tuple[datetime, datetime, str], page: int, page_size: int) -> list[tuple]:
+def _page_in_one_round_trip(window: tuple[datetime, datetime, str], page: int,
+                            page_size: int) -> tuple[list[tuple], int]:
+    """Return the page's rows and the page size it was served at: the size its sequence's page 0 had."""
     # The SAP hot path: one statement in autocommit mode is one round trip and one commit, and
     # PostgreSQL already renders the timestamp, so Python only copies strings into the JSON.
     with db.engine.connect() as connection, driver_autocommit(connection):
-        name = _prepared_page_statement(connection, int(page_size))
-        return connection.exec_driver_sql(f"EXECUTE {name} (%s, %s, %s, %s, %s)", (*window, page, utcnow())).all()
+        rows = _execute_page_statement(connection, window, page, page_size)
+        if rows and rows[0][-1] is not None:  # page 0 had another size: a second round trip, at that size
+            page_size = rows[0][-1]
+            rows = _execute_page_statement(connection, window, page, page_size)
+    # Sizes differing again would mean page 0 was just served anew: that sequence is over.
+    return [row[:-1] for row in rows if row[-1] is None], page_size
+
+
+def _execute_page_statement(connection: Connection, window: tuple[datetime, datetime, str], page: int,
+                            page_size: int) -> list[tuple]:
+    name = _prepared_page_statement(connection, int(page_size))
+    return connection.exec_driver_sql(f"EXECUTE {name} (%s, %s, %s, %s, %s)", (*window, page, utcnow())).all()
 
 
 def _prepared_page_statement(connection: Connection, page_size: int) -> str:
@@ -180,7 +205,7 @@ def sap_time(moment: datetime) -> str:
 
 
 def _window_query(start: datetime, end: datetime, snapshot: int | None):
-    query = (db.select(*SAP_COLUMNS, Bounce.id, Bounce.pulled_at)
+    query = (db.select(*SAP_COLUMNS, Bounce.id, Bounce.seq, Bounce.pulled_at)
              .where(Bounce.event_at >= start, Bounce.event_at < end).order_by(*KEY_COLUMNS))
     return query if snapshot is None else query.where(Bounce.seq <= snapshot)
 
@@ -203,6 +228,13 @@ def _cursor_for(window: tuple[datetime, datetime, str], page: int, page_size: in
     return StatusCursor(page=0, snapshot_seq=snapshot, after_id=None)
 
 
+def _sequence_page_size(window: tuple[datetime, datetime, str], page: int) -> int | None:
+    """Return the page size page 0 of this sequence was served at, for a later page (None: none known)."""
+    if page == 0:
+        return None
+    return db.session.scalar(db.select(StatusCursor.page_size).where(*_of_window(window), StatusCursor.page == 0))
+
+
 def _of_window(window: tuple[datetime, datetime, str]) -> tuple:
     return (StatusCursor.window_start == window[0], StatusCursor.window_end == window[1],
             StatusCursor.source_system == window[2])
@@ -219,13 +251,16 @@ def _remember_cursor(window: tuple[datetime, datetime, str], page: int, page_siz
         index_elements=["window_start", "window_end", "source_system", "page"], set_=values))
 
 
-# Ids per UPDATE when marking bounces pulled: SQLite takes at most 32,766 parameters a statement.
-MARK_PULLED_CHUNK = 5000
+# Bounces per UPDATE when marking them pulled, two parameters each (id, seq): SQLite takes at most
+# 32,766 parameters a statement.
+MARK_PULLED_CHUNK = 2500
 
 
 def _mark_pulled(rows) -> None:
-    unpulled, now = [row.id for row in rows if row.pulled_at is None], utcnow()
+    # Only the version served (its seq): one a report stored since was not, and stays SAP's to pull.
+    unpulled, now = [(row.id, row.seq) for row in rows if row.pulled_at is None], utcnow()
     for start in range(0, len(unpulled), MARK_PULLED_CHUNK):
         chunk = unpulled[start:start + MARK_PULLED_CHUNK]
-        db.session.execute(update(Bounce).where(Bounce.id.in_(chunk)).values(pulled_at=now)
+        served = tuple_(Bounce.id, Bounce.seq).in_(chunk)
+        db.session.execute(update(Bounce).where(served, Bounce.pulled_at.is_(None)).values(pulled_at=now)
                            .execution_options(synchronize_session=False))

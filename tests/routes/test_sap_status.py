@@ -384,6 +384,58 @@ def page_3_after_the_page_size_changed(walk_client, smaller_client) -> list[str]
     return [r["messageId"] for r in page_3["status"]]
 
 
+def pages_alternating_between_page_sizes(larger_client, smaller_client) -> tuple[list[str], list[bool]]:
+    """Store 250 bounces, then walk one sequence at 100, 50, 100, 50 a page; return the ids served and lastPage."""
+    start = datetime(2018, 1, 1)
+    for i in range(250):
+        push_bounce(larger_client, f"m{i:03d}", start + timedelta(minutes=i))
+    served, last = [], []
+    for page, client in enumerate([larger_client, smaller_client, larger_client, smaller_client]):
+        body = client.get(f"/status?{WINDOW}&page={page}&sourceSystem=SAP1").get_json()
+        served += [r["messageId"] for r in body["status"]]
+        last.append(body["lastPage"])
+    return served, last
+
+
+def test_a_sequence_keeps_its_page_size_across_instances_that_differ(make_app):
+    # A rolling deploy that changes STATUS_PAGE_SIZE, SAP's requests alternating between instances.
+    larger, smaller = make_app(STATUS_PAGE_SIZE=100), make_app(STATUS_PAGE_SIZE=50)
+
+    served, last = pages_alternating_between_page_sizes(larger.test_client(), smaller.test_client())
+
+    assert served == [f"m{i:03d}" for i in range(250)]  # neither lost nor served twice
+    assert last == [False, False, True, True]
+
+
+def version_stored_while_a_page_is_marked_pulled(app, path: str) -> tuple[list[str], tuple]:
+    """Serve a page while a newer version of its one bounce is stored just before the marking; return both.
+
+    The codes served, and the stored bounce's (status code, pulled_at) afterwards.
+    """
+    client = app.test_client()
+    push_bounce(client, "a", datetime(2018, 1, 1, 1))
+
+    def store_a_newer_version(connection, cursor, statement, *args) -> None:
+        if statement.lstrip().upper().startswith("UPDATE BOUNCES SET PULLED_AT"):
+            cursor.execute("UPDATE bounces SET status_code = '0x4504', seq = seq + 1")
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", store_a_newer_version)
+    try:
+        served = [record["statusCode"] for record in client.get(path).get_json()["status"]]
+    finally:
+        event.remove(engine, "before_cursor_execute", store_a_newer_version)
+    with app.app_context():
+        return served, tuple(db.session.execute(db.select(Bounce.status_code, Bounce.pulled_at)).one())
+
+
+def test_the_whole_store_answer_marks_pulled_only_the_version_it_served(app):
+    served, stored = version_stored_while_a_page_is_marked_pulled(app, "/api/v1/notifications/get")
+
+    assert (served, stored) == (["0x4503"], ("0x4504", None))  # the newer version is still SAP's to pull
+
+
 def test_positions_found_at_another_page_size_are_not_used(make_app):
     walk, smaller = make_app(STATUS_PAGE_SIZE=100), make_app(STATUS_PAGE_SIZE=50)
     ids = page_3_after_the_page_size_changed(walk.test_client(), smaller.test_client())

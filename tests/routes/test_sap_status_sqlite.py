@@ -7,7 +7,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import event, insert
 
 from models import Bounce, MessageState, db
-from tests.routes.test_sap_status import WINDOW, page_3_after_the_page_size_changed, page_after_a_restart, push_bounce
+from tests.routes.test_sap_status import (WINDOW, page_3_after_the_page_size_changed, page_after_a_restart,
+                                          pages_alternating_between_page_sizes, push_bounce,
+                                          version_stored_while_a_page_is_marked_pulled)
 
 STOCK_SQLITE_VARIABLE_LIMIT = 32766
 
@@ -81,6 +83,12 @@ def test_a_new_page_0_sets_aside_the_positions_of_an_earlier_snapshot_on_sqlite(
     assert page_two["lastPage"] is False
 
 
+def test_a_page_marks_pulled_only_the_version_it_served_on_sqlite(sqlite_app):
+    served, stored = version_stored_while_a_page_is_marked_pulled(sqlite_app, f"/status?{WINDOW}&page=0")
+
+    assert (served, stored) == (["0x4503"], ("0x4504", None))
+
+
 def test_positions_found_at_another_page_size_are_not_used_on_sqlite(sqlite_app):
     client = sqlite_app.test_client()
 
@@ -94,3 +102,23 @@ def test_positions_found_at_another_page_size_are_not_used_on_sqlite(sqlite_app)
 
     ids = page_3_after_the_page_size_changed(client, SmallerPages())
     assert ids == [f"m{i:03d}" for i in range(150, 200)]
+
+
+class PageSizeClient:
+    """The SQLite app's test client, asking at its own STATUS_PAGE_SIZE, as one instance would."""
+
+    def __init__(self, app, page_size: int):
+        self.app, self.page_size, self.client = app, page_size, app.test_client()
+
+    def get(self, path: str):
+        """Ask with this instance's page size."""
+        self.app.config["STATUS_PAGE_SIZE"] = self.page_size
+        return self.client.get(path)
+
+
+def test_a_sequence_keeps_its_page_size_across_instances_that_differ_on_sqlite(sqlite_app):
+    served, last = pages_alternating_between_page_sizes(PageSizeClient(sqlite_app, 100),
+                                                        PageSizeClient(sqlite_app, 50))
+
+    assert served == [f"m{i:03d}" for i in range(250)]
+    assert last == [False, False, True, True]
