@@ -52,6 +52,16 @@ def _basic_user(env: dict[str, str], name: str) -> str | None:
     return value
 
 
+def _basic_credentials(env: dict[str, str], user_name: str, password_name: str) -> dict[str, str | None]:
+    """Return a Basic auth user and password (both None if unset), or a start-up error if only one is set."""
+    user, password = _basic_user(env, user_name), env.get(password_name) or None
+    if (user is None) != (password is None):
+        # Half a pair reads as "not set": outside production that would leave the endpoint open.
+        given, missing = (user_name, password_name) if password is None else (password_name, user_name)
+        raise StartupError(f"{given} is set but {missing} is not: set both, or neither")
+    return {user_name: user, password_name: password}
+
+
 def normalise_database_url(url: str) -> str:
     """Return a SQLAlchemy URL on the psycopg2 driver; `postgres://` (Cloud Foundry style) is accepted."""
     for prefix in ("postgres://", "postgresql://"):
@@ -181,8 +191,7 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
     return {
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(database_url),
         "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(database_url, env),
-        "SAP_STATUS_USERNAME": _basic_user(env, "SAP_STATUS_USERNAME"),
-        "SAP_STATUS_PASSWORD": env.get("SAP_STATUS_PASSWORD") or None,
+        **_basic_credentials(env, "SAP_STATUS_USERNAME", "SAP_STATUS_PASSWORD"),
         "STATUS_PAGE_SIZE": _count(env, "STATUS_PAGE_SIZE", 100),
         # The blog's `/api/v1/notifications/get` without parameters answers every record, which
         # for a busy day is more than a 512 MB instance holds: beyond this many, it says lastPage false.
@@ -223,8 +232,7 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "PURGE_BATCH_SIZE": _count(env, "PURGE_BATCH_SIZE", 5000),
         "PURGE_INTERVAL_SECONDS": _seconds(env, "PURGE_INTERVAL_SECONDS", 300),
         "PURGE_MAX_BATCHES": _count(env, "PURGE_MAX_BATCHES", 20),
-        "ADMIN_USERNAME": _basic_user(env, "ADMIN_USERNAME"),
-        "ADMIN_PASSWORD": env.get("ADMIN_PASSWORD") or None,
+        **_basic_credentials(env, "ADMIN_USERNAME", "ADMIN_PASSWORD"),
         # prometheus_client itself reads this variable at import; the scrape must agree with it.
         "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         "METRICS_CACHE_SECONDS": _seconds(env, "METRICS_CACHE_SECONDS", 5),

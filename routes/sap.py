@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, jsonify, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from routes.auth import basic_auth_required
 from schemas.status import StatusQuerySchema
@@ -12,6 +13,13 @@ bp = Blueprint("sap", __name__)
 sap_auth = basic_auth_required("SAP_STATUS_USERNAME", "SAP_STATUS_PASSWORD", "sap-status")
 # One instance for every request: building a schema copies all its fields, which cost more than the load.
 status_query = StatusQuerySchema()
+
+
+@bp.before_request
+def refuse_head():
+    """Refuse HEAD, which Flask adds to every GET: a pull marks what it serves pulled, page 0 restarts a sequence."""
+    if request.method == "HEAD":
+        raise MethodNotAllowed(valid_methods=sorted(request.url_rule.methods - {"HEAD", "OPTIONS"}))
 
 
 @bp.get("/status")

@@ -125,6 +125,20 @@ def test_a_basic_auth_user_name_with_a_colon_stops_start_up_naming_the_setting(n
         load_config({name: value})
 
 
+@pytest.mark.parametrize("given, missing", [
+    ("SAP_STATUS_USERNAME", "SAP_STATUS_PASSWORD"), ("SAP_STATUS_PASSWORD", "SAP_STATUS_USERNAME"),
+    ("ADMIN_USERNAME", "ADMIN_PASSWORD"), ("ADMIN_PASSWORD", "ADMIN_USERNAME"),
+])
+def test_half_a_basic_auth_pair_stops_start_up_instead_of_leaving_the_endpoint_open(given, missing):
+    with pytest.raises(StartupError, match=f"^{given} is set but {missing} is not: set both, or neither$"):
+        load_config({given: "s3cret-value"})
+
+
+def test_a_whole_basic_auth_pair_or_none_starts():
+    assert load_config({"ADMIN_USERNAME": "ops", "ADMIN_PASSWORD": "pw"})["ADMIN_PASSWORD"] == "pw"
+    assert load_config({})["SAP_STATUS_USERNAME"] is None
+
+
 def test_a_colon_in_a_user_name_from_the_user_provided_service_stops_start_up_too():
     vcap = json.dumps({"user-provided": [{"name": "cfg", "credentials": {"ADMIN_USERNAME": "ops:team"}}]})
     with pytest.raises(StartupError, match="^ADMIN_USERNAME must not contain ':'"):

@@ -29,6 +29,20 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
+@pytest.mark.parametrize("path, allowed", [(f"/status?{WINDOW}&page=0", "GET"),
+                                           ("/api/v1/notifications/get", "GET"),
+                                           ("/api/v1/notifications/clear", "DELETE, GET, POST")])
+def test_head_is_refused_before_it_pulls_anything(make_app, path, allowed):
+    app = make_app(ENABLE_CLEAR_ENDPOINT=True)
+    push_bounce(app.test_client(), "42", datetime(2018, 1, 1, 9))
+
+    response = app.test_client().head(path)
+
+    assert (response.status_code, response.headers["Allow"]) == (405, allowed)
+    with app.app_context():  # neither marked pulled nor cleared
+        assert db.session.execute(db.select(Bounce.message_id, Bounce.pulled_at)).all() == [("42", None)]
+
+
 def test_response_has_the_adapter_shape(client):
     push_bounce(client, "42", datetime(2018, 1, 1, 9, 27, 54), code="0xDBF3")
     body = client.get(f"/status?{WINDOW}&page=0&sourceSystem=TestSystem1").get_json()
