@@ -6,7 +6,7 @@ from werkzeug.exceptions import MethodNotAllowed
 
 from routes.auth import basic_auth_required
 from schemas.status import StatusQuerySchema
-from services.bounces import clear_all, fetch_all_bounces, fetch_bounce_page
+from services.bounces import clear_all, fetch_bounce_page
 
 bp = Blueprint("sap", __name__)
 
@@ -29,12 +29,13 @@ def refuse_head():
 def status():
     """Answer one page of bounces in the requested window."""
     query = status_query.load(request.args.to_dict())
+    page_size = current_app.config["STATUS_PAGE_SIZE"]
     if request.path == "/api/v1/notifications/get" and not request.args:
-        # The blog: without parameters, every record at once. Bounded here; lastPage says if it was all.
-        page = fetch_all_bounces(current_app.config["STATUS_GET_ALL_LIMIT"])
-    else:
-        page = fetch_bounce_page(query["startTimeUTC"], query["endTimeUTC"], query["page"],
-                                 current_app.config["STATUS_PAGE_SIZE"], query["sourceSystem"])
+        # The blog: without parameters, every record at once. Bounded here: it is page 0 of the whole
+        # store at STATUS_GET_ALL_LIMIT a page, so lastPage says if it was all, and `?page=1` goes on.
+        page_size = current_app.config["STATUS_GET_ALL_LIMIT"]
+    page = fetch_bounce_page(query["startTimeUTC"], query["endTimeUTC"], query["page"], page_size,
+                             query["sourceSystem"])
     return jsonify({"page": str(page.page), "lastPage": page.last_page,
                     "status": page.status})
 

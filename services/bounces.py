@@ -183,18 +183,6 @@ def _page_in_steps(window: tuple[datetime, datetime, str], page: int, page_size:
     return [_sap_row(row) for row in rows]
 
 
-def fetch_all_bounces(limit: int) -> BouncePage:
-    """Return the first `limit` bounces of all time as page 0, marked pulled, and commit.
-
-    The page is the last one only if it holds every bounce: a larger store is paged by window.
-    """
-    rows = db.session.execute(_window_query(EARLIEST, LATEST, snapshot=None).limit(limit + 1)).all()
-    served = rows[:limit]
-    _mark_pulled(served)
-    db.session.commit()
-    return BouncePage(page=0, last_page=len(rows) <= limit, status=_rendered(_sap_row(row) for row in served))
-
-
 def _sap_row(row) -> tuple:
     return (*row[:5], sap_time(row.event_at))
 

@@ -6,10 +6,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import event, insert
 
-from models import Bounce, MessageState, db
+from models import Bounce, MessageState, RawEvent, db
 from tests.routes.test_sap_status import (WINDOW, page_3_after_the_page_size_changed, page_after_a_restart,
-                                          pages_alternating_between_page_sizes, push_bounce,
-                                          version_stored_while_a_page_is_marked_pulled)
+                                          pages_alternating_between_page_sizes, push_bounce)
 
 STOCK_SQLITE_VARIABLE_LIMIT = 32766
 
@@ -43,7 +42,12 @@ def test_served_records_are_marked_pulled_on_sqlite(sqlite_app):
 
 
 def add_bounces(count: int, start: datetime) -> None:
-    """Insert `count` bounce records and their states directly, in one transaction."""
+    """Insert `count` bounce records and their states directly, in one transaction.
+
+    Their raw events are stood for by the last one alone: a pull sequence's snapshot is the newest raw event id.
+    """
+    db.session.add(RawEvent(id=count, vendor="sapdi", kind="delivery_report", fingerprint="bulk", params={},
+                            received_at=start))
     states = [dict(id=i + 1, vendor="sapdi", vendor_message_id=f"m{i:06d}", outcome="HARDBOUNCE", rank=3,
                    status_code="0x4503", status_text="failed", event_at=start, updated_at=start)
               for i in range(count)]
@@ -81,6 +85,31 @@ def test_a_new_page_0_sets_aside_the_positions_of_an_earlier_snapshot_on_sqlite(
     page_two = page_after_a_restart(sqlite_app.test_client())
     assert [r["messageId"] for r in page_two["status"]][-50:] == [f"z{i:03d}" for i in range(50)]
     assert page_two["lastPage"] is False
+
+
+def version_stored_while_a_page_is_marked_pulled(app, path: str) -> tuple[list[str], tuple]:
+    """Serve a page while a newer version of its one bounce is stored just before the marking; return both.
+
+    PostgreSQL's one statement is held to it by test_page_0_marks_pulled_only_the_version_it_served.
+
+    The codes served, and the stored bounce's (status code, pulled_at) afterwards.
+    """
+    client = app.test_client()
+    push_bounce(client, "a", datetime(2018, 1, 1, 1))
+
+    def store_a_newer_version(connection, cursor, statement, *args) -> None:
+        if statement.lstrip().upper().startswith("UPDATE BOUNCES SET PULLED_AT"):
+            cursor.execute("UPDATE bounces SET status_code = '0x4504', seq = seq + 1")
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", store_a_newer_version)
+    try:
+        served = [record["statusCode"] for record in client.get(path).get_json()["status"]]
+    finally:
+        event.remove(engine, "before_cursor_execute", store_a_newer_version)
+    with app.app_context():
+        return served, tuple(db.session.execute(db.select(Bounce.status_code, Bounce.pulled_at)).one())
 
 
 def test_a_page_marks_pulled_only_the_version_it_served_on_sqlite(sqlite_app):
