@@ -24,7 +24,7 @@ import yaml
 from mappers import expertflow, genesys, twilio
 from mappers.params import lower_keys, optional, phone_number
 from mappers.report import (MAX_VENDOR_NAME_LENGTH, DeliveryReport, ErrorType, InboundMessage, MappingError,
-                            Outcome)
+                            Outcome, storable_status_code)
 from mappers.rules import OutcomeRule, required_as_spelled, required_phone_number
 
 BUILT_IN_VENDORS = ("sapdi", genesys.VENDOR, twilio.VENDOR, expertflow.VENDOR)
@@ -114,7 +114,7 @@ def map_delivery_report(mapping: VendorMapping, params: Mapping[str, str],
     return DeliveryReport(
         vendor_message_id=required_as_spelled(fields, mapping.message_id),
         recipient=phone_number(fields.get(mapping.recipient.lower())) if mapping.recipient else None,
-        status_code=status,
+        status_code=storable_status_code(status),
         status_text=_value(fields, mapping.status_text) or status,
         event_at=_event_time(mapping, fields) or received_at,
         outcome=outcome,

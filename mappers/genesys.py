@@ -43,6 +43,9 @@ BUILT_IN_RULES: dict[str, OutcomeRule] = {
     "7": (Outcome.UNKNOWN, None),
     "8": (Outcome.HARDBOUNCE, None),
     "*:2": (Outcome.ERROR, ErrorType.AUTHENTICATION),
+    # We send no carrier, so Genesys chose the route itself: the route is at fault, not the number
+    # (as in the MT answer, services.vendors.genesys).
+    "*:3": (Outcome.ERROR, ErrorType.UNKNOWN),
     "*:4": (Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
     "*:5": (Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
     # "Please resubmit" and "Try again": whatever the state, the number is not at fault.

@@ -261,7 +261,7 @@ class Dispatcher:
     def _send(self, job: SendJob) -> SendResult:
         """Call the vendor, or decide without calling it when sending cannot or must not happen."""
         message, earlier_attempt = job.message, job.earlier_attempt
-        if message.attempts > self.settings.max_attempts:
+        if message.attempts > self.settings.max_attempts and job.vendor not in RESEND_SAFE_VENDORS:
             if earlier_attempt is None or job.vendor not in LOOK_UP_VENDORS or job.config is None:
                 return retry_later("attempts", "the worker sending it was lost on the last attempt")
             # The lost attempt may have reached Twilio: adopt what it sent, but send nothing more.
@@ -382,6 +382,9 @@ def _owned_by(owner: str, ids: list[int]):
 # Vendors whose retry looks for the message an earlier attempt may have created (Twilio has no
 # idempotency key; Genesys gets the same message_id on every attempt and needs no look-up).
 LOOK_UP_VENDORS = frozenset({"twilio"})
+# Vendors that recognise a resend by its message_id (Genesys answers 7, "duplicate"): a message
+# whose worker was lost on its last attempt is sent once more, which cannot reach the phone twice.
+RESEND_SAFE_VENDORS = frozenset({"genesys"})
 
 
 def _lanes(jobs: list[SendJob]) -> tuple[list[list[SendJob]], dict[tuple[uuid.UUID, str], list[SendJob]]]:

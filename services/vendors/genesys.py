@@ -21,7 +21,9 @@ from services.vendors.transport import VendorAnswer, vendor_call
 
 
 ACCEPTED_CODES = {0: "queued", 7: "duplicate message_id, already accepted"}
-RETRY_CODES = {6: "throttled", 98: "internal server error"}
+# Retrying is safe whatever the answer: the unchanged message_id makes Genesys answer 7 to a
+# resend of a message it took. 99 is "any other error", which its guide's samples say to try again.
+RETRY_CODES = {6: "throttled", 98: "internal server error", 99: "any other error"}
 # Every refusal is of our request, not of the number: none is a hard bounce, which would bar the
 # number in SAP Marketing Cloud. The texts are the receipts' (mappers.genesys.RESULT_LABELS).
 REFUSED_CODES: dict[int, tuple[Outcome, ErrorType | None]] = {
@@ -31,7 +33,6 @@ REFUSED_CODES: dict[int, tuple[Outcome, ErrorType | None]] = {
     4: (Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
     5: (Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
     8: (Outcome.ERROR, ErrorType.UNKNOWN),  # the body is too long for the account
-    99: (Outcome.ERROR, ErrorType.UNKNOWN),
 }
 CONNECTION_TEST_OK = 1  # "request invalid": the credentials passed, the missing number did not
 CONNECTION_TEST_BAD_CREDENTIALS = 2
@@ -117,9 +118,8 @@ def _classify_send(answer: VendorAnswer | str, our_message_id: str) -> SendResul
 
 
 def _classify_result_code(code: int | None, our_message_id: str) -> SendResult:
-    if code is None:
-        return refused(Outcome.ERROR, ErrorType.UNKNOWN, "unparsable",
-                       "Genesys answered without a result_code")
+    if code is None:  # e.g. a body cut short: the message may have been taken, and a resend is safe
+        return retry_later("unparsable", "Genesys answered without a result_code")
     if code in ACCEPTED_CODES:
         return accepted(our_message_id, str(code), ACCEPTED_CODES[code])
     if code in RETRY_CODES:

@@ -38,6 +38,8 @@ def receipt(state: str, result_code: str | None = "0", **extra: str) -> dict[str
         ("3", "98", Outcome.SOFTBOUNCE, None),
         ("8", "7", Outcome.ACCEPTED, None),  # a duplicate message_id: the original's receipts decide
         ("8", "8", Outcome.ERROR, ErrorType.UNKNOWN),  # our body was too long, not the number's fault
+        ("8", "3", Outcome.ERROR, ErrorType.UNKNOWN),  # carrier invalid: Genesys chose the route, not the number
+        ("5", "3", Outcome.ERROR, ErrorType.UNKNOWN),
         ("8", "2", Outcome.ERROR, ErrorType.AUTHENTICATION),
         ("5", "2", Outcome.ERROR, ErrorType.AUTHENTICATION),
         # A result code details a failure only: it never overrides an en-route, accepted or

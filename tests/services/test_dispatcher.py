@@ -121,7 +121,7 @@ GENESYS_OUTCOMES = [
     (2, "failed", "ERROR", "AUTHENTICATION"),
     (4, "failed", "ERROR", "INVALID_SENDER_ID"),
     (1, "failed", "ERROR", "UNKNOWN"),  # our request's fault: never a hard bounce of the number
-    (99, "failed", "ERROR", "UNKNOWN"),
+    (8, "failed", "ERROR", "UNKNOWN"),  # the body is too long
 ]
 
 
@@ -1011,6 +1011,21 @@ def test_a_message_a_dead_worker_held_while_its_client_was_deleted_is_not_sent_f
     dispatcher(app_context, "worker-b").run_once()
 
     assert (message(public_id).state, sent_message_ids(httpserver)) == ("cancelled", [])
+
+
+@pytest.mark.parametrize("settings", [dict(SEND_MAX_ATTEMPTS=1)])
+def test_a_worker_lost_on_the_last_attempt_leaves_a_genesys_resend_with_the_same_message_id(app_context,
+                                                                                             httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=7")  # it did get through
+    [public_id] = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)))
+    dispatcher(app_context, "dead-worker").claim()  # its one attempt; then the worker dies
+    db.session.execute(sqlalchemy.update(OutboundMessage).values(lease_until=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+
+    dispatcher(app_context, "worker-b").run_once()
+
+    assert sent_message_ids(httpserver) == [public_id]  # Genesys tells a resend by its message_id
+    assert (message(public_id).state, message(public_id).attempts) == ("sent", 2)
 
 
 @pytest.mark.parametrize("settings", [dict(SEND_MAX_ATTEMPTS=1)])
