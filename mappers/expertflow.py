@@ -1,8 +1,12 @@
 """Map Expertflow SMS Connector delivery notifications and received messages.
 
-Status keys (built-in table and operator overrides share them) are the status value,
-``SmsStatus``, else ``MessageStatus``, else ``DeliveryStatus`` (the connector's ActiveMQ
-delivery report, relayed as a form), matched case-insensitively, e.g. ``"undelivered"``.
+Status keys (built-in table and operator overrides share them), matched case-insensitively:
+- ``"<status>"``: the status value, ``SmsStatus``, else ``MessageStatus``, else ``DeliveryStatus``
+  (the connector's ActiveMQ delivery report, relayed as a form), e.g. ``"undelivered"``;
+- ``"<status>:<ProviderStatusCode>"``: a status with one provider code, e.g. ``"failed:21211"``;
+- ``"*:<ProviderStatusCode>"``: a provider code whatever the status, e.g. ``"*:21211"``.
+The most specific key wins. The provider code is the connector's provider's own ("integer or
+string"), so the built-in table names none: an operator who knows the provider declares them.
 An override replaces the built-in entry with the same key and adds keys the table lacks.
 
 ``status_code`` carries ``ProviderStatusCode`` when sent and short enough to store, else the
@@ -17,7 +21,8 @@ from datetime import datetime
 
 from mappers.params import lower_keys, optional, phone_number
 from mappers.report import DeliveryReport, ErrorType, InboundMessage, Outcome, storable_status_code
-from mappers.rules import OutcomeRule, Overrides, find_rule, required_as_spelled, required_phone_number
+from mappers.rules import (OutcomeRule, Overrides, coded_status_keys, find_rule, required_as_spelled,
+                           required_phone_number)
 
 VENDOR = "expertflow"
 # The parameters the normalised fields come from, to name them in a fault; a field read from one
@@ -25,7 +30,7 @@ VENDOR = "expertflow"
 REPORT_PARAMETERS = {"vendor_message_id": "MessageSid", "recipient": "To"}
 INBOUND_PARAMETERS = {"source": "From", "destination": "To"}
 
-STATUS_KEY_PATTERN = re.compile(r"^[a-z_]+$")
+STATUS_KEY_PATTERN = re.compile(r"^(?:[a-z_]+|[a-z_]+:[^:\s]+|\*:[^:\s]+)$")
 
 BUILT_IN_RULES: dict[str, OutcomeRule] = {
     "delivered": (Outcome.DELIVERED, None),
@@ -43,7 +48,7 @@ def map_delivery_report(params: Mapping[str, str], received_at: datetime,
     """Map an Expertflow delivery notification to a normalised report."""
     fields = lower_keys(params)
     status = _raw_status(fields)
-    outcome, error_type = _rule_for(status, overrides) or (Outcome.UNKNOWN, None)
+    outcome, error_type = _rule_for(fields, overrides) or (Outcome.UNKNOWN, None)
     return DeliveryReport(
         vendor_message_id=required_as_spelled(fields, "MessageSid"),
         recipient=phone_number(fields.get("to")),
@@ -71,11 +76,12 @@ def map_inbound_message(params: Mapping[str, str], received_at: datetime) -> Inb
 
 def is_recognised(params: Mapping[str, str], overrides: Overrides | None = None) -> bool:
     """Return whether the notification's status matches a table entry."""
-    return _rule_for(_raw_status(lower_keys(params)), overrides) is not None
+    return _rule_for(lower_keys(params), overrides) is not None
 
 
-def _rule_for(status: str, overrides: Overrides | None) -> OutcomeRule | None:
-    return find_rule([status.lower()], BUILT_IN_RULES, overrides)
+def _rule_for(fields: Mapping[str, str], overrides: Overrides | None) -> OutcomeRule | None:
+    code = (optional(fields, "providerstatuscode") or "").lower()
+    return find_rule(coded_status_keys(_raw_status(fields).lower(), code), BUILT_IN_RULES, overrides)
 
 
 def _raw_status(fields: Mapping[str, str]) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mappers import configurable, genesys, twilio
+from mappers import configurable, expertflow, genesys, twilio
 from mappers.configurable import MappingFileError
 from mappers.report import ErrorType, MappingError, Outcome
 
@@ -251,6 +251,17 @@ def test_json_file_is_accepted(tmp_path):
     assert loaded.vendors["acme-json"].outcomes == {"1": (Outcome.DELIVERED, None)}
     assert loaded.overrides == {"expertflow": {"undelivered": (Outcome.HARDBOUNCE, None)},
                                 "sapdi": {"0x4503": (Outcome.SOFTBOUNCE, None)}}
+
+
+def test_expertflow_provider_code_keys_are_accepted_and_read_as_the_mapper_reads_them(tmp_path):
+    path = write(tmp_path, "m.yaml", "overrides:\n  expertflow:\n    'FAILED:21211': HARDBOUNCE\n"
+                                     "    '*:ESME_RINVDSTADR': HARDBOUNCE\n")
+
+    overrides = configurable.load_mapping_file(path).overrides["expertflow"]
+
+    params = {"MessageSid": "ef-1", "MessageStatus": "failed", "ProviderStatusCode": "21211"}
+    assert expertflow.map_delivery_report(params, RECEIVED_AT, overrides).outcome is Outcome.HARDBOUNCE
+    assert set(overrides) == {"failed:21211", "*:esme_rinvdstadr"}
 
 
 def test_example_file_loads_and_maps_mymsp():

@@ -121,6 +121,30 @@ def test_overrides_take_precedence_over_built_in_table(overrides, status, outcom
     assert (report.outcome, report.error_type) == (outcome, error_type)
 
 
+PROVIDER_CODE_OVERRIDES = {"failed:21211": Outcome.HARDBOUNCE, "*:ESME_RINVDSTADR": Outcome.HARDBOUNCE,
+                           "*:30007": (Outcome.ERROR, ErrorType.UNKNOWN)}
+
+
+@pytest.mark.parametrize(
+    ("status", "provider_code", "outcome", "error_type"),
+    [
+        ("FAILED", "21211", Outcome.HARDBOUNCE, None),  # status:code
+        ("undelivered", "21211", Outcome.SOFTBOUNCE, None),  # that code with another status: the status
+        ("failed", "esme_rinvdstadr", Outcome.HARDBOUNCE, None),  # *:code, in any letter case
+        ("undelivered", "30007", Outcome.ERROR, ErrorType.UNKNOWN),
+        ("failed", "1", Outcome.ERROR, ErrorType.UNKNOWN),  # a code no key names: the status
+        ("failed", "", Outcome.ERROR, ErrorType.UNKNOWN),
+    ],
+)
+def test_an_operator_can_name_provider_status_codes(status, provider_code, outcome, error_type):
+    params = {"MessageSID": "ef-8", "DeliveryStatus": status, "ProviderStatusCode": provider_code}
+
+    report = expertflow.map_delivery_report(params, RECEIVED_AT, PROVIDER_CODE_OVERRIDES)
+
+    assert (report.outcome, report.error_type) == (outcome, error_type)
+    assert expertflow.is_recognised(params, PROVIDER_CODE_OVERRIDES)
+
+
 def test_override_leaves_other_statuses_alone():
     overrides = {"undelivered": Outcome.HARDBOUNCE}
     params = {"MessageSid": "ef-7", "SmsStatus": "failed"}
