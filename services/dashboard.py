@@ -27,7 +27,8 @@ OUTCOME_ORDER = [Outcome.DELIVERED, Outcome.ACCEPTED, Outcome.UNKNOWN, Outcome.S
                  Outcome.HARDBOUNCE, Outcome.ERROR]
 OUTCOME_COLOURS = {"DELIVERED": "#2e7d32", "ACCEPTED": "#90caf9", "UNKNOWN": "#9e9e9e",
                    "SOFTBOUNCE": "#f9a825", "HARDBOUNCE": "#c62828", "ERROR": "#6a1b9a"}
-PHONE_KEYS = {"to", "from", "msisdn", "recipient", "destination", "source", "phone_number"}
+# WaId: Twilio's WhatsApp sender, the whole number without its "+" (and named like an id).
+PHONE_KEYS = {"to", "from", "msisdn", "recipient", "destination", "source", "phone_number", "waid"}
 # Message content under numbered names: Genesys MMS `mms_attachment[0].content`, Twilio `MediaUrl0`.
 BODY_KEY = re.compile(r"(^|[._\]])content$|^mediaurl\d*$", re.IGNORECASE)
 SECRET_KEY = re.compile(r"pass|secret|token|signature|auth|apikey|api_key|credential", re.IGNORECASE)

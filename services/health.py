@@ -1,6 +1,7 @@
 """Readiness checks."""
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -11,6 +12,9 @@ from models import db
 
 # A small fixed pool: a hung check must not spawn a new thread per probe.
 _probe_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ready-probe")
+# And a bounded queue: /ready is open, and while the database hangs every probe would wait there.
+MAX_PROBES_IN_FLIGHT = 4
+_probe_slots = threading.BoundedSemaphore(MAX_PROBES_IN_FLIGHT)
 
 
 def database_ready(timeout_seconds: float) -> str | None:
@@ -18,7 +22,10 @@ def database_ready(timeout_seconds: float) -> str | None:
     probe = _select_one
     if has_request_context():
         probe = copy_current_request_context(_select_one)
+    if not _probe_slots.acquire(blocking=False):
+        return "database did not answer the checks still running"
     future = _probe_pool.submit(probe)
+    future.add_done_callback(lambda _: _probe_slots.release())
     try:
         future.result(timeout=timeout_seconds)
     except FutureTimeout:

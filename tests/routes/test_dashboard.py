@@ -370,6 +370,7 @@ def test_mask_phone_keeps_only_the_last_four_digits(value, masked):
     ("MediaUrl0", "https://api.twilio.com/m/ME1", "[28 characters hidden]"),
     ("MediaContentType0", "image/jpeg", "image/jpeg"),
     ("To", "+491701234567", "+********4567"),
+    ("WaId", "4915112345678", "*********5678"),  # Twilio's WhatsApp sender: a number named like an id
     ("message_id", "123456789012", "123456789012"),
     # An "id" that starts with + is a phone number, not a message's id.
     ("sender_id", "+4915112345678", "+*********5678"),
