@@ -74,8 +74,8 @@ class OutboxItem(db.Model):
     __table_args__ = (
         Index("ix_outbox_due", "state", "next_attempt_at"),
         Index("ix_outbox_client_order", "client_id", "message_key", "event_at", "id"),
-        # Claims read one client's open items in event order; done rows pile up until retention.
-        Index("ix_outbox_open", "client_id", "kind", "event_at", "id",
+        # Claims read one client's open items in write order; done rows pile up until retention.
+        Index("ix_outbox_open", "client_id", "kind", "id",
               postgresql_where=text(OPEN_ITEMS), sqlite_where=text(OPEN_ITEMS)),
         # The dashboard's last successful forward; a receipt's new item, still pending, costs no entry.
         Index("ix_outbox_sent", "sent_at", postgresql_where=text(DONE_ITEMS), sqlite_where=text(DONE_ITEMS)),

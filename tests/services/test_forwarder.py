@@ -497,6 +497,26 @@ def test_the_claim_probes_each_candidates_message_instead_of_collecting_every_wa
     assert "Anti Join" in plan
 
 
+def test_the_claim_reads_open_items_in_write_order_from_its_index_not_through_the_done_ones(app):
+    with app.app_context():
+        # Done rows kept until retention purges them, then a backlog after an outage.
+        db.session.execute(text(
+            "INSERT INTO outbox (client_id, kind, message_key, payload, event_at, state, attempts, next_attempt_at,"
+            " created_at) SELECT :client, 'delivery_report', 'em-' || g, '{}', now(),"
+            " CASE WHEN g <= 200000 THEN 'done' ELSE 'pending' END, 0, now() - interval '1 hour', now()"
+            " FROM generate_series(1, 300000) AS g"), {"client": CLIENT_A})
+        db.session.commit()
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql("VACUUM ANALYZE outbox")
+        query = forwarder(app)._candidates(CLIENT_A, "delivery_report", utcnow())
+        sql = str(query.compile(db.engine, compile_kwargs={"literal_binds": True}))
+        plan = "\n".join(db.session.scalars(text("EXPLAIN (ANALYZE, COSTS OFF) " + sql)))
+        db.session.rollback()
+
+    # Not the primary key, through 200,000 done rows to the first open one.
+    assert "Index Scan using ix_outbox_open on outbox" in plan and "using pk_outbox" not in plan, plan
+
+
 def test_a_claim_that_fails_for_one_client_does_not_stop_the_others(app, emarsys, caplog):
     worker = forwarder(app)
     claim = worker.claim

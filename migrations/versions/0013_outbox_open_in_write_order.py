@@ -1,0 +1,35 @@
+"""The open-items index follows the order claims read in: write order (id), not event time
+
+Claims now take a message's reports in the order they changed its state, the outbox id. On the
+old index (client_id, kind, event_at, id) an id-ordered claim walked the primary key through
+every older row, done rows kept for RETENTION_DAYS included (250 ms a claim at a million).
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-01
+
+"""
+import sqlalchemy as sa
+from alembic import op
+
+
+revision = '0013'
+down_revision = '0012'
+branch_labels = None
+depends_on = None
+
+OPEN_ITEMS = "state IN ('pending', 'leased')"
+
+
+def upgrade():
+    with op.batch_alter_table('outbox') as batch_op:
+        batch_op.drop_index('ix_outbox_open')
+        batch_op.create_index('ix_outbox_open', ['client_id', 'kind', 'id'], unique=False,
+                              postgresql_where=sa.text(OPEN_ITEMS), sqlite_where=sa.text(OPEN_ITEMS))
+
+
+def downgrade():
+    with op.batch_alter_table('outbox') as batch_op:
+        batch_op.drop_index('ix_outbox_open')
+        batch_op.create_index('ix_outbox_open', ['client_id', 'kind', 'event_at', 'id'], unique=False,
+                              postgresql_where=sa.text(OPEN_ITEMS), sqlite_where=sa.text(OPEN_ITEMS))
