@@ -188,7 +188,8 @@ class Dispatcher:
         for job in jobs:
             route = (job.vendor, job.account)
             last_route = (job.message.last_vendor, job.message.last_account)
-            if last_route != route and not _moved_since_an_attempt(job):
+            # An unreadable configuration sends nothing: the account recorded stays for the retry.
+            if job.account is not None and last_route != route and not _moved_since_an_attempt(job):
                 ids_by_route.setdefault(route, []).append(job.message.id)
         for (vendor, account), ids in ids_by_route.items():
             db.session.execute(_owned_by(self.owner, ids).values(vendor=vendor, vendor_account=account))
@@ -240,7 +241,7 @@ class Dispatcher:
         return outcomes
 
     def _send_before(self, job: SendJob, send_deadline: float) -> SendResult | None:
-        """Send the job in a pool thread; return None (hand it back) past the deadline to start, or when stopping."""
+        """Send the job in a pool thread; None (hand it back) past the deadline to start, or when stopping."""
         return None if time.monotonic() > send_deadline or self.stopping.is_set() else self._send(job)
 
     def _settle_all(self, outcomes: list[SendOutcome]) -> None:
@@ -261,7 +262,7 @@ class Dispatcher:
     def _send(self, job: SendJob) -> SendResult:
         """Call the vendor, or decide without calling it when sending cannot or must not happen."""
         message, earlier_attempt = job.message, job.earlier_attempt
-        if message.attempts > self.settings.max_attempts and job.vendor not in RESEND_SAFE_VENDORS:
+        if message.attempts > self.settings.max_attempts and not self._final_resend(job):
             if earlier_attempt is None or job.vendor not in LOOK_UP_VENDORS or job.config is None:
                 return retry_later("attempts", "the worker sending it was lost on the last attempt")
             # The lost attempt may have reached Twilio: adopt what it sent, but send nothing more.
@@ -281,6 +282,11 @@ class Dispatcher:
             # Only the type: an exception's text could quote the body or a credential.
             log.error("sending message %s raised %s", message.public_id, type(exc).__name__)
             return retry_later("exception", f"sending raised {type(exc).__name__}")
+
+    def _final_resend(self, job: SendJob) -> bool:
+        """Tell whether the job is the one resend a resend-safe vendor gets after a lost last attempt."""
+        # Only one: a message whose send kills its worker every time must still run out of attempts.
+        return job.vendor in RESEND_SAFE_VENDORS and job.message.attempts == self.settings.max_attempts + 1
 
     def _record_all(self, outcomes: list[SendOutcome]) -> None:
         """Hand back, requeue or finish each message of the chunk, in one transaction.

@@ -1,6 +1,7 @@
 """A client deleted while a batch for it is being queued: no message a 202 answered is left unsent."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -13,7 +14,7 @@ from errors import NotFound
 from models import Client, OutboundMessage, db
 from schemas.client_config import load_client_config
 from schemas.outbound import OutboundMessage as BatchMessage
-from services.clients import delete_client, save_client
+from services.clients import delete_client, save_client, secret_box
 from services.clock import utcnow
 from services.outbound import accept_batch
 
@@ -90,3 +91,31 @@ def test_a_batch_for_a_client_being_deleted_waits_and_is_refused(app, client_id,
     with app.app_context():
         assert db.session.scalars(db.select(OutboundMessage)).all() == []
         assert db.session.get(Client, client_id) is None
+
+
+def twilio_config(account_sid: str, auth_token: str):
+    """Return a validated Twilio configuration."""
+    return load_client_config({"customFieldValues": {"vendor": "twilio", "accountSid": account_sid,
+                                                     "authToken": auth_token}})
+
+
+def test_a_configuration_update_keeps_the_signing_key_of_the_account_a_concurrent_one_set(app,
+                                                                                          other_transaction):
+    account_a, account_b, account_c = ("AC" + digit * 32 for digit in "abc")
+    with app.app_context():
+        client_id = save_client(uuid.uuid4(), twilio_config(account_a, "token-a")).id
+    with other_transaction.cursor() as cursor:
+        # Another PUT, not committed yet: the client moves to account B (its token kept, for brevity).
+        cursor.execute("UPDATE clients SET settings = %s WHERE id = %s",
+                       (json.dumps({"vendor": "twilio", "accountSid": account_b,
+                                    "baseUrl": "https://api.twilio.com"}), str(client_id)))
+    updating, outcome = in_thread(app, lambda: save_client(client_id, twilio_config(account_c, "token-c")).id)
+    time.sleep(WAIT_SECONDS)
+    other_transaction.commit()
+    updating.join(10)
+
+    with app.app_context():
+        former = secret_box().open(db.session.get(Client, client_id).former_secrets)
+    assert outcome == [client_id]
+    # The account it moved away from is B, the one the other PUT had set, not A, which it read before.
+    assert list(former) == [f"twilio:{twilio_config(account_b, 'x').account()}"]

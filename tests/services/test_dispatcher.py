@@ -13,11 +13,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy
+from cryptography.fernet import Fernet
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from mappers.report import Outcome
-from models import Bounce, MessageState, OutboundMessage, OutboxItem, RawEvent, db
+from models import Bounce, Client, MessageState, OutboundMessage, OutboxItem, RawEvent, db
 from schemas.client_config import load_client_config
 from services import vendors
 from services.clients import callback_urls, delete_client, get_client, save_client
@@ -1026,6 +1027,41 @@ def test_a_worker_lost_on_the_last_attempt_leaves_a_genesys_resend_with_the_same
 
     assert sent_message_ids(httpserver) == [public_id]  # Genesys tells a resend by its message_id
     assert (message(public_id).state, message(public_id).attempts) == ("sent", 2)
+
+
+@pytest.mark.parametrize("settings", [dict(SEND_MAX_ATTEMPTS=1)])
+def test_a_genesys_message_whose_worker_keeps_dying_still_runs_out_of_attempts(app_context, httpserver):
+    [public_id] = queue_messages(genesys_client(httpserver.url_for(GENESYS_PATH)))
+    for _ in range(2):  # its one attempt, then the one resend: each kills its worker
+        dispatcher(app_context, "dead-worker").claim()
+        db.session.execute(sqlalchemy.update(OutboundMessage).values(lease_until=utcnow() - timedelta(seconds=1)))
+        db.session.commit()
+
+    dispatcher(app_context, "worker-b").run_once()
+
+    assert httpserver.log == []
+    assert (message(public_id).state, message(public_id).attempts) == ("failed", 3)
+
+
+def test_an_unreadable_configuration_keeps_the_account_recorded_for_the_next_retry(app_context, httpserver):
+    httpserver.expect_request(GENESYS_PATH).respond_with_data("result_code=98")  # try again later
+    client_id = genesys_client(httpserver.url_for(GENESYS_PATH))
+    [public_id] = queue_messages(client_id)
+    dispatcher(app_context).run_once()  # reached login "acme"
+    account = message(public_id).vendor_account
+    unreadable = Fernet(Fernet.generate_key()).encrypt(b"{}").decode()  # CONFIG_ENCRYPTION_KEY rotated away
+    db.session.execute(sqlalchemy.update(Client).values(secrets=unreadable))
+    db.session.execute(sqlalchemy.update(OutboundMessage).values(next_attempt_at=utcnow()))
+    db.session.commit()
+    dispatcher(app_context).run_once()  # the key is gone: nothing is sent
+    assert (message(public_id).state, message(public_id).vendor_account) == ("queued", account)
+    genesys_client(httpserver.url_for(GENESYS_PATH), client_id, login="another-login")  # the repairing PUT
+    db.session.execute(sqlalchemy.update(OutboundMessage).values(next_attempt_at=utcnow()))
+    db.session.commit()
+
+    dispatcher(app_context).run_once()
+
+    assert len(httpserver.log) == 1 and message(public_id).last_error.startswith("account changed")
 
 
 @pytest.mark.parametrize("settings", [dict(SEND_MAX_ATTEMPTS=1)])
