@@ -211,6 +211,8 @@ def _age(ctx: click.Context, param: click.Parameter, value: str | None) -> timed
 
     if value is None:
         return None
+    if value.strip().isdigit():  # read as seconds, "--older-than 30" would delete nearly everything
+        raise click.BadParameter(f"give a unit, e.g. {value.strip()}d or {value.strip()}h", ctx=ctx, param=param)
     try:
         seconds = parse_duration(value)
     except ValueError as exc:

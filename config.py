@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from errors import StartupError
+from services.retry import parse_duration, parse_schedule
 
 INSTANCE_DIR = Path(__file__).resolve().parent / "instance"
 
@@ -41,6 +42,36 @@ def _seconds(env: dict[str, str], name: str, default: float) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise StartupError(f"{name} must be a number of seconds, 0 or more, not {value!r}")
     return seconds
+
+
+def _positive_seconds(env: dict[str, str], name: str, default: float) -> float:
+    """Return a duration setting in seconds that must be more than 0, or a start-up error naming it."""
+    seconds = _seconds(env, name, default)
+    if seconds == 0:
+        raise StartupError(f"{name} must be more than 0 seconds")
+    return seconds
+
+
+def _parsed(env: dict[str, str], name: str, default: str, parse) -> str:
+    """Return a setting `parse` reads (a duration or a schedule), checked now, or a start-up error naming it."""
+    value = env.get(name, default)
+    try:
+        parse(value)
+    except ValueError as error:
+        # The web process must not start while the worker, which reads it, would refuse to.
+        raise StartupError(f"{name}: {error}") from None
+    return value
+
+
+def _public_base_url(env: dict[str, str]) -> str:
+    """Return PUBLIC_BASE_URL without a trailing slash; a start-up error unless it is an absolute http(s) URL."""
+    value = (env.get("PUBLIC_BASE_URL") or "http://localhost:8080").strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # Callback URLs are built on it: a relative one would reach neither the vendor nor Emarsys.
+        raise StartupError(f"PUBLIC_BASE_URL must be an absolute http(s) URL such as https://sms.example.com, "
+                           f"not {value!r}")
+    return value
 
 
 def _basic_user(env: dict[str, str], name: str) -> str | None:
@@ -205,7 +236,7 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "PRODUCTION": _is_production(env),
         "VENDOR_MAPPINGS_FILE": env.get("VENDOR_MAPPINGS_FILE") or None,
         "TWILIO_AUTH_TOKEN": env.get("TWILIO_AUTH_TOKEN") or None,
-        "PUBLIC_BASE_URL": (env.get("PUBLIC_BASE_URL") or "http://localhost:8080").rstrip("/"),
+        "PUBLIC_BASE_URL": _public_base_url(env),
         "CONFIG_ENCRYPTION_KEY": env.get("CONFIG_ENCRYPTION_KEY") or None,
         "EMARSYS_JWKS_URL": env.get("EMARSYS_JWKS_URL", "https://smsemarsys.accounts.ondemand.com/oauth2/certs"),
         "EMARSYS_TOKEN_ISSUER": env.get("EMARSYS_TOKEN_ISSUER", "https://smsemarsys.accounts.ondemand.com"),
@@ -217,12 +248,12 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "PARTNER_OAUTH_CLIENT_ID": env.get("PARTNER_OAUTH_CLIENT_ID") or None,
         "PARTNER_OAUTH_CLIENT_SECRET": env.get("PARTNER_OAUTH_CLIENT_SECRET") or None,
         "FORWARD_LINGER_MS": _whole(env, "FORWARD_LINGER_MS", 1000),
-        "FORWARD_RETRY_SCHEDULE": env.get("FORWARD_RETRY_SCHEDULE", "5s,1m,5m,30m,2h,5h"),
-        "FORWARD_MAX_AGE": env.get("FORWARD_MAX_AGE", "3d"),
+        "FORWARD_RETRY_SCHEDULE": _parsed(env, "FORWARD_RETRY_SCHEDULE", "5s,1m,5m,30m,2h,5h", parse_schedule),
+        "FORWARD_MAX_AGE": _parsed(env, "FORWARD_MAX_AGE", "3d", parse_duration),
         "FORWARD_BATCH_SIZE": _count(env, "FORWARD_BATCH_SIZE", 1000),
         "SEND_RETRY_DELAY_SECONDS": _seconds(env, "SEND_RETRY_DELAY_SECONDS", 30),
         "SEND_MAX_ATTEMPTS": _count(env, "SEND_MAX_ATTEMPTS", 10),
-        "VENDOR_TIMEOUT_SECONDS": _seconds(env, "VENDOR_TIMEOUT_SECONDS", 10),
+        "VENDOR_TIMEOUT_SECONDS": _positive_seconds(env, "VENDOR_TIMEOUT_SECONDS", 10),
         # A client's baseUrl is not trusted: off, vendor calls reach only public addresses.
         "VENDOR_ALLOW_PRIVATE_ADDRESSES": _flag(env.get("VENDOR_ALLOW_PRIVATE_ADDRESSES")),
         "LEASE_SECONDS": _count(env, "LEASE_SECONDS", 60),

@@ -76,6 +76,8 @@ def count_dead_letters(client_id: uuid.UUID | None = None) -> int:
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """Return naive UTC for an ISO time ("2026-01-01T00:00", UTC if no offset) or an age ("2h", "3d")."""
     try:
+        if text.strip().isdigit():  # "20260101" is a date, not 234 days of seconds; a bare age has no unit
+            raise ValueError(text)
         return (now or utcnow()) - timedelta(seconds=parse_duration(text))
     except ValueError:
         pass

@@ -2,7 +2,7 @@
 
 What goes, per table (the cutoff is now minus the retention):
 - raw_events: received before the cutoff;
-- bounces: events before the cutoff, pulled by SAP or not;
+- bounces: events before the cutoff, pulled by SAP, or unpulled and their message not updated since;
 - message_states: no update since the cutoff, no bounce that is kept and no dead letter of the
   message (a replay reads the state to keep a superseded dead letter dead);
 - inbound_messages: received before the cutoff;

@@ -201,7 +201,8 @@ NOW = datetime(2026, 3, 1, 12, 0, 0)
 @pytest.mark.parametrize("text, expected", [
     ("2h", NOW - timedelta(hours=2)),
     ("3d", NOW - timedelta(days=3)),
-    ("90", NOW - timedelta(seconds=90)),
+    ("90s", NOW - timedelta(seconds=90)),
+    ("20260101", datetime(2026, 1, 1)),  # a date, not 234 days of seconds
     ("2026-01-01T00:00", datetime(2026, 1, 1)),
     ("2026-01-01", datetime(2026, 1, 1)),
     ("2026-01-01T02:00+02:00", datetime(2026, 1, 1)),
@@ -210,9 +211,10 @@ def test_since_takes_an_iso_time_in_utc_or_an_age(text, expected):
     assert parse_since(text, NOW) == expected
 
 
-def test_since_rejects_other_text():
+@pytest.mark.parametrize("text", ["last week", "90"])
+def test_since_rejects_other_text_and_an_age_without_a_unit(text):
     with pytest.raises(ValueError, match="ISO time"):
-        parse_since("last week", NOW)
+        parse_since(text, NOW)
 
 
 def test_discard_superseded_deletes_only_the_dead_letters_replay_leaves_dead(app):

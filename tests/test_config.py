@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -137,6 +138,24 @@ def test_half_a_basic_auth_pair_stops_start_up_instead_of_leaving_the_endpoint_o
 def test_a_whole_basic_auth_pair_or_none_starts():
     assert load_config({"ADMIN_USERNAME": "ops", "ADMIN_PASSWORD": "pw"})["ADMIN_PASSWORD"] == "pw"
     assert load_config({})["SAP_STATUS_USERNAME"] is None
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"FORWARD_RETRY_SCHEDULE": "5x"}, "FORWARD_RETRY_SCHEDULE: invalid duration '5x'"),
+    ({"FORWARD_MAX_AGE": "3days"}, "FORWARD_MAX_AGE: invalid duration '3days'"),
+    ({"VENDOR_TIMEOUT_SECONDS": "0"}, "VENDOR_TIMEOUT_SECONDS must be more than 0 seconds"),
+    ({"PUBLIC_BASE_URL": "sms-status.cfapps.eu10.hana.ondemand.com"}, "PUBLIC_BASE_URL must be an absolute"),
+    ({"PUBLIC_BASE_URL": "ftp://sms.example.com"}, "PUBLIC_BASE_URL must be an absolute"),
+])
+def test_a_setting_the_worker_or_the_callbacks_could_not_use_stops_start_up(environ, message):
+    # The web process would otherwise run on, accepting messages, while the worker refuses to start.
+    with pytest.raises(StartupError, match=f"^{re.escape(message)}"):
+        load_config(environ)
+
+
+def test_public_base_url_keeps_its_path_without_the_trailing_slash():
+    assert load_config({"PUBLIC_BASE_URL": "https://sms.example.com/status/ "})["PUBLIC_BASE_URL"] == (
+        "https://sms.example.com/status")
 
 
 def test_a_colon_in_a_user_name_from_the_user_provided_service_stops_start_up_too():
