@@ -33,7 +33,7 @@ def register(app: Flask) -> None:
 @click.option("--once", is_flag=True, help="Run one round of every job, then exit.")
 def worker_command(once: bool) -> None:
     """Send queued campaign messages and forward reports to Emarsys until stopped."""
-    from services.worker import JobDied, Worker
+    from services.worker import JobDied, JobFailed, Worker
 
     try:
         worker = Worker.from_app(current_app._get_current_object())
@@ -42,7 +42,7 @@ def worker_command(once: bool) -> None:
         raise click.ClickException(f"worker settings: {exc}") from None
     try:
         worker.run(once=once)
-    except JobDied as exc:
+    except (JobDied, JobFailed) as exc:
         raise click.ClickException(str(exc)) from None  # a failed exit: the platform restarts it
 
 

@@ -24,8 +24,16 @@ def worker_identity() -> str:
     return socket.gethostname()[:MAX_IDENTITY_LENGTH - len(unique)] + unique
 
 
+# A job whose rounds keep failing (the database down, say) waits twice as long after each, up to this.
+MAX_FAILURE_BACKOFF_SECONDS = 30.0
+
+
 class JobDied(RuntimeError):
     """A job's loop ended without the worker being asked to stop."""
+
+
+class JobFailed(RuntimeError):
+    """A job's one round (`run(once=True)`) failed."""
 
 
 class Worker:
@@ -63,8 +71,9 @@ class Worker:
         process exits and the platform restarts it, rather than running on without that job.
         """
         if once:
-            for job in self.jobs:
-                self._run_job(job)
+            failed = [_name(job) for job in self.jobs if self._run_job(job) is None]
+            if failed:
+                raise JobFailed(f"worker job {', '.join(failed)} failed (see the log)")
             return
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
@@ -73,6 +82,7 @@ class Worker:
                  for index, job in enumerate(self.jobs)]
         for loop in loops:
             loop.start()
+        log.info("worker started: %s", ", ".join(_name(job) for job in self.jobs))
         # Each loop ends after its job's current round, which starts no new send or post once
         # stopping is set: those in flight are recorded first. The platform kills the process
         # soon after SIGTERM (Cloud Foundry: 10 s), and a post killed unrecorded is posted again.
@@ -84,21 +94,37 @@ class Worker:
             raise JobDied(f"worker job {', '.join(self.died)} ended unexpectedly; the worker stopped")
 
     def _loop(self, job: Callable[[], int]) -> None:
+        failures = 0
         try:
             while not self.stopping.is_set():
-                if not self._run_job(job):
+                handled = self._run_job(job, first_failure=failures == 0)
+                if handled is None:
+                    failures += 1
+                    self.stopping.wait(min(self.idle_seconds * 2 ** failures, MAX_FAILURE_BACKOFF_SECONDS))
+                    continue
+                if failures:
+                    log.warning("worker job %s works again after %d failed round(s)", _name(job), failures)
+                failures = 0
+                if not handled:
                     self.stopping.wait(self.idle_seconds)
         finally:
             if not self.stopping.is_set():  # not asked to stop: something escaped _run_job
-                name = getattr(job, "__qualname__", repr(job))
-                log.critical("worker job %s ended unexpectedly; stopping the worker", name)
-                self.died.append(name)
+                log.critical("worker job %s ended unexpectedly; stopping the worker", _name(job))
+                self.died.append(_name(job))
                 self.stopping.set()
 
-    def _run_job(self, job: Callable[[], int]) -> int:
+    def _run_job(self, job: Callable[[], int], first_failure: bool = True) -> int | None:
+        """Run one round of the job; return what it handled, or None if it failed (logged)."""
         with self.app.app_context():
             try:
                 return job()
-            except Exception:  # A failing job must not kill its loop; it retries next round.
-                log.exception("worker job failed")
-                return 0
+            except Exception as exc:  # A failing job must not kill its loop; it retries later.
+                if first_failure:
+                    log.exception("worker job %s failed", _name(job))
+                else:  # the same fault again, most likely (the database down): one line, not a traceback
+                    log.error("worker job %s failed again: %s", _name(job), type(exc).__name__)
+                return None
+
+
+def _name(job: Callable[[], int]) -> str:
+    return getattr(job, "__qualname__", repr(job))

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
 from models import OutboundMessage, OutboxItem
-from services.worker import JobDied, Worker, worker_identity
+from services.worker import JobDied, JobFailed, Worker, worker_identity
 
 
 @pytest.mark.parametrize("hostname", ["web-1", "h" * 64, "a-very-long.fully.qualified.name." * 3])
@@ -87,3 +88,35 @@ def test_the_dispatcher_and_forwarder_see_the_workers_stop_signal(app):
     dispatcher, forwarder = (job.__self__ for job in worker.jobs[:2])
 
     assert dispatcher.stopping is worker.stopping and forwarder.stopping is worker.stopping
+
+
+def test_a_job_that_keeps_failing_backs_off_and_logs_one_traceback(app, caplog):
+    calls = []
+
+    def failing() -> int:
+        """Fail as a job does while the database is down."""
+        calls.append(time.monotonic())
+        raise ConnectionError("database down")
+
+    worker = Worker(app, [failing], idle_seconds=0.05)
+    loop = threading.Thread(target=worker.run)
+    loop.start()
+    time.sleep(1.6)
+    worker.stopping.set()
+    loop.join(10)
+
+    # 0.1, 0.2, 0.4, 0.8 s apart: five rounds, where a steady 0.05 s would have made about thirty.
+    assert 4 <= len(calls) <= 6
+    gaps = [later - earlier for earlier, later in zip(calls, calls[1:])]
+    assert gaps == sorted(gaps)
+    tracebacks = [record for record in caplog.records if record.exc_info]
+    assert len(tracebacks) == 1 and "failed again: ConnectionError" in caplog.text
+
+
+def test_once_fails_when_a_job_fails(app):
+    def failing() -> int:
+        """Fail."""
+        raise ConnectionError("database down")
+
+    with pytest.raises(JobFailed, match="failing"):
+        Worker(app, [failing, lambda: 0]).run(once=True)
