@@ -5,9 +5,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, exists, func, update
+from sqlalchemy import and_, case, delete, exists, func, or_, update
 from sqlalchemy.orm import aliased
 
+from mappers.report import OUTCOME_RANK
 from models import MessageState, OutboxItem, db
 from services.clock import utcnow
 from services.forwarder import DEAD, LEASED, PENDING
@@ -136,15 +137,26 @@ def _superseded():
                                 later.message_key == OutboxItem.message_key, later.state != DEAD,
                                 later.id > OutboxItem.id)
     # The outbox's done rows are purged after RETENTION_DAYS, dead letters are not: the message's
-    # state remembers when it last changed (a row that records a change is written with the same
-    # time). Unless that change's own report is a dead letter too: then both are replayed, in order.
+    # state remembers the latest change it took, as the (rank, event time) it only ever moves
+    # forward in (no clock of ours decides). Unless that change's own report is a dead letter too:
+    # then both are replayed, in order.
     latest_is_dead = exists().where(later.client_id == OutboxItem.client_id, later.kind == OutboxItem.kind,
                                     later.message_key == OutboxItem.message_key, later.state == DEAD,
-                                    later.created_at >= MessageState.updated_at)
+                                    _rank_of(later) == MessageState.rank,
+                                    later.event_at == MessageState.event_at)
     # Both outer tables, explicitly: auto-correlation reaches only the nearest enclosing query.
     latest_is_dead = latest_is_dead.correlate(OutboxItem, MessageState)
+    item_rank = _rank_of(OutboxItem)
+    state_moved_on = or_(MessageState.rank > item_rank,
+                         and_(MessageState.rank == item_rank, MessageState.event_at > OutboxItem.event_at))
     later_state = exists().where(OutboxItem.kind == "delivery_report",
                                  MessageState.client_id == OutboxItem.client_id,
                                  MessageState.emarsys_message_id == OutboxItem.message_key,
-                                 MessageState.updated_at > OutboxItem.created_at, ~latest_is_dead)
+                                 state_moved_on, ~latest_is_dead)
     return later_item | later_state
+
+
+def _rank_of(item):
+    """Return the state rank of the outcome a delivery report item carries (-1 for none)."""
+    return case({outcome.value: rank for outcome, rank in OUTCOME_RANK.items()},
+                value=item.payload["status"].as_string(), else_=-1)

@@ -135,10 +135,11 @@ def test_replay_leaves_dead_a_report_whose_message_already_reached_emarsys_with_
         assert sorted(states) == [("still-newest", "pending"), ("superseded", "dead")]
 
 
-def add_report_item(state: str, key: str, at: datetime) -> None:
+def add_report_item(state: str, key: str, at: datetime, status: str = "DELIVERED") -> None:
     """Insert one delivery report of Emarsys message `key`, of an event at `at`, into the outbox."""
     db.session.execute(insert(OutboxItem).values(
-        client_id=CLIENT_A, kind="delivery_report", message_key=key, payload={"emarsysMessageId": key},
+        client_id=CLIENT_A, kind="delivery_report", message_key=key,
+        payload={"emarsysMessageId": key, "status": status},
         event_at=at, state=state, attempts=0, next_attempt_at=at, created_at=at))
     db.session.commit()
 
@@ -175,11 +176,12 @@ def test_replay_leaves_dead_a_report_behind_a_later_one_still_on_its_way_or_long
 def test_replay_leaves_dead_a_report_its_message_changed_after_even_with_an_earlier_event_time(app):
     now = utcnow()
     with app.app_context():
-        add_report_item("dead", "overtaken", at=now - timedelta(minutes=1))  # ACCEPTED, say
-        # Then DELIVERED, timestamped on arrival a little before it; its done row long purged.
+        add_report_item("dead", "overtaken", at=now - timedelta(minutes=1), status="ACCEPTED")
+        # Then DELIVERED, timestamped on arrival a little before it and stored by a web process whose
+        # clock read earlier still (before it waited for the state's lock); its done row long purged.
         add_state("overtaken", at=now - timedelta(minutes=1, milliseconds=5))
         state = db.session.scalars(select(MessageState)).one()
-        state.updated_at = now
+        state.updated_at = now - timedelta(minutes=2)
         db.session.commit()
 
     result = run(app, "replay")
