@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,7 +13,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import Engine, event, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from logging_setup import mask_phone_numbers
 
@@ -201,8 +202,31 @@ def db_upgrade_locked_command() -> None:
     lift_statement_timeout(db.engine)
     check_reachable(db.engine)
     with migration_lock(db.engine):
-        upgrade()
+        upgrade_retrying_lock_timeouts(upgrade, current_app.config["MIGRATION_LOCK_TIMEOUT_MS"] / 1000)
     click.echo("database schema is up to date", err=True)  # stdout carries only log lines
+
+
+# How often a migration that gave up waiting for a table lock is tried, in all.
+MIGRATION_ATTEMPTS = 5
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's lock_timeout
+
+
+def upgrade_retrying_lock_timeouts(upgrade: Callable[[], None], lock_timeout_seconds: float) -> None:
+    """Run `upgrade`; a revision that gave up waiting for a table lock is tried again, a few times."""
+    from errors import StartupError
+
+    for attempt in range(1, MIGRATION_ATTEMPTS + 1):
+        try:
+            upgrade()
+            return
+        except OperationalError as error:
+            if getattr(error.orig, "pgcode", None) != LOCK_NOT_AVAILABLE:
+                raise
+            click.echo(f"migration waited {lock_timeout_seconds:g} s for a table lock (attempt {attempt} of "
+                       f"{MIGRATION_ATTEMPTS}); a long transaction holds a table it changes", err=True)
+            time.sleep(lock_timeout_seconds)
+    raise StartupError(f"migration gave up: a table it changes stayed locked through {MIGRATION_ATTEMPTS} "
+                       "attempts (see pg_stat_activity for long transactions), try again once they end")
 
 
 def _age(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
@@ -212,7 +236,8 @@ def _age(ctx: click.Context, param: click.Parameter, value: str | None) -> timed
     if value is None:
         return None
     if value.strip().isdigit():  # read as seconds, "--older-than 30" would delete nearly everything
-        raise click.BadParameter(f"give a unit, e.g. {value.strip()}d or {value.strip()}h", ctx=ctx, param=param)
+        number = value.strip()
+        raise click.BadParameter(f"give a unit, e.g. {number}d or {number}h", ctx=ctx, param=param)
     try:
         seconds = parse_duration(value)
     except ValueError as exc:

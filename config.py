@@ -257,6 +257,8 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         # A client's baseUrl is not trusted: off, vendor calls reach only public addresses.
         "VENDOR_ALLOW_PRIVATE_ADDRESSES": _flag(env.get("VENDOR_ALLOW_PRIVATE_ADDRESSES")),
         "LEASE_SECONDS": _count(env, "LEASE_SECONDS", 60),
+        # How long a migration waits for a table lock before it gives up and is tried again.
+        "MIGRATION_LOCK_TIMEOUT_MS": _whole(env, "MIGRATION_LOCK_TIMEOUT_MS", 5000, minimum=1),
         "DISPATCH_BATCH_SIZE": _count(env, "DISPATCH_BATCH_SIZE", 200),
         "DISPATCH_CONCURRENCY": _count(env, "DISPATCH_CONCURRENCY", 16),
         "RETENTION_DAYS": _count(env, "RETENTION_DAYS", 30),

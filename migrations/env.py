@@ -93,10 +93,17 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # A migration waiting for a table lock queues every query of the instances still serving
+            # behind it: it gives up after a while instead (db-upgrade-locked tries again).
+            timeout_ms = int(current_app.config.get("MIGRATION_LOCK_TIMEOUT_MS", 5000))
+            connection.exec_driver_sql(f"SET lock_timeout = {timeout_ms}")
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),
-            **conf_args
+            # Each revision commits on its own: one that gave up on a lock is retried alone.
+            **{"transaction_per_migration": True, **conf_args}
         )
 
         with context.begin_transaction():

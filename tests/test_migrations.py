@@ -1,6 +1,7 @@
 """The migrations build exactly the schema the models declare, on PostgreSQL and on SQLite."""
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime
 
@@ -58,4 +59,42 @@ def test_revision_0007_drops_the_sap_bounces_of_emarsys_clients_messages(unmigra
         upgrade()
 
         assert db.session.scalars(db.select(Bounce.message_id)).all() == ["v-1"]
+        db.engine.dispose()
+
+
+@pytest.fixture
+def unmigrated_postgresql_url(postgres):
+    """Return the URL of an empty PostgreSQL database."""
+    engine = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text("DROP DATABASE IF EXISTS sms_lock_test"))
+        connection.execute(text("CREATE DATABASE sms_lock_test"))
+    engine.dispose()
+    return postgres.database_url("sms_lock_test")
+
+
+def test_a_migration_blocked_by_a_long_transaction_gives_up_instead_of_stalling_the_service(
+        unmigrated_postgresql_url):
+    app = create_app({**TEST_SETTINGS, "SQLALCHEMY_DATABASE_URI": unmigrated_postgresql_url,
+                      "MIGRATION_LOCK_TIMEOUT_MS": 200})
+    with app.app_context():
+        upgrade(revision="0011")
+        db.engine.dispose()
+    long_transaction = create_engine(unmigrated_postgresql_url).connect()
+    long_transaction.execute(text("SELECT count(*) FROM clients"))  # holds the table until it ends
+    try:
+        started = time.monotonic()
+        with app.app_context():
+            blocked = app.test_cli_runner().invoke(args=["db-upgrade-locked"])
+        waited = time.monotonic() - started
+    finally:
+        long_transaction.rollback()
+        long_transaction.close()
+
+    assert blocked.exit_code != 0 and "stayed locked through 5 attempts" in blocked.output
+    assert "(attempt 1 of 5)" in blocked.output and waited < 5
+    with app.app_context():
+        migrated = app.test_cli_runner().invoke(args=["db-upgrade-locked"])
+        assert migrated.exit_code == 0, migrated.output
+        assert db.session.scalar(text("SELECT version_num FROM alembic_version")) == "0013"
         db.engine.dispose()
