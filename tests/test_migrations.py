@@ -31,13 +31,17 @@ def unmigrated_url(request, tmp_path):
     """Return the URL of an empty database of each dialect."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
-    postgres = request.getfixturevalue("postgres")
+    return fresh_postgresql_database(request.getfixturevalue("postgres"), "sms_migration_test")
+
+
+def fresh_postgresql_database(postgres, name: str) -> str:
+    """Create an empty database on the test cluster (dropping one of that name) and return its URL."""
     engine = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
-        connection.execute(text("DROP DATABASE IF EXISTS sms_migration_test"))
-        connection.execute(text("CREATE DATABASE sms_migration_test"))
+        connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        connection.execute(text(f"CREATE DATABASE {name}"))
     engine.dispose()
-    return postgres.database_url("sms_migration_test")
+    return postgres.database_url(name)
 
 
 def test_revision_0007_drops_the_sap_bounces_of_emarsys_clients_messages(unmigrated_url):
@@ -65,12 +69,7 @@ def test_revision_0007_drops_the_sap_bounces_of_emarsys_clients_messages(unmigra
 @pytest.fixture
 def unmigrated_postgresql_url(postgres):
     """Return the URL of an empty PostgreSQL database."""
-    engine = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text("DROP DATABASE IF EXISTS sms_lock_test"))
-        connection.execute(text("CREATE DATABASE sms_lock_test"))
-    engine.dispose()
-    return postgres.database_url("sms_lock_test")
+    return fresh_postgresql_database(postgres, "sms_lock_test")
 
 
 def test_a_migration_blocked_by_a_long_transaction_gives_up_instead_of_stalling_the_service(
