@@ -100,7 +100,9 @@ class Worker:
                 handled = self._run_job(job, first_failure=failures == 0)
                 if handled is None:
                     failures += 1
-                    self.stopping.wait(min(self.idle_seconds * 2 ** failures, MAX_FAILURE_BACKOFF_SECONDS))
+                    # The exponent is capped: after hours down, 2 ** failures would overflow a float.
+                    backoff = self.idle_seconds * 2 ** min(failures, 20)
+                    self.stopping.wait(min(backoff, MAX_FAILURE_BACKOFF_SECONDS))
                     continue
                 if failures:
                     log.warning("worker job %s works again after %d failed round(s)", _name(job), failures)
