@@ -235,7 +235,7 @@ def _age(ctx: click.Context, param: click.Parameter, value: str | None) -> timed
 
     if value is None:
         return None
-    if value.strip().isdigit():  # read as seconds, "--older-than 30" would delete nearly everything
+    if not any(character.isalpha() for character in value):  # as seconds, "30" would delete nearly all
         number = value.strip()
         raise click.BadParameter(f"give a unit, e.g. {number}d or {number}h", ctx=ctx, param=param)
     try:

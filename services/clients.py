@@ -68,7 +68,7 @@ def _store_client(client_id: uuid.UUID, config: ClientConfig) -> Client:
     plain_values = {k: v for k, v in config.fields.items() if k not in config.secret_field_names}
     sealed = secret_box().seal(secret_values)
     # Locked: a concurrent PUT must not compute the former signing keys from the same old row.
-    client = db.session.get(Client, client_id, with_for_update=FOR_UPDATE)
+    client = db.session.get(Client, client_id, with_for_update=FOR_UPDATE, populate_existing=True)
     if client is None:
         # 256 bits from the OS CSPRNG: unguessable, and it never leaves our URLs.
         client = Client(id=client_id, callback_token=secrets.token_urlsafe(32), created_at=now)

@@ -77,7 +77,7 @@ def count_dead_letters(client_id: uuid.UUID | None = None) -> int:
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """Return naive UTC for an ISO time ("2026-01-01T00:00", UTC if no offset) or an age ("2h", "3d")."""
     try:
-        if text.strip().isdigit():  # "20260101" is a date, not 234 days of seconds; a bare age has no unit
+        if not any(character.isalpha() for character in text):  # "20260101" is a date; an age has a unit
             raise ValueError(text)
         return (now or utcnow()) - timedelta(seconds=parse_duration(text))
     except ValueError:
@@ -142,13 +142,16 @@ def _superseded():
     # then both are replayed, in order.
     latest_is_dead = exists().where(later.client_id == OutboxItem.client_id, later.kind == OutboxItem.kind,
                                     later.message_key == OutboxItem.message_key, later.state == DEAD,
-                                    _rank_of(later) == MessageState.rank,
+                                    _status_of(later) == MessageState.outcome,
                                     later.event_at == MessageState.event_at)
     # Both outer tables, explicitly: auto-correlation reaches only the nearest enclosing query.
     latest_is_dead = latest_is_dead.correlate(OutboxItem, MessageState)
     item_rank = _rank_of(OutboxItem)
+    # A report of the same rank and time moves the state too (DELIVERED and HARDBOUNCE share one).
     state_moved_on = or_(MessageState.rank > item_rank,
-                         and_(MessageState.rank == item_rank, MessageState.event_at > OutboxItem.event_at))
+                         and_(MessageState.rank == item_rank, MessageState.event_at > OutboxItem.event_at),
+                         and_(MessageState.rank == item_rank, MessageState.event_at == OutboxItem.event_at,
+                              MessageState.outcome != _status_of(OutboxItem)))
     later_state = exists().where(OutboxItem.kind == "delivery_report",
                                  MessageState.client_id == OutboxItem.client_id,
                                  MessageState.emarsys_message_id == OutboxItem.message_key,
@@ -156,7 +159,12 @@ def _superseded():
     return later_item | later_state
 
 
+def _status_of(item):
+    """Return the outcome a delivery report item carries (its Emarsys status)."""
+    return item.payload["status"].as_string()
+
+
 def _rank_of(item):
     """Return the state rank of the outcome a delivery report item carries (-1 for none)."""
-    return case({outcome.value: rank for outcome, rank in OUTCOME_RANK.items()},
-                value=item.payload["status"].as_string(), else_=-1)
+    ranks = {outcome.value: rank for outcome, rank in OUTCOME_RANK.items()}
+    return case(ranks, value=_status_of(item), else_=-1)

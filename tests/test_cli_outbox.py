@@ -144,10 +144,10 @@ def add_report_item(state: str, key: str, at: datetime, status: str = "DELIVERED
     db.session.commit()
 
 
-def add_state(key: str, at: datetime) -> None:
-    """Record that Emarsys message `key` last took an event at `at`."""
+def add_state(key: str, at: datetime, outcome: str = "DELIVERED") -> None:
+    """Record that Emarsys message `key` last took an event at `at` (of rank 3: DELIVERED or HARDBOUNCE)."""
     db.session.add(MessageState(vendor="genesys", vendor_message_id=f"v-{key}", client_id=CLIENT_A,
-                                emarsys_message_id=key, outcome="DELIVERED", rank=3, status_code="2",
+                                emarsys_message_id=key, outcome=outcome, rank=3, status_code="2",
                                 status_text="delivered", event_at=at, updated_at=at))
     db.session.commit()
 
@@ -189,6 +189,17 @@ def test_replay_leaves_dead_a_report_its_message_changed_after_even_with_an_earl
     assert result.exit_code == 0 and "replayed 0 dead letter(s)" in result.output
 
 
+def test_replay_leaves_dead_a_report_its_message_moved_sideways_from_at_the_same_rank_and_time(app):
+    now = utcnow()
+    with app.app_context():
+        add_report_item("dead", "sideways", at=now, status="DELIVERED")
+        add_state("sideways", at=now, outcome="HARDBOUNCE")  # the same rank, the same event time
+
+    result = run(app, "replay")
+
+    assert result.exit_code == 0 and "replayed 0 dead letter(s)" in result.output
+
+
 @pytest.mark.parametrize("arguments", [("--since", "yesterday"), ("--client", "not-a-uuid")])
 def test_replay_refuses_bad_arguments(app, arguments):
     result = run(app, "replay", *arguments)
@@ -213,7 +224,7 @@ def test_since_takes_an_iso_time_in_utc_or_an_age(text, expected):
     assert parse_since(text, NOW) == expected
 
 
-@pytest.mark.parametrize("text", ["last week", "90"])
+@pytest.mark.parametrize("text", ["last week", "90", "1.5"])
 def test_since_rejects_other_text_and_an_age_without_a_unit(text):
     with pytest.raises(ValueError, match="ISO time"):
         parse_since(text, NOW)

@@ -95,5 +95,7 @@ def test_a_migration_blocked_by_a_long_transaction_gives_up_instead_of_stalling_
     with app.app_context():
         migrated = app.test_cli_runner().invoke(args=["db-upgrade-locked"])
         assert migrated.exit_code == 0, migrated.output
+        # The migrations' lock timeout stays theirs: the app's pooled connections wait as before.
+        assert db.session.scalar(text("SHOW lock_timeout")) == "0"
         assert db.session.scalar(text("SELECT version_num FROM alembic_version")) == "0013"
         db.engine.dispose()

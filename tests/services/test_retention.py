@@ -260,7 +260,7 @@ def test_dry_run_says_would_delete(app, context):
     assert "would delete" in result.output
 
 
-@pytest.mark.parametrize("age", ["soon", "0d", "-3d", "30"])  # "30" would be 30 seconds: nearly everything
+@pytest.mark.parametrize("age", ["soon", "0d", "-3d", "30", "30.0"])  # "30" would be 30 seconds: nearly everything
 def test_purge_command_refuses_a_bad_age(app, age):
     result = app.test_cli_runner().invoke(args=["purge", "--older-than", age])
     assert result.exit_code == 2
