@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from requests.exceptions import InvalidURL
+from requests.models import PreparedRequest
 
 from errors import ServiceError
 
@@ -35,7 +37,7 @@ ACCOUNT_FIELD_NAMES = {GENESYS: ("baseUrl", "login"), TWILIO: ("accountSid",)}
 SIGNING_FIELD_NAMES = {TWILIO: ("authToken",)}
 
 class _HttpUrl(validate.URL):
-    """An absolute http(s) URL whose port, if it names one, a connection can use."""
+    """An absolute http(s) URL whose host and port, if it names one, a connection can use."""
 
     def __call__(self, value: str) -> str:
         """Return the URL, or raise ValidationError."""
@@ -51,6 +53,11 @@ class _HttpUrl(validate.URL):
         if port == 0:
             # Accepted, it would make every send to the client and every connection test fail.
             raise ValidationError("must have a port from 1 to 65535")
+        try:
+            # As the vendor calls will prepare it: a host IDNA cannot encode ("☃.com") fails every call.
+            PreparedRequest().prepare_url(value, None)
+        except InvalidURL:
+            raise ValidationError("must have a host name a request can be sent to") from None
         return value
 
 

@@ -189,6 +189,8 @@ INVALID_FIELDS = [
      "invalid"),
     ({"vendor": "twilio", "accountSid": "AC" + "0" * 32, "authToken": "t", "baseUrl": "http://h.example:0"},
      "baseUrl", "invalid"),
+    # A host IDNA cannot encode: accepted, every send and connection test would fail as "unreachable".
+    ({"vendor": "genesys", "login": "l", "password": "p", "baseUrl": "http://\u2603.com/"}, "baseUrl", "invalid"),
     ({"vendor": "twilio", "authToken": "t"}, "accountSid", "missing"),
     ({"vendor": "twilio", "accountSid": "AC" + "0" * 32}, "authToken", "missing"),
     ({"vendor": "twilio", "accountSid": "nope", "authToken": "t"}, "accountSid", "invalid"),

@@ -109,6 +109,12 @@ def test_account_of_a_twilio_client_is_its_account_sid(changed, same_account):
     assert (load_client_config(body(**changed)).account() == account) is same_account
 
 
+@pytest.mark.parametrize("base_url", ["https://smsc.example.com/httpapi/receiver", "http://10.0.0.5:8080/x",
+                                      "https://bücher.example/api", "http://intranet-host/receiver"])
+def test_a_base_url_a_request_can_be_sent_to_is_kept(base_url):
+    assert load_client_config(body(**GENESYS_FIELDS, baseUrl=base_url)).fields["baseUrl"] == base_url
+
+
 def test_config_is_frozen():
     config = load_client_config(body(**GENESYS_FIELDS))
 
