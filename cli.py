@@ -231,15 +231,12 @@ def upgrade_retrying_lock_timeouts(upgrade: Callable[[], None], lock_timeout_sec
 
 def _age(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
     """Turn --older-than (e.g. 30d, 12h) into a positive timedelta, or fail with a usage error."""
-    from services.retry import parse_duration
+    from services.retry import parse_age
 
     if value is None:
         return None
-    if not any(character.isalpha() for character in value):  # as seconds, "30" would delete nearly all
-        number = value.strip()
-        raise click.BadParameter(f"give a unit, e.g. {number}d or {number}h", ctx=ctx, param=param)
     try:
-        seconds = parse_duration(value)
+        seconds = parse_age(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
     if seconds <= 0:

@@ -12,7 +12,7 @@ from mappers.report import OUTCOME_RANK
 from models import MessageState, OutboxItem, db
 from services.clock import utcnow
 from services.forwarder import DEAD, LEASED, PENDING
-from services.retry import parse_duration
+from services.retry import parse_age
 
 STATES = ("pending", "leased", "done", "dead")
 NOT_DONE_STATES = ("pending", "leased", "dead")
@@ -77,9 +77,8 @@ def count_dead_letters(client_id: uuid.UUID | None = None) -> int:
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """Return naive UTC for an ISO time ("2026-01-01T00:00", UTC if no offset) or an age ("2h", "3d")."""
     try:
-        if not any(character.isalpha() for character in text):  # "20260101" is a date; an age has a unit
-            raise ValueError(text)
-        return (now or utcnow()) - timedelta(seconds=parse_duration(text))
+        # An age has its unit: "20260101" is a date.
+        return (now or utcnow()) - timedelta(seconds=parse_age(text))
     except ValueError:
         pass
     try:

@@ -25,6 +25,15 @@ def parse_duration(text: str) -> float:
     return float(number) * _UNIT_SECONDS[unit or "s"]
 
 
+def parse_age(text: str) -> float:
+    """Return the seconds in an age such as "30d" or "12h"; a number without its unit is refused."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None or match.group(2) is None:
+        # Read as seconds, "30" meant as days would reach back 30 seconds (a purge: nearly everything).
+        raise ValueError(f"invalid age {text!r}: give a number with its unit, e.g. 30d or 12h")
+    return parse_duration(text)
+
+
 def parse_schedule(text: str) -> tuple[float, ...]:
     """Return the delays, in seconds, of a comma-separated schedule such as "5s,1m,2h"."""
     parts = [part for part in text.split(",") if part.strip()]

@@ -7,7 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from services.retry import RetryPolicy, parse_duration, parse_retry_after, parse_schedule
+from services.retry import RetryPolicy, parse_age, parse_duration, parse_retry_after, parse_schedule
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -157,3 +157,14 @@ def test_parse_retry_after_reads_seconds_and_http_dates(value, expected):
 
 def test_parse_retry_after_accepts_naive_utc_now():
     assert parse_retry_after("Wed, 01 May 2024 12:00:10 GMT", NOW.replace(tzinfo=None)) == 10.0
+
+
+@pytest.mark.parametrize("text, seconds", [("30d", 30 * 86400), ("12h", 43200), ("1.5h", 5400), (" 90s ", 90)])
+def test_an_age_is_read_with_its_unit(text, seconds):
+    assert parse_age(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["30", "30.0", "1.5", "20260101", "soon", ""])
+def test_an_age_without_its_unit_is_refused(text):
+    with pytest.raises(ValueError, match="with its unit"):
+        parse_age(text)
