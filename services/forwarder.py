@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, exists, func, or_, update
+from sqlalchemy import ColumnElement, Row, and_, delete, exists, func, or_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import aliased
 
-from models import OutboxItem, db
+from models import Client, OutboxItem, db
 from services.clock import utcnow
 from services.emarsys_client import MAX_BATCH_SIZE, CallResult, EmarsysClient
 from services.metrics import record_emarsys_call
@@ -103,6 +103,21 @@ def _defer_held_back(client_id: uuid.UUID, kind: str, now: datetime) -> None:
         .where(OutboxItem.client_id == client_id, OutboxItem.kind == kind, OutboxItem.state == PENDING,
                OutboxItem.next_attempt_at <= now, retry_at.is_not(None))
         .values(next_attempt_at=retry_at).execution_options(synchronize_session=False))
+
+
+def drop_items_of_deleted_client(client_id: uuid.UUID, kind: str) -> int:
+    """Delete the open items of a client that no longer exists; return how many."""
+    # Deleting a client drops its open items, but a report whose statement read the client just
+    # before the deletion committed is written after it. Emarsys would answer it 404 (a dead
+    # letter); the deletion meant it never to be sent.
+    stmt = (delete(OutboxItem)
+            .where(OutboxItem.client_id == client_id, OutboxItem.kind == kind,
+                   OutboxItem.state.in_((PENDING, LEASED)), ~exists().where(Client.id == client_id))
+            .execution_options(synchronize_session=False))
+    dropped = db.session.execute(stmt).rowcount
+    if dropped:
+        log.info("dropped %d %s item(s) of deleted client %s", dropped, kind, client_id)
+    return dropped
 
 
 def claim_lock_key(client_id: uuid.UUID, kind: str) -> int:
@@ -235,12 +250,17 @@ class Forwarder:
 
     def ready_groups(self, now: datetime) -> list[tuple[uuid.UUID, str]]:
         """Return the (client, kind) pairs with a full batch due or a due item older than the linger."""
-        stmt = (db.select(OutboxItem.client_id, OutboxItem.kind, func.count(), func.min(OutboxItem.created_at))
+        client_exists = exists().where(Client.id == OutboxItem.client_id)
+        stmt = (db.select(OutboxItem.client_id, OutboxItem.kind, func.count(), func.min(OutboxItem.created_at),
+                          client_exists)
                 .where(is_due(OutboxItem, now)).group_by(OutboxItem.client_id, OutboxItem.kind))
         rows = db.session.execute(stmt).all()
+        for client_id, kind, *_, has_client in rows:
+            if not has_client:
+                drop_items_of_deleted_client(client_id, kind)
         db.session.commit()
-        ready = [(oldest, client_id, kind) for client_id, kind, due_count, oldest in rows
-                 if due_count >= self.batch_size or oldest <= now - self.linger]
+        ready = [(oldest, client_id, kind) for client_id, kind, due_count, oldest, has_client in rows
+                 if has_client and (due_count >= self.batch_size or oldest <= now - self.linger)]
         # The longest-waiting client goes first, so no client starves behind a busy one.
         return [(client_id, kind) for _, client_id, kind in sorted(ready, key=lambda row: row[0])]
 

@@ -18,15 +18,16 @@ from sqlalchemy import func, insert, select, text, update
 from werkzeug import Request, Response
 
 from mappers.report import DeliveryReport, Outcome
-from models import OutboundMessage, OutboxItem, db
+from models import Client, OutboundMessage, OutboxItem, db
 from schemas.callbacks import delivery_report_item
 from schemas.client_config import load_client_config
-from services.clients import callback_urls, save_client
+from services.clients import callback_urls, delete_client, save_client
 from services.clock import utcnow
 from services.emarsys_client import CallResult
 from services.forwarder import REQUESTS_PER_CALL, Forwarder, claim_lock_key, emarsys_request_timeout
 from services.ingest import record_delivery_report
 from tests.emarsys_spec import requires_spec, validate_pointer, validate_schema
+from tests.records import insert_client
 
 pytestmark = requires_spec
 
@@ -155,7 +156,9 @@ def report(number: int, outcome: Outcome = Outcome.DELIVERED, at: datetime | Non
 
 def seed(client_id: uuid.UUID, count: int, start: int = 0, message_key: str | None = None,
          created_at: datetime | None = None) -> None:
-    """Put `count` delivery reports in the outbox in one statement, as ingest would write them."""
+    """Put `count` delivery reports of a client in the outbox in one statement, as ingest would write them."""
+    if db.session.get(Client, client_id) is None:
+        insert_client(client_id)
     now = created_at or utcnow()
     rows = []
     for number in range(start, start + count):
@@ -645,6 +648,27 @@ def test_without_partner_oauth_settings_nothing_is_sent_and_one_warning_is_logge
         assert states() == Counter({"pending": 2})
     assert len([r for r in caplog.records if "PARTNER_OAUTH" in r.getMessage()]) == 1
     assert emarsys.calls == []
+
+
+def test_a_report_written_after_its_client_was_deleted_is_dropped_not_sent(app, emarsys, caplog):
+    with app.app_context():
+        seed(CLIENT_A, 1)
+        seed(CLIENT_B, 1, start=1)
+        delete_client(CLIENT_A)
+        # A report whose statement saw the client just before the deletion committed.
+        seed_without_client = [dict(client_id=CLIENT_A, kind="delivery_report", message_key="em-9",
+                                    payload=delivery_report_item(report(9), "em-9"), event_at=utcnow(), state="pending",
+                                    attempts=0, next_attempt_at=utcnow(), created_at=utcnow())]
+        db.session.execute(insert(OutboxItem), seed_without_client)
+        db.session.commit()
+
+    with caplog.at_level(logging.INFO, logger="services.forwarder"):
+        assert drain(app, forwarder(app)) == 1
+
+    assert emarsys.batches(CLIENT_A) == [] and emarsys.batches(CLIENT_B) == [1]
+    with app.app_context():
+        assert [(row.client_id, row.state) for row in items()] == [(CLIENT_B, "done")]
+    assert f"dropped 1 delivery_report item(s) of deleted client {CLIENT_A}" in caplog.text
 
 
 def test_dead_letters_replayed_through_the_cli_are_delivered(app, emarsys):
