@@ -24,6 +24,11 @@ COLLECTION = "deliveryReports"
 # The worker is stopped after this long, drained or not, so `make bench` stays bounded.
 TIME_BUDGET_SECONDS = 90.0
 
+# The forwarder drops the reports of a client that no longer exists, so the client is stored too.
+CLIENT_SQL = """
+INSERT INTO clients (id, vendor, settings, secrets, callback_token, created_at, updated_at)
+VALUES (%(client_id)s, 'genesys', '{}', 'never opened', md5(%(client_id)s), now(), now())
+"""
 OUTBOX_SQL = """
 INSERT INTO outbox (client_id, kind, message_key, payload, event_at, state, attempts, next_attempt_at, created_at)
 SELECT %(client_id)s, 'delivery_report', 'bench-' || g,
@@ -45,6 +50,7 @@ def fill_outbox(database: BenchDatabase, count: int) -> str:
     conn = database.connect()
     try:
         with conn.cursor() as cur:
+            cur.execute(CLIENT_SQL, {"client_id": client_id})
             cur.execute(OUTBOX_SQL, {"client_id": client_id, "count": count})
             cur.execute("ANALYZE outbox")
     finally:
