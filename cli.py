@@ -20,6 +20,7 @@ from logging_setup import mask_phone_numbers
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # One number every instance agrees on ("sms_mig"): the PostgreSQL advisory lock of migrations.
 MIGRATION_LOCK_KEY = 0x736D735F6D6967
+MIGRATION_LOCK_POLL_SECONDS = 0.5
 
 
 def register(app: Flask) -> None:
@@ -158,7 +159,12 @@ def outbox_discard_superseded_command(client_id: uuid.UUID | None) -> None:
 def migration_lock(engine: Engine) -> Iterator[None]:
     """Hold the migrations' session advisory lock while the block runs; others wait their turn."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        # Asked for again and again rather than waited for in one statement: a statement waiting
+        # holds a snapshot, and the holder's CREATE INDEX CONCURRENTLY waits for every snapshot to
+        # end, so the two would deadlock.
+        ask = text("SELECT pg_try_advisory_lock(:key)")
+        while not connection.execute(ask, {"key": MIGRATION_LOCK_KEY}).scalar():
+            time.sleep(MIGRATION_LOCK_POLL_SECONDS)
         try:
             yield
         finally:

@@ -1,6 +1,7 @@
 """The migrations build exactly the schema the models declare, on PostgreSQL and on SQLite."""
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -38,7 +39,7 @@ def fresh_postgresql_database(postgres, name: str) -> str:
     """Create an empty database on the test cluster (dropping one of that name) and return its URL."""
     engine = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         connection.execute(text(f"CREATE DATABASE {name}"))
     engine.dispose()
     return postgres.database_url(name)
@@ -99,3 +100,93 @@ def test_a_migration_blocked_by_a_long_transaction_gives_up_instead_of_stalling_
         assert db.session.scalar(text("SHOW lock_timeout")) == "0"
         assert db.session.scalar(text("SELECT version_num FROM alembic_version")) == "0013"
         db.engine.dispose()
+
+
+OUTBOX_ROW = ("INSERT INTO outbox (client_id, kind, message_key, payload, event_at, state, attempts,"
+              " next_attempt_at, created_at) VALUES (:client, 'delivery_report', :key, '{}', now(), 'pending', 0,"
+              " now(), now())")
+
+
+def wait_for_a_waiting_migration(url: str, seconds: float = 10.0) -> None:
+    """Return once a session of the database waits on a lock (the migration, behind the open writer)."""
+    engine = create_engine(url)
+    deadline = time.monotonic() + seconds
+    with engine.connect() as connection:
+        while time.monotonic() < deadline:
+            waiting = connection.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'")).scalar()
+            connection.rollback()
+            if waiting:
+                engine.dispose()
+                return
+            time.sleep(0.05)
+    engine.dispose()
+    raise AssertionError("the migration never waited for the open writer")
+
+
+@pytest.mark.parametrize("before, revision", [("0009", "0010"), ("0012", "0013")])
+def test_an_index_migration_leaves_its_table_writable_while_it_builds(unmigrated_postgresql_url, before,
+                                                                     revision):
+    app = create_app({**TEST_SETTINGS, "SQLALCHEMY_DATABASE_URI": unmigrated_postgresql_url,
+                      "MIGRATION_LOCK_TIMEOUT_MS": 30000})
+    with app.app_context():
+        upgrade(revision=before)
+        db.engine.dispose()
+    writers = create_engine(unmigrated_postgresql_url)
+    open_writer, next_writer = writers.connect(), writers.connect()
+    open_writer.execute(text(OUTBOX_ROW), {"client": str(uuid.uuid4()), "key": "open"})
+    failure: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            with app.app_context():
+                upgrade(revision=revision)
+                db.engine.dispose()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+            failure.append(exc)
+
+    migration = threading.Thread(target=migrate)
+    migration.start()
+    try:
+        wait_for_a_waiting_migration(unmigrated_postgresql_url)
+        # A plain CREATE INDEX queued behind the open writer would hold this insert too.
+        next_writer.execute(text("SET statement_timeout = 2000"))
+        next_writer.execute(text(OUTBOX_ROW), {"client": str(uuid.uuid4()), "key": "next"})
+        next_writer.commit()
+    finally:
+        open_writer.commit()
+        migration.join(timeout=30)
+        open_writer.close(), next_writer.close()
+
+    assert not failure and not migration.is_alive()
+    with writers.connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == revision
+        assert connection.execute(text("SELECT count(*) FROM pg_index WHERE NOT indisvalid")).scalar() == 0
+    writers.dispose()
+
+
+def test_an_index_build_cut_short_before_is_built_again(unmigrated_postgresql_url):
+    app = create_app({**TEST_SETTINGS, "SQLALCHEMY_DATABASE_URI": unmigrated_postgresql_url})
+    with app.app_context():
+        upgrade(revision="0012")
+        db.engine.dispose()
+    engine = create_engine(unmigrated_postgresql_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        for key in ("a", "b"):
+            connection.execute(text(OUTBOX_ROW), {"client": str(uuid.uuid4()), "key": key})
+        # A concurrent build that failed leaves its index behind, invalid, as a cut-short one does.
+        with pytest.raises(Exception, match="could not create unique index"):
+            connection.execute(text("CREATE UNIQUE INDEX CONCURRENTLY ix_outbox_open_by_id ON outbox (kind)"))
+        assert connection.execute(text("SELECT count(*) FROM pg_index WHERE NOT indisvalid")).scalar() == 1
+
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM pg_index WHERE NOT indisvalid")).scalar() == 0
+        definition = connection.execute(text("SELECT pg_get_indexdef('ix_outbox_open'::regclass)")).scalar()
+    engine.dispose()
+    assert "(client_id, kind, id)" in definition and "ix_outbox_open_by_id" not in definition
+

@@ -12,8 +12,9 @@ Revises: 0009
 Create Date: 2026-12-01
 
 """
-import sqlalchemy as sa
 from alembic import op
+
+from migrations.online_index import create_index_online
 
 
 revision = '0010'
@@ -34,9 +35,9 @@ INDEXES = [
 
 
 def upgrade():
+    # Built concurrently: the tables take vendors' receipts throughout a deploy.
     for table, name, column, condition in INDEXES:
-        op.create_index(name, table, [column], unique=False,
-                        postgresql_where=sa.text(condition), sqlite_where=sa.text(condition))
+        create_index_online(name, table, [column], condition)
 
 
 def downgrade():

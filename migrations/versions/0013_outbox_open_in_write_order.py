@@ -12,6 +12,8 @@ Create Date: 2026-12-01
 import sqlalchemy as sa
 from alembic import op
 
+from migrations.online_index import create_index_online, drop_index_online, rename_index
+
 
 revision = '0013'
 down_revision = '0012'
@@ -22,10 +24,15 @@ OPEN_ITEMS = "state IN ('pending', 'leased')"
 
 
 def upgrade():
-    with op.batch_alter_table('outbox') as batch_op:
-        batch_op.drop_index('ix_outbox_open')
-        batch_op.create_index('ix_outbox_open', ['client_id', 'kind', 'id'], unique=False,
-                              postgresql_where=sa.text(OPEN_ITEMS), sqlite_where=sa.text(OPEN_ITEMS))
+    if op.get_bind().dialect.name != 'postgresql':
+        op.drop_index('ix_outbox_open', table_name='outbox')
+        create_index_online('ix_outbox_open', 'outbox', ['client_id', 'kind', 'id'], OPEN_ITEMS)
+        return
+    # The new index is built beside the old one, so receipts go on being written and claims keep
+    # an index throughout; a retry after a cut-short attempt finds each step redone or done.
+    create_index_online('ix_outbox_open_by_id', 'outbox', ['client_id', 'kind', 'id'], OPEN_ITEMS)
+    drop_index_online('ix_outbox_open', 'outbox')
+    rename_index('ix_outbox_open_by_id', 'ix_outbox_open')
 
 
 def downgrade():
