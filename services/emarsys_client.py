@@ -12,7 +12,8 @@ import requests
 
 from services.oauth import OAuthTokenProvider, TokenServiceError
 from services.retry import parse_retry_after
-from services.vendors.transport import bind_to_deadlines, request_within, whole_call_seconds
+from services.vendors.transport import (BearerToken, bind_to_deadlines, ignore_netrc, request_within,
+                                       whole_call_seconds)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class EmarsysClient:
                  timeout: float | tuple[float, float] = (5, 30)):
         self._base_url = base_url.rstrip("/")
         self._tokens = tokens
-        self._session = bind_to_deadlines(session or requests.Session())
+        self._session = ignore_netrc(bind_to_deadlines(session or requests.Session()))
         self._timeout = timeout
 
     def send_delivery_reports(self, client_id: str, reports: list[dict]) -> CallResult:
@@ -191,7 +192,7 @@ class EmarsysClient:
 
     def _post(self, url: str, body: dict[str, Any]) -> requests.Response:
         """Post the body once with the current bearer token."""
-        headers = {"Authorization": f"Bearer {self._tokens.token()}", "Accept": "application/json"}
         # Redirects are not followed: they would resend the token to wherever they point.
         return request_within(self._session, whole_call_seconds(self._timeout), "POST", url, json=body,
-                              headers=headers, timeout=self._timeout, allow_redirects=False)
+                              auth=BearerToken(self._tokens.token()), headers={"Accept": "application/json"},
+                              timeout=self._timeout, allow_redirects=False)

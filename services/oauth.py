@@ -12,7 +12,7 @@ import jwt
 import requests
 
 from services.metrics import count_token_refresh
-from services.vendors.transport import bind_to_deadlines, request_within, whole_call_seconds
+from services.vendors.transport import bind_to_deadlines, ignore_netrc, request_within, whole_call_seconds
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class OAuthTokenProvider:
         # RFC 6749 2.3.1: both are form-urlencoded (UTF-8) before HTTP Basic, so a compliant token
         # service reads a secret with "+", "%" or ":" as it was issued; plain ASCII goes unchanged.
         self._credentials = (quote_plus(client_id, safe=""), quote_plus(client_secret, safe=""))
-        self._session = bind_to_deadlines(session or requests.Session())
+        self._session = ignore_netrc(bind_to_deadlines(session or requests.Session()))
         self._timeout = timeout
         self._refresh_margin = refresh_margin
         self._clock = clock

@@ -32,7 +32,7 @@ import jwt
 import requests
 
 from errors import Forbidden, Unauthorized, Unavailable
-from services.vendors.transport import CallDeadline, bind_to_deadlines
+from services.vendors.transport import CallDeadline, bind_to_deadlines, ignore_netrc
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class EmarsysTokenVerifier:
     def __init__(self, policy: TokenPolicy, session: requests.Session | None = None, *,
                  clock: Callable[[], float] = time.monotonic):
         self._policy = policy
-        self._session = session or requests.Session()
+        self._session = ignore_netrc(session or requests.Session())
         # Its connections (a given session's too) are shut when a fetch's deadline passes.
         bind_to_deadlines(self._session)
         self._clock = clock

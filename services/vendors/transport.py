@@ -434,6 +434,31 @@ def bind_to_deadlines(session: requests.Session) -> requests.Session:
     return session
 
 
+class BearerToken(requests.auth.AuthBase):
+    """An OAuth 2 bearer token for one request's Authorization header."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        """Set the request's Authorization header to the bearer token."""
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+
+def _unchanged(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request
+
+
+def ignore_netrc(session: requests.Session) -> requests.Session:
+    """Keep ~/.netrc credentials off the session's requests (proxies from the environment still apply)."""
+    # requests reads .netrc only for a request with no auth of its own or of its session's; what it
+    # finds there would replace a bearer header and reach a third party.
+    if session.auth is None:
+        session.auth = _unchanged
+    return session
+
+
 def whole_call_seconds(timeout: float | tuple[float, float]) -> float:
     """Return the time one call may take in all: its connect and read timeouts together."""
     return sum(timeout) if isinstance(timeout, tuple) else timeout * 2

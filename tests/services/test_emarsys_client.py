@@ -199,6 +199,19 @@ def test_token_is_reused_across_calls(client, emarsys, token_server):
     assert [call["authorization"] for call in emarsys.received] == ["Bearer token-1"] * 3
 
 
+def test_a_netrc_entry_neither_replaces_the_bearer_token_nor_reaches_emarsys(client, emarsys, tmp_path,
+                                                                           monkeypatch):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login ops password netrc-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+
+    result = client.send_delivery_reports(CLIENT_ID, [delivered_report()])
+
+    assert result.kind == "delivered"
+    assert [call["authorization"] for call in emarsys.received] == ["Bearer token-1"]
+
+
 def test_401_fetches_a_new_token_once_and_retries(client, emarsys, token_server):
     client.send_delivery_reports(CLIENT_ID, [delivered_report(0)])
     emarsys.revoked.add("token-1")

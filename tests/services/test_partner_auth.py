@@ -236,6 +236,18 @@ def test_valid_token_returns_claims(verifier: EmarsysTokenVerifier, rsa_key: rsa
     assert verified["azp"] == CLIENT_ID
 
 
+def test_a_netrc_entry_does_not_send_its_credentials_to_the_jwks_host(verifier: EmarsysTokenVerifier,
+                                                                     rsa_key: rsa.RSAPrivateKey, httpserver,
+                                                                     tmp_path, monkeypatch) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login ops password netrc-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+
+    assert verifier.verify(bearer(sign(rsa_key)))["azp"] == CLIENT_ID
+    assert [request.headers.get("Authorization") for request, _ in httpserver.log] == [None]
+
+
 def test_bearer_scheme_is_case_insensitive(verifier: EmarsysTokenVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     assert verifier.verify("bearer " + sign(rsa_key))["azp"] == CLIENT_ID
 
