@@ -268,9 +268,9 @@ def client_callback(vendor: str, token: str) -> tuple[Client, VendorAdapter, dic
     A Twilio request must carry a valid X-Twilio-Signature made with the client's own authToken
     (or, for a client moved since, the one of the Twilio account it moved away from).
     """
+    adapter = vendor_adapter(vendor)  # an unknown vendor is refused before its name reaches a query
     client = client_for_callback(vendor, token)
     g.client_id = str(client.id)  # for the request's log lines
-    adapter = vendor_adapter(vendor)
     params = request_params(adapter)
     if vendor == "twilio":
         check_twilio_signature(callback_signing_keys(client, vendor))

@@ -127,10 +127,10 @@ def client_by_token(token: str) -> Client:
     """Return the client a callback token belongs to, or raise NotFound."""
     # Anything not shaped like a token (a NUL, a 10 kB path segment) is unknown without a query.
     if not CALLBACK_TOKEN_SHAPE.fullmatch(token):
-        raise NotFound("unknown callback URL")
+        raise NotFound("unknown callback URL", field="token")
     client = db.session.scalars(db.select(Client).where(Client.callback_token == token)).first()
     if client is None:
-        raise NotFound("unknown callback URL")
+        raise NotFound("unknown callback URL", field="token")
     return client
 
 
@@ -143,7 +143,7 @@ def client_for_callback(vendor: str, token: str) -> Client:
     client = client_by_token(token)
     if client.vendor != vendor and not _has_sent_through(client.id, vendor):
         # Same answer as an unknown token: the URL does not reveal that the token exists.
-        raise NotFound("unknown callback URL")
+        raise NotFound("unknown callback URL", field="token")
     return client
 
 

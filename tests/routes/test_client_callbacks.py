@@ -179,23 +179,26 @@ def test_global_twilio_token_does_not_sign_client_callbacks(make_app, onboard, t
     assert signed_post(app.test_client(), path, TWILIO_DR, "global-token").status_code == 403
 
 
-@pytest.mark.parametrize("make_path", [
-    lambda token: f"/vendors/genesys/clients/{'x' * 43}/delivery-reports",
-    lambda token: f"/vendors/genesys/clients/{'x' * 43}/inbound-messages",
-    lambda token: f"/vendors/twilio/clients/{token}/delivery-reports",
-    lambda token: f"/vendors/expertflow/clients/{token}/inbound-messages",
-    lambda token: f"/vendors/nosuchvendor/clients/{token}/delivery-reports",
-    lambda token: "/vendors/genesys/clients/%00/delivery-reports",
-    lambda token: f"/vendors/genesys/clients/{token}%00/delivery-reports",
-    lambda token: f"/vendors/genesys/clients/{'x' * 5000}/delivery-reports",
+@pytest.mark.parametrize("make_path, field", [
+    (lambda token: f"/vendors/genesys/clients/{'x' * 43}/delivery-reports", "token"),
+    (lambda token: f"/vendors/genesys/clients/{'x' * 43}/inbound-messages", "token"),
+    (lambda token: f"/vendors/twilio/clients/{token}/delivery-reports", "token"),
+    (lambda token: f"/vendors/expertflow/clients/{token}/inbound-messages", "token"),
+    (lambda token: f"/vendors/nosuchvendor/clients/{token}/delivery-reports", "vendor"),
+    (lambda token: f"/vendors/%00/clients/{token}/delivery-reports", "vendor"),
+    (lambda token: f"/vendors/%00/clients/{token}/inbound-messages", "vendor"),
+    (lambda token: "/vendors/genesys/clients/%00/delivery-reports", "token"),
+    (lambda token: f"/vendors/genesys/clients/{token}%00/delivery-reports", "token"),
+    (lambda token: f"/vendors/genesys/clients/{'x' * 5000}/delivery-reports", "token"),
 ], ids=["unknown-token-dr", "unknown-token-mo", "other-vendor", "built-in-other-vendor", "unknown-vendor",
-        "nul-token", "token-with-nul", "huge-token"])
-def test_unknown_token_or_foreign_vendor_is_404(partner_app, partner_client, onboard, make_path):
+        "nul-vendor-dr", "nul-vendor-mo", "nul-token", "token-with-nul", "huge-token"])
+def test_unknown_token_or_foreign_vendor_is_404_naming_the_part(partner_app, partner_client, onboard, make_path,
+                                                                 field):
     _, urls = onboard()
     token = path_of(urls["deliveryReports"]["url"]).split("/")[4]
     response = partner_client.post(make_path(token), data=GENESYS_DR)
     assert response.status_code == 404
-    assert response.get_json()["error"] == "not_found"
+    assert (response.get_json()["error"], response.get_json()["field"]) == ("not_found", field)
     assert count(partner_app, MessageState) == 0
 
 
