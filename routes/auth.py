@@ -32,7 +32,7 @@ def basic_auth_required(user_key: str, password_key: str, realm: str):
                     # Production never serves it open: the operator forgot the credentials.
                     raise Unavailable(f"{user_key} and {password_key} are not set", field=user_key)
             elif not credentials_match(user, password):
-                raise Unauthorized("valid Basic credentials are required",
+                raise Unauthorized("valid Basic credentials are required", field="Authorization",
                                    headers={"WWW-Authenticate": f'Basic realm="{realm}", charset="UTF-8"'})
             return view(*args, **kwargs)
 

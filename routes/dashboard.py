@@ -34,7 +34,7 @@ def admin_required(view):
         if not (user and password):
             raise NotFound("the dashboard is disabled: set ADMIN_USERNAME and ADMIN_PASSWORD")
         if not credentials_match(user, password):
-            raise Unauthorized("valid Basic credentials are required",
+            raise Unauthorized("valid Basic credentials are required", field="Authorization",
                                headers={"WWW-Authenticate": 'Basic realm="dashboard", charset="UTF-8"'})
         return view(*args, **kwargs)
 

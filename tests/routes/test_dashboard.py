@@ -118,6 +118,7 @@ def test_dashboard_asks_for_basic_credentials(admin, auth):
     for response in (admin.get("/dashboard", auth=auth), admin.post("/dashboard/replay", auth=auth)):
         assert response.status_code == 401
         assert response.headers["WWW-Authenticate"].startswith("Basic ")
+        assert response.get_json()["field"] == "Authorization"
 
 
 def test_dashboard_is_html_that_no_other_site_may_frame_or_script(admin):

@@ -21,6 +21,7 @@ from services.clock import utcnow
 from services.forwarder import Forwarder
 from services.metrics import worker_tally
 from tests.pg import free_port
+from tests.records import insert_client
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN = {"ADMIN_USERNAME": "ops", "ADMIN_PASSWORD": "s3cret-ops"}
@@ -192,6 +193,7 @@ def test_emarsys_call_results_and_token_refreshes_reach_another_process_through_
                           PARTNER_OAUTH_CLIENT_SECRET="s", EMARSYS_API_BASE_URL=httpserver.url_for("/v1"),
                           FORWARD_LINGER_MS=0)
     with worker_app.app_context():
+        insert_client(CLIENT_ID)
         # The older group is sent first, so it gets the first answer.
         add_outbox({"pending": 2}, age=timedelta(seconds=30))
         add_outbox({"pending": 1}, kind="inbound_message")

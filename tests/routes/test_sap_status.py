@@ -174,7 +174,8 @@ def test_basic_auth_is_enforced_on_every_pull_path(make_app, path):
     right = client.get(f"{path}?{WINDOW}&page=0", headers=basic("sap", "s3cret"))
     assert anonymous.status_code == wrong.status_code == 401
     assert anonymous.headers["WWW-Authenticate"].startswith("Basic ")
-    assert anonymous.get_json()["error"] == "unauthorized"
+    assert (anonymous.get_json()["error"], anonymous.get_json()["field"]) == ("unauthorized", "Authorization")
+    assert wrong.get_json()["field"] == "Authorization"
     assert right.status_code == 200
 
 
