@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -26,6 +27,8 @@ def worker_identity() -> str:
 
 # A job whose rounds keep failing (the database down, say) waits twice as long after each, up to this.
 MAX_FAILURE_BACKOFF_SECONDS = 30.0
+# How soon the main thread passes a noted SIGTERM/SIGINT on to the jobs.
+STOP_SIGNAL_POLL_SECONDS = 0.1
 
 
 class JobDied(RuntimeError):
@@ -51,6 +54,18 @@ class Worker:
         # Shared with the jobs, so that a long round ends early too (see Forwarder.run_once).
         self.stopping = stopping or threading.Event()
         self.died: list[str] = []
+        self.stop_signal: int | None = None
+
+    def install_stop_signals(self) -> None:
+        """Make SIGTERM and SIGINT ask the worker to stop; call it from the main thread."""
+        # The handler only notes the signal: it runs in the main thread between two bytecodes, maybe
+        # while that thread holds the stop event's lock, and setting the event there would wait for
+        # that lock for ever (a Ctrl-C followed by make run's SIGTERM hung the worker).
+        def note(signum: int, _frame: object) -> None:
+            self.stop_signal = signum
+
+        signal.signal(signal.SIGTERM, note)
+        signal.signal(signal.SIGINT, note)
 
     @classmethod
     def from_app(cls, app: Flask) -> "Worker":
@@ -76,8 +91,7 @@ class Worker:
                 raise JobFailed(f"worker job {', '.join(failed)} failed (see the log)")
             return
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
-            signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+            self.install_stop_signals()
         loops = [threading.Thread(target=self._loop, args=(job,), name=f"worker-job-{index}")
                  for index, job in enumerate(self.jobs)]
         for loop in loops:
@@ -86,8 +100,9 @@ class Worker:
         # Each loop ends after its job's current round, which starts no new send or post once
         # stopping is set: those in flight are recorded first. The platform kills the process
         # soon after SIGTERM (Cloud Foundry: 10 s), and a post killed unrecorded is posted again.
-        while not self.stopping.wait(1):
-            pass
+        while not (self.stopping.is_set() or self.stop_signal):
+            time.sleep(STOP_SIGNAL_POLL_SECONDS)
+        self.stopping.set()
         for loop in loops:
             loop.join()
         if self.died:

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from models import OutboundMessage, OutboxItem
 from services.worker import JobDied, JobFailed, Worker, worker_identity
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("hostname", ["web-1", "h" * 64, "a-very-long.fully.qualified.name." * 3])
@@ -120,3 +125,36 @@ def test_once_fails_when_a_job_fails(app):
 
     with pytest.raises(JobFailed, match="failing"):
         Worker(app, [failing, lambda: 0]).run(once=True)
+
+
+BURST_OF_STOP_SIGNALS = """
+import os, subprocess, sys
+from flask import Flask
+from services.worker import Worker
+
+burst = []
+
+def job() -> int:
+    if not burst:  # the worker's handlers are installed by now
+        burst.append(subprocess.Popen(["bash", "-c", "for k in $(seq 200); do kill -INT %d; kill -TERM %d; done"
+                                       % (os.getpid(), os.getpid())]))
+    return 0
+
+Worker(Flask("burst"), [job], idle_seconds=0.01).run()
+burst[0].wait()
+print("stopped")
+"""
+
+
+def test_a_burst_of_stop_signals_stops_the_worker_instead_of_hanging_it():
+    # Ctrl-C in `make run` is a SIGINT followed at once by the Makefile's SIGTERM: a handler that set
+    # the stop event while the main thread held the event's lock waited for that lock for ever.
+    worker = subprocess.Popen([sys.executable, "-c", BURST_OF_STOP_SIGNALS], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = worker.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        output, _ = worker.communicate()
+        pytest.fail(f"the worker hung after the stop signals: {output[-500:]}")
+    assert (worker.returncode, output.strip().splitlines()[-1]) == (0, "stopped")
