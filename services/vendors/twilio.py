@@ -134,12 +134,13 @@ def _classify_send(answer: VendorAnswer | str) -> SendResult:
     text = str(error.get("message") or f"Twilio answered HTTP {status}")[:MAX_STATUS_TEXT]
     if status == 401:
         return refused(Outcome.ERROR, ErrorType.AUTHENTICATION, code, text)
-    if status == 400 and _names_sender(error):
-        return refused(Outcome.ERROR, ErrorType.INVALID_SENDER_ID, code, text)
     # Most 400s fault our request (body too long, trial account, region not enabled): only a code
-    # that says the number cannot take messages may bar it in SAP Marketing Cloud.
+    # that says the number cannot take messages may bar it in SAP Marketing Cloud. The code is read
+    # before the text: a STOP'd number's text names the sender ("From/To pair violates a blacklist rule").
     if status == 400 and names_a_bad_number(code):
         return refused(Outcome.HARDBOUNCE, None, code, text)
+    if status == 400 and _names_sender(error):
+        return refused(Outcome.ERROR, ErrorType.INVALID_SENDER_ID, code, text)
     return refused(Outcome.ERROR, ErrorType.UNKNOWN, code, text)
 
 

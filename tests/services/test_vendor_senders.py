@@ -237,7 +237,9 @@ def test_twilio_without_callback_url_sends_no_status_callback(httpserver):
     ({"code": 21659, "message": "Not owned"}, 400, Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
     ({"code": 21999, "message": "The 'From' number is bad"}, 400, Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
     ({"code": 21211, "message": "The 'To' number is not valid"}, 400, Outcome.HARDBOUNCE, None),
-    ({"code": 21610, "message": "Recipient unsubscribed"}, 400, Outcome.HARDBOUNCE, None),
+    # Twilio's own text for a recipient who replied STOP names the sender too.
+    ({"code": 21610, "message": "The message From/To pair violates a blacklist rule."}, 400, Outcome.HARDBOUNCE,
+     None),
     ({"code": 21614, "message": "'To' number is not a valid mobile number"}, 400, Outcome.HARDBOUNCE, None),
     # A 400 faults our request unless its code says the number is bad: no hard bounce bars it.
     ({}, 400, Outcome.ERROR, ErrorType.UNKNOWN),
