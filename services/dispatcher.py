@@ -263,7 +263,10 @@ class Dispatcher:
         """Call the vendor, or decide without calling it when sending cannot or must not happen."""
         message, earlier_attempt = job.message, job.earlier_attempt
         if message.attempts > self.settings.max_attempts and not self._final_resend(job):
-            if earlier_attempt is None or job.vendor not in LOOK_UP_VENDORS or job.config is None:
+            # One look-up only, like the one resend: a message whose result cannot be recorded
+            # must still run out of attempts.
+            if (earlier_attempt is None or job.vendor not in LOOK_UP_VENDORS or job.config is None
+                    or message.attempts > self.settings.max_attempts + 1):
                 return retry_later("attempts", "the worker sending it was lost on the last attempt")
             # The lost attempt may have reached Twilio: adopt what it sent, but send nothing more.
             earlier_attempt = replace(earlier_attempt, look_up_only=True)

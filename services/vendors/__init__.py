@@ -41,12 +41,17 @@ class SendResult:
     retry: bool
 
     def __post_init__(self) -> None:
-        """Cut the status code to its column; drop a vendor id too long to be a message's key."""
-        object.__setattr__(self, "status_code", str(self.status_code)[:MAX_STATUS_CODE_LENGTH])
+        """Make the vendor's texts storable; drop a vendor id that cannot be a message's key."""
+        # PostgreSQL text holds no NUL: one in a vendor's answer would leave the message unrecorded.
+        status_code = str(self.status_code).replace("\x00", "")[:MAX_STATUS_CODE_LENGTH]
+        object.__setattr__(self, "status_code", status_code)
+        object.__setattr__(self, "status_text", str(self.status_text).replace("\x00", ""))
         vendor_id = None if self.vendor_message_id is None else str(self.vendor_message_id)  # a JSON number
-        # One too long: receipts carrying it would be refused too, so our own id stays the key.
-        too_long = vendor_id is not None and len(vendor_id) > MAX_MESSAGE_ID_LENGTH
-        object.__setattr__(self, "vendor_message_id", None if too_long else vendor_id)
+        # One too long or with control characters: receipts carrying it would be refused too, so our
+        # own id stays the key.
+        unusable = vendor_id is not None and (len(vendor_id) > MAX_MESSAGE_ID_LENGTH
+                                              or not vendor_id.isprintable())
+        object.__setattr__(self, "vendor_message_id", None if unusable else vendor_id)
 
 
 @dataclass(frozen=True)
