@@ -76,8 +76,15 @@ def check_same_origin() -> None:
         raise Forbidden("cross-site requests are refused", field="Sec-Fetch-Site")
     origin = request.headers.get("Origin")
     # Only the host is compared: behind the platform router the scheme seen here is http.
-    if origin and urlsplit(origin).netloc != request.host:
+    if origin and _host_of(origin) != request.host:
         raise Forbidden("cross-origin requests are refused", field="Origin")
+
+
+def _host_of(origin: str) -> str | None:
+    try:
+        return urlsplit(origin).netloc
+    except ValueError:  # e.g. "http://[::1", an unclosed IPv6 literal: no host at all
+        return None
 
 
 @bp.get("/dashboard")

@@ -110,7 +110,9 @@ def reports_per_hour(vendor: str | None, now: datetime | None = None,
     start = chart_start(now or utcnow(), hours)
     hour = _hour_of(RawEvent.received_at)
     stmt = (db.select(hour, RawEvent.outcome, func.count())
-            .where(RawEvent.received_at >= start, RawEvent.outcome.is_not(None))
+            # Vendors' reports only: the dispatcher's own send results are raw events too.
+            .where(RawEvent.received_at >= start, RawEvent.outcome.is_not(None),
+                   RawEvent.kind == "delivery_report")
             .group_by(hour, RawEvent.outcome))
     if vendor:
         stmt = stmt.where(RawEvent.vendor == vendor)

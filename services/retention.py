@@ -3,8 +3,8 @@
 What goes, per table (the cutoff is now minus the retention):
 - raw_events: received before the cutoff;
 - bounces: events before the cutoff, pulled by SAP, or unpulled and their message not updated since;
-- message_states: no update since the cutoff, no bounce that is kept and no dead letter of the
-  message (a replay reads the state to keep a superseded dead letter dead);
+- message_states: no update since the cutoff, no bounce that is kept and no delivery report of the
+  message still dead or on its way (a replay reads the state to keep a superseded dead letter dead);
 - inbound_messages: received before the cutoff;
 - outbox: delivered (`done`) items created before the cutoff. Dead letters are never purged:
   they wait for an operator's replay, however old;
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 CURSOR_LIFETIME = timedelta(days=1)
 FINISHED_OUTBOUND_STATES = ("sent", "failed", "cancelled")
-DONE, DEAD = "done", "dead"
+PENDING, LEASED, DONE, DEAD = "pending", "leased", "done", "dead"
 DELIVERY_REPORT = "delivery_report"
 
 
@@ -69,17 +69,18 @@ def _bounce_due(cutoff: datetime) -> ColumnElement[bool]:
 def _message_state_due(cutoff: datetime, now: datetime) -> ColumnElement[bool]:
     # A state still carrying a kept bounce must stay: the bounce hangs off it (ON DELETE CASCADE).
     kept_bounce = exists().where(Bounce.message_state_id == MessageState.id, Bounce.event_at >= cutoff)
-    return (MessageState.updated_at < cutoff) & ~kept_bounce & ~_dead_letter_kept()
+    return (MessageState.updated_at < cutoff) & ~kept_bounce & ~_report_not_done()
 
 
-def _dead_letter_kept() -> ColumnElement[bool]:
-    """Return the condition of a message state whose message has a dead delivery report."""
+def _report_not_done() -> ColumnElement[bool]:
+    """Return the condition of a message state whose message has a delivery report not yet done."""
     # Dead letters are never purged, but the later report's done row is: then only the state's
     # event time tells a replay that the dead letter is out of date (services.outbox._superseded).
+    # Replayed reports count too: one may die again after its successor was sent and purged.
     # Probes ix_outbox_client_order on (client_id, message_key); a message has a handful of rows.
     return exists().where(OutboxItem.client_id == MessageState.client_id,
                           OutboxItem.message_key == MessageState.emarsys_message_id,
-                          OutboxItem.kind == DELIVERY_REPORT, OutboxItem.state == DEAD)
+                          OutboxItem.kind == DELIVERY_REPORT, OutboxItem.state.in_((PENDING, LEASED, DEAD)))
 
 
 # Bounces go before message states, so a state is judged on the bounces that remain.

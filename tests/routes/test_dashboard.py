@@ -67,9 +67,10 @@ def add_state(vendor: str, vendor_message_id: str, outcome: str, updated_at: dat
     return state
 
 
-def add_report(vendor: str, vendor_message_id: str, outcome: str, received_at: datetime) -> None:
-    """Store one raw delivery report directly, at a chosen time."""
-    db.session.add(RawEvent(vendor=vendor, kind="delivery_report", vendor_message_id=vendor_message_id,
+def add_report(vendor: str, vendor_message_id: str, outcome: str, received_at: datetime,
+               kind: str = "delivery_report") -> None:
+    """Store one raw delivery report (or another kind of raw event) directly, at a chosen time."""
+    db.session.add(RawEvent(vendor=vendor, kind=kind, vendor_message_id=vendor_message_id,
                             fingerprint=f"{vendor}-{vendor_message_id}-{outcome}-{received_at}", params={},
                             outcome=outcome, received_at=received_at))
 
@@ -179,6 +180,8 @@ def test_reports_per_hour_buckets_the_last_24_hours_by_outcome_and_vendor(admin_
         add_report("genesys", "g4", "SOFTBOUNCE", datetime(2026, 4, 30, 13, 0))  # the first bucket
         add_report("genesys", "g5", "DELIVERED", datetime(2026, 4, 30, 12, 59))  # 25th hour: too old
         add_report("twilio", "t1", "DELIVERED", datetime(2026, 5, 1, 11, 0))
+        # The dispatcher's own record of a send is no vendor report.
+        add_report("genesys", "g1", "ACCEPTED", datetime(2026, 5, 1, 12, 1), kind="send_result")
         db.session.commit()
         genesys = dashboard.reports_per_hour("genesys", now)
         everyone = dashboard.reports_per_hour(None, now)
@@ -337,6 +340,8 @@ def test_replay_button_asks_for_confirmation_and_is_off_without_dead_letters(adm
     ({"csrf_token": "valid"}, {}, 400),
     ({"confirm": "yes", "csrf_token": "valid"}, {"Origin": "https://evil.example"}, 403),
     ({"confirm": "yes", "csrf_token": "valid"}, {"Origin": "null"}, 403),
+    ({"confirm": "yes", "csrf_token": "valid"}, {"Origin": "http://[::1"}, 403),  # unparsable: was a 500
+    ({"confirm": "yes", "csrf_token": "valid"}, {"Origin": "http://]"}, 403),
     ({"confirm": "yes", "csrf_token": "valid"}, {"Sec-Fetch-Site": "cross-site"}, 403),
 ])
 def test_replay_without_token_confirmation_or_same_origin_changes_nothing(admin_app, admin, form, headers, status):

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import event, func, insert, select, text
+from sqlalchemy import event, func, insert, select, text, update
 
 from models import (Bounce, InboundMessageRecord, MessageState, OutboundMessage, OutboxItem, RawEvent,
                     StatusCursor, db)
@@ -285,6 +285,24 @@ def test_a_dead_letter_keeps_its_messages_state_so_a_replay_after_retention_stay
     assert set(db.session.scalars(select(OutboxItem.state))) == {"dead"}
     replay_dead_letters(now=context)
     assert set(db.session.scalars(select(OutboxItem.message_key).where(OutboxItem.state == "dead"))) == {"em-7"}
+
+
+def test_a_replayed_report_that_dies_again_stays_behind_the_one_sent_after_it(context):
+    # Both reports of a message died long ago and were replayed; the purge runs while they wait.
+    add_report_item("dead", "em-1", at=context - timedelta(days=40), status="ACCEPTED")
+    add_report_item("dead", "em-1", at=context - timedelta(days=39), status="DELIVERED")
+    add_state("em-1", at=context - timedelta(days=39))
+    assert replay_dead_letters(now=context) == 2
+    purge(context - RETENTION, batch_size=100, now=context)
+    # Emarsys then refuses ACCEPTED by name and takes DELIVERED, whose done row retention purges.
+    accepted, delivered = db.session.scalars(select(OutboxItem.id).order_by(OutboxItem.id)).all()
+    db.session.execute(update(OutboxItem).where(OutboxItem.id == accepted).values(state="dead"))
+    db.session.execute(update(OutboxItem).where(OutboxItem.id == delivered).values(state="done", sent_at=context))
+    db.session.commit()
+    purge(context - RETENTION, batch_size=100, now=context)
+
+    assert db.session.scalar(select(MessageState.emarsys_message_id)) == "em-1"
+    assert replay_dead_letters(now=context) == 0  # ACCEPTED must not reach Emarsys after DELIVERED
 
 
 def test_the_dead_letter_check_reads_the_outbox_through_an_index_not_a_scan(context):
