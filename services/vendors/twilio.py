@@ -21,6 +21,8 @@ API_VERSION = "2010-04-01"
 SENDER_ERROR_CODES = {"21212", "21606", "21659"}
 _NAMES_SENDER = re.compile(r"\bFrom\b|MessagingServiceSid")
 MAX_STATUS_TEXT = 200
+# A sender of this many digits or more is a phone number; fewer is a short code.
+MIN_NUMBER_DIGITS = 7
 # How far Twilio's clock may run behind ours when a message it created is looked for.
 CLOCK_SKEW = timedelta(minutes=5)
 # The newest messages to the recipient that are searched for an earlier attempt's message.
@@ -39,7 +41,7 @@ def send_message(config: ClientConfig, message: OutboundMessage, our_message_id:
     if config.fields.get("messagingServiceSid"):
         form["MessagingServiceSid"] = config.fields["messagingServiceSid"]
     else:
-        form["From"] = message.source
+        form["From"] = twilio_sender(message.source)
     if status_callback_url:
         form["StatusCallback"] = status_callback_url
     result = None if earlier_attempt is None else _earlier_attempt(config, form, earlier_attempt, timeout)
@@ -48,6 +50,16 @@ def send_message(config: ClientConfig, message: OutboundMessage, our_message_id:
     if result is None:
         result = _classify_send(_request(config, "POST", "/Messages.json", timeout, data=form))
     return result
+
+
+def twilio_sender(source: str) -> str:
+    """Return the From Twilio takes for an Emarsys source: a phone number in E.164, else as it is."""
+    # Emarsys writes numbers without their '+' ('436771234567'); Twilio refuses those (21212) and
+    # stores the ones it takes in E.164, which a retry's look-up compares. Short codes (up to six
+    # digits) and alphanumeric sender ids stay as they are.
+    digits = source.removeprefix("+")
+    is_number = digits.isascii() and digits.isdigit() and len(digits) >= MIN_NUMBER_DIGITS
+    return "+" + digits if is_number else source
 
 
 def _earlier_attempt(config: ClientConfig, form: dict[str, str], earlier: EarlierAttempt,

@@ -72,12 +72,12 @@ def twilio_client(base_url: str, client_id: uuid.UUID | None = None) -> uuid.UUI
     return save_client(client_id or uuid.uuid4(), config).id
 
 
-def queue_messages(client_id: uuid.UUID, count: int = 1) -> list[str]:
+def queue_messages(client_id: uuid.UUID, count: int = 1, destination: str = DESTINATION) -> list[str]:
     """Queue `count` due messages for a client and commit; return their public ids."""
     now = utcnow()
     rows = [OutboundMessage(public_id=uuid.uuid4().hex, client_id=client_id,
                             emarsys_message_id=f"emarsys-{uuid.uuid4().hex[:12]}", source="ACME",
-                            destination=DESTINATION, body=BODY, state="queued", attempts=0,
+                            destination=destination, body=BODY, state="queued", attempts=0,
                             next_attempt_at=now, created_at=now, updated_at=now)
             for _ in range(count)]
     db.session.add_all(rows)
@@ -335,6 +335,29 @@ def test_twilio_retry_does_not_take_the_same_text_sent_as_another_message(app_co
 
     assert http_methods(httpserver) == ["POST", "POST", "GET", "POST"]
     assert [message(first).vendor_message_id, message(second).vendor_message_id] == [
+        created["sid"] for created in twilio.created]
+
+
+@pytest.mark.parametrize("settings", [dict(SEND_RETRY_DELAY_SECONDS=3600)])
+def test_a_twilio_retry_does_not_adopt_the_message_sent_to_its_number_written_with_a_plus(app_context,
+                                                                                         httpserver):
+    twilio = FakeTwilio()
+    httpserver.expect_request(TWILIO_MESSAGES).respond_with_handler(twilio.handle)
+    client_id = twilio_client(httpserver.url_for("/"))
+    worker = dispatcher(app_context)
+    [retried] = queue_messages(client_id, destination=DESTINATION.lstrip("+"))
+    twilio.refuse_next = True
+    worker.run_once()  # a 503: nothing created, retried in an hour
+    [other] = queue_messages(client_id, destination=DESTINATION)  # the same phone, to Twilio
+    worker.run_once()
+    db.session.execute(sqlalchemy.update(OutboundMessage).where(OutboundMessage.public_id == retried)
+                       .values(next_attempt_at=utcnow()))
+    db.session.commit()
+
+    worker.run_once()
+
+    assert http_methods(httpserver) == ["POST", "POST", "GET", "POST"]
+    assert [message(other).vendor_message_id, message(retried).vendor_message_id] == [
         created["sid"] for created in twilio.created]
 
 

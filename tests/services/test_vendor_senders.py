@@ -211,6 +211,24 @@ def test_twilio_request_uses_basic_auth_and_the_e164_form(httpserver):
                                   "StatusCallback": "https://partner.example/dr/tok"}
 
 
+@pytest.mark.parametrize("source, sent_from", [
+    ("436771234567", "+436771234567"),  # the contract's own example sender: a number without its '+'
+    ("+436771234567", "+436771234567"),
+    ("12345", "12345"),  # a short code
+    ("123456", "123456"),
+    ("ACME", "ACME"),
+    ("ACME 2024", "ACME 2024"),
+    ("٤٣٦٧٧١٢٣٤٥٦٧", "٤٣٦٧٧١٢٣٤٥٦٧"),  # digits of another script are no phone number to Twilio
+])
+def test_twilio_gets_a_numeric_sender_in_e164(httpserver, source, sent_from):
+    httpserver.expect_request(TWILIO_MESSAGES, method="POST").respond_with_json({"sid": "SM1"}, status=201)
+    message = OutboundMessage(MESSAGE.emarsys_message_id, source, MESSAGE.destination, MESSAGE.body)
+
+    vendors.send_message(twilio_config(httpserver.url_for("/")), message, "our-42", None, TIMEOUT)
+
+    assert sent_form(httpserver)["From"] == sent_from
+
+
 def test_twilio_messaging_service_replaces_from(httpserver):
     send_twilio(httpserver, {"sid": "SM123"}, 201, messagingServiceSid=SERVICE_SID)
 
