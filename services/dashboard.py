@@ -33,6 +33,8 @@ PHONE_KEYS = {"to", "from", "msisdn", "recipient", "destination", "source", "pho
 BODY_KEY = re.compile(r"(^|[._\]])content$|^mediaurl\d*$", re.IGNORECASE)
 SECRET_KEY = re.compile(r"pass|secret|token|signature|auth|apikey|api_key|credential", re.IGNORECASE)
 ID_KEY = re.compile(r"id$", re.IGNORECASE)
+# SAP Digital Interconnect's date=01122026 and time=101500 are digit runs, but no phone's.
+TIME_KEY = re.compile(r"(date|time|stamp|_at)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,9 @@ def safe_params(params: dict[str, Any] | None, adapter: VendorAdapter | None = N
             shown[key] = f"[{len(text)} characters hidden]"
         elif name in phone_keys:
             shown[key] = mask_phone(text)
-        elif ID_KEY.search(name) and not text.lstrip().startswith("+"):
-            # Ids are what the operator searches by; some are long digit runs. One that starts
-            # with "+" is a phone number (a sender_id, a subscriberId), no message's id.
+        elif (ID_KEY.search(name) or TIME_KEY.search(name)) and not text.lstrip().startswith("+"):
+            # Ids are what the operator searches by, and times what he reads; some are long digit
+            # runs. One that starts with "+" is a phone number (a sender_id, a subscriberId).
             shown[key] = text
         else:
             shown[key] = safe_text(text)

@@ -383,6 +383,10 @@ def test_mask_phone_keeps_only_the_last_four_digits(value, masked):
     ("subscriberId", " +491511234567", " +********4567"),
     ("status", "undeliverable to 491701234567", "undeliverable to ********4567"),
     ("note", "call 0151-1234-5678 or +49 151 1234 5678", "call ****-****-5678 or +** *** **** 5678"),
+    # SAP Digital Interconnect's event time: digit runs the operator must read as they came.
+    ("date", "01122026", "01122026"),
+    ("time", "101500", "101500"),
+    ("timestamp", "20261201101500", "20261201101500"),
 ])
 def test_safe_params_hides_secrets_and_bodies_and_masks_numbers(key, value, shown):
     assert dashboard.safe_params({key: value}) == {key: shown}
