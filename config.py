@@ -9,6 +9,9 @@ import tempfile
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from errors import StartupError
 from services.retry import parse_duration, parse_schedule
 
@@ -277,14 +280,41 @@ def _is_production(env: dict[str, str]) -> bool:
 
 
 def _database_url(env: dict[str, str]) -> str:
-    url = env.get("DATABASE_URL") or database_url_from_vcap(env.get("VCAP_SERVICES"))
+    if env.get("DATABASE_URL"):
+        return _checked_database_url(env["DATABASE_URL"], "DATABASE_URL")
+    url = database_url_from_vcap(env.get("VCAP_SERVICES"))
     if url:
-        return url
+        return _checked_database_url(url, "the bound PostgreSQL service in VCAP_SERVICES")
     if _is_production(env):
         # Each instance would keep a file of its own, lost on restage and unseen by the worker.
         raise StartupError("no database: set DATABASE_URL or bind a PostgreSQL service "
                            "(VCAP_SERVICES names none with a uri or hostname, dbname, username and password)")
     return f"sqlite:///{INSTANCE_DIR / 'sms-status.sqlite3'}"
+
+
+# The drivers installed: psycopg2 (SQLAlchemy's default for postgresql://) and sqlite3; postgres:// is
+# Cloud Foundry's spelling (see normalise_database_url).
+_DATABASE_DRIVERS = {"postgres", "postgresql", "postgresql+psycopg2", "sqlite", "sqlite+pysqlite"}
+_NOT_SHOWN = "not shown: it may hold a password"
+
+
+def _checked_database_url(url: str, source: str) -> str:
+    """Return the database URL as given, or a start-up error naming its source but never showing the URL."""
+    # Echoed, the URL would put the database password in the log.
+    try:
+        parsed = make_url(url)
+        port = parsed.port  # read here, as SQLAlchemy otherwise would later with a traceback
+    except ArgumentError:
+        raise StartupError(f"{source} is not a database URL such as "
+                           f"postgresql://user:password@host:5432/dbname ({_NOT_SHOWN})") from None
+    except ValueError:
+        raise StartupError(f"{source} has a port that is not a number ({_NOT_SHOWN})") from None
+    if parsed.drivername not in _DATABASE_DRIVERS:
+        raise StartupError(f"{source} must be a postgresql://, postgres:// or sqlite:// URL, "
+                           f"not {parsed.drivername}://")
+    if port is not None and not 1 <= port <= 65535:
+        raise StartupError(f"{source} names port {port}: a port is 1 to 65535")
+    return url
 
 
 def _engine_options(database_url: str, env: dict[str, str]) -> dict:

@@ -44,6 +44,29 @@ def test_database_url_wins_over_vcap_services():
     assert config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg2://env/d"
 
 
+@pytest.mark.parametrize("environ, message", [
+    ({"DATABASE_URL": "postgresql://u:db-S3cret@h:abc/db"}, "DATABASE_URL has a port that is not a number"),
+    ({"DATABASE_URL": "postgresql://u:db-S3cret@h:70000/db"}, "DATABASE_URL names port 70000"),
+    ({"DATABASE_URL": "db-S3cret"}, "DATABASE_URL is not a database URL such as postgresql://"),
+    ({"DATABASE_URL": "mysql://u:db-S3cret@h/y"},
+     "DATABASE_URL must be a postgresql://, postgres:// or sqlite:// URL, not mysql://"),
+    ({"DATABASE_URL": "postgresql+asyncpg://u:db-S3cret@h/y"}, "DATABASE_URL must be a postgresql://"),
+    ({"VCAP_SERVICES": json.dumps({"postgresql-db": [{"tags": ["postgresql"], "credentials": {
+        "hostname": "h", "port": "five", "dbname": "d", "username": "u", "password": "db-S3cret"}}]})},
+     "the bound PostgreSQL service in VCAP_SERVICES has a port that is not a number"),
+])
+def test_a_database_url_that_cannot_be_used_stops_start_up_without_showing_it(environ, message):
+    with pytest.raises(StartupError, match=f"^{re.escape(message)}") as raised:
+        load_config(environ)
+    assert "db-S3cret" not in str(raised.value)  # the URL carries the password
+
+
+@pytest.mark.parametrize("url", ["postgres://u:p@h:5432/d", "postgresql+psycopg2://u@/d?host=/tmp", "sqlite://",
+                                 "sqlite+pysqlite:///x.db"])
+def test_database_urls_of_the_installed_drivers_start(url):
+    assert load_config({"DATABASE_URL": url})["SQLALCHEMY_DATABASE_URI"].endswith(url.partition("://")[2])
+
+
 def test_defaults():
     config = load_config({})
     assert (config["STATUS_PAGE_SIZE"], config["ENABLE_CLEAR_ENDPOINT"]) == (100, False)
