@@ -178,7 +178,9 @@ def check_reachable(engine: Engine) -> None:
     try:
         engine.connect().close()
     except DBAPIError as error:
-        raise StartupError(f"database unreachable: {driver_reason(error)}") from None
+        # SQLite's reason ("unable to open database file") names no file; its URL holds no password.
+        where = f": {engine.url.database}" if engine.dialect.name == "sqlite" else ""
+        raise StartupError(f"database unreachable: {driver_reason(error)}{where}") from None
 
 
 def lift_statement_timeout(engine: Engine) -> None:
@@ -202,6 +204,7 @@ def db_upgrade_locked_command() -> None:
     from models import db
 
     if db.engine.dialect.name != "postgresql":
+        check_reachable(db.engine)  # a file that cannot be opened (its directory missing): one line
         upgrade()  # SQLite serves one local process; there is nobody to race.
         return
     # Waiting for the lock, or a long migration, must not be cut off by the 10 s statement timeout.

@@ -55,3 +55,16 @@ def test_state_rules_hold_on_the_sqlite_path_too(sqlite_app):
         outcomes = dict(db.session.execute(db.select(MessageState.vendor_message_id, MessageState.outcome)).all())
         assert outcomes == {"late": "DELIVERED", "retry": "DELIVERED", "hard": "HARDBOUNCE"}
         assert len(db.session.scalars(db.select(RawEvent)).all()) == 5
+
+
+def test_a_sqlite_file_that_cannot_be_opened_stops_the_migration_in_one_line(tmp_path):
+    missing = tmp_path / "no-such-directory" / "sms.sqlite3"
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{missing}"})
+
+    with app.app_context():  # as `flask` pushes one for every command
+        result = app.test_cli_runner().invoke(args=["db-upgrade-locked"])
+        db.engine.dispose()
+
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: database unreachable: unable to open database file: {missing}"]
