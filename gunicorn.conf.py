@@ -14,7 +14,11 @@ limit_request_line = 8190
 
 # GUNICORN_THREADS picks the worker, as the manifest's --threads does the thread count: gunicorn's
 # own sync-to-gthread switch would use its stock worker, whose rejections are HTML pages.
-threads = int(os.environ.get("GUNICORN_THREADS") or "1")
+_threads = (os.environ.get("GUNICORN_THREADS") or "").strip() or "1"
+if not (_threads.isascii() and _threads.isdigit()) or int(_threads) < 1:
+    # SystemExit, not ValueError: gunicorn prints any Exception of this file with its traceback.
+    raise SystemExit(f"GUNICORN_THREADS must be a whole number of at least 1, not {_threads!r}")
+threads = int(_threads)
 worker_class = ("gunicorn_workers.ThreadJsonWorker" if threads > 1
                 else "gunicorn_workers.SyncJsonWorker")
 

@@ -160,6 +160,16 @@ def test_the_worker_class_follows_gunicorn_threads():
     assert settings["limit_request_line"] == str(LIMIT)
 
 
+@pytest.mark.parametrize("threads", ["abc", "0", "-2", "1.5"])
+def test_gunicorn_threads_that_are_not_a_count_stop_the_start_with_one_line_naming_it(threads):
+    env = {**os.environ, "GUNICORN_THREADS": threads}
+    started = subprocess.run([str(VENV_BIN / "gunicorn"), "--print-config", "wsgi:app"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 1
+    assert started.stderr.strip().splitlines() == [
+        f"GUNICORN_THREADS must be a whole number of at least 1, not '{threads}'"]
+
+
 @pytest.mark.parametrize("target", [
     # A space the vendor did not encode ends the request line early: the rest reads as the HTTP version.
     "/vendors/genesys/inbound-messages?message_id=m1&message=call me on +4915198765432 please",
