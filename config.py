@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from errors import StartupError
-from services.retry import parse_duration, parse_schedule
+from services.retry import parse_age, parse_schedule
 
 INSTANCE_DIR = Path(__file__).resolve().parent / "instance"
 
@@ -252,7 +252,7 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "PARTNER_OAUTH_CLIENT_SECRET": env.get("PARTNER_OAUTH_CLIENT_SECRET") or None,
         "FORWARD_LINGER_MS": _whole(env, "FORWARD_LINGER_MS", 1000),
         "FORWARD_RETRY_SCHEDULE": _parsed(env, "FORWARD_RETRY_SCHEDULE", "5s,1m,5m,30m,2h,5h", parse_schedule),
-        "FORWARD_MAX_AGE": _parsed(env, "FORWARD_MAX_AGE", "3d", parse_duration),
+        "FORWARD_MAX_AGE": _parsed(env, "FORWARD_MAX_AGE", "3d", parse_age),
         "FORWARD_BATCH_SIZE": _count(env, "FORWARD_BATCH_SIZE", 1000),
         "SEND_RETRY_DELAY_SECONDS": _seconds(env, "SEND_RETRY_DELAY_SECONDS", 30),
         "SEND_MAX_ATTEMPTS": _count(env, "SEND_MAX_ATTEMPTS", 10),

@@ -25,21 +25,28 @@ def parse_duration(text: str) -> float:
     return float(number) * _UNIT_SECONDS[unit or "s"]
 
 
-def parse_age(text: str) -> float:
-    """Return the seconds in an age such as "30d" or "12h"; a number without its unit is refused."""
+def _with_unit(text: str, kind: str, examples: str) -> float:
+    """Return the seconds in a duration that names its unit, or a ValueError calling it an invalid `kind`."""
     match = _DURATION.fullmatch(text.strip().lower())
     if match is None or match.group(2) is None:
-        # Read as seconds, "30" meant as days would reach back 30 seconds (a purge: nearly everything).
-        raise ValueError(f"invalid age {text!r}: give a number with its unit, e.g. 30d or 12h")
+        raise ValueError(f"invalid {kind} {text!r}: give a number with its unit, e.g. {examples}")
     return parse_duration(text)
 
 
+def parse_age(text: str) -> float:
+    """Return the seconds in an age such as "30d" or "12h"; a number without its unit is refused."""
+    # Read as seconds, "30" meant as days would reach back 30 seconds (a purge: nearly everything;
+    # FORWARD_MAX_AGE: every report dead after 30 s of failures).
+    return _with_unit(text, "age", "30d or 12h")
+
+
 def parse_schedule(text: str) -> tuple[float, ...]:
-    """Return the delays, in seconds, of a comma-separated schedule such as "5s,1m,2h"."""
-    parts = [part for part in text.split(",") if part.strip()]
+    """Return the delays, in seconds, of a comma-separated schedule such as "5s,1m,2h"; each needs its unit."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
     if not parts:
         raise ValueError("retry schedule is empty: give at least one delay, e.g. '5s,1m'")
-    return tuple(parse_duration(part) for part in parts)
+    # Read as seconds, a "5" meant as minutes would retry a struggling Emarsys every few seconds.
+    return tuple(_with_unit(part, "delay", "5s or 1m") for part in parts)
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -83,7 +90,7 @@ class RetryPolicy:
     def from_config(cls, schedule: str = DEFAULT_SCHEDULE, max_age: str = DEFAULT_MAX_AGE,
                     jitter: float = DEFAULT_JITTER) -> RetryPolicy:
         """Build a policy from configuration strings such as "5s,1m,5m" and "3d"."""
-        return cls(delays=parse_schedule(schedule), max_age=parse_duration(max_age), jitter=jitter)
+        return cls(delays=parse_schedule(schedule), max_age=parse_age(max_age), jitter=jitter)
 
     def next_delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Return the seconds to wait after the attempt-th failure (1-based), jittered."""

@@ -164,8 +164,11 @@ def test_a_whole_basic_auth_pair_or_none_starts():
 
 
 @pytest.mark.parametrize("environ, message", [
-    ({"FORWARD_RETRY_SCHEDULE": "5x"}, "FORWARD_RETRY_SCHEDULE: invalid duration '5x'"),
-    ({"FORWARD_MAX_AGE": "3days"}, "FORWARD_MAX_AGE: invalid duration '3days'"),
+    ({"FORWARD_RETRY_SCHEDULE": "5x"}, "FORWARD_RETRY_SCHEDULE: invalid delay '5x'"),
+    # A bare number is not read as seconds: "30" meant as days would dead-letter a report after 30 s.
+    ({"FORWARD_RETRY_SCHEDULE": "5s, 60"}, "FORWARD_RETRY_SCHEDULE: invalid delay '60': give a number with its"),
+    ({"FORWARD_MAX_AGE": "3days"}, "FORWARD_MAX_AGE: invalid age '3days'"),
+    ({"FORWARD_MAX_AGE": "30"}, "FORWARD_MAX_AGE: invalid age '30': give a number with its unit, e.g. 30d"),
     ({"VENDOR_TIMEOUT_SECONDS": "0"}, "VENDOR_TIMEOUT_SECONDS must be more than 0 seconds"),
     ({"PUBLIC_BASE_URL": "sms-status.cfapps.eu10.hana.ondemand.com"}, "PUBLIC_BASE_URL must be an absolute"),
     ({"PUBLIC_BASE_URL": "ftp://sms.example.com"}, "PUBLIC_BASE_URL must be an absolute"),

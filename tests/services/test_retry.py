@@ -46,7 +46,7 @@ def test_parse_schedule_reads_each_delay(text, delays):
     assert parse_schedule(text) == delays
 
 
-@pytest.mark.parametrize("text", ["", " , ", "5s,oops"])
+@pytest.mark.parametrize("text", ["", " , ", "5s,oops", "5s,60", "30"])
 def test_parse_schedule_rejects_empty_or_invalid(text):
     with pytest.raises(ValueError):
         parse_schedule(text)
@@ -93,7 +93,8 @@ def test_next_delay_rejects_attempts_below_one(attempt):
         RetryPolicy().next_delay(attempt, random.Random(1))
 
 
-@pytest.mark.parametrize("kwargs", [{"jitter": 1.0}, {"jitter": -0.1}, {"max_age": "0s"}])
+@pytest.mark.parametrize("kwargs", [{"jitter": 1.0}, {"jitter": -0.1}, {"max_age": "0s"}, {"max_age": "30"},
+                                    {"schedule": "5,60"}])
 def test_policy_rejects_nonsensical_settings(kwargs):
     with pytest.raises(ValueError):
         RetryPolicy.from_config(**kwargs)
