@@ -13,7 +13,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from errors import StartupError
-from services.retry import parse_age, parse_schedule
+from services.emarsys_client import MAX_BATCH_SIZE
+from services.retry import parse_max_age, parse_schedule
 
 INSTANCE_DIR = Path(__file__).resolve().parent / "instance"
 
@@ -64,6 +65,16 @@ def _parsed(env: dict[str, str], name: str, default: str, parse) -> str:
         # The web process must not start while the worker, which reads it, would refuse to.
         raise StartupError(f"{name}: {error}") from None
     return value
+
+
+def _forward_batch_size(env: dict[str, str]) -> int:
+    """Return FORWARD_BATCH_SIZE (1 to 1000), or a start-up error naming it."""
+    size = _count(env, "FORWARD_BATCH_SIZE", MAX_BATCH_SIZE)
+    if size > MAX_BATCH_SIZE:
+        # The web process must not start while the worker, which reads it, would refuse to.
+        raise StartupError(f"FORWARD_BATCH_SIZE must be at most {MAX_BATCH_SIZE} (the most Emarsys takes "
+                           f"in one call), not {size}")
+    return size
 
 
 def _public_base_url(env: dict[str, str]) -> str:
@@ -252,8 +263,8 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "PARTNER_OAUTH_CLIENT_SECRET": env.get("PARTNER_OAUTH_CLIENT_SECRET") or None,
         "FORWARD_LINGER_MS": _whole(env, "FORWARD_LINGER_MS", 1000),
         "FORWARD_RETRY_SCHEDULE": _parsed(env, "FORWARD_RETRY_SCHEDULE", "5s,1m,5m,30m,2h,5h", parse_schedule),
-        "FORWARD_MAX_AGE": _parsed(env, "FORWARD_MAX_AGE", "3d", parse_age),
-        "FORWARD_BATCH_SIZE": _count(env, "FORWARD_BATCH_SIZE", 1000),
+        "FORWARD_MAX_AGE": _parsed(env, "FORWARD_MAX_AGE", "3d", parse_max_age),
+        "FORWARD_BATCH_SIZE": _forward_batch_size(env),
         "SEND_RETRY_DELAY_SECONDS": _seconds(env, "SEND_RETRY_DELAY_SECONDS", 30),
         "SEND_MAX_ATTEMPTS": _count(env, "SEND_MAX_ATTEMPTS", 10),
         "VENDOR_TIMEOUT_SECONDS": _positive_seconds(env, "VENDOR_TIMEOUT_SECONDS", 10),

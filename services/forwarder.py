@@ -159,7 +159,7 @@ class Forwarder:
                  batch_size: int = MAX_BATCH_SIZE, linger_seconds: float = 1.0,
                  lease_seconds: float = 60, stopping: threading.Event | None = None):
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
-            raise ValueError(f"batch size must be 1 to {MAX_BATCH_SIZE}, got {batch_size}")
+            raise ValueError(f"FORWARD_BATCH_SIZE must be 1 to {MAX_BATCH_SIZE}, not {batch_size!r}")
         self.emarsys = emarsys
         self.policy = policy
         self.owner = owner

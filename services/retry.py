@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 DEFAULT_SCHEDULE = "5s,1m,5m,30m,2h,5h"
 DEFAULT_MAX_AGE = "3d"
@@ -40,6 +42,15 @@ def parse_age(text: str) -> float:
     return _with_unit(text, "age", "30d or 12h")
 
 
+def parse_max_age(text: str) -> float:
+    """Return the seconds in an age after which a failing item is given up ("3d"); it must be more than 0."""
+    seconds = parse_age(text)
+    if seconds <= 0:
+        # Every report would be a dead letter at its first failure.
+        raise ValueError(f"must be more than 0, e.g. {DEFAULT_MAX_AGE}, not {text!r}")
+    return seconds
+
+
 def parse_schedule(text: str) -> tuple[float, ...]:
     """Return the delays, in seconds, of a comma-separated schedule such as "5s,1m,2h"; each needs its unit."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
@@ -47,6 +58,14 @@ def parse_schedule(text: str) -> tuple[float, ...]:
         raise ValueError("retry schedule is empty: give at least one delay, e.g. '5s,1m'")
     # Read as seconds, a "5" meant as minutes would retry a struggling Emarsys every few seconds.
     return tuple(_with_unit(part, "delay", "5s or 1m") for part in parts)
+
+
+def _setting(name: str, parse: Callable[[str], Any], text: str) -> Any:
+    """Return what `parse` reads from the setting `name`, or a ValueError that names it."""
+    try:
+        return parse(text)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -89,8 +108,9 @@ class RetryPolicy:
     @classmethod
     def from_config(cls, schedule: str = DEFAULT_SCHEDULE, max_age: str = DEFAULT_MAX_AGE,
                     jitter: float = DEFAULT_JITTER) -> RetryPolicy:
-        """Build a policy from configuration strings such as "5s,1m,5m" and "3d"."""
-        return cls(delays=parse_schedule(schedule), max_age=parse_age(max_age), jitter=jitter)
+        """Build a policy from FORWARD_RETRY_SCHEDULE ("5s,1m") and FORWARD_MAX_AGE ("3d"), naming a bad one."""
+        return cls(delays=_setting("FORWARD_RETRY_SCHEDULE", parse_schedule, schedule),
+                   max_age=_setting("FORWARD_MAX_AGE", parse_max_age, max_age), jitter=jitter)
 
     def next_delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Return the seconds to wait after the attempt-th failure (1-based), jittered."""

@@ -169,6 +169,8 @@ def test_a_whole_basic_auth_pair_or_none_starts():
     ({"FORWARD_RETRY_SCHEDULE": "5s, 60"}, "FORWARD_RETRY_SCHEDULE: invalid delay '60': give a number with its"),
     ({"FORWARD_MAX_AGE": "3days"}, "FORWARD_MAX_AGE: invalid age '3days'"),
     ({"FORWARD_MAX_AGE": "30"}, "FORWARD_MAX_AGE: invalid age '30': give a number with its unit, e.g. 30d"),
+    ({"FORWARD_MAX_AGE": "0d"}, "FORWARD_MAX_AGE: must be more than 0, e.g. 3d, not '0d'"),
+    ({"FORWARD_BATCH_SIZE": "5000"}, "FORWARD_BATCH_SIZE must be at most 1000 (the most Emarsys takes in one"),
     ({"VENDOR_TIMEOUT_SECONDS": "0"}, "VENDOR_TIMEOUT_SECONDS must be more than 0 seconds"),
     ({"PUBLIC_BASE_URL": "sms-status.cfapps.eu10.hana.ondemand.com"}, "PUBLIC_BASE_URL must be an absolute"),
     ({"PUBLIC_BASE_URL": "ftp://sms.example.com"}, "PUBLIC_BASE_URL must be an absolute"),
