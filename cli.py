@@ -74,6 +74,11 @@ def driver_reason(error: DBAPIError) -> str:
 
 outbox_group = AppGroup("outbox", help="Inspect the Emarsys outbox and replay its dead letters.")
 
+# A row count that reaches SQL (a LIMIT): a larger one can overflow the driver's integer (SQLite's ends at
+# 2**63 - 1) with a traceback, and no table here holds 2**31 rows.
+ROW_COUNT = click.IntRange(1, 2**31 - 1)
+TOO_FAR_BACK = "too far back: the time it names would be before the year 1"
+
 
 def _format_age(age: timedelta) -> str:
     """Render an age as e.g. "2d 3h 4m 5s"."""
@@ -94,6 +99,8 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> dat
         return parse_since(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    except OverflowError:
+        raise click.BadParameter(TOO_FAR_BACK, ctx=ctx, param=param) from None
 
 
 @outbox_group.command("status")
@@ -111,7 +118,7 @@ def outbox_status_command() -> None:
 
 @outbox_group.command("dead")
 @click.option("--client", "client_id", type=click.UUID, help="Only this Emarsys client.")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", default=100, show_default=True, type=ROW_COUNT)
 @database_faults_in_one_line
 def outbox_dead_command(client_id: uuid.UUID | None, limit: int) -> None:
     """List dead letters (never message bodies), oldest first."""
@@ -240,6 +247,7 @@ def upgrade_retrying_lock_timeouts(upgrade: Callable[[], None], lock_timeout_sec
 
 def _age(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
     """Turn --older-than (e.g. 30d, 12h) into a positive timedelta, or fail with a usage error."""
+    from services.clock import utcnow
     from services.retry import parse_age
 
     if value is None:
@@ -250,14 +258,19 @@ def _age(ctx: click.Context, param: click.Parameter, value: str | None) -> timed
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
     if seconds <= 0:
         raise click.BadParameter("must be more than zero, e.g. 30d", ctx=ctx, param=param)
-    return timedelta(seconds=seconds)
+    try:
+        age = timedelta(seconds=seconds)
+        utcnow() - age  # the cutoff the command computes from it
+    except OverflowError:
+        raise click.BadParameter(TOO_FAR_BACK, ctx=ctx, param=param) from None
+    return age
 
 
 @click.command("purge")
 @click.option("--older-than", "older_than", callback=_age,
               help="Delete rows older than this age, e.g. 30d or 12h (default: RETENTION_DAYS).")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Rows per transaction (default: PURGE_BATCH_SIZE).")
+@click.option("--batch-size", type=ROW_COUNT, help="Rows per transaction (default: PURGE_BATCH_SIZE).")
 @database_faults_in_one_line
 def purge_command(older_than: timedelta | None, dry_run: bool, batch_size: int | None) -> None:
     """Delete what has outlived the retention, in short batches, and print the count per table."""

@@ -200,12 +200,21 @@ def test_replay_leaves_dead_a_report_its_message_moved_sideways_from_at_the_same
     assert result.exit_code == 0 and "replayed 0 dead letter(s)" in result.output
 
 
-@pytest.mark.parametrize("arguments", [("--since", "yesterday"), ("--client", "not-a-uuid")])
+@pytest.mark.parametrize("arguments", [("--since", "yesterday"), ("--client", "not-a-uuid"),
+                                       ("--since", "999999d"), ("--since", "9999999999d")])  # before the year 1
 def test_replay_refuses_bad_arguments(app, arguments):
     result = run(app, "replay", *arguments)
 
     assert result.exit_code == 2
     assert "Invalid value" in result.output
+
+
+@pytest.mark.parametrize("limit", ["0", "99999999999999999999"])  # the second, more than a SQL LIMIT takes
+def test_dead_refuses_a_limit_that_is_no_row_count(app, limit):
+    result = run(app, "dead", "--limit", limit)
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--limit'" in result.output
 
 
 NOW = datetime(2026, 3, 1, 12, 0, 0)

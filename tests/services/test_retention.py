@@ -260,11 +260,19 @@ def test_dry_run_says_would_delete(app, context):
     assert "would delete" in result.output
 
 
-@pytest.mark.parametrize("age", ["soon", "0d", "-3d", "30", "30.0"])  # "30" would be 30 seconds: nearly everything
+@pytest.mark.parametrize("age", ["soon", "0d", "-3d", "30", "30.0",  # "30" would be 30 seconds: nearly everything
+                                 "999999d", "9999999999d"])  # before the year 1
 def test_purge_command_refuses_a_bad_age(app, age):
     result = app.test_cli_runner().invoke(args=["purge", "--older-than", age])
     assert result.exit_code == 2
     assert "--older-than" in result.output
+
+
+@pytest.mark.parametrize("size", ["0", "99999999999999999999"])  # the second, more than a SQL LIMIT takes
+def test_purge_command_refuses_a_batch_size_that_is_no_row_count(app, size):
+    result = app.test_cli_runner().invoke(args=["purge", "--dry-run", "--batch-size", size])
+    assert result.exit_code == 2
+    assert "Invalid value for '--batch-size'" in result.output
 
 
 def test_a_dead_letter_keeps_its_messages_state_so_a_replay_after_retention_stays_superseded(context):
