@@ -225,7 +225,18 @@ def _vcap(vcap_services: str) -> dict:
         raise StartupError(f"VCAP_SERVICES is not JSON: {error}") from None
     if not isinstance(services, dict):
         raise StartupError("VCAP_SERVICES must be a JSON object of service lists")
+    for label, entries in services.items():
+        _check_vcap_services(label, entries)
     return services
+
+
+def _check_vcap_services(label: str, entries: object) -> None:
+    """Stop start-up, naming the entry, unless it is a list of service objects whose credentials are objects."""
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise StartupError(f"VCAP_SERVICES[{label!r}] must be a list of service objects")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry.get("credentials") or {}, dict):
+            raise StartupError(f"VCAP_SERVICES[{label!r}][{index}]['credentials'] must be an object")
 
 
 def load_config(environ: dict[str, str] | None = None) -> dict:

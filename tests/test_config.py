@@ -126,6 +126,18 @@ def test_malformed_vcap_services_stops_start_up_naming_it(vcap, fault):
         load_config({"VCAP_SERVICES": vcap})
 
 
+@pytest.mark.parametrize("services, fault", [
+    ({"x": {"label": "postgresql"}}, "VCAP_SERVICES['x'] must be a list of service objects"),
+    ({"postgresql-db": ["postgres://h/d"]}, "VCAP_SERVICES['postgresql-db'] must be a list of service objects"),
+    ({"user-provided": [{"name": "cfg", "credentials": {}}, {"name": "db", "credentials": "postgres://h/d"}]},
+     "VCAP_SERVICES['user-provided'][1]['credentials'] must be an object"),
+])
+@pytest.mark.parametrize("environ", [{}, {"CONFIG_SERVICE_NAME": "cfg"}])
+def test_vcap_services_of_the_wrong_shape_stops_start_up_naming_the_entry(services, fault, environ):
+    with pytest.raises(StartupError, match=f"^{re.escape(fault)}$"):
+        load_config({"VCAP_SERVICES": json.dumps(services), **environ})
+
+
 @pytest.mark.parametrize("value, expected", [(None, 10000), ("", 10000), (" 250 ", 250)])
 def test_get_all_limit_defaults_to_ten_thousand(value, expected):
     environ = {} if value is None else {"STATUS_GET_ALL_LIMIT": value}
