@@ -12,6 +12,7 @@ from typing import Any
 DEFAULT_SCHEDULE = "5s,1m,5m,30m,2h,5h"
 DEFAULT_MAX_AGE = "3d"
 DEFAULT_JITTER = 0.2
+MAX_RETRY_SECONDS = 365 * 86400.0
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
@@ -48,6 +49,13 @@ def parse_max_age(text: str) -> float:
     if seconds <= 0:
         # Every report would be a dead letter at its first failure.
         raise ValueError(f"must be more than 0, e.g. {DEFAULT_MAX_AGE}, not {text!r}")
+    return _at_most_a_year(seconds, text)
+
+
+def _at_most_a_year(seconds: float, text: str) -> float:
+    # Far longer, a time computed from it would pass the year 9999 and end the worker's loop.
+    if seconds > MAX_RETRY_SECONDS:
+        raise ValueError(f"{text!r} is longer than the most allowed, 365d")
     return seconds
 
 
@@ -57,7 +65,7 @@ def parse_schedule(text: str) -> tuple[float, ...]:
     if not parts:
         raise ValueError("retry schedule is empty: give at least one delay, e.g. '5s,1m'")
     # Read as seconds, a "5" meant as minutes would retry a struggling Emarsys every few seconds.
-    return tuple(_with_unit(part, "delay", "5s or 1m") for part in parts)
+    return tuple(_at_most_a_year(_with_unit(part, "delay", "5s or 1m"), part) for part in parts)
 
 
 def _setting(name: str, parse: Callable[[str], Any], text: str) -> Any:

@@ -182,6 +182,9 @@ def test_a_whole_basic_auth_pair_or_none_starts():
     ({"FORWARD_MAX_AGE": "3days"}, "FORWARD_MAX_AGE: invalid age '3days'"),
     ({"FORWARD_MAX_AGE": "30"}, "FORWARD_MAX_AGE: invalid age '30': give a number with its unit, e.g. 30d"),
     ({"FORWARD_MAX_AGE": "0d"}, "FORWARD_MAX_AGE: must be more than 0, e.g. 3d, not '0d'"),
+    # Far longer, a retry's time would pass the year 9999 and end the worker's loop with an OverflowError.
+    ({"FORWARD_MAX_AGE": "999999999d"}, "FORWARD_MAX_AGE: '999999999d' is longer than the most allowed, 365d"),
+    ({"FORWARD_RETRY_SCHEDULE": "5s,999999999d"}, "FORWARD_RETRY_SCHEDULE: '999999999d' is longer than the most"),
     ({"FORWARD_BATCH_SIZE": "5000"}, "FORWARD_BATCH_SIZE must be at most 1000 (the most Emarsys takes in one"),
     ({"VENDOR_TIMEOUT_SECONDS": "0"}, "VENDOR_TIMEOUT_SECONDS must be more than 0 seconds"),
     ({"PUBLIC_BASE_URL": "sms-status.cfapps.eu10.hana.ondemand.com"}, "PUBLIC_BASE_URL must be an absolute"),
