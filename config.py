@@ -17,22 +17,29 @@ from services.emarsys_client import MAX_BATCH_SIZE
 from services.retry import parse_max_age, parse_schedule
 
 INSTANCE_DIR = Path(__file__).resolve().parent / "instance"
+MAX_SETTING_SECONDS = 365 * 86400.0
+MAX_WHOLE = 2**31 - 1
+# A century: a longer retention puts its cutoff before the year 1.
+MAX_RETENTION_DAYS = 36500
 
 
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _count(env: dict[str, str], name: str, default: int) -> int:
+def _count(env: dict[str, str], name: str, default: int, maximum: int = MAX_WHOLE) -> int:
     """Return a setting that counts records: a whole number of at least 1, or a start-up error naming it."""
-    return _whole(env, name, default, minimum=1)
+    return _whole(env, name, default, minimum=1, maximum=maximum)
 
 
-def _whole(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
-    """Return a whole-number setting of at least `minimum`, or a start-up error naming it."""
+def _whole(env: dict[str, str], name: str, default: int, minimum: int = 0, maximum: int = MAX_WHOLE) -> int:
+    """Return a whole-number setting from `minimum` to `maximum`, or a start-up error naming it."""
     value = (env.get(name) or "").strip() or str(default)
     if not (value.isascii() and value.isdigit()) or int(value) < minimum:
         raise StartupError(f"{name} must be a whole number of at least {minimum}, not {value!r}")
+    if int(value) > maximum:
+        # Larger, it overflows a database integer or a date computed from it, later and with a traceback.
+        raise StartupError(f"{name} must be at most {maximum}, not {value}")
     return int(value)
 
 
@@ -43,8 +50,10 @@ def _seconds(env: dict[str, str], name: str, default: float) -> float:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if not math.isfinite(seconds) or seconds < 0:
-        raise StartupError(f"{name} must be a number of seconds, 0 or more, not {value!r}")
+    # Over a year, a time the worker computes from it (now plus a retry delay) may pass the year 9999.
+    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_SETTING_SECONDS:
+        raise StartupError(f"{name} must be a number of seconds, 0 or more, up to {MAX_SETTING_SECONDS:.0f} "
+                           f"(a year), not {value!r}")
     return seconds
 
 
@@ -286,7 +295,7 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "MIGRATION_LOCK_TIMEOUT_MS": _whole(env, "MIGRATION_LOCK_TIMEOUT_MS", 5000, minimum=1),
         "DISPATCH_BATCH_SIZE": _count(env, "DISPATCH_BATCH_SIZE", 200),
         "DISPATCH_CONCURRENCY": _count(env, "DISPATCH_CONCURRENCY", 16),
-        "RETENTION_DAYS": _count(env, "RETENTION_DAYS", 30),
+        "RETENTION_DAYS": _count(env, "RETENTION_DAYS", 30, maximum=MAX_RETENTION_DAYS),
         "PURGE_BATCH_SIZE": _count(env, "PURGE_BATCH_SIZE", 5000),
         "PURGE_INTERVAL_SECONDS": _seconds(env, "PURGE_INTERVAL_SECONDS", 300),
         "PURGE_MAX_BATCHES": _count(env, "PURGE_MAX_BATCHES", 20),

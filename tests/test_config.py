@@ -91,6 +91,14 @@ def test_counts_below_one_or_not_whole_stop_start_up_naming_the_setting(name, va
         load_config({name: value})
 
 
+@pytest.mark.parametrize("name", [name for name in COUNTS if name != "FORWARD_BATCH_SIZE"])  # at most 1000
+def test_counts_too_large_for_the_database_or_a_date_stop_start_up_naming_the_setting(name):
+    maximum = 36500 if name == "RETENTION_DAYS" else 2**31 - 1
+    with pytest.raises(StartupError, match=f"^{name} must be at most {maximum}, not {maximum + 1}$"):
+        load_config({name: str(maximum + 1)})
+    load_config({name: str(maximum)})  # the largest is taken
+
+
 @pytest.mark.parametrize("name", ["FORWARD_LINGER_MS", "DATABASE_STATEMENT_TIMEOUT_MS"])
 @pytest.mark.parametrize("value", ["-1", "1s", "0.5"])
 def test_whole_numbers_that_may_be_zero_stop_start_up_naming_the_setting(name, value):
@@ -101,9 +109,10 @@ def test_whole_numbers_that_may_be_zero_stop_start_up_naming_the_setting(name, v
 
 @pytest.mark.parametrize("name", ["SEND_RETRY_DELAY_SECONDS", "VENDOR_TIMEOUT_SECONDS", "PURGE_INTERVAL_SECONDS",
                                   "METRICS_CACHE_SECONDS"])
-@pytest.mark.parametrize("value", ["-1", "5m", "nan", "inf"])
+@pytest.mark.parametrize("value", ["-1", "5m", "nan", "inf", "1e20"])
 def test_durations_that_are_not_seconds_stop_start_up_naming_the_setting(name, value):
-    with pytest.raises(StartupError, match=f"^{name} must be a number of seconds, 0 or more, not '"):
+    expected = f"^{name} must be a number of seconds, 0 or more, up to 31536000 \\(a year\\), not '"
+    with pytest.raises(StartupError, match=expected):
         load_config({name: value})
 
 
