@@ -9,7 +9,7 @@ from sqlalchemy import and_, case, delete, exists, func, or_, update
 from sqlalchemy.orm import aliased
 
 from mappers.report import OUTCOME_RANK
-from models import MessageState, OutboxItem, db
+from models import Client, MessageState, OutboxItem, db
 from services.clock import utcnow
 from services.forwarder import DEAD, LEASED, PENDING
 from services.retry import parse_age
@@ -96,10 +96,12 @@ def replay_dead_letters(client_id: uuid.UUID | None = None, since: datetime | No
     """Re-queue dead letters (optionally of one client, created since a time) and commit; return how many.
 
     A report of a message for which a later report reached Emarsys, or is on its way, stays dead:
-    sent now, it would move the message's state backwards in Emarsys.
+    sent now, it would move the message's state backwards in Emarsys. So does one of a deleted client.
     """
     now = now or utcnow()
-    stmt = update(OutboxItem).where(OutboxItem.state == DEAD, ~_superseded())
+    # A deleted client's stay dead: pending, the forwarder would drop them as never to be sent.
+    client_exists = exists().where(Client.id == OutboxItem.client_id)
+    stmt = update(OutboxItem).where(OutboxItem.state == DEAD, ~_superseded(), client_exists)
     if client_id is not None:
         stmt = stmt.where(OutboxItem.client_id == client_id)
     if since is not None:

@@ -13,3 +13,9 @@ def insert_client(client_id: uuid.UUID, vendor: str = "genesys") -> None:
     db.session.add(Client(id=client_id, vendor=vendor, settings={}, secrets="never opened",
                           callback_token=uuid.uuid4().hex, created_at=now, updated_at=now))
     db.session.commit()
+
+
+def ensure_client(client_id: uuid.UUID) -> None:
+    """Store a bare client row unless one of that id exists, for outbox items written directly."""
+    if db.session.get(Client, client_id) is None:
+        insert_client(client_id)

@@ -8,9 +8,11 @@ import pytest
 from sqlalchemy import create_engine, insert, select, text
 
 from models import MessageState, OutboxItem, db
+from services.clients import delete_client
 from services.clock import utcnow
 from services.outbox import parse_since
 from tests.pg import free_port
+from tests.records import ensure_client
 
 CLIENT_A = uuid.UUID("39a281c7-942f-49a9-91c2-8f0dba750f7f")
 CLIENT_B = uuid.UUID("5b0e6c55-2f3e-4c1e-9d8e-0a1b2c3d4e5f")
@@ -20,6 +22,7 @@ PRIVATE_BODY = "your code is 123456"
 def add_item(state: str, client_id: uuid.UUID = CLIENT_A, age: timedelta = timedelta(0), attempts: int = 0,
              last_error: str | None = None, key: str = "em-1") -> None:
     """Insert one outbox row of an inbound message whose body must never be printed."""
+    ensure_client(client_id)
     created_at = utcnow() - age
     payload = {"messageId": key, "source": "4367", "destination": "12345", "message": PRIVATE_BODY,
                "receivedAt": "2026-01-01T00:00:00Z"}
@@ -118,6 +121,20 @@ def test_replay_requeues_the_chosen_dead_letters(app, arguments, replayed):
         assert db.session.scalar(select(OutboxItem.state).where(OutboxItem.message_key == "a-done")) == "done"
 
 
+def test_replay_leaves_a_deleted_clients_dead_letters_dead_instead_of_losing_them(app):
+    with app.app_context():
+        add_item("dead", CLIENT_A, key="a-dead")
+        add_item("dead", CLIENT_B, key="b-dead")
+        delete_client(CLIENT_B)  # keeps its dead letters; pending, the forwarder would drop them
+
+    result = run(app, "replay")
+
+    assert result.exit_code == 0 and "replayed 1 dead letter(s)" in result.output
+    with app.app_context():
+        states = db.session.execute(select(OutboxItem.message_key, OutboxItem.state)).all()
+        assert sorted(states) == [("a-dead", "pending"), ("b-dead", "dead")]
+
+
 def test_replay_leaves_dead_a_report_whose_message_already_reached_emarsys_with_a_later_one(app):
     with app.app_context():
         add_item("dead", age=timedelta(days=3), key="superseded")
@@ -137,6 +154,7 @@ def test_replay_leaves_dead_a_report_whose_message_already_reached_emarsys_with_
 
 def add_report_item(state: str, key: str, at: datetime, status: str = "DELIVERED") -> None:
     """Insert one delivery report of Emarsys message `key`, of an event at `at`, into the outbox."""
+    ensure_client(CLIENT_A)
     db.session.execute(insert(OutboxItem).values(
         client_id=CLIENT_A, kind="delivery_report", message_key=key,
         payload={"emarsysMessageId": key, "status": status},

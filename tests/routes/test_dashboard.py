@@ -16,7 +16,7 @@ from services import dashboard
 from services.charts import StackedBars, nice_ceiling, stacked_bar_svg
 from services.clock import utcnow
 from services.ingest import record_delivery_report
-from tests.records import insert_client
+from tests.records import ensure_client, insert_client
 
 ADMIN = ("operator", "dash-Pa55-word")
 CLIENT_ID = uuid.UUID("0d3c8f4e-6a0b-4c55-9d1e-3f2a1b4c5d6e")
@@ -85,7 +85,8 @@ def add_bounce(bounce_type: str, pulled: bool, index: int) -> None:
 
 def add_outbox_item(state: str, message_key: str = "m", created_at: datetime | None = None,
                     sent_at: datetime | None = None, attempts: int = 0) -> OutboxItem:
-    """Store one outbox item in a given state."""
+    """Store one outbox item of the client in a given state."""
+    ensure_client(CLIENT_ID)
     now = utcnow()
     item = OutboxItem(client_id=CLIENT_ID, kind="delivery_report", message_key=message_key,
                       payload={"emarsysMessageId": message_key}, event_at=now, state=state, attempts=attempts,

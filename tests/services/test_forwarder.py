@@ -18,7 +18,7 @@ from sqlalchemy import func, insert, select, text, update
 from werkzeug import Request, Response
 
 from mappers.report import DeliveryReport, Outcome
-from models import Client, OutboundMessage, OutboxItem, db
+from models import OutboundMessage, OutboxItem, db
 from schemas.callbacks import delivery_report_item
 from schemas.client_config import load_client_config
 from services.clients import callback_urls, delete_client, save_client
@@ -27,7 +27,7 @@ from services.emarsys_client import CallResult
 from services.forwarder import REQUESTS_PER_CALL, Forwarder, claim_lock_key, emarsys_request_timeout
 from services.ingest import record_delivery_report
 from tests.emarsys_spec import requires_spec, validate_pointer, validate_schema
-from tests.records import insert_client
+from tests.records import ensure_client
 
 pytestmark = requires_spec
 
@@ -157,8 +157,7 @@ def report(number: int, outcome: Outcome = Outcome.DELIVERED, at: datetime | Non
 def seed(client_id: uuid.UUID, count: int, start: int = 0, message_key: str | None = None,
          created_at: datetime | None = None) -> None:
     """Put `count` delivery reports of a client in the outbox in one statement, as ingest would write them."""
-    if db.session.get(Client, client_id) is None:
-        insert_client(client_id)
+    ensure_client(client_id)
     now = created_at or utcnow()
     rows = []
     for number in range(start, start + count):

@@ -14,6 +14,7 @@ from services.clock import utcnow
 from services.outbox import replay_dead_letters
 from services.retention import RULES, RetentionJob, purge
 from services.worker import Worker
+from tests.records import ensure_client
 from tests.test_cli_outbox import CLIENT_A, add_report_item, add_state
 
 RETENTION = timedelta(days=30)
@@ -282,6 +283,7 @@ def test_a_dead_letter_keeps_its_messages_state_so_a_replay_after_retention_stay
     add_report_item("done", "em-7", at=context - timedelta(days=39))
     add_state("em-7", at=context - timedelta(days=39))
     # Purged as before: a message whose dead item is an inbound message, or another client's.
+    ensure_client(CLIENT_ID)
     for key, column, other in (("em-8", "kind", "inbound_message"), ("em-9", "client_id", CLIENT_ID)):
         add_report_item("dead", key, at=context - timedelta(days=40))
         db.session.execute(db.update(OutboxItem).where(OutboxItem.message_key == key).values({column: other}))
