@@ -452,10 +452,18 @@ def _unchanged(request: requests.PreparedRequest) -> requests.PreparedRequest:
 
 def ignore_netrc(session: requests.Session) -> requests.Session:
     """Keep ~/.netrc credentials off the session's requests (proxies from the environment still apply)."""
-    # requests reads .netrc only for a request with no auth of its own or of its session's; what it
-    # finds there would replace a bearer header and reach a third party.
+    # requests reads .netrc for a request with no auth of its own or of its session's, and again for
+    # each redirect it follows; what it finds would replace a bearer header and reach a third party.
     if session.auth is None:
         session.auth = _unchanged
+
+    def strip_only(prepared: requests.PreparedRequest, response: requests.Response) -> None:
+        # requests' own rebuild_auth, less its .netrc look-up: credentials leave for another host.
+        leaves = session.should_strip_auth(response.request.url, prepared.url)
+        if leaves and "Authorization" in prepared.headers:
+            del prepared.headers["Authorization"]
+
+    session.rebuild_auth = strip_only
     return session
 
 

@@ -248,6 +248,23 @@ def test_a_netrc_entry_does_not_send_its_credentials_to_the_jwks_host(verifier: 
     assert [request.headers.get("Authorization") for request, _ in httpserver.log] == [None]
 
 
+def test_a_netrc_entry_does_not_ride_along_a_jwks_redirect(clock: FakeClock, rsa_key: rsa.RSAPrivateKey,
+                                                           jwks: JwksServer, httpserver, tmp_path,
+                                                           monkeypatch) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login ops password netrc-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    httpserver.expect_request("/moved-certs").respond_with_handler(
+        lambda request: Response(status=302, headers={"Location": jwks.url}))
+
+    verifier = make_verifier(httpserver.url_for("/moved-certs"), clock)
+
+    assert verifier.verify(bearer(sign(rsa_key)))["azp"] == CLIENT_ID
+    assert [(request.path, request.headers.get("Authorization")) for request, _ in httpserver.log] == [
+        ("/moved-certs", None), (JWKS_PATH, None)]
+
+
 def test_bearer_scheme_is_case_insensitive(verifier: EmarsysTokenVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
     assert verifier.verify("bearer " + sign(rsa_key))["azp"] == CLIENT_ID
 
