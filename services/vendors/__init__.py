@@ -42,16 +42,20 @@ class SendResult:
 
     def __post_init__(self) -> None:
         """Make the vendor's texts storable; drop a vendor id that cannot be a message's key."""
-        # PostgreSQL text holds no NUL: one in a vendor's answer would leave the message unrecorded.
-        status_code = str(self.status_code).replace("\x00", "")[:MAX_STATUS_CODE_LENGTH]
-        object.__setattr__(self, "status_code", status_code)
-        object.__setattr__(self, "status_text", str(self.status_text).replace("\x00", ""))
+        object.__setattr__(self, "status_code", _storable(self.status_code)[:MAX_STATUS_CODE_LENGTH])
+        object.__setattr__(self, "status_text", _storable(self.status_text))
         vendor_id = None if self.vendor_message_id is None else str(self.vendor_message_id)  # a JSON number
         # One too long or with control characters: receipts carrying it would be refused too, so our
         # own id stays the key.
         unusable = vendor_id is not None and (len(vendor_id) > MAX_MESSAGE_ID_LENGTH
                                               or not vendor_id.isprintable())
         object.__setattr__(self, "vendor_message_id", None if unusable else vendor_id)
+
+
+def _storable(value: object) -> str:
+    # PostgreSQL text holds no NUL and UTF-8 no lone surrogate (JSON may carry "\ud800"): either in
+    # a vendor's answer would leave the message unrecorded.
+    return str(value).replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 @dataclass(frozen=True)

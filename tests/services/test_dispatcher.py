@@ -290,8 +290,10 @@ def test_twilio_send_whose_answer_was_lost_is_not_sent_twice(app_context, httpse
     (201, {"sid": "SM" + "1" * 32, "status": "queued\u0000"}),
     (400, {"code": 21999, "message": "odd\u0000gateway"}),
     (201, {"sid": "SM\u0000" + "1" * 32, "status": "queued"}),
+    (201, {"sid": "SM" + "1" * 32, "status": "queued\ud800"}),  # a lone surrogate: no UTF-8 for it
+    (400, {"code": 21999, "message": "odd\udc00gateway"}),
 ])
-def test_a_vendor_answer_with_a_nul_is_recorded_not_left_sending(app_context, httpserver, http_status, answer):
+def test_a_vendor_answer_with_a_nul_or_a_lone_surrogate_is_recorded_not_left_sending(app_context, httpserver, http_status, answer):
     # A Twilio-compatible baseUrl is the client's to choose: its answers may hold what PostgreSQL cannot.
     httpserver.expect_request(TWILIO_MESSAGES, method="POST").respond_with_json(answer, status=http_status)
     [public_id] = queue_messages(twilio_client(httpserver.url_for("/")))
