@@ -238,8 +238,9 @@ def upgrade_retrying_lock_timeouts(upgrade: Callable[[], None], lock_timeout_sec
         except OperationalError as error:
             if getattr(error.orig, "pgcode", None) != LOCK_NOT_AVAILABLE:
                 raise
-            click.echo(f"migration waited {lock_timeout_seconds:g} s for a table lock (attempt {attempt} of "
-                       f"{MIGRATION_ATTEMPTS}); a long transaction holds a table it changes", err=True)
+            click.echo(f"migration gave up waiting for a lock (attempt {attempt} of {MIGRATION_ATTEMPTS}); "
+                       "a long transaction holds a table it changes, or (an index built concurrently) "
+                       "an older snapshot", err=True)
             time.sleep(lock_timeout_seconds)
     raise StartupError(f"migration gave up: a table it changes stayed locked through {MIGRATION_ATTEMPTS} "
                        "attempts (see pg_stat_activity for long transactions), try again once they end")

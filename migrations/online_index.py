@@ -7,8 +7,16 @@ deploy) leaves an invalid index behind, which the retry drops before building ag
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import sqlalchemy as sa
 from alembic import op
+
+# How long a concurrent build waits for older transactions. Its waits hold off no writes, unlike a
+# plain DDL's (MIGRATION_LOCK_TIMEOUT_MS), but it waits for every snapshot in the database, a
+# report's or a dump's on another table too; much longer, the platform's start timeout ends it.
+CONCURRENT_WAIT_MS = 60000
 
 
 def create_index_online(name: str, table: str, columns: list[str], where: str) -> None:
@@ -16,7 +24,7 @@ def create_index_online(name: str, table: str, columns: list[str], where: str) -
     if op.get_bind().dialect.name != "postgresql":
         op.create_index(name, table, columns, unique=False, sqlite_where=sa.text(where))
         return
-    with op.get_context().autocommit_block():
+    with _concurrently():
         op.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
         op.create_index(name, table, columns, unique=False, postgresql_where=sa.text(where),
                         postgresql_concurrently=True)
@@ -27,8 +35,24 @@ def drop_index_online(name: str, table: str) -> None:
     if op.get_bind().dialect.name != "postgresql":
         op.drop_index(name, table_name=table, if_exists=True)
         return
-    with op.get_context().autocommit_block():
+    with _concurrently():
         op.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+
+
+@contextmanager
+def _concurrently() -> Iterator[None]:
+    """Run the block outside a transaction, waiting up to CONCURRENT_WAIT_MS for older ones."""
+    with op.get_context().autocommit_block():
+        if op.get_context().as_sql:  # offline SQL (`flask db upgrade --sql`): its reader sets timeouts
+            yield
+            return
+        bind = op.get_bind()
+        lock_timeout = bind.exec_driver_sql("SHOW lock_timeout").scalar()
+        bind.exec_driver_sql(f"SET lock_timeout = {CONCURRENT_WAIT_MS}")
+        try:
+            yield
+        finally:
+            bind.exec_driver_sql("SELECT set_config('lock_timeout', %(value)s, false)", {"value": lock_timeout})
 
 
 def rename_index(old: str, new: str) -> None:

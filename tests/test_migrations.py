@@ -190,3 +190,32 @@ def test_an_index_build_cut_short_before_is_built_again(unmigrated_postgresql_ur
     engine.dispose()
     assert "(client_id, kind, id)" in definition and "ix_outbox_open_by_id" not in definition
 
+
+
+def test_an_index_build_waits_out_a_reader_of_another_table_longer_than_the_lock_timeout(
+        unmigrated_postgresql_url):
+    # A concurrent build waits for every older snapshot, a report's or a dump's on another table
+    # too; those waits hold off no writes, so MIGRATION_LOCK_TIMEOUT_MS does not cut them short.
+    app = create_app({**TEST_SETTINGS, "SQLALCHEMY_DATABASE_URI": unmigrated_postgresql_url,
+                      "MIGRATION_LOCK_TIMEOUT_MS": 200})
+    with app.app_context():
+        upgrade(revision="0012")
+        db.engine.dispose()
+    readers = create_engine(unmigrated_postgresql_url, isolation_level="REPEATABLE READ")
+    reader = readers.connect()
+    reader.execute(text("SELECT count(*) FROM bounces"))
+    ends = threading.Timer(3.0, reader.rollback)
+    ends.start()
+    try:
+        with app.app_context():
+            migrated = app.test_cli_runner().invoke(args=["db-upgrade-locked"])
+            version = db.session.scalar(text("SELECT version_num FROM alembic_version"))
+            lock_timeout = db.session.scalar(text("SHOW lock_timeout"))
+            db.engine.dispose()
+    finally:
+        ends.join()
+        reader.close()
+        readers.dispose()
+
+    assert migrated.exit_code == 0, migrated.output
+    assert (version, lock_timeout) == ("0013", "0")
