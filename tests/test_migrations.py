@@ -19,8 +19,8 @@ from tests.conftest import TEST_SETTINGS
 
 @pytest.mark.parametrize("app_fixture", ["app", "sqlite_app"])
 def test_migrated_schema_matches_the_models(request, app_fixture):
-    migrated_app = request.getfixturevalue(app_fixture)
-    with migrated_app.app_context(), db.engine.connect() as connection:
+    schema_app = request.getfixturevalue(app_fixture)
+    with schema_app.app_context(), db.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
         differences = compare_metadata(context, db.metadata)
     # A model changed without a migration (or the reverse) shows here as the DDL it would need.
@@ -67,6 +67,15 @@ def test_revision_0007_drops_the_sap_bounces_of_emarsys_clients_messages(unmigra
         db.engine.dispose()
 
 
+def migrated_app(url: str, revision: str, **settings):
+    """Return an app on the database at `url`, migrated to `revision`."""
+    app = create_app({**TEST_SETTINGS, "SQLALCHEMY_DATABASE_URI": url, **settings})
+    with app.app_context():
+        upgrade(revision=revision)
+        db.engine.dispose()
+    return app
+
+
 @pytest.fixture
 def unmigrated_postgresql_url(postgres):
     """Return the URL of an empty PostgreSQL database."""
@@ -75,11 +84,7 @@ def unmigrated_postgresql_url(postgres):
 
 def test_a_migration_blocked_by_a_long_transaction_gives_up_instead_of_stalling_the_service(
         unmigrated_postgresql_url):
-    app = create_app({**TEST_SETTINGS, "SQLALCHEMY_DATABASE_URI": unmigrated_postgresql_url,
-                      "MIGRATION_LOCK_TIMEOUT_MS": 200})
-    with app.app_context():
-        upgrade(revision="0011")
-        db.engine.dispose()
+    app = migrated_app(unmigrated_postgresql_url, "0011", MIGRATION_LOCK_TIMEOUT_MS=200)
     long_transaction = create_engine(unmigrated_postgresql_url).connect()
     long_transaction.execute(text("SELECT count(*) FROM clients"))  # holds the table until it ends
     try:
@@ -128,11 +133,7 @@ def wait_for_a_waiting_migration(url: str, seconds: float = 10.0) -> None:
 @pytest.mark.parametrize("before, revision", [("0009", "0010"), ("0012", "0013")])
 def test_an_index_migration_leaves_its_table_writable_while_it_builds(unmigrated_postgresql_url, before,
                                                                      revision):
-    app = create_app({**TEST_SETTINGS, "SQLALCHEMY_DATABASE_URI": unmigrated_postgresql_url,
-                      "MIGRATION_LOCK_TIMEOUT_MS": 30000})
-    with app.app_context():
-        upgrade(revision=before)
-        db.engine.dispose()
+    app = migrated_app(unmigrated_postgresql_url, before, MIGRATION_LOCK_TIMEOUT_MS=30000)
     writers = create_engine(unmigrated_postgresql_url)
     open_writer, next_writer = writers.connect(), writers.connect()
     open_writer.execute(text(OUTBOX_ROW), {"client": str(uuid.uuid4()), "key": "open"})
@@ -167,10 +168,7 @@ def test_an_index_migration_leaves_its_table_writable_while_it_builds(unmigrated
 
 
 def test_an_index_build_cut_short_before_is_built_again(unmigrated_postgresql_url):
-    app = create_app({**TEST_SETTINGS, "SQLALCHEMY_DATABASE_URI": unmigrated_postgresql_url})
-    with app.app_context():
-        upgrade(revision="0012")
-        db.engine.dispose()
+    app = migrated_app(unmigrated_postgresql_url, "0012")
     engine = create_engine(unmigrated_postgresql_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
         for key in ("a", "b"):
@@ -191,16 +189,11 @@ def test_an_index_build_cut_short_before_is_built_again(unmigrated_postgresql_ur
     assert "(client_id, kind, id)" in definition and "ix_outbox_open_by_id" not in definition
 
 
-
 def test_an_index_build_waits_out_a_reader_of_another_table_longer_than_the_lock_timeout(
         unmigrated_postgresql_url):
     # A concurrent build waits for every older snapshot, a report's or a dump's on another table
     # too; those waits hold off no writes, so MIGRATION_LOCK_TIMEOUT_MS does not cut them short.
-    app = create_app({**TEST_SETTINGS, "SQLALCHEMY_DATABASE_URI": unmigrated_postgresql_url,
-                      "MIGRATION_LOCK_TIMEOUT_MS": 200})
-    with app.app_context():
-        upgrade(revision="0012")
-        db.engine.dispose()
+    app = migrated_app(unmigrated_postgresql_url, "0012", MIGRATION_LOCK_TIMEOUT_MS=200)
     readers = create_engine(unmigrated_postgresql_url, isolation_level="REPEATABLE READ")
     reader = readers.connect()
     reader.execute(text("SELECT count(*) FROM bounces"))
