@@ -344,7 +344,8 @@ def _checked_database_url(url: str, source: str) -> str:
         raise StartupError(f"{source} must be a postgresql://, postgres:// or sqlite:// URL, "
                            f"not {parsed.drivername}://")
     if port is not None and not 1 <= port <= 65535:
-        raise StartupError(f"{source} names port {port}: a port is 1 to 65535")
+        # Not echoed: in a URL missing its host, "user:password" reads as host and port.
+        raise StartupError(f"{source} has a port outside 1 to 65535 ({_NOT_SHOWN})")
     return url
 
 

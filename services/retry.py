@@ -13,6 +13,7 @@ DEFAULT_SCHEDULE = "5s,1m,5m,30m,2h,5h"
 DEFAULT_MAX_AGE = "3d"
 DEFAULT_JITTER = 0.2
 MAX_RETRY_SECONDS = 365 * 86400.0
+BARE_MAX_AGE_MINIMUM = 3600.0
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
@@ -44,12 +45,24 @@ def parse_age(text: str) -> float:
 
 
 def parse_max_age(text: str) -> float:
-    """Return the seconds in an age after which a failing item is given up ("3d"); it must be more than 0."""
-    seconds = parse_age(text)
+    """Return the seconds in an age after which a failing item is given up ("3d"); it must be more than 0.
+
+    A bare number is seconds, as it always was, but only from an hour up: "30" meant as days would
+    give every report up after 30 seconds of an Emarsys outage.
+    """
+    seconds = parse_duration(text)
+    if _has_no_unit(text) and seconds < BARE_MAX_AGE_MINIMUM:
+        raise ValueError(f"invalid age {text!r}: give a number with its unit, e.g. 30d or 12h "
+                         f"(a bare number is seconds, and then at least {BARE_MAX_AGE_MINIMUM:.0f})")
     if seconds <= 0:
         # Every report would be a dead letter at its first failure.
         raise ValueError(f"must be more than 0, e.g. {DEFAULT_MAX_AGE}, not {text!r}")
     return _at_most_a_year(seconds, text)
+
+
+def _has_no_unit(text: str) -> bool:
+    match = _DURATION.fullmatch(text.strip().lower())
+    return match is not None and match.group(2) is None
 
 
 def _at_most_a_year(seconds: float, text: str) -> float:
@@ -60,12 +73,11 @@ def _at_most_a_year(seconds: float, text: str) -> float:
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:
-    """Return the delays, in seconds, of a comma-separated schedule such as "5s,1m,2h"; each needs its unit."""
+    """Return the delays, in seconds, of a schedule such as "5s,1m,2h" (a bare number is seconds)."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
     if not parts:
         raise ValueError("retry schedule is empty: give at least one delay, e.g. '5s,1m'")
-    # Read as seconds, a "5" meant as minutes would retry a struggling Emarsys every few seconds.
-    return tuple(_at_most_a_year(_with_unit(part, "delay", "5s or 1m"), part) for part in parts)
+    return tuple(_at_most_a_year(parse_duration(part), part) for part in parts)
 
 
 def _setting(name: str, parse: Callable[[str], Any], text: str) -> Any:

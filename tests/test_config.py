@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from config import database_url_from_vcap, load_config, normalise_database_url
+from services.retry import RetryPolicy
 from errors import StartupError
 from tests.emarsys_spec import SPEC_DIR, requires_spec
 
@@ -46,7 +47,9 @@ def test_database_url_wins_over_vcap_services():
 
 @pytest.mark.parametrize("environ, message", [
     ({"DATABASE_URL": "postgresql://u:db-S3cret@h:abc/db"}, "DATABASE_URL has a port that is not a number"),
-    ({"DATABASE_URL": "postgresql://u:db-S3cret@h:70000/db"}, "DATABASE_URL names port 70000"),
+    ({"DATABASE_URL": "postgresql://u:db-S3cret@h:70000/db"}, "DATABASE_URL has a port outside 1 to 65535"),
+    # No host: "sms:73915482" reads as host and port, so the port is the password and never shown.
+    ({"DATABASE_URL": "postgresql://sms:73915482/sms"}, "DATABASE_URL has a port outside 1 to 65535 (not shown"),
     ({"DATABASE_URL": "db-S3cret"}, "DATABASE_URL is not a database URL such as postgresql://"),
     ({"DATABASE_URL": "mysql://u:db-S3cret@h/y"},
      "DATABASE_URL must be a postgresql://, postgres:// or sqlite:// URL, not mysql://"),
@@ -185,11 +188,11 @@ def test_a_whole_basic_auth_pair_or_none_starts():
 
 
 @pytest.mark.parametrize("environ, message", [
-    ({"FORWARD_RETRY_SCHEDULE": "5x"}, "FORWARD_RETRY_SCHEDULE: invalid delay '5x'"),
-    # A bare number is not read as seconds: "30" meant as days would dead-letter a report after 30 s.
-    ({"FORWARD_RETRY_SCHEDULE": "5s, 60"}, "FORWARD_RETRY_SCHEDULE: invalid delay '60': give a number with its"),
-    ({"FORWARD_MAX_AGE": "3days"}, "FORWARD_MAX_AGE: invalid age '3days'"),
+    ({"FORWARD_RETRY_SCHEDULE": "5x"}, "FORWARD_RETRY_SCHEDULE: invalid duration '5x'"),
+    ({"FORWARD_MAX_AGE": "3days"}, "FORWARD_MAX_AGE: invalid duration '3days'"),
+    # A bare number under an hour: "30" meant as days would dead-letter a report after 30 s.
     ({"FORWARD_MAX_AGE": "30"}, "FORWARD_MAX_AGE: invalid age '30': give a number with its unit, e.g. 30d"),
+    ({"FORWARD_MAX_AGE": "3599"}, "FORWARD_MAX_AGE: invalid age '3599': give a number with its unit"),
     ({"FORWARD_MAX_AGE": "0d"}, "FORWARD_MAX_AGE: must be more than 0, e.g. 3d, not '0d'"),
     # Far longer, a retry's time would pass the year 9999 and end the worker's loop with an OverflowError.
     ({"FORWARD_MAX_AGE": "999999999d"}, "FORWARD_MAX_AGE: '999999999d' is longer than the most allowed, 365d"),
@@ -203,6 +206,18 @@ def test_a_setting_the_worker_or_the_callbacks_could_not_use_stops_start_up(envi
     # The web process would otherwise run on, accepting messages, while the worker refuses to start.
     with pytest.raises(StartupError, match=f"^{re.escape(message)}"):
         load_config(environ)
+
+
+@pytest.mark.parametrize("environ, delays, max_age", [
+    ({"FORWARD_RETRY_SCHEDULE": "5,60,300,1800"}, (5.0, 60.0, 300.0, 1800.0), 3 * 86400.0),
+    ({"FORWARD_RETRY_SCHEDULE": "500ms, 2s,1m"}, (0.5, 2.0, 60.0), 3 * 86400.0),
+    ({"FORWARD_MAX_AGE": "259200"}, (5.0, 60.0, 300.0, 1800.0, 7200.0, 18000.0), 259200.0),
+    ({"FORWARD_MAX_AGE": "12h"}, (5.0, 60.0, 300.0, 1800.0, 7200.0, 18000.0), 43200.0),
+])
+def test_forward_settings_in_seconds_as_they_always_were_still_start(environ, delays, max_age):
+    config = load_config({"DATABASE_URL": "sqlite://", **environ})
+    policy = RetryPolicy.from_config(config["FORWARD_RETRY_SCHEDULE"], config["FORWARD_MAX_AGE"])
+    assert (policy.delays, policy.max_age) == (delays, max_age)
 
 
 def test_public_base_url_keeps_its_path_without_the_trailing_slash():
