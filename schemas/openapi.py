@@ -115,8 +115,9 @@ FIELD_ERRORS = json_body(responses.FieldErrorsSchema, "Invalid custom fields or 
 
 OPERATIONS: dict[str, Operation] = {
     "ops.health": Operation("ops", {"200": json_body(responses.HealthSchema, "The process is up")}),
-    "ops.ready": Operation("ops", {"200": json_body(responses.ReadinessSchema, "The database answers"),
-                                   "503": json_body(responses.ReadinessSchema, "The database does not answer")}),
+    "ops.ready": Operation("ops", {
+        "200": json_body(responses.ReadinessSchema, "The database answers, its schema current"),
+        "503": json_body(responses.ReadinessSchema, "The database does not answer, or its schema is older")}),
     "ops.metrics": Operation(
         "ops", {"200": {"description": "Prometheus text exposition format",
                         "content": {"text/plain": {"schema": {"type": "string"}}}},

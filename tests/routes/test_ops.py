@@ -5,9 +5,14 @@ import socket
 import threading
 
 import pytest
+from sqlalchemy import text
 
+from app import create_app
+from models import db
 from services import health
+from tests.conftest import TEST_SETTINGS
 from tests.pg import free_port
+from tests.test_migrations import fresh_postgresql_database, migrated_app
 
 
 def test_health_answers_200(client):
@@ -25,6 +30,30 @@ def test_ready_answers_503_with_a_reason_when_the_database_is_down(make_app):
     response = client.get("/ready")
     assert response.status_code == 503
     assert response.get_json()["reason"].startswith("database")
+
+
+@pytest.mark.parametrize("revision, status, reason", [
+    (None, 503, "database schema not migrated; this code needs 0013: run flask --app app db-upgrade-locked"),
+    ("0012", 503, "database schema at 0012, this code needs 0013: run flask --app app db-upgrade-locked"),
+    ("0013", 200, None),
+    # Newer than this code: a rolling deploy's new release migrated it, and the old one still serves.
+    ("0014", 200, None),
+])
+def test_ready_says_when_the_schema_is_older_than_this_code(postgres, revision, status, reason):
+    url = fresh_postgresql_database(postgres, "sms_ready_test")
+    if revision is not None:
+        app = migrated_app(url, min(revision, "0013"))
+        if revision == "0014":
+            with app.app_context():
+                db.session.execute(text("UPDATE alembic_version SET version_num = '0014'"))
+                db.session.commit()
+    app = create_app({**TEST_SETTINGS, "SQLALCHEMY_DATABASE_URI": url})
+
+    response = app.test_client().get("/ready")
+
+    assert (response.status_code, response.get_json().get("reason")) == (status, reason)
+    with app.app_context():
+        db.engine.dispose()
 
 
 @pytest.fixture
