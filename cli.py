@@ -147,18 +147,20 @@ def outbox_replay_command(client_id: uuid.UUID | None, since: datetime | None) -
     click.echo(f"replayed {replay_dead_letters(client_id, since)} dead letter(s)")
     left = count_dead_letters(client_id)
     if left:
-        click.echo(f"{left} dead letter(s) left: created before --since, or superseded by a later report "
-                   "of the same message, sent or on its way (sent now, it would move its state backwards)")
+        click.echo(f"{left} dead letter(s) left: created before --since, superseded by a later report "
+                   "of the same message, sent or on its way (sent now, it would move its state backwards), "
+                   "or of a deleted client; `outbox discard-superseded` removes the last two kinds")
 
 
 @outbox_group.command("discard-superseded")
 @click.option("--client", "client_id", type=click.UUID, help="Only this Emarsys client.")
 @database_faults_in_one_line
 def outbox_discard_superseded_command(client_id: uuid.UUID | None) -> None:
-    """Delete the dead letters replay leaves dead (a later report of their message was sent) and print how many."""
+    """Delete the dead letters replay leaves dead (superseded, or a deleted client's) and print how many."""
     from services.outbox import count_dead_letters, discard_superseded_dead_letters
 
-    click.echo(f"discarded {discard_superseded_dead_letters(client_id)} superseded dead letter(s)")
+    click.echo(f"discarded {discard_superseded_dead_letters(client_id)} superseded dead letter(s) "
+               "(or of a deleted client)")
     click.echo(f"{count_dead_letters(client_id)} dead letter(s) left, each the latest report of its message")
 
 

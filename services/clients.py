@@ -16,7 +16,7 @@ from models import Client, MessageState, OutboundMessage, OutboxItem, db
 from schemas.client_config import ClientConfig
 from services.clock import utcnow
 from services.crypto import SecretBox, UndecryptableSecrets
-from services.forwarder import LEASED, PENDING
+from services.forwarder import DEAD, LEASED, PENDING
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ FOR_UPDATE = {"read": False}
 
 
 def delete_client(client_id: uuid.UUID) -> None:
-    """Delete a client, cancel its unsent messages, drop its unforwarded reports, and commit."""
+    """Delete a client, cancel its unsent messages, drop its unforwarded reports and dead letters, and commit."""
     client = get_client(client_id, lock=FOR_UPDATE)
     now = utcnow()
     # A message being sent is cancelled too: if its worker dies, no other may claim it later and send
@@ -171,9 +171,10 @@ def delete_client(client_id: uuid.UUID) -> None:
                        .where(OutboundMessage.client_id == client_id,
                               OutboundMessage.state.in_(("queued", "sending")))
                        .values(state="cancelled", updated_at=now, lease_owner=None, lease_until=None))
-    # Emarsys would answer them 404: they would only pile up as dead letters.
+    # Emarsys would answer them 404: they would only pile up as dead letters. The dead letters go
+    # too: no replay could deliver them, and they would hold the dead-letter count up for ever.
     db.session.execute(delete(OutboxItem)
-                       .where(OutboxItem.client_id == client_id, OutboxItem.state.in_((PENDING, LEASED))))
+                       .where(OutboxItem.client_id == client_id, OutboxItem.state.in_((PENDING, LEASED, DEAD))))
     db.session.delete(client)
     db.session.commit()
     log.info("client %s deleted", client_id)

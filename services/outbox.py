@@ -100,8 +100,7 @@ def replay_dead_letters(client_id: uuid.UUID | None = None, since: datetime | No
     """
     now = now or utcnow()
     # A deleted client's stay dead: pending, the forwarder would drop them as never to be sent.
-    client_exists = exists().where(Client.id == OutboxItem.client_id)
-    stmt = update(OutboxItem).where(OutboxItem.state == DEAD, ~_superseded(), client_exists)
+    stmt = update(OutboxItem).where(OutboxItem.state == DEAD, ~_superseded(), _client_exists())
     if client_id is not None:
         stmt = stmt.where(OutboxItem.client_id == client_id)
     if since is not None:
@@ -117,15 +116,21 @@ def replay_dead_letters(client_id: uuid.UUID | None = None, since: datetime | No
 def discard_superseded_dead_letters(client_id: uuid.UUID | None = None) -> int:
     """Delete the dead letters a replay would never send (optionally of one client) and commit; return how many.
 
-    Their message has a later report that reached Emarsys or is on its way, so Emarsys needs
-    them no more; left, they would keep the dead-letter count above zero for ever.
+    Their message has a later report that reached Emarsys or is on its way, or their client was
+    deleted (before deleting a client dropped its dead letters too), so Emarsys needs them no
+    more; left, they would keep the dead-letter count above zero for ever.
     """
-    stmt = delete(OutboxItem).where(OutboxItem.state == DEAD, _superseded())
+    stmt = delete(OutboxItem).where(OutboxItem.state == DEAD, or_(_superseded(), ~_client_exists()))
     if client_id is not None:
         stmt = stmt.where(OutboxItem.client_id == client_id)
     discarded = db.session.execute(stmt.execution_options(synchronize_session=False)).rowcount
     db.session.commit()
     return discarded
+
+
+def _client_exists():
+    """Return the condition of an item whose client still exists (deleting one drops its items)."""
+    return exists().where(Client.id == OutboxItem.client_id)
 
 
 def _superseded():

@@ -5,12 +5,12 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import create_engine, delete, insert, select, text
 
-from models import MessageState, OutboxItem, db
+from models import Client, MessageState, OutboxItem, db
 from services.clients import delete_client
 from services.clock import utcnow
-from services.outbox import parse_since
+from services.outbox import count_dead_letters, parse_since
 from tests.pg import free_port
 from tests.records import ensure_client
 
@@ -121,18 +121,32 @@ def test_replay_requeues_the_chosen_dead_letters(app, arguments, replayed):
         assert db.session.scalar(select(OutboxItem.state).where(OutboxItem.message_key == "a-done")) == "done"
 
 
-def test_replay_leaves_a_deleted_clients_dead_letters_dead_instead_of_losing_them(app):
+def test_deleting_a_client_drops_its_dead_letters_so_none_holds_the_count_up(app):
     with app.app_context():
         add_item("dead", CLIENT_A, key="a-dead")
         add_item("dead", CLIENT_B, key="b-dead")
-        delete_client(CLIENT_B)  # keeps its dead letters; pending, the forwarder would drop them
+        delete_client(CLIENT_B)  # no replay could deliver them: Emarsys knows the client no more
+        assert count_dead_letters() == 1
 
-    result = run(app, "replay")
+    assert "replayed 1 dead letter(s)" in run(app, "replay").output
 
-    assert result.exit_code == 0 and "replayed 1 dead letter(s)" in result.output
+
+def test_a_dead_letter_left_by_a_client_deleted_before_is_kept_by_replay_and_discarded(app):
+    with app.app_context():
+        add_item("dead", CLIENT_A, key="a-dead")
+        add_item("dead", CLIENT_B, key="b-dead")
+        # Deleted by an earlier version, which kept the client's dead letters.
+        db.session.execute(delete(Client).where(Client.id == CLIENT_B))
+        db.session.commit()
+
+    replayed = run(app, "replay")
+    discarded = run(app, "discard-superseded")
+
+    assert "replayed 1 dead letter(s)" in replayed.output and "of a deleted client" in replayed.output
+    assert "discarded 1 superseded dead letter(s)" in discarded.output
     with app.app_context():
         states = db.session.execute(select(OutboxItem.message_key, OutboxItem.state)).all()
-        assert sorted(states) == [("a-dead", "pending"), ("b-dead", "dead")]
+        assert states == [("a-dead", "pending")]
 
 
 def test_replay_leaves_dead_a_report_whose_message_already_reached_emarsys_with_a_later_one(app):
