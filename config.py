@@ -27,19 +27,20 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _count(env: dict[str, str], name: str, default: int, maximum: int = MAX_WHOLE) -> int:
+def _count(env: dict[str, str], name: str, default: int, maximum: int = MAX_WHOLE, why: str = "") -> int:
     """Return a setting that counts records: a whole number of at least 1, or a start-up error naming it."""
-    return _whole(env, name, default, minimum=1, maximum=maximum)
+    return _whole(env, name, default, minimum=1, maximum=maximum, why=why)
 
 
-def _whole(env: dict[str, str], name: str, default: int, minimum: int = 0, maximum: int = MAX_WHOLE) -> int:
-    """Return a whole-number setting from `minimum` to `maximum`, or a start-up error naming it."""
+def _whole(env: dict[str, str], name: str, default: int, minimum: int = 0, maximum: int = MAX_WHOLE,
+           why: str = "") -> int:
+    """Return a whole-number setting from `minimum` to `maximum`, or a start-up error naming it (and `why`)."""
     value = (env.get(name) or "").strip() or str(default)
     if not (value.isascii() and value.isdigit()) or int(value) < minimum:
         raise StartupError(f"{name} must be a whole number of at least {minimum}, not {value!r}")
     if int(value) > maximum:
         # Larger, it overflows a database integer or a date computed from it, later and with a traceback.
-        raise StartupError(f"{name} must be at most {maximum}, not {value}")
+        raise StartupError(f"{name} must be at most {maximum}{f' ({why})' if why else ''}, not {value}")
     return int(value)
 
 
@@ -74,16 +75,6 @@ def _parsed(env: dict[str, str], name: str, default: str, parse) -> str:
         # The web process must not start while the worker, which reads it, would refuse to.
         raise StartupError(f"{name}: {error}") from None
     return value
-
-
-def _forward_batch_size(env: dict[str, str]) -> int:
-    """Return FORWARD_BATCH_SIZE (1 to 1000), or a start-up error naming it."""
-    size = _count(env, "FORWARD_BATCH_SIZE", MAX_BATCH_SIZE)
-    if size > MAX_BATCH_SIZE:
-        # The web process must not start while the worker, which reads it, would refuse to.
-        raise StartupError(f"FORWARD_BATCH_SIZE must be at most {MAX_BATCH_SIZE} (the most Emarsys takes "
-                           f"in one call), not {size}")
-    return size
 
 
 def _public_base_url(env: dict[str, str]) -> str:
@@ -284,7 +275,9 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "FORWARD_LINGER_MS": _whole(env, "FORWARD_LINGER_MS", 1000),
         "FORWARD_RETRY_SCHEDULE": _parsed(env, "FORWARD_RETRY_SCHEDULE", "5s,1m,5m,30m,2h,5h", parse_schedule),
         "FORWARD_MAX_AGE": _parsed(env, "FORWARD_MAX_AGE", "3d", parse_max_age),
-        "FORWARD_BATCH_SIZE": _forward_batch_size(env),
+        # The web process refuses what the worker, which reads it, would refuse.
+        "FORWARD_BATCH_SIZE": _count(env, "FORWARD_BATCH_SIZE", MAX_BATCH_SIZE, maximum=MAX_BATCH_SIZE,
+                                     why="the most Emarsys takes in one call"),
         "SEND_RETRY_DELAY_SECONDS": _seconds(env, "SEND_RETRY_DELAY_SECONDS", 30),
         "SEND_MAX_ATTEMPTS": _count(env, "SEND_MAX_ATTEMPTS", 10),
         "VENDOR_TIMEOUT_SECONDS": _positive_seconds(env, "VENDOR_TIMEOUT_SECONDS", 10),

@@ -105,6 +105,11 @@ def _defer_held_back(client_id: uuid.UUID, kind: str, now: datetime) -> None:
         .values(next_attempt_at=retry_at).execution_options(synchronize_session=False))
 
 
+def of_existing_client() -> ColumnElement[bool]:
+    """Return the condition of an outbox item whose client still exists."""
+    return exists().where(Client.id == OutboxItem.client_id)
+
+
 def drop_items_of_deleted_client(client_id: uuid.UUID, kind: str) -> int:
     """Delete the open items of a client that no longer exists; return how many."""
     # Deleting a client drops its open items, but a report whose statement read the client just
@@ -112,7 +117,7 @@ def drop_items_of_deleted_client(client_id: uuid.UUID, kind: str) -> int:
     # letter); the deletion meant it never to be sent.
     stmt = (delete(OutboxItem)
             .where(OutboxItem.client_id == client_id, OutboxItem.kind == kind,
-                   OutboxItem.state.in_((PENDING, LEASED)), ~exists().where(Client.id == client_id))
+                   OutboxItem.state.in_((PENDING, LEASED)), ~of_existing_client())
             .execution_options(synchronize_session=False))
     dropped = db.session.execute(stmt).rowcount
     if dropped:
@@ -250,9 +255,8 @@ class Forwarder:
 
     def ready_groups(self, now: datetime) -> list[tuple[uuid.UUID, str]]:
         """Return the (client, kind) pairs with a full batch due or a due item older than the linger."""
-        client_exists = exists().where(Client.id == OutboxItem.client_id)
         stmt = (db.select(OutboxItem.client_id, OutboxItem.kind, func.count(), func.min(OutboxItem.created_at),
-                          client_exists)
+                          of_existing_client())
                 .where(is_due(OutboxItem, now)).group_by(OutboxItem.client_id, OutboxItem.kind))
         rows = db.session.execute(stmt).all()
         for client_id, kind, *_, has_client in rows:

@@ -9,9 +9,9 @@ from sqlalchemy import and_, case, delete, exists, func, or_, update
 from sqlalchemy.orm import aliased
 
 from mappers.report import OUTCOME_RANK
-from models import Client, MessageState, OutboxItem, db
+from models import MessageState, OutboxItem, db
 from services.clock import utcnow
-from services.forwarder import DEAD, LEASED, PENDING
+from services.forwarder import DEAD, LEASED, PENDING, of_existing_client
 from services.retry import parse_age
 
 STATES = ("pending", "leased", "done", "dead")
@@ -100,7 +100,7 @@ def replay_dead_letters(client_id: uuid.UUID | None = None, since: datetime | No
     """
     now = now or utcnow()
     # A deleted client's stay dead: pending, the forwarder would drop them as never to be sent.
-    stmt = update(OutboxItem).where(OutboxItem.state == DEAD, ~_superseded(), _client_exists())
+    stmt = update(OutboxItem).where(OutboxItem.state == DEAD, ~_superseded(), of_existing_client())
     if client_id is not None:
         stmt = stmt.where(OutboxItem.client_id == client_id)
     if since is not None:
@@ -120,17 +120,12 @@ def discard_superseded_dead_letters(client_id: uuid.UUID | None = None) -> int:
     deleted (before deleting a client dropped its dead letters too), so Emarsys needs them no
     more; left, they would keep the dead-letter count above zero for ever.
     """
-    stmt = delete(OutboxItem).where(OutboxItem.state == DEAD, or_(_superseded(), ~_client_exists()))
+    stmt = delete(OutboxItem).where(OutboxItem.state == DEAD, or_(_superseded(), ~of_existing_client()))
     if client_id is not None:
         stmt = stmt.where(OutboxItem.client_id == client_id)
     discarded = db.session.execute(stmt.execution_options(synchronize_session=False)).rowcount
     db.session.commit()
     return discarded
-
-
-def _client_exists():
-    """Return the condition of an item whose client still exists (deleting one drops its items)."""
-    return exists().where(Client.id == OutboxItem.client_id)
 
 
 def _superseded():
