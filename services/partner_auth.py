@@ -13,6 +13,11 @@ token. A kid that is absent from a key set fetched *after* the token arrived is 
 problem: 401. A kid that is merely absent from a recent key set, which the refetch interval keeps
 us from checking again, may be a just-rotated key: 503 with ``Retry-After`` until a refetch is due.
 
+A signature that the cached key of its ``kid`` does not verify triggers the same rate-limited
+refetch before it is refused: an identity service may replace a key under the same ``kid``
+(IAS tokens have carried the fixed kid ``default-kid-ias``), and the cached key would otherwise stay in use, every
+genuine token refused with 401, until the key set is ``jwks_max_age_seconds`` old.
+
 A JWKS fetch ends by a whole-call deadline (``http_timeout_seconds``) and reads at most
 ``MAX_JWKS_BYTES``: requests' timeout bounds each socket read, not the response, so a server
 trickling bytes would otherwise hold the request thread until gunicorn kills the worker.
@@ -25,6 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,10 +62,13 @@ _REJECTION_DESCRIPTIONS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.InvalidIssuerError, "token issuer not accepted"),
     (jwt.InvalidIssuedAtError, "token iat claim invalid"),
     (jwt.InvalidAlgorithmError, "token algorithm not accepted"),
-    (jwt.InvalidSignatureError, "token signature invalid"),
     (jwt.DecodeError, "token malformed"),
     (jwt.InvalidTokenError, "token invalid"),
 )
+
+
+class _SignatureMismatch(Exception):
+    """The token's signature does not verify with the key it was checked against."""
 
 
 @dataclass(frozen=True)
@@ -110,11 +119,22 @@ class EmarsysTokenVerifier:
         """Return the token's claims, or raise Unauthorized, Forbidden or Unavailable."""
         token = _bearer_token(authorization_header)
         header = _unverified_header(token)
-        algorithm = header["alg"]
-        signing_key = self._signing_key(header["kid"], algorithm)
-        claims = self._decode(token, signing_key, algorithm)
+        claims = self._verified_claims(token, header["kid"], header["alg"])
         self._authorise(claims)
         return claims
+
+    def _verified_claims(self, token: str, kid: str, algorithm: str) -> dict[str, Any]:
+        """Decode the token with its kid's key, refetched once (when due) if the cached one fails."""
+        jwk = self._jwk_for(kid)
+        try:
+            return self._decode(token, self._signing_key(jwk, algorithm), algorithm)
+        except _SignatureMismatch:
+            # The key may have been replaced under the same kid: a current key set is checked first.
+            replacement = self._replaced_jwk(kid, jwk)
+        if replacement is not None:
+            with suppress(_SignatureMismatch):
+                return self._decode(token, self._signing_key(replacement, algorithm), algorithm)
+        raise _invalid_token("token signature invalid")
 
     def _decode(self, token: str, signing_key: jwt.PyJWK, algorithm: str) -> dict[str, Any]:
         try:
@@ -124,6 +144,8 @@ class EmarsysTokenVerifier:
                 # The audience rule is wider than PyJWT's (azp / client_id / aud), see _authorise.
                 options={"require": ["exp", "iss"], "verify_aud": False},
             )
+        except jwt.InvalidSignatureError:
+            raise _SignatureMismatch from None
         except jwt.MissingRequiredClaimError as exc:
             raise _invalid_token(f"token lacks the {exc.claim} claim") from None
         except jwt.InvalidTokenError as exc:
@@ -143,8 +165,7 @@ class EmarsysTokenVerifier:
         logger.info("bearer token refused: issued to another OAuth client")
         raise Forbidden("token was not issued to the Emarsys OAuth client")
 
-    def _signing_key(self, kid: str, algorithm: str) -> jwt.PyJWK:
-        jwk = self._jwk_for(kid)
+    def _signing_key(self, jwk: dict[str, Any], algorithm: str) -> jwt.PyJWK:
         declared = jwk.get("alg")
         if declared and declared != algorithm:
             raise _invalid_token("token algorithm does not match its key")
@@ -177,6 +198,18 @@ class EmarsysTokenVerifier:
         # Either the JWKS is failing, or the refetch interval kept us from checking the current
         # key set: a token signed with a just-rotated key may be valid, so this is no auth failure.
         raise _unavailable(retry_after)
+
+    def _replaced_jwk(self, kid: str, tried: dict[str, Any]) -> dict[str, Any] | None:
+        """Return the kid's key once a refetch (if one is due) replaced the tried one, else None."""
+        if not self._fetch_lock.acquire(timeout=self._policy.http_timeout_seconds):
+            return None
+        try:
+            if self._refetch_due():
+                self._refresh_keys()
+            current, _ = self._cached_jwk(kid)
+        finally:
+            self._fetch_lock.release()
+        return current if current is not None and current != tried else None
 
     def _jwk_after_refetch_if_due(self, kid: str) -> dict[str, Any] | None:
         # Another thread may have refetched while this one waited for the lock.

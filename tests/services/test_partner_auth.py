@@ -421,6 +421,34 @@ def test_unknown_kid_refetches_and_picks_up_rotated_key(verifier: EmarsysTokenVe
     assert jwks.fetch_count == 2
 
 
+def test_key_replaced_under_the_same_kid_is_picked_up_by_a_refetch(verifier: EmarsysTokenVerifier,
+                                                                   jwks: JwksServer, clock: FakeClock,
+                                                                   rsa_key: rsa.RSAPrivateKey,
+                                                                   rotated_rsa_key: rsa.RSAPrivateKey) -> None:
+    # An identity service may keep one kid across a rotation (IAS's "default-kid-ias"): the cached
+    # key is still fresh, yet the token's signature is the new key's.
+    verifier.verify(bearer(sign(rsa_key)))
+    jwks.publish(rsa_jwk(rotated_rsa_key, "k1"))
+    clock.advance(MIN_REFETCH_SECONDS)
+    assert verifier.verify(bearer(sign(rotated_rsa_key)))["iss"] == ISSUER
+    assert jwks.fetch_count == 2
+    assert verifier.verify(bearer(sign(rotated_rsa_key)))["iss"] == ISSUER
+    assert jwks.fetch_count == 2
+
+
+def test_bad_signatures_under_a_known_kid_refetch_at_most_once_per_interval(verifier: EmarsysTokenVerifier,
+                                                                            jwks: JwksServer, clock: FakeClock,
+                                                                            rsa_key: rsa.RSAPrivateKey,
+                                                                            attacker_rsa_key: rsa.RSAPrivateKey
+                                                                            ) -> None:
+    verifier.verify(bearer(sign(rsa_key)))
+    clock.advance(MIN_REFETCH_SECONDS)
+    for _ in range(5):
+        assert rejection(verifier, bearer(sign(attacker_rsa_key))).message == "token signature invalid"
+    assert jwks.fetch_count == 2
+    assert verifier.verify(bearer(sign(rsa_key)))["iss"] == ISSUER
+
+
 def test_unknown_kid_within_refetch_interval_is_not_refetched(verifier: EmarsysTokenVerifier,
                                                               jwks: JwksServer, clock: FakeClock,
                                                               rsa_key: rsa.RSAPrivateKey,
