@@ -29,7 +29,9 @@ SAP_COLUMNS = (Bounce.message_id, Bounce.recipient, Bounce.status_code, Bounce.s
                Bounce.event_at)
 KEY_COLUMNS = (Bounce.event_at, Bounce.message_id, Bounce.id)
 
-# $1 window start, $2 window end, $3 source system, $4 page, $5 now; {size} is the page size.
+# $1 window start, $2 window end, $3 source system, $4 page, $5 now; {size} is the page size and
+# {limit} one more (read to tell whether another page follows), computed in Python: `{size} + 1` in
+# SQL is integer arithmetic, which overflows at the largest size the settings take (2^31 - 1).
 # The size is written into the text, not passed: with a known LIMIT, PostgreSQL's generic plan
 # costs what a custom one does, so after five executions it stops planning the statement anew.
 # Without a remembered position the page starts at (window start, '', -1): before every record of
@@ -68,7 +70,7 @@ WITH sequence AS (
             AND event_at < $2 AND seq <= (SELECT snapshot_seq FROM position)
             AND NOT EXISTS (SELECT FROM other_size)
           ORDER BY event_at, message_id, id
-          OFFSET ($4 - (SELECT page FROM position)) * {size} LIMIT {size} + 1) AS window_rows
+          OFFSET ($4 - (SELECT page FROM position)) * {size} LIMIT {limit}) AS window_rows
 ), pulled AS (
     -- Only the version served: a report that was still committing when page 0 took its snapshot
     -- may have changed the bounce since it was read, and that version is SAP's to pull later.
@@ -84,7 +86,7 @@ WITH sequence AS (
     INSERT INTO status_cursors (window_start, window_end, source_system, page, page_size, snapshot_seq,
                                 after_event_at, after_message_id, after_id, created_at)
     SELECT $1, $2, $3, $4 + 1, {size}, (SELECT snapshot_seq FROM position), event_at, message_id, id, $5
-    FROM page_rows WHERE n = {size} AND EXISTS (SELECT FROM page_rows WHERE n = {size} + 1)
+    FROM page_rows WHERE n = {size} AND EXISTS (SELECT FROM page_rows WHERE n = {limit})
     ON CONFLICT (window_start, window_end, source_system, page) DO UPDATE SET
         page_size = excluded.page_size, snapshot_seq = excluded.snapshot_seq, after_event_at = excluded.after_event_at,
         after_message_id = excluded.after_message_id, after_id = excluded.after_id,
@@ -160,7 +162,7 @@ def _execute_page_statement(connection: Connection, window: tuple[datetime, date
 def _prepared_page_statement(connection: Connection, page_size: int) -> str:
     """Prepare the page statement for this page size on this connection, once; return its name."""
     name = f"sms_status_page_{page_size}"
-    prepare_once(connection, name, PAGE_SQL.format(name=name, size=page_size))
+    prepare_once(connection, name, PAGE_SQL.format(name=name, size=page_size, limit=page_size + 1))
     return name
 
 

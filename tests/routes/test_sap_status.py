@@ -130,6 +130,17 @@ def test_every_time_a_report_can_carry_is_served_and_rendered_in_14_digits(clien
     assert [record["timestamp"] for record in from_start] == [timestamp]
 
 
+def test_the_largest_page_sizes_the_settings_take_are_served(make_app):
+    # Config takes up to 2^31 - 1; the page statement reads one record more to tell lastPage.
+    client = make_app(STATUS_PAGE_SIZE=2**31 - 1, STATUS_GET_ALL_LIMIT=2**31 - 1).test_client()
+    push_bounce(client, "42", datetime(2018, 1, 1, 9))
+    for path in (f"/status?{WINDOW}&page=0", "/api/v1/notifications/get"):
+        response = client.get(path)
+        assert response.status_code == 200, response.get_json()
+        assert ([r["messageId"] for r in response.get_json()["status"]], response.get_json()["lastPage"]) == (
+            ["42"], True)
+
+
 def test_get_without_parameters_stops_at_its_limit_and_says_it_is_not_the_last_page(make_app):
     app = make_app(STATUS_GET_ALL_LIMIT=3)
     client = app.test_client()
@@ -363,7 +374,7 @@ def rows_the_page_scan_read(app, page: int) -> int:
     with app.app_context(), db.engine.connect() as connection:
         # A few hundred rows: planned as at a million, where only an index scan makes sense.
         connection.exec_driver_sql("SET enable_seqscan = off; SET enable_bitmapscan = off")
-        connection.exec_driver_sql(PAGE_SQL.format(name="probe_page", size=100))
+        connection.exec_driver_sql(PAGE_SQL.format(name="probe_page", size=100, limit=101))
         plan = connection.exec_driver_sql(
             "EXPLAIN (ANALYZE, TIMING OFF, COSTS OFF) EXECUTE probe_page (%s, %s, %s, %s, %s)",
             (datetime(2018, 1, 1), datetime(2018, 1, 2), "SAP1", page, utcnow())).scalars().all()
