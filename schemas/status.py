@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from models import StatusCursor
 from schemas.text import no_nul_characters
@@ -42,6 +42,19 @@ class StatusQuerySchema(Schema):
 
     class Meta:
         unknown = "exclude"
+
+    @pre_load
+    def read_names_in_any_case(self, data, **kwargs):
+        """Read `starttimeutc` as `startTimeUTC`, and so on; a name in its documented case wins."""
+        # Dropped as unknown, a miscased name would silently widen the pull to the whole store and
+        # mark all of it pulled.
+        names = {name.lower(): name for name in self.fields}
+        canonical = dict(data)
+        for key, value in data.items():
+            name = names.get(key.lower()) if isinstance(key, str) else None
+            if name is not None:
+                canonical.setdefault(name, value)
+        return canonical
 
     @validates_schema
     def check_window(self, data, **kwargs):

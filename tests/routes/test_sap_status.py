@@ -177,6 +177,21 @@ def test_bad_pull_parameters_get_400_naming_the_field(client, query, field):
     assert response.get_json()["field"] == field
 
 
+def test_parameter_names_are_read_in_any_case(client):
+    push_bounce(client, "inside", datetime(2018, 1, 1, 12))
+    push_bounce(client, "outside", datetime(2018, 1, 3, 12))
+    body = client.get("/status?starttimeutc=20180101000000&ENDTIMEUTC=20180102000000&Page=0"
+                      "&sourcesystem=TestSystem1").get_json()
+    assert [record["messageId"] for record in body["status"]] == ["inside"]
+
+
+def test_a_name_in_its_documented_case_wins_over_another_case(client):
+    push_bounce(client, "inside", datetime(2018, 1, 1, 12))
+    body = client.get("/status?endtimeutc=20180101000000&endTimeUTC=20180102000000&page=0"
+                      "&startTimeUTC=20180101000000").get_json()
+    assert [record["messageId"] for record in body["status"]] == ["inside"]
+
+
 @pytest.mark.parametrize("path", PULL_PATHS)
 def test_basic_auth_is_enforced_on_every_pull_path(make_app, path):
     client = make_app(SAP_STATUS_USERNAME="sap", SAP_STATUS_PASSWORD="s3cret").test_client()
