@@ -8,7 +8,10 @@ from urllib.parse import unquote_to_bytes
 from mappers.report import MappingError
 
 UTF8_BOM = b"\xef\xbb\xbf"
-UTF16_BOMS = (codecs.BOM_UTF16_BE, codecs.BOM_UTF16_LE)
+# A codec that reads a byte order mark, and the order it must read without one (Python's would be
+# the machine's): RFC 2781 and the Unicode standard make it big-endian.
+BOM_LESS_ORDER = {"utf-16": ("utf-16-be", (codecs.BOM_UTF16_BE, codecs.BOM_UTF16_LE)),
+                  "utf-32": ("utf-32-be", (codecs.BOM_UTF32_BE, codecs.BOM_UTF32_LE))}
 # A byte order mark that an explicitly ordered codec would keep as a leading U+FEFF.
 ORDERED_BOMS = {"utf-16-be": codecs.BOM_UTF16_BE, "utf-16-le": codecs.BOM_UTF16_LE,
                 "utf-32-be": codecs.BOM_UTF32_BE, "utf-32-le": codecs.BOM_UTF32_LE}
@@ -117,7 +120,9 @@ def _decode_text(raw: bytes, charset: str | None) -> str:
 
 
 def _decode_wide(raw: bytes, codec: str) -> str:
-    if codec == "utf-16" and raw[:2] not in UTF16_BOMS:
-        codec = "utf-16-be"  # RFC 2781: without a byte order mark, UTF-16 is big-endian
+    if codec in BOM_LESS_ORDER:
+        big_endian, boms = BOM_LESS_ORDER[codec]
+        if not raw.startswith(boms):
+            codec = big_endian  # without a byte order mark, UTF-16 and UTF-32 are big-endian
     # A part cut inside a character (a split surrogate pair, an odd byte) keeps the rest of the text.
     return raw.removeprefix(ORDERED_BOMS.get(codec, b"")).decode(codec, errors="replace")

@@ -46,6 +46,10 @@ from mappers.params import decode_form, decode_parts, lower_keys, phone_number
     (b"message=%FE%FF%00H%00i", "UCS-2", {"message": "Hi"}),
     (b"message=%FE%FF%00H%00i", "UTF-16BE", {"message": "Hi"}),
     (b"message=%FF%FEH%00i%00", "UCS-2LE", {"message": "Hi"}),
+    # UTF-32 too is big-endian without a byte order mark (Unicode, section 3.10), whatever the machine.
+    (b"message=%00%00%00H%00%00%00i", "UTF-32", {"message": "Hi"}),
+    (b"message=%FF%FE%00%00H%00%00%00i%00%00%00", "UTF-32", {"message": "Hi"}),
+    (b"message=%00%00%FE%FF%00%00%00H", "UTF-32", {"message": "H"}),
 ])
 def test_decode_form_reads_fields_in_the_encoding_they_came_in(encoded, charset, expected):
     assert decode_form(encoded, charset) == expected
