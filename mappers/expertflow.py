@@ -21,12 +21,12 @@ from datetime import datetime
 
 from mappers.params import lower_keys, optional, phone_number
 from mappers.report import DeliveryReport, ErrorType, InboundMessage, Outcome, storable_status_code
-from mappers.rules import (OutcomeRule, Overrides, coded_status_keys, find_rule, required_as_spelled,
-                           required_phone_number)
+from mappers.rules import (OutcomeRule, Overrides, coded_status_keys, find_rule, message_id_from,
+                           required_as_spelled, required_phone_number)
 
 VENDOR = "expertflow"
-# The parameters the normalised fields come from, to name them in a fault; a field read from one
-# of two parameters (SmsSid or MessageSid, SmsStatus or MessageStatus) keeps its own name.
+# The parameters the normalised fields come from, to name them in a fault; an inbound message's id,
+# read from SmsSid or MessageSid, is named by _sms_sid as the one it was read from.
 REPORT_PARAMETERS = {"vendor_message_id": "MessageSid", "recipient": "To"}
 INBOUND_PARAMETERS = {"source": "From", "destination": "To"}
 
@@ -93,5 +93,4 @@ def _raw_status(fields: Mapping[str, str]) -> str:
 
 def _sms_sid(fields: Mapping[str, str]) -> str:
     # A Twilio-style gateway in front of the connector may send MessageSid only.
-    return (optional(fields, "smssid") or optional(fields, "messagesid")
-            or required_as_spelled(fields, "SmsSid"))
+    return message_id_from(fields, "SmsSid", "MessageSid")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from mappers.params import phone_number, required
-from mappers.report import ErrorType, MappingError, Outcome
+from mappers.params import optional, phone_number, required
+from mappers.report import MAX_MESSAGE_ID_LENGTH, ErrorType, MappingError, Outcome, check_lengths
 
 OutcomeRule = tuple[Outcome, ErrorType | None]
 Overrides = Mapping[str, "Outcome | OutcomeRule"]
@@ -47,6 +47,16 @@ def required_as_spelled(fields: Mapping[str, str], name: str) -> str:
         return required(fields, name.lower())
     except MappingError as error:
         raise MappingError(name, error.fault) from None
+
+
+def message_id_from(fields: Mapping[str, str], *names: str) -> str:
+    """Return the message id from the first of the parameters sent (lower-cased fields), naming it in a fault."""
+    for name in names:
+        value = optional(fields, name.lower())
+        if value:
+            check_lengths({name: (value, MAX_MESSAGE_ID_LENGTH)})
+            return value
+    return required_as_spelled(fields, names[0])
 
 
 def required_phone_number(fields: Mapping[str, str], name: str) -> str:

@@ -20,12 +20,12 @@ from datetime import datetime
 
 from mappers.params import lower_keys, optional, phone_number
 from mappers.report import DeliveryReport, ErrorType, InboundMessage, Outcome, storable_status_code
-from mappers.rules import (OutcomeRule, Overrides, coded_status_keys, find_rule, required_as_spelled,
+from mappers.rules import (OutcomeRule, Overrides, coded_status_keys, find_rule, message_id_from,
                            required_phone_number)
 
 VENDOR = "twilio"
-# The parameters the normalised fields come from, to name them in a fault; a field read from one
-# of two parameters (MessageSid or SmsSid, ErrorCode or MessageStatus) keeps its own name.
+# The parameters the normalised fields come from, to name them in a fault; the message id, read
+# from MessageSid or SmsSid, is named by _message_sid as the one it was read from.
 REPORT_PARAMETERS = {"recipient": "To"}
 INBOUND_PARAMETERS = {"source": "From", "destination": "To"}
 
@@ -112,5 +112,4 @@ def _raw_status(fields: Mapping[str, str]) -> str:
 
 def _message_sid(fields: Mapping[str, str]) -> str:
     # Twilio sends SmsSid alongside MessageSid; older gateways send only SmsSid.
-    return (optional(fields, "messagesid") or optional(fields, "smssid")
-            or required_as_spelled(fields, "MessageSid"))
+    return message_id_from(fields, "MessageSid", "SmsSid")

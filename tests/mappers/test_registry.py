@@ -67,10 +67,18 @@ def test_a_declared_vendors_status_too_long_to_store_is_cut_as_the_built_in_vend
     assert (report.status_code, report.status_text) == ("s" * MAX_STATUS_CODE_LENGTH, "s" * 500)
 
 
+TWILIO_REPORT = {"MessageSid": "SM1", "MessageStatus": "delivered"}
+
+
 @pytest.mark.parametrize("vendor, kind, params, too_long", [
+    # An id read from one of two parameters is named as the one it was read from: one the vendor sent.
+    ("twilio", "report", TWILIO_REPORT, "MessageSid"),
+    ("twilio", "report", {"SmsSid": "SM1", "MessageStatus": "delivered"}, "SmsSid"),
     ("twilio", "inbound", {**TWILIO_MO, "SmsSid": "SM1"}, "MessageSid"),
     ("expertflow", "inbound", EXPERTFLOW_MO, "SmsSid"),
+    ("expertflow", "inbound", {**EXPERTFLOW_MO, "SmsSid": "", "MessageSid": "SM1"}, "MessageSid"),
 ])
-def test_a_field_read_from_one_of_two_parameters_keeps_its_own_name(registry, vendor, kind, params, too_long):
-    # Not a name the vendor may not have sent.
-    assert fault_of(registry, vendor, kind, params, too_long).field in ("vendor_message_id", "status_code")
+def test_an_id_read_from_one_of_two_parameters_is_named_as_the_one_read(registry, vendor, kind, params, too_long):
+    fault = fault_of(registry, vendor, kind, params, too_long)
+
+    assert fault.field == too_long and "at most" in fault.fault
