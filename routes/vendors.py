@@ -120,6 +120,10 @@ def _multipart_fields() -> dict[str, str]:
                              max_form_parts=request.max_form_parts, cls=list)
     try:
         parts = parser.parts_in_body_order(*parser.parse(io.BytesIO(body), boundary.encode("ascii"), len(body)))
+    except UnicodeDecodeError:
+        # werkzeug reads part headers as UTF-8 only: every field would be lost, and the fault blamed on one.
+        raise InvalidParameter("a multipart part's headers (its name, a filename) must be UTF-8",
+                               field="body") from None
     except (ValueError, StopIteration):
         return {}  # malformed too (a bad boundary, a part without Content-Disposition, a cut body)
     except RequestEntityTooLarge:

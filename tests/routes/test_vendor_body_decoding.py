@@ -132,3 +132,16 @@ def test_a_body_in_another_format_beside_query_parameters_is_no_fault(client):
     response = client.post("/vendors/twilio/delivery-reports?MessageSid=SM1&MessageStatus=delivered",
                            data=b"{}", content_type="application/json")
     assert response.status_code == 200, response.get_json()
+
+
+@pytest.mark.parametrize("file_part", [
+    (b'Body"; filename="Gr\xfc\xdfe.txt', b"hi", b""),  # a Latin-1 file name
+    (b"N\xe4me", b"x", b""),  # a Latin-1 part name
+])
+def test_a_part_header_that_is_not_utf8_is_refused_naming_body(app, client, file_part):
+    # werkzeug reads part headers as UTF-8 only: the fault is there, not a parameter missing.
+    response = client.post("/vendors/expertflow/inbound-messages", data=multipart([*EXPERTFLOW_MO, file_part]),
+                           content_type=MULTIPART)
+    assert response.status_code == 400
+    answer = response.get_json()
+    assert answer["field"] == "body" and "UTF-8" in answer["message"], answer
