@@ -48,9 +48,11 @@ BUILT_IN_RULES: dict[str, OutcomeRule] = {
     "*:3": (Outcome.ERROR, ErrorType.UNKNOWN),
     "*:4": (Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
     "*:5": (Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
-    # "Please resubmit" and "Try again": whatever the state, the number is not at fault.
-    "*:6": (Outcome.SOFTBOUNCE, None),
-    "*:98": (Outcome.SOFTBOUNCE, None),
+    # "Please resubmit" and "Try again": whatever the state, the sender's account or Genesys is at
+    # fault, not the number. A soft bounce would count against each recipient of a throttled
+    # campaign in Emarsys; an error tells the marketer (and is a Temporary bounce for SAP).
+    "*:6": (Outcome.ERROR, ErrorType.UNKNOWN),
+    "*:98": (Outcome.ERROR, ErrorType.UNKNOWN),
     # A duplicate message_id is a resend of a message Genesys already has (the sender retries
     # with the same id); that message's own receipts tell its fate, so this one says no more
     # than accepted, which never overrides them.

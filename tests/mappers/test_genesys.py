@@ -32,10 +32,10 @@ def receipt(state: str, result_code: str | None = "0", **extra: str) -> dict[str
         ("8", "1", Outcome.HARDBOUNCE, None),
         ("8", "99", Outcome.ERROR, ErrorType.UNKNOWN),  # rejected for no named reason
         ("5", "99", Outcome.HARDBOUNCE, None),
-        ("8", "6", Outcome.SOFTBOUNCE, None),
-        ("8", "98", Outcome.SOFTBOUNCE, None),
-        ("5", "6", Outcome.SOFTBOUNCE, None),  # throttled: "Please resubmit", whatever the state
-        ("3", "98", Outcome.SOFTBOUNCE, None),
+        ("8", "6", Outcome.ERROR, ErrorType.UNKNOWN),
+        ("8", "98", Outcome.ERROR, ErrorType.UNKNOWN),
+        ("5", "6", Outcome.ERROR, ErrorType.UNKNOWN),  # throttled: "Please resubmit", whatever the state
+        ("3", "98", Outcome.ERROR, ErrorType.UNKNOWN),
         ("8", "7", Outcome.ACCEPTED, None),  # a duplicate message_id: the original's receipts decide
         ("8", "8", Outcome.ERROR, ErrorType.UNKNOWN),  # our body was too long, not the number's fault
         ("8", "3", Outcome.ERROR, ErrorType.UNKNOWN),  # carrier invalid: Genesys chose the route, not the number
@@ -48,13 +48,13 @@ def receipt(state: str, result_code: str | None = "0", **extra: str) -> dict[str
         ("2", "6", Outcome.DELIVERED, None),
         ("2", "98", Outcome.DELIVERED, None),
         ("6", "8", Outcome.ACCEPTED, None),
-        ("7", "6", Outcome.SOFTBOUNCE, None),
+        ("7", "6", Outcome.ERROR, ErrorType.UNKNOWN),
         ("8", "4", Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
         ("8", "5", Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
         ("5", "4", Outcome.ERROR, ErrorType.INVALID_SENDER_ID),
         ("7", "0", Outcome.UNKNOWN, None),
         ("2", None, Outcome.DELIVERED, None),
-        ("08", "06", Outcome.SOFTBOUNCE, None),
+        ("08", "06", Outcome.ERROR, ErrorType.UNKNOWN),
     ],
 )
 def test_receipt_state_and_result_code_map_to_outcome(state, result_code, outcome, error_type):
@@ -117,7 +117,7 @@ def test_parameter_names_match_ignoring_letter_case():
 
     report = genesys.map_delivery_report(params, RECEIVED_AT)
 
-    assert (report.vendor_message_id, report.outcome) == ("gen-9", Outcome.SOFTBOUNCE)
+    assert (report.vendor_message_id, report.outcome) == ("gen-9", Outcome.ERROR)
 
 
 @pytest.mark.parametrize("message_id", [None, "", "   "])
@@ -137,7 +137,7 @@ def test_receipt_without_message_id_is_refused(message_id):
     ("overrides", "state", "result_code", "outcome", "error_type"),
     [
         ({"8": Outcome.SOFTBOUNCE}, "8", "1", Outcome.SOFTBOUNCE, None),
-        ({"8": Outcome.SOFTBOUNCE}, "8", "6", Outcome.SOFTBOUNCE, None),
+        ({"8": Outcome.SOFTBOUNCE}, "8", "6", Outcome.ERROR, ErrorType.UNKNOWN),  # *:6 is more specific
         ({"8:6": Outcome.HARDBOUNCE}, "8", "6", Outcome.HARDBOUNCE, None),
         ({"*:2": (Outcome.ERROR, ErrorType.UNKNOWN)}, "8", "2", Outcome.ERROR, ErrorType.UNKNOWN),
         ({"8:2": Outcome.HARDBOUNCE}, "8", "2", Outcome.HARDBOUNCE, None),
