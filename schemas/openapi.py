@@ -53,6 +53,7 @@ ERROR_RESPONSES = {
     "Unauthorized": "Credentials are missing or wrong",
     "Forbidden": "Credentials are valid but do not grant this request",
     "NotFound": "The addressed resource does not exist",
+    "PayloadTooLarge": "The body is larger than this URL takes (MAX_REQUEST_BYTES, MAX_VENDOR_REQUEST_BYTES)",
     "UnsupportedMediaType": "The body is in a format this endpoint does not read",
     "Unavailable": "The database or another dependency cannot serve the request; retry later",
 }
@@ -106,10 +107,13 @@ def custom_fields_body(required: bool = True) -> dict[str, Any]:
 
 
 STORED = {"200": json_body(responses.IngestAnswerSchema, "Stored, or recognised as a redelivery"),
-          "400": "BadRequest", "404": "NotFound", "415": "UnsupportedMediaType", "503": "Unavailable"}
+          "400": "BadRequest", "404": "NotFound", "413": "PayloadTooLarge", "415": "UnsupportedMediaType",
+          "503": "Unavailable"}
 VENDOR_PUSH = Operation("vendors", {**STORED, "403": "Forbidden"}, parameters=(VENDOR_QUERY, TWILIO_SIGNATURE),
                         request_body=VENDOR_FORM_BODY)
 PARTNER_ERRORS = {"401": "Unauthorized", "403": "Forbidden", "503": "Unavailable"}
+# What an endpoint that reads a body may also answer: past MAX_REQUEST_BYTES, werkzeug refuses it.
+BODY_ERRORS = {"413": "PayloadTooLarge"}
 READ_OR_DELETE_ERRORS = {"403": "Forbidden", "503": "Unavailable"}
 FIELD_ERRORS = json_body(responses.FieldErrorsSchema, "Invalid custom fields or clientId")
 
@@ -139,7 +143,7 @@ OPERATIONS: dict[str, Operation] = {
         description="Only with ENABLE_CLEAR_ENDPOINT on (test set-ups); otherwise 404."),
     "partner.put_configuration": Operation(
         "partner", {"200": json_body(responses.ConfigurationSavedSchema, "Stored; the callback URLs"),
-                    "400": FIELD_ERRORS, **PARTNER_ERRORS},
+                    "400": FIELD_ERRORS, **PARTNER_ERRORS, **BODY_ERRORS},
         security=EMARSYS_AUTH, request_body=custom_fields_body()),
     # As partner-service.yaml declares them: no 400 (a clientId that is no UUID has no configuration),
     # and a failed authentication is a 403.
@@ -151,17 +155,18 @@ OPERATIONS: dict[str, Operation] = {
                     "404": "NotFound", **READ_OR_DELETE_ERRORS}, security=EMARSYS_AUTH),
     "partner.check_connection": Operation(
         "partner", {"200": json_body(responses.ConnectionTestResultSchema, "The outcome of the test"),
-                    "400": FIELD_ERRORS, **PARTNER_ERRORS},
+                    "400": FIELD_ERRORS, **PARTNER_ERRORS, **BODY_ERRORS},
         security=EMARSYS_AUTH, request_body=custom_fields_body()),
     "partner.post_messages": Operation(
         "partner", {"202": {"description": "Every message queued for sending"},
                     "400": json_body(responses.OutboundBatchErrorSchema, "Nothing queued: the batch is invalid"),
-                    "404": "NotFound", **PARTNER_ERRORS},
+                    "404": "NotFound", **PARTNER_ERRORS, **BODY_ERRORS},
         security=EMARSYS_AUTH,
         request_body={"required": True, "content": {"application/json": {"schema": responses.OutboundBatchSchema}}}),
     "dashboard.show_dashboard": Operation(
         "dashboard", {"200": {"description": "The dashboard page", "content": {"text/html": {"schema": {
-            "type": "string"}}}}, "400": "BadRequest", "401": "Unauthorized", "404": "NotFound"},
+            "type": "string"}}}}, "400": "BadRequest", "401": "Unauthorized", "404": "NotFound",
+                      "503": "Unavailable"},
         security=ADMIN_AUTH, parameters=tuple(
             {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": text}
             for name, text in (("vendor", "Show one vendor's reports in the chart"),
@@ -169,7 +174,8 @@ OPERATIONS: dict[str, Operation] = {
                                ("replayed", "How many dead letters the last replay re-queued")))),
     "dashboard.replay": Operation(
         "dashboard", {"303": {"description": "Replayed; back to the dashboard"}, "400": "BadRequest",
-                      "401": "Unauthorized", "403": "Forbidden", "404": "NotFound"},
+                      "401": "Unauthorized", "403": "Forbidden", "404": "NotFound",
+                      **BODY_ERRORS, "503": "Unavailable"},
         security=ADMIN_AUTH, request_body={"required": True, "content": {"application/x-www-form-urlencoded": {
             "schema": {"type": "object", "required": ["csrf_token", "confirm"], "properties": {
                 "csrf_token": {"type": "string"}, "confirm": {"type": "string", "enum": ["yes"]}}}}}}),

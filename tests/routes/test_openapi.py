@@ -10,8 +10,10 @@ from flask import Flask
 from openapi_core import OpenAPI
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
 from openapi_spec_validator import validate
+from werkzeug.test import EnvironBuilder
 
 from mappers.report import DeliveryReport, Outcome
+from routes.dashboard import replay_token
 from schemas.status import StatusQuerySchema
 from services.ingest import record_delivery_report
 from tests.emarsys_spec import SPEC_DIR, requires_spec
@@ -156,3 +158,37 @@ def test_production_without_credentials_answers_the_documented_503(make_app, met
 def test_the_basic_schemes_say_production_answers_503_without_credentials(document, name):
     description = document["components"]["securitySchemes"][name]["description"]
     assert "open outside production" in description and "503 in production" in description
+
+
+@pytest.mark.parametrize("url", ["/vendors/genesys/delivery-reports", "/vendors/twilio/inbound-messages"])
+def test_a_body_too_large_answers_the_documented_413(make_app, url):
+    app = make_app(MAX_VENDOR_REQUEST_BYTES=100)
+    client = app.test_client()
+    document = client.get("/openapi.json").get_json()
+    response = client.post(url, data={"type": "receipt", "message_id": "m" * 200})
+    assert response.status_code == 413
+    OpenAPI.from_dict(document).validate_response(WerkzeugOpenAPIRequest(response.request),
+                                                  WerkzeugOpenAPIResponse(response))
+
+
+def test_every_operation_that_reads_a_body_documents_413(document):
+    with_body = [(path, method) for path, item in document["paths"].items()
+                 for method, operation in item.items() if "requestBody" in operation]
+    assert len(with_body) >= 8
+    assert [(path, method) for path, method in with_body
+            if "413" not in document["paths"][path][method]["responses"]] == []
+
+
+@pytest.mark.parametrize("method, url", [("GET", "/dashboard"), ("POST", "/dashboard/replay")])
+def test_the_dashboard_with_the_database_down_answers_the_documented_503(make_app, method, url):
+    app = make_app(ADMIN_USERNAME="admin", ADMIN_PASSWORD="pw",
+                   SQLALCHEMY_DATABASE_URI="postgresql+psycopg2://nobody:none@127.0.0.1:1/none")
+    client = app.test_client()
+    document = client.get("/openapi.json").get_json()
+    with app.test_request_context():
+        form = {"csrf_token": replay_token(), "confirm": "yes"} if method == "POST" else None
+    response = client.open(url, method=method, auth=("admin", "pw"), data=form)
+    assert response.status_code == 503
+    # The test client's request has read its body: the validator is shown the same request afresh.
+    sent = EnvironBuilder(url, method=method, data=form, auth=("admin", "pw")).get_request()
+    OpenAPI.from_dict(document).validate_response(WerkzeugOpenAPIRequest(sent), WerkzeugOpenAPIResponse(response))
