@@ -178,7 +178,8 @@ OPERATIONS: dict[str, Operation] = {
                       **BODY_ERRORS, "503": "Unavailable"},
         security=ADMIN_AUTH, request_body={"required": True, "content": {"application/x-www-form-urlencoded": {
             "schema": {"type": "object", "required": ["csrf_token", "confirm"], "properties": {
-                "csrf_token": {"type": "string"}, "confirm": {"type": "string", "enum": ["yes"]}}}}}}),
+                "csrf_token": {"type": "string"}, "confirm": {"type": "string", "enum": ["yes"]},
+                "vendor": {"type": "string", "description": "The chart's vendor, kept on the way back"}}}}}}),
 }
 
 

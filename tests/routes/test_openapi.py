@@ -192,3 +192,9 @@ def test_the_dashboard_with_the_database_down_answers_the_documented_503(make_ap
     # The test client's request has read its body: the validator is shown the same request afresh.
     sent = EnvironBuilder(url, method=method, data=form, auth=("admin", "pw")).get_request()
     OpenAPI.from_dict(document).validate_response(WerkzeugOpenAPIRequest(sent), WerkzeugOpenAPIResponse(response))
+
+
+def test_the_replay_form_fields_are_the_ones_the_route_reads(document):
+    body = document["paths"]["/dashboard/replay"]["post"]["requestBody"]
+    schema = body["content"]["application/x-www-form-urlencoded"]["schema"]
+    assert set(schema["properties"]) == {"csrf_token", "confirm", "vendor"}
