@@ -1,7 +1,8 @@
 """Drill: PostgreSQL restarted under load.
 
 Genesys receipts, each for a new message id, are driven at the service under gunicorn
-(-k sync -w 4); unanswered ones (no answer or 5xx) are retried unchanged. PostgreSQL is
+(-w 4, gunicorn.conf.py's sync worker); unanswered ones (no answer or 5xx) are retried
+unchanged. PostgreSQL is
 stopped with `pg_ctl stop -m fast`, left down for some seconds, and started again, while
 the service keeps running. During the outage ingest must answer 503 (never 2xx: nothing
 was committed) and never take longer than the configured connect timeout; after it, the
@@ -105,7 +106,8 @@ def _statuses(attempts: list) -> dict[str, int]:
 
 def settings() -> dict:
     """Return the service settings the drill runs with."""
-    return {"gunicorn": f"-k sync -w {WORKERS}", "DATABASE_CONNECT_TIMEOUT": CONNECT_TIMEOUT_S,
+    return {"gunicorn": f"-w {WORKERS}, gunicorn.conf.py's sync worker",
+            "DATABASE_CONNECT_TIMEOUT": CONNECT_TIMEOUT_S,
             "DATABASE_STATEMENT_TIMEOUT_MS": STATEMENT_TIMEOUT_MS, "load threads": 8}
 
 

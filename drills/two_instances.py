@@ -104,7 +104,7 @@ def evaluate(database: BenchDatabase, peers: FakePeersServer, outcome: dict, mes
     ]
     return DrillResult("two_instances", "Two web instances and two workers on one PostgreSQL", tried(messages),
                        checks, figures(peers, outcome, messages, outbox, workers),
-                       {"web": "2 gunicorn masters, -k sync -w 2 each", "workers": 2,
+                       {"web": "2 gunicorn masters, -w 2 each (gunicorn.conf.py's sync worker)", "workers": 2,
                         "fake Genesys delay s": GENESYS_DELAY_S})
 
 

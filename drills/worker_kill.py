@@ -1,8 +1,8 @@
 """Drill: a web worker killed with SIGKILL under load.
 
 Genesys receipts, each for a new message id, are driven at the service under gunicorn
-(-k sync -w 4) from 8 threads. A request without an answer (connection reset by the
-kill, or a 5xx) is retried unchanged until answered. Meanwhile one worker (never the
+(-w 4, gunicorn.conf.py's sync worker) from 8 threads. A request without an answer (connection
+reset by the kill, or a 5xx) is retried unchanged until answered. Meanwhile one worker (never the
 master) is killed with SIGKILL every few seconds. Afterwards every id answered 2xx must
 be in raw_events exactly once, and so must every id that went unanswered first.
 
@@ -19,6 +19,8 @@ from drills.common import (DrillResult, LoadDriver, check, counts_per_id, genesy
                            report, wait_for_workers)
 
 WORKERS = 4
+# No -k: gunicorn.conf.py picks its sync worker, which answers gunicorn's own rejections as JSON.
+GUNICORN = f"-w {WORKERS}, gunicorn.conf.py's sync worker"
 PATH = "/vendors/genesys/delivery-reports"
 COUNT_SQL = "SELECT vendor_message_id, count(*) FROM raw_events WHERE vendor_message_id = ANY(%s) GROUP BY 1"
 
@@ -63,12 +65,12 @@ def evaluate(database: BenchDatabase, driver: LoadDriver, victims: list[int], se
                "p50 ms": percentile(latencies, 0.5), "p99 ms": percentile(latencies, 0.99),
                "killed worker pids": victims}
     return DrillResult("worker_kill", "Web worker killed with SIGKILL under load", tried(seconds, len(victims)),
-                       checks, figures, {"gunicorn": f"-k sync -w {WORKERS}", "load threads": driver.threads})
+                       checks, figures, {"gunicorn": GUNICORN, "load threads": driver.threads})
 
 
 def tried(seconds: float, kills: int) -> list[str]:
     """Describe the drill in plain words."""
-    return [f"{seconds:g} s of Genesys receipts, each a new message id, from 8 threads at gunicorn -k sync -w {WORKERS}",
+    return [f"{seconds:g} s of Genesys receipts, each a new message id, from 8 threads at gunicorn {GUNICORN}",
             f"{kills} workers (never the master) killed with SIGKILL at even intervals during the load",
             "no answer or 5xx: the same request retried unchanged until answered (redelivery)",
             "afterwards: raw_events counted per id"]
