@@ -11,6 +11,7 @@ from services.bounces import SAP_TIME_FORMAT
 
 # A served page remembers where page + 1 starts, in an integer column: the largest page leaves room for it.
 MAX_PAGE = 2**31 - 2
+NOT_A_PAGE = "must be a non-negative integer"
 # A page remembers where the next one starts under its sourceSystem: a longer name cannot be stored.
 MAX_SOURCE_SYSTEM = StatusCursor.__table__.c.source_system.type.length
 
@@ -35,8 +36,9 @@ class StatusQuerySchema(Schema):
     startTimeUTC = SapTimestamp(load_default=None)
     endTimeUTC = SapTimestamp(load_default=None)
     # The bound keeps page * page size inside PostgreSQL's integer types (an OFFSET, a cursor's page).
-    page = fields.Integer(load_default=0, strict=False, validate=validate.Range(
-        max=MAX_PAGE, error="must be at most {max}"), error_messages={"invalid": "must be a non-negative integer"})
+    page = fields.Integer(load_default=0, strict=False, validate=[
+        validate.Range(min=0, error=NOT_A_PAGE), validate.Range(max=MAX_PAGE, error="must be at most {max}")],
+        error_messages={"invalid": NOT_A_PAGE})
     sourceSystem = fields.String(load_default=None, validate=[validate.Length(
         max=MAX_SOURCE_SYSTEM, error="must be at most {max} characters"), no_nul_characters])
 
@@ -58,9 +60,7 @@ class StatusQuerySchema(Schema):
 
     @validates_schema
     def check_window(self, data, **kwargs):
-        """Reject a negative page and a window whose end lies before its start."""
-        if data["page"] < 0:
-            raise ValidationError("must be a non-negative integer", "page")
+        """Reject a window whose end lies before its start."""
         start, end = data.get("startTimeUTC"), data.get("endTimeUTC")
         if start and end and end < start:
             raise ValidationError("must not be before startTimeUTC", "endTimeUTC")

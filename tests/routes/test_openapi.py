@@ -198,3 +198,11 @@ def test_the_replay_form_fields_are_the_ones_the_route_reads(document):
     body = document["paths"]["/dashboard/replay"]["post"]["requestBody"]
     schema = body["content"]["application/x-www-form-urlencoded"]["schema"]
     assert set(schema["properties"]) == {"csrf_token", "confirm", "vendor"}
+
+
+def test_the_status_page_range_is_the_one_the_pull_accepts(client, document):
+    page = next(p for p in document["paths"]["/status"]["get"]["parameters"] if p["name"] == "page")
+    assert (page["schema"]["minimum"], page["schema"]["maximum"]) == (0, 2**31 - 2)
+    refused = client.get("/status?page=-1")
+    assert refused.status_code == 400
+    assert refused.get_json()["fields"] == {"page": ["must be a non-negative integer"]}
