@@ -118,7 +118,7 @@ def outbox_status_command() -> None:
 
 @outbox_group.command("dead")
 @click.option("--client", "client_id", type=click.UUID, help="Only this Emarsys client.")
-@click.option("--limit", default=100, show_default=True, type=ROW_COUNT)
+@click.option("--limit", default=100, show_default=True, type=ROW_COUNT, help="Most dead letters to list.")
 @database_faults_in_one_line
 def outbox_dead_command(client_id: uuid.UUID | None, limit: int) -> None:
     """List dead letters (never message bodies), oldest first."""

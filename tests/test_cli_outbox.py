@@ -4,9 +4,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
+import click
 import pytest
 from sqlalchemy import create_engine, delete, insert, select, text
 
+import cli
 from models import Client, MessageState, OutboxItem, db
 from services.clients import delete_client
 from services.clock import utcnow
@@ -331,3 +333,11 @@ def test_a_statement_timeout_is_a_database_error_not_an_unreachable_database(mak
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == (
         "Error: database error: canceling statement due to statement timeout")
+
+
+def test_every_option_of_the_services_commands_says_what_it_does():
+    commands = [cli.worker_command, cli.db_upgrade_locked_command, cli.purge_command,
+                *cli.outbox_group.commands.values()]
+    silent = [f"{command.name} {option.opts[0]}" for command in commands for option in command.params
+              if isinstance(option, click.Option) and not option.help]
+    assert silent == []
