@@ -107,10 +107,10 @@ def custom_fields_body(required: bool = True) -> dict[str, Any]:
 
 
 STORED = {"200": json_body(responses.IngestAnswerSchema, "Stored, or recognised as a redelivery"),
-          "400": "BadRequest", "404": "NotFound", "413": "PayloadTooLarge", "415": "UnsupportedMediaType",
-          "503": "Unavailable"}
-VENDOR_PUSH = Operation("vendors", {**STORED, "403": "Forbidden"}, parameters=(VENDOR_QUERY, TWILIO_SIGNATURE),
-                        request_body=VENDOR_FORM_BODY)
+          "400": "BadRequest", "413": "PayloadTooLarge", "415": "UnsupportedMediaType", "503": "Unavailable"}
+# 404: an unknown vendor or callback token (SAP Digital Interconnect's own URL names neither).
+VENDOR_PUSH = Operation("vendors", {**STORED, "403": "Forbidden", "404": "NotFound"},
+                        parameters=(VENDOR_QUERY, TWILIO_SIGNATURE), request_body=VENDOR_FORM_BODY)
 PARTNER_ERRORS = {"401": "Unauthorized", "403": "Forbidden", "503": "Unavailable"}
 # What an endpoint that reads a body may also answer: past MAX_REQUEST_BYTES, werkzeug refuses it.
 BODY_ERRORS = {"413": "PayloadTooLarge"}

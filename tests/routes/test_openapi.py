@@ -206,3 +206,10 @@ def test_the_status_page_range_is_the_one_the_pull_accepts(client, document):
     refused = client.get("/status?page=-1")
     assert refused.status_code == 400
     assert refused.get_json()["fields"] == {"page": ["must be a non-negative integer"]}
+
+
+def test_the_sapdi_push_declares_only_what_it_can_answer(document):
+    # Its vendor is built in and its URL has no token: it has nothing to answer 404 for.
+    declared = document["paths"]["/api/v1/notifications/set"]["get"]["responses"]
+    assert sorted(declared) == ["200", "400", "413", "415", "503"]
+    assert "404" in document["paths"]["/vendors/{vendor}/delivery-reports"]["post"]["responses"]
