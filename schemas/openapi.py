@@ -62,7 +62,8 @@ FREE_FORM = {"type": "object", "additionalProperties": {"type": "string"}}
 VENDOR_QUERY = {"name": "params", "in": "query", "required": False, "style": "form", "explode": True,
                 "schema": FREE_FORM, "description": "The vendor's own fields, as its documentation or "
                 "the mapping file (VENDOR_MAPPINGS_FILE) names them"}
-VENDOR_FORM_BODY = {"required": False, "content": {"application/x-www-form-urlencoded": {"schema": FREE_FORM}}}
+VENDOR_FORM_BODY = {"required": False, "content": {"application/x-www-form-urlencoded": {"schema": FREE_FORM},
+                                                   "multipart/form-data": {"schema": FREE_FORM}}}
 TWILIO_SIGNATURE = {"name": "X-Twilio-Signature", "in": "header", "required": False, "schema": {"type": "string"},
                     "description": "Checked for the twilio vendor when an auth token is known"}
 SAPDI_QUERY = tuple(

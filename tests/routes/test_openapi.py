@@ -213,3 +213,13 @@ def test_the_sapdi_push_declares_only_what_it_can_answer(document):
     declared = document["paths"]["/api/v1/notifications/set"]["get"]["responses"]
     assert sorted(declared) == ["200", "400", "413", "415", "503"]
     assert "404" in document["paths"]["/vendors/{vendor}/delivery-reports"]["post"]["responses"]
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "multipart/form-data"])
+def test_a_vendor_push_in_either_form_encoding_is_a_request_the_document_describes(client, document, content_type):
+    form = {"type": "receipt", "message_id": "m-form", "message_state": "2", "result_code": "0"}
+    response = client.post("/vendors/genesys/delivery-reports", data=form, content_type=content_type)
+    assert response.status_code == 200
+    sent = EnvironBuilder("/vendors/genesys/delivery-reports", method="POST", data=form,
+                          content_type=content_type).get_request()
+    OpenAPI.from_dict(document).validate_request(WerkzeugOpenAPIRequest(sent))
