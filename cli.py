@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from logging_setup import mask_phone_numbers
@@ -214,14 +214,33 @@ def db_upgrade_locked_command() -> None:
 
     if db.engine.dialect.name != "postgresql":
         check_reachable(db.engine)  # a file that cannot be opened (its directory missing): one line
-        upgrade()  # SQLite serves one local process; there is nobody to race.
+        if not schema_is_newer(db.engine):
+            upgrade()  # SQLite serves one local process; there is nobody to race.
         return
     # Waiting for the lock, or a long migration, must not be cut off by the 10 s statement timeout.
     lift_statement_timeout(db.engine)
     check_reachable(db.engine)
     with migration_lock(db.engine):
+        if schema_is_newer(db.engine):
+            return
         upgrade_retrying_lock_timeouts(upgrade, current_app.config["MIGRATION_LOCK_TIMEOUT_MS"] / 1000)
     click.echo("database schema is up to date", err=True)  # stdout carries only log lines
+
+
+def schema_is_newer(engine: Engine) -> bool:
+    """Tell whether a later release has migrated the database past this code's migrations, and say so."""
+    from alembic.script import ScriptDirectory
+
+    with engine.connect() as connection:
+        revision = (connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                    if inspect(connection).has_table("alembic_version") else None)
+    known = {script.revision for script in ScriptDirectory(str(MIGRATIONS_DIR)).walk_revisions()}
+    if revision is None or revision in known:
+        return False
+    # As /ready judges it: the previous release (an old instance restarted mid-deploy, a rollback) runs on
+    # the next one's schema, which migrations keep compatible; alembic would stop on the unknown revision.
+    click.echo(f"database schema at {revision}, newer than this code's migrations: nothing to do", err=True)
+    return True
 
 
 # How often a migration that gave up waiting for a table lock is tried, in all.

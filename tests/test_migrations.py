@@ -212,3 +212,18 @@ def test_an_index_build_waits_out_a_reader_of_another_table_longer_than_the_lock
 
     assert migrated.exit_code == 0, migrated.output
     assert (version, lock_timeout) == ("0013", "0")
+
+
+def test_a_schema_a_later_release_migrated_lets_this_release_start(unmigrated_postgresql_url, tmp_path):
+    # An old instance restarted mid-deploy, or a rollback: alembic alone stops on the unknown revision.
+    for url in (unmigrated_postgresql_url, f"sqlite:///{tmp_path / 'sms.sqlite3'}"):
+        app = migrated_app(url, "head")
+        with app.app_context():
+            db.session.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+            db.session.commit()
+            result = app.test_cli_runner().invoke(args=["db-upgrade-locked"])
+            assert result.exit_code == 0, result.output
+            assert "database schema at 9999, newer than this code's migrations: nothing to do" in result.output
+            assert db.session.scalar(text("SELECT version_num FROM alembic_version")) == "9999"
+            db.session.remove()
+            db.engine.dispose()
