@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
+# Loopback by default: outside production /status (phone numbers) and /metrics answer without credentials.
+HOST ?= 127.0.0.1
 WEB_CONCURRENCY ?= 2
 
 .PHONY: install run test bench drills postgres-binaries chromium clean
@@ -31,7 +33,7 @@ run: install
 	mkdir -p instance
 	$(BIN)/flask --app app db-upgrade-locked
 	@$(BIN)/flask --app app worker & worker=$$!; \
-	$(BIN)/gunicorn --workers $(WEB_CONCURRENCY) --bind 0.0.0.0:$(PORT) --access-logfile - wsgi:app & web=$$!; \
+	$(BIN)/gunicorn --workers $(WEB_CONCURRENCY) --bind $(HOST):$(PORT) --access-logfile - wsgi:app & web=$$!; \
 	stopped=0; trap 'stopped=1; kill $$worker $$web 2>/dev/null' INT TERM; \
 	while [ $$stopped = 0 ] && kill -0 $$worker 2>/dev/null && kill -0 $$web 2>/dev/null; do sleep 1; done; \
 	kill $$worker $$web 2>/dev/null; wait; \
