@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
-from sqlalchemy import Engine, event, inspect, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from logging_setup import mask_phone_numbers
@@ -229,13 +229,11 @@ def db_upgrade_locked_command() -> None:
 
 def schema_is_newer(engine: Engine) -> bool:
     """Tell whether a later release has migrated the database past this code's migrations, and say so."""
-    from alembic.script import ScriptDirectory
+    from services.health import is_newer_schema, schema_revision
 
     with engine.connect() as connection:
-        revision = (connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-                    if inspect(connection).has_table("alembic_version") else None)
-    known = {script.revision for script in ScriptDirectory(str(MIGRATIONS_DIR)).walk_revisions()}
-    if revision is None or revision in known:
+        revision = schema_revision(connection)
+    if not is_newer_schema(revision, str(MIGRATIONS_DIR)):
         return False
     # As /ready judges it: the previous release (an old instance restarted mid-deploy, a rollback) runs on
     # the next one's schema, which migrations keep compatible; alembic would stop on the unknown revision.

@@ -42,7 +42,7 @@ def _check_database() -> str | None:
         connection.execute(text("SELECT 1"))
         if database in _schemas_seen_current:  # a schema does not move back: checked until current
             return None
-        revision = _schema_revision(connection)
+        revision = schema_revision(connection)
     problem = schema_behind(revision, current_app.extensions["migrate"].directory)
     if problem is None:
         _schemas_seen_current.add(database)
@@ -52,7 +52,8 @@ def _check_database() -> str | None:
 _schemas_seen_current: set[str] = set()
 
 
-def _schema_revision(connection) -> str | None:
+def schema_revision(connection) -> str | None:
+    """Return the database's alembic revision, or None before its first migration."""
     if not inspect(connection).has_table("alembic_version"):
         return None
     return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
@@ -66,10 +67,15 @@ def schema_behind(revision: str | None, migrations_dir: str) -> str | None:
         return None
     if revision is None:
         return f"database schema not migrated; this code needs {head}: run flask --app app db-upgrade-locked"
-    known = {script_revision.revision for script_revision in script.walk_revisions()}
-    if revision not in known:
-        return None  # newer than this code: a rolling deploy's new release migrated it first
+    if is_newer_schema(revision, migrations_dir):
+        return None  # a rolling deploy's new release migrated it first
     return f"database schema at {revision}, this code needs {head}: run flask --app app db-upgrade-locked"
+
+
+def is_newer_schema(revision: str | None, migrations_dir: str) -> bool:
+    """Tell whether `revision` is one this code's migrations do not know: a later release's."""
+    script = _migration_script(migrations_dir)
+    return revision is not None and revision not in {known.revision for known in script.walk_revisions()}
 
 
 @functools.cache
