@@ -62,11 +62,18 @@ def item_index(data_path: str, collection: str, batch_size: int) -> int | None:
 
 
 def _error_text(error: dict[str, Any]) -> str:
-    """Return a short human-readable line for one InvalidFormatError."""
+    """Return a short human-readable line for one InvalidFormatError, storable in a dead letter."""
     path = error.get("dataPath") or error.get("instancePath") or ""
     message = str(error.get("message") or error.get("keyword") or "invalid")
     text = f"{path}: {message}" if path else message
-    return text[:MAX_ERROR_TEXT]
+    return _storable(text)[:MAX_ERROR_TEXT]
+
+
+def _storable(text: str) -> str:
+    """Return the text without what PostgreSQL text cannot hold: NUL and lone surrogates."""
+    # Unstorable, the answer could not be recorded: the batch would stay leased, be posted again
+    # after every lease and never become a dead letter.
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 def _format_errors(response: requests.Response) -> list[dict[str, Any]] | None:

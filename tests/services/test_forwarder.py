@@ -800,3 +800,25 @@ def test_a_fault_of_ours_on_one_clients_batch_pauses_no_other_client(forwarder_a
         db.session.commit()
         assert worker.run_once() == 2
     assert [call["client_id"] for call in emarsys.calls] == [str(CLIENT_B)]
+
+
+@pytest.mark.parametrize("message", ["bad value '\u0000'", "bad value '\ud800'"])
+def test_a_400_whose_error_text_cannot_be_stored_still_dead_letters_the_item_once(app, emarsys, message):
+    # Emarsys's texts go to the dead letter; PostgreSQL text holds no NUL and UTF-8 no lone surrogate.
+    error = {"keyword": "enum", "dataPath": ".deliveryReports[0].status", "message": message}
+    emarsys.answer(400, json.dumps({"errors": [error]}).encode())
+    with app.app_context():
+        seed(CLIENT_A, 2)
+
+    drain(app, forwarder(app))
+    with app.app_context():  # had the answer not been recorded, the lease would end and the batch go again
+        db.session.execute(update(OutboxItem).where(OutboxItem.state == "leased")
+                           .values(lease_until=utcnow() - timedelta(seconds=1)))
+        db.session.commit()
+    drain(app, forwarder(app))
+
+    assert [len(call["items"]) for call in emarsys.calls] == [2, 1]
+    with app.app_context():
+        rows = items()
+        assert [row.state for row in rows] == ["dead", "done"]
+        assert "deliveryReports[0].status" in rows[0].last_error and "bad value" in rows[0].last_error
