@@ -20,9 +20,10 @@ from pythonjsonlogger.json import JsonFormatter
 PHONE_NUMBER = re.compile(
     r"(?<![\w-])(?:\+?\d{6,}|(?:\+|\(|(?=0))[\d()]*\d(?:[ /()-]{1,2}\d+)+\)?)(?![\w-])")
 MIN_PHONE_DIGITS = 6
-# A path segment this long is a callback token (or a guess at one): an unmatched path that carries
-# one, such as a mistyped callback URL, is logged without it.
-TOKEN_LIKE_SEGMENT = re.compile(r"(?<=/)[A-Za-z0-9_-]{20,}(?=/|$)")
+# A run of token characters this long is a callback token (or a guess at one): an unmatched path
+# that carries one, such as a mistyped callback URL, is logged without it. Any such run, not only a
+# whole segment: a URL pasted with what followed it ("<token>.", "<token> ") still hides its token.
+TOKEN_LIKE_SEGMENT = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{20,}(?![A-Za-z0-9_-])")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 CONTEXT_FIELDS = ("request_id", "route", "client_id", "vendor")
 # gunicorn's access log prints this WSGI environ key (`%({sms_status.route}e)s`) instead of the

@@ -93,13 +93,21 @@ def test_requests_refused_before_any_view_still_carry_a_request_id(make_app, cap
     assert len({line["request_id"] for line in lines}) == 2
 
 
-def test_an_unmatched_path_is_logged_without_a_token_it_carries(make_app, capsys):
+@pytest.mark.parametrize("suffix, route", [
+    ("/delivery-report", "/vendors/genesys/clients/<token>/delivery-report"),
+    # A callback URL pasted with what followed it: the token's segment carries more than the token.
+    (" ", "/vendors/genesys/clients/<token> "),
+    (".", "/vendors/genesys/clients/<token>."),
+    ("\u200b", "/vendors/genesys/clients/<token>\u200b"),
+    ("\"/delivery-report", "/vendors/genesys/clients/<token>\"/delivery-report"),
+])
+def test_an_unmatched_path_is_logged_without_a_token_it_carries(make_app, capsys, suffix, route):
     token = "Zm9vYmFyYmF6cXV4LXNlY3JldC10b2tlbi0xMjM0NQ"
     client = make_app().test_client()
-    assert client.post(f"/vendors/genesys/clients/{token}/delivery-report").status_code == 404
+    assert client.post(f"/vendors/genesys/clients/{token}{suffix}").status_code == 404
     output = capsys.readouterr().out
     [line] = request_lines(log_lines(output))
-    assert line["route"] == "/vendors/genesys/clients/<token>/delivery-report"
+    assert line["route"] == route
     assert token not in output
 
 
