@@ -29,6 +29,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(outbox_group)
     app.cli.add_command(db_upgrade_locked_command)
     app.cli.add_command(purge_command)
+    app.cli.add_command(reseal_secrets_command)
 
 
 @click.command("worker")
@@ -305,3 +306,17 @@ def purge_command(older_than: timedelta | None, dry_run: bool, batch_size: int |
     for result in results:
         click.echo(f"{result.table:<20}{result.rows:>14}")
     click.echo(f"{'total':<20}{sum(result.rows for result in results):>14}")
+
+
+@click.command("reseal-secrets")
+@database_faults_in_one_line
+def reseal_secrets_command() -> None:
+    """Encrypt every client's secrets with the first CONFIG_ENCRYPTION_KEY, so the others can be dropped."""
+    from services.clients import reseal_secrets
+
+    resealed, unreadable = reseal_secrets()
+    click.echo(f"resealed {resealed} client(s) with the first CONFIG_ENCRYPTION_KEY")
+    if unreadable:
+        names = ", ".join(str(client_id) for client_id in unreadable)
+        raise click.ClickException(f"{len(unreadable)} client(s) cannot be read with any configured key "
+                                   f"and were left as they were (a PUT of their configuration repairs them): {names}")

@@ -180,6 +180,26 @@ def delete_client(client_id: uuid.UUID) -> None:
     log.info("client %s deleted", client_id)
 
 
+def reseal_secrets() -> tuple[int, list[uuid.UUID]]:
+    """Encrypt every client's secrets anew with the first key and commit; return how many, and those no key opens.
+
+    After it, the keys after the first decrypt nothing stored and can be dropped from CONFIG_ENCRYPTION_KEY.
+    """
+    box, resealed, unreadable = secret_box(), 0, []
+    # Locked: a concurrent PUT must not seal with the old key list in between.
+    for client in db.session.scalars(db.select(Client).order_by(Client.id).with_for_update()):
+        try:
+            client.secrets = box.reseal(client.secrets)
+            client.former_secrets = box.reseal(client.former_secrets) if client.former_secrets else None
+            resealed += 1
+        except UndecryptableSecrets:
+            unreadable.append(client.id)
+            db.session.expire(client)  # neither column changes: it stays as it was
+    db.session.commit()
+    log.info("secrets of %d client(s) resealed with the first encryption key; %d unreadable", resealed, len(unreadable))
+    return resealed, unreadable
+
+
 def client_config(client: Client) -> ClientConfig:
     """Return a client's full configuration, secrets decrypted."""
     secret_values = secret_box().open(client.secrets)

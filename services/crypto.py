@@ -43,6 +43,13 @@ class SecretBox:
         except InvalidToken:
             raise UndecryptableSecrets("stored secrets cannot be decrypted with CONFIG_ENCRYPTION_KEY") from None
 
+    def reseal(self, token: str) -> str:
+        """Return the token encrypted anew with the first key; raise UndecryptableSecrets when no key fits."""
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken:
+            raise UndecryptableSecrets("stored secrets cannot be decrypted with CONFIG_ENCRYPTION_KEY") from None
+
 
 def check_fernet_key(key: str, position: int) -> None:
     """Stop start-up on a key that is not a Fernet key, rather than fail every request that needs it."""
