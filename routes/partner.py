@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from errors import Forbidden, NotFound, Unauthorized, Unavailable
 from schemas.client_config import InvalidClientConfig, field_error, load_client_config
@@ -35,6 +35,13 @@ def require_emarsys_token() -> None:
         if request.endpoint not in AUTHENTICATION_FAILURE_IS_403:
             raise
         raise Forbidden(refused.message, headers=refused.headers) from None
+
+
+@bp.after_request
+def forbid_caching(response: Response) -> Response:
+    """Keep every answer out of caches: configurations carry secrets and callback tokens."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def configuration_client_id(raw: str) -> uuid.UUID:

@@ -1,7 +1,7 @@
 """SAP Marketing Cloud's bounce pull (generic text message adapter) and the blog's helpers."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, jsonify, request
+from flask import Blueprint, Response, abort, current_app, jsonify, request
 from werkzeug.exceptions import MethodNotAllowed
 
 from routes.auth import basic_auth_required
@@ -20,6 +20,13 @@ def refuse_head():
     """Refuse HEAD, which Flask adds to every GET: a pull marks what it serves pulled, page 0 restarts a sequence."""
     if request.method == "HEAD":
         raise MethodNotAllowed(valid_methods=sorted(request.url_rule.methods - {"HEAD", "OPTIONS"}))
+
+
+@bp.after_request
+def forbid_caching(response: Response) -> Response:
+    """Keep every answer out of caches: bounces carry phone numbers."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.get("/status")

@@ -111,6 +111,14 @@ def test_get_answers_the_fields_with_secrets_and_urls(partner_client, auth, onbo
         **genesys_fields, "baseUrl": "https://smsc-api.genesyscloud.com/httpapi/receiver"}
 
 
+def test_answers_with_secrets_or_callback_tokens_are_never_cached(partner_client, auth, onboard, genesys_fields):
+    client_id, _ = onboard(genesys_fields)
+    put = partner_client.put(configuration_url(client_id), headers=auth, json={"customFieldValues": genesys_fields})
+    get = partner_client.get(configuration_url(client_id), headers=auth)
+    assert put.status_code == get.status_code == 200
+    assert put.headers["Cache-Control"] == get.headers["Cache-Control"] == "no-store"
+
+
 @pytest.mark.parametrize("method", ["get", "delete"])
 def test_unknown_client_is_404(partner_client, auth, method):
     response = getattr(partner_client, method)(configuration_url(uuid.uuid4()), headers=auth)

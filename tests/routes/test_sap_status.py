@@ -51,6 +51,12 @@ def test_response_has_the_adapter_shape(client):
         "statusText": "failed", "type": "Temporary", "timestamp": "20180101092754"}]}
 
 
+def test_bounces_with_phone_numbers_are_never_cached(client):
+    push_bounce(client, "42", datetime(2018, 1, 1, 9, 27, 54))
+    response = client.get(f"/status?{WINDOW}&page=0&sourceSystem=TestSystem1")
+    assert response.get_json()["status"] and response.headers["Cache-Control"] == "no-store"
+
+
 def test_response_bytes_are_compact_json_with_sorted_keys(client):
     push_bounce(client, "42", datetime(2018, 1, 1, 9, 27, 54), code="0xDBF3")
     response = client.get(f"/status?{WINDOW}&page=0&sourceSystem=TestSystem1")
