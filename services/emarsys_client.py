@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import requests
 
+from schemas.text import storable_text
 from services.oauth import OAuthTokenProvider, TokenServiceError
 from services.retry import parse_retry_after
 from services.vendors.transport import (BearerToken, bind_to_deadlines, ignore_netrc, request_within,
@@ -66,14 +67,9 @@ def _error_text(error: dict[str, Any]) -> str:
     path = error.get("dataPath") or error.get("instancePath") or ""
     message = str(error.get("message") or error.get("keyword") or "invalid")
     text = f"{path}: {message}" if path else message
-    return _storable(text)[:MAX_ERROR_TEXT]
-
-
-def _storable(text: str) -> str:
-    """Return the text without what PostgreSQL text cannot hold: NUL and lone surrogates."""
-    # Unstorable, the answer could not be recorded: the batch would stay leased, be posted again
-    # after every lease and never become a dead letter.
-    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    # Unstorable, the answer could not be recorded: the batch would stay leased and be posted again
+    # after every lease, never becoming a dead letter.
+    return storable_text(text)[:MAX_ERROR_TEXT]
 
 
 def _format_errors(response: requests.Response) -> list[dict[str, Any]] | None:

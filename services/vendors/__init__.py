@@ -14,6 +14,7 @@ from typing import Any
 from mappers.report import MAX_MESSAGE_ID_LENGTH, MAX_STATUS_CODE_LENGTH, ErrorType, Outcome
 from schemas.client_config import GENESYS, TWILIO, ClientConfig
 from schemas.outbound import OutboundMessage
+from schemas.text import storable_text
 from services.vendors import transport
 # Re-exported: the worker's shutdown and the tests close the shared sessions through this package.
 from services.vendors.transport import close_sessions, session_for  # noqa: F401
@@ -42,20 +43,14 @@ class SendResult:
 
     def __post_init__(self) -> None:
         """Make the vendor's texts storable; drop a vendor id that cannot be a message's key."""
-        object.__setattr__(self, "status_code", _storable(self.status_code)[:MAX_STATUS_CODE_LENGTH])
-        object.__setattr__(self, "status_text", _storable(self.status_text))
+        object.__setattr__(self, "status_code", storable_text(self.status_code)[:MAX_STATUS_CODE_LENGTH])
+        object.__setattr__(self, "status_text", storable_text(self.status_text))
         vendor_id = None if self.vendor_message_id is None else str(self.vendor_message_id)  # a JSON number
         # One too long or with control characters: receipts carrying it would be refused too, so our
         # own id stays the key.
         unusable = vendor_id is not None and (len(vendor_id) > MAX_MESSAGE_ID_LENGTH
                                               or not vendor_id.isprintable())
         object.__setattr__(self, "vendor_message_id", None if unusable else vendor_id)
-
-
-def _storable(value: object) -> str:
-    # PostgreSQL text holds no NUL and UTF-8 no lone surrogate (JSON may carry "\ud800"): either in
-    # a vendor's answer would leave the message unrecorded.
-    return str(value).replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 @dataclass(frozen=True)
