@@ -8,6 +8,9 @@ from flask import current_app, request
 
 from errors import Unauthorized, Unavailable
 
+# The dashboard and /metrics take the same admin credentials: one realm, so a browser asks once.
+OPERATOR_REALM = "operator"
+
 
 def credentials_match(expected_user: str, expected_password: str) -> bool:
     """Tell whether the request carries these Basic credentials, in constant time."""
@@ -32,10 +35,15 @@ def basic_auth_required(user_key: str, password_key: str, realm: str):
                     # Production never serves it open: the operator forgot the credentials.
                     raise Unavailable(f"{user_key} and {password_key} are not set", field=user_key)
             elif not credentials_match(user, password):
-                raise Unauthorized("valid Basic credentials are required", field="Authorization",
-                                   headers={"WWW-Authenticate": f'Basic realm="{realm}", charset="UTF-8"'})
+                raise credentials_required(realm)
             return view(*args, **kwargs)
 
         return guarded
 
     return decorator
+
+
+def credentials_required(realm: str) -> Unauthorized:
+    """Return the 401 that asks for Basic credentials of the realm."""
+    return Unauthorized("valid Basic credentials are required", field="Authorization",
+                        headers={"WWW-Authenticate": f'Basic realm="{realm}", charset="UTF-8"'})

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from errors import Forbidden, InvalidParameter, NotFound, Unauthorized
-from routes.auth import credentials_match
+from errors import Forbidden, InvalidParameter, NotFound
+from routes.auth import OPERATOR_REALM, credentials_match, credentials_required
 from services import dashboard
 from services.charts import stacked_bar_svg
 from services.outbox import replay_dead_letters
@@ -34,8 +34,7 @@ def admin_required(view):
         if not (user and password):
             raise NotFound("the dashboard is disabled: set ADMIN_USERNAME and ADMIN_PASSWORD")
         if not credentials_match(user, password):
-            raise Unauthorized("valid Basic credentials are required", field="Authorization",
-                               headers={"WWW-Authenticate": 'Basic realm="dashboard", charset="UTF-8"'})
+            raise credentials_required(OPERATOR_REALM)
         return view(*args, **kwargs)
 
     return guarded

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from routes.auth import basic_auth_required
+from routes.auth import OPERATOR_REALM, basic_auth_required
 from schemas.openapi import openapi_document
 from services.health import database_ready
 
 bp = Blueprint("ops", __name__)
 
 # Metrics carry no secrets or message data, yet the web route is public on Cloud Foundry.
-operator_auth = basic_auth_required("ADMIN_USERNAME", "ADMIN_PASSWORD", "operator")
+operator_auth = basic_auth_required("ADMIN_USERNAME", "ADMIN_PASSWORD", OPERATOR_REALM)
 
 
 @bp.get("/health")

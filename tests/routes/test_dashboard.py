@@ -123,6 +123,12 @@ def test_dashboard_asks_for_basic_credentials(admin, auth):
         assert response.get_json()["field"] == "Authorization"
 
 
+def test_dashboard_and_metrics_ask_for_one_realm_so_a_browser_asks_once(admin):
+    dashboard, metrics = admin.get("/dashboard"), admin.get("/metrics")
+    assert (dashboard.status_code, metrics.status_code) == (401, 401)
+    assert dashboard.headers["WWW-Authenticate"] == metrics.headers["WWW-Authenticate"]
+
+
 def test_dashboard_is_html_that_no_other_site_may_frame_or_script(admin):
     response = admin.get("/dashboard", auth=ADMIN)
     assert response.mimetype == "text/html"
