@@ -26,12 +26,20 @@ def delivery_report_item(report: DeliveryReport, emarsys_message_id: str) -> dic
     return item
 
 
+def emarsys_number(number: str) -> str:
+    """Return a phone number as Emarsys writes it, without the `+` ('436771234567'); anything else as it is."""
+    # Emarsys sends its numbers so (services.vendors.twilio adds the `+` Twilio needs), and its
+    # example InboundMessage reads so: Twilio's From and To, and a Genesys `+` restored, carry one.
+    digits = number.removeprefix("+")
+    return digits if digits.isascii() and digits.isdigit() else number
+
+
 def inbound_message_item(message: InboundMessage) -> dict[str, Any]:
     """Return one `InboundMessage` item for the inboundMessages callback."""
     return {
         "messageId": message.vendor_message_id,
-        "source": message.source,
-        "destination": message.destination,
+        "source": emarsys_number(message.source),
+        "destination": emarsys_number(message.destination),
         "message": message.body,
         "receivedAt": rfc3339(message.received_at),
     }

@@ -26,6 +26,7 @@ from services.clock import utcnow
 from services.emarsys_client import CallResult
 from services.forwarder import REQUESTS_PER_CALL, Forwarder, claim_lock_key, emarsys_request_timeout
 from services.ingest import record_delivery_report
+from services.twilio_signature import compute_signature
 from tests.emarsys_spec import requires_spec, validate_pointer, validate_schema
 from tests.records import ensure_client
 
@@ -38,6 +39,7 @@ CALLBACK_PATH = re.compile(rf"^{BASE_PATH}/clients/([^/]+)/(deliveryReports|inbo
 BATCH_SCHEMAS = {"deliveryReports": "DeliveryReportBatch", "inboundMessages": "InboundMessageBatch"}
 CLIENT_A = uuid.UUID("39a281c7-942f-49a9-91c2-8f0dba750f7f")
 CLIENT_B = uuid.UUID("5b0e6c55-2f3e-4c1e-9d8e-0a1b2c3d4e5f")
+TWILIO_AUTH_TOKEN = "twilio-auth-token"
 
 
 class TokenServer:
@@ -268,6 +270,45 @@ def test_mo_on_a_client_callback_url_reaches_inbound_messages(app, emarsys):
     [message] = call["items"]
     assert (message["messageId"], message["source"], message["destination"], message["message"]) == (
         "mo-1", "436771234567", "12345", "STOP")
+
+
+def twilio_client(client_id: uuid.UUID = CLIENT_A):
+    """Onboard a Twilio client and return it."""
+    config = load_client_config({"customFieldValues": {
+        "vendor": "twilio", "accountSid": "AC" + "0123456789abcdef" * 2, "authToken": TWILIO_AUTH_TOKEN}})
+    return save_client(client_id, config)
+
+
+@pytest.mark.parametrize("vendor, form", [
+    ("twilio", {"MessageSid": "SM1", "From": "+436771234567", "To": "+381641234567", "Body": "STOP"}),
+    # A `+` Genesys sent un-encoded arrives as a space, and is restored.
+    ("genesys", {"type": "MO", "message_id": "mo-1", "phone_number": " 436771234567",
+                 "shortcode": " 381641234567", "message": "STOP"}),
+])
+def test_mo_numbers_reach_emarsys_written_as_emarsys_writes_them(app, emarsys, vendor, form):
+    with app.app_context():
+        path = local_path(callback_urls(twilio_client() if vendor == "twilio" else genesys_client()).inbound_messages)
+    signature = compute_signature(TWILIO_AUTH_TOKEN, app.config["PUBLIC_BASE_URL"] + path, form)
+
+    assert app.test_client().post(path, data=form, headers={"X-Twilio-Signature": signature}).status_code == 200
+    assert drain(app, forwarder(app)) == 1
+
+    [message] = emarsys.calls[0]["items"]
+    # The contract's own example, and how Emarsys writes the numbers it sends: no `+`.
+    assert (message["source"], message["destination"]) == ("436771234567", "381641234567")
+
+
+def test_mo_short_codes_and_sender_names_reach_emarsys_as_sent(app, emarsys):
+    with app.app_context():
+        path = local_path(callback_urls(twilio_client()).inbound_messages)
+    form = {"MessageSid": "SM1", "From": "+436771234567", "To": "72000", "Body": "STOP"}
+    signature = compute_signature(TWILIO_AUTH_TOKEN, app.config["PUBLIC_BASE_URL"] + path, form)
+
+    assert app.test_client().post(path, data=form, headers={"X-Twilio-Signature": signature}).status_code == 200
+    assert drain(app, forwarder(app)) == 1
+
+    [message] = emarsys.calls[0]["items"]
+    assert message["destination"] == "72000"
 
 
 def test_2500_reports_leave_as_at_most_3_batches_per_client(app, emarsys):
