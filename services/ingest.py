@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import uuid
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from services.metrics import count_report
 from services.prepared import prepare_once
 from services.thread_connections import ThreadConnections
 
+log = logging.getLogger(__name__)
 
 # The report statement is prepared once per connection: PostgreSQL then skips parsing and planning
 # a five-CTE statement on every receipt. Parameter types are declared so none is guessed.
@@ -129,7 +131,18 @@ def record_inbound_message(vendor: str, message: InboundMessage, params: dict[st
         enqueue_forward(client_id, "inbound_message", message.vendor_message_id,
                         inbound_message_item(message), message.received_at, now)
     db.session.commit()
+    if inserted is not None and client_id is None:
+        _warn_unforwarded(vendor, message)
     return IngestResult(duplicate=inserted is None, applied=inserted is not None)
+
+
+def _warn_unforwarded(vendor: str, message: InboundMessage) -> None:
+    """Log that an inbound message from an open URL reaches no one (its vendor answer's line is DEBUG)."""
+    # SAP Marketing Cloud takes no inbound messages, and only a client's callback URL ties one to an
+    # Emarsys client: unlogged, a client's replies (STOP) sent to the open URL would vanish unseen.
+    log.warning("inbound message %s from %s arrived on the open URL: stored, tied to no Emarsys client, "
+                "so not forwarded (a client's vendor must use its callback URL)",
+                message.vendor_message_id, vendor)
 
 
 def fingerprint(vendor: str, kind: str, client_id: uuid.UUID | None, params: dict[str, Any]) -> str:

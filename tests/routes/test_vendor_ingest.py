@@ -116,6 +116,21 @@ def test_inbound_message_is_stored_once(app, client, vendor, params, expected):
         assert (stored.vendor, stored.source, stored.destination, stored.body) == (vendor, *expected)
 
 
+def test_an_inbound_message_tied_to_no_client_is_stored_and_logged_as_not_forwarded(app, client, caplog):
+    caplog.set_level("WARNING")
+    params = {"type": "MO", "message_id": "mo-open", "shortcode": "12345", "phone_number": "4915112345678",
+              "message": "STOP"}
+    for _ in range(2):  # the vendor's retry is a duplicate: one line, not one a push
+        assert client.post("/vendors/genesys/inbound-messages", data=params).status_code == 200
+
+    with app.app_context():
+        assert db.session.scalars(db.select(InboundMessageRecord.client_id)).all() == [None]
+    [line] = [record for record in caplog.records if "mo-open" in record.getMessage()]
+    assert line.levelname == "WARNING"
+    assert "not forwarded" in line.getMessage() and "genesys" in line.getMessage()
+    assert "STOP" not in line.getMessage() and "4915112345678" not in line.getMessage()
+
+
 FORM = "application/x-www-form-urlencoded"
 
 
