@@ -5,13 +5,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from models import OutboundMessage, OutboxItem
-from services.worker import JobDied, JobFailed, Worker, worker_identity
+from services.worker import MAX_FAILURE_BACKOFF_SECONDS, JobDied, JobFailed, Worker, worker_identity
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,27 +94,71 @@ def test_the_dispatcher_and_forwarder_see_the_workers_stop_signal(app):
     assert dispatcher.stopping is worker.stopping and forwarder.stopping is worker.stopping
 
 
+class NotedWaits(threading.Event):
+    """The worker's stop event, noting each timed wait of a job's loop instead of sleeping through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Note the timeout and return at once, as if it had passed."""
+        if timeout is None:
+            return super().wait()
+        self.waits.append(timeout)
+        return self.is_set()
+
+
 def test_a_job_that_keeps_failing_backs_off_and_logs_one_traceback(app, caplog):
+    # More failures than 2 ** failures fits a float for: the doubling must stay capped, not overflow.
+    rounds = 1100
+    stopping = NotedWaits()
     calls = []
 
     def failing() -> int:
-        """Fail as a job does while the database is down."""
-        calls.append(time.monotonic())
+        """Fail as a job does while the database is down; ask the worker to stop in the last round."""
+        calls.append(1)
+        if len(calls) == rounds:
+            stopping.set()
         raise ConnectionError("database down")
 
-    worker = Worker(app, [failing], idle_seconds=0.05)
+    worker = Worker(app, [failing], idle_seconds=0.05, stopping=stopping)
     loop = threading.Thread(target=worker.run)
     loop.start()
-    time.sleep(1.6)
-    worker.stopping.set()
-    loop.join(10)
+    loop.join(30)
 
-    # 0.1, 0.2, 0.4, 0.8 s apart: five rounds, where a steady 0.05 s would have made about thirty.
-    assert 4 <= len(calls) <= 6
-    gaps = [later - earlier for earlier, later in zip(calls, calls[1:])]
-    assert gaps == sorted(gaps)
+    assert not loop.is_alive() and worker.died == []
+    assert len(calls) == rounds
+    # Twice as long after each failure, from twice the idle time, up to MAX_FAILURE_BACKOFF_SECONDS.
+    doubling = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6]
+    assert stopping.waits == pytest.approx(doubling + [MAX_FAILURE_BACKOFF_SECONDS] * (rounds - len(doubling)))
     tracebacks = [record for record in caplog.records if record.exc_info]
     assert len(tracebacks) == 1 and "failed again: ConnectionError" in caplog.text
+
+
+def test_a_job_that_works_again_starts_its_backoff_afresh(app, caplog):
+    stopping = NotedWaits()
+    rounds = []
+
+    def flaky() -> int:
+        """Fail twice, then find nothing to do, then fail once more and stop the worker."""
+        rounds.append(1)
+        if len(rounds) == 3:
+            return 0
+        if len(rounds) == 4:
+            stopping.set()
+        raise ConnectionError("database down")
+
+    worker = Worker(app, [flaky], idle_seconds=0.05, stopping=stopping)
+    loop = threading.Thread(target=worker.run)
+    loop.start()
+    loop.join(30)
+
+    assert not loop.is_alive() and len(rounds) == 4
+    # The idle wait after the round that worked, then the first step of the doubling again.
+    assert stopping.waits == pytest.approx([0.1, 0.2, 0.05, 0.1])
+    assert "works again after 2 failed round(s)" in caplog.text
+    assert len([record for record in caplog.records if record.exc_info]) == 2  # a new fault: its traceback
 
 
 def test_once_fails_when_a_job_fails(app):
