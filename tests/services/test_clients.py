@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 
 import psycopg2
@@ -17,8 +16,8 @@ from schemas.outbound import OutboundMessage as BatchMessage
 from services.clients import delete_client, save_client, secret_box
 from services.clock import utcnow
 from services.outbound import accept_batch
+from tests.concurrency import start_waiting_for_a_lock
 
-WAIT_SECONDS = 0.5
 QUEUED_ROW = """
 INSERT INTO outbound_messages (public_id, client_id, emarsys_message_id, source, destination, body, state,
                                attempts, next_attempt_at, created_at, updated_at)
@@ -45,7 +44,8 @@ def other_transaction(app):
 
 
 def in_thread(app, action) -> tuple[threading.Thread, list]:
-    """Run `action` in an app context on a thread; return the thread and the list its outcome lands in."""
+    """Run `action` in an app context on a thread; return the thread, once it waits for a row lock, and the
+    list its outcome lands in."""
     outcome: list = []
 
     def run() -> None:
@@ -56,9 +56,8 @@ def in_thread(app, action) -> tuple[threading.Thread, list]:
                 outcome.append(exc)
             finally:
                 db.session.remove()
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
+    with app.app_context():
+        return start_waiting_for_a_lock(run), outcome
 
 
 def test_a_batch_committed_while_the_deletion_waits_is_cancelled_by_it(app, client_id, other_transaction):
@@ -67,7 +66,6 @@ def test_a_batch_committed_while_the_deletion_waits_is_cancelled_by_it(app, clie
         cursor.execute("SELECT id FROM clients WHERE id = %s FOR SHARE", (str(client_id),))
         cursor.execute(QUEUED_ROW, {"public_id": uuid.uuid4().hex, "client_id": str(client_id), "now": utcnow()})
     deletion, _ = in_thread(app, lambda: delete_client(client_id))
-    time.sleep(WAIT_SECONDS)
     assert deletion.is_alive()  # it waits for the batch's transaction
     other_transaction.commit()
     deletion.join(10)
@@ -81,7 +79,6 @@ def test_a_batch_for_a_client_being_deleted_waits_and_is_refused(app, client_id,
         cursor.execute("SELECT id FROM clients WHERE id = %s FOR UPDATE", (str(client_id),))
     batch = [BatchMessage("em-1", "ACME", "+4915112345678", "hi")]
     accepting, outcome = in_thread(app, lambda: accept_batch(client_id, batch))
-    time.sleep(WAIT_SECONDS)
     assert accepting.is_alive()
     with other_transaction.cursor() as cursor:
         cursor.execute("DELETE FROM clients WHERE id = %s", (str(client_id),))
@@ -110,7 +107,6 @@ def test_a_configuration_update_keeps_the_signing_key_of_the_account_a_concurren
                        (json.dumps({"vendor": "twilio", "accountSid": account_b,
                                     "baseUrl": "https://api.twilio.com"}), str(client_id)))
     updating, outcome = in_thread(app, lambda: save_client(client_id, twilio_config(account_c, "token-c")).id)
-    time.sleep(WAIT_SECONDS)
     other_transaction.commit()
     updating.join(10)
 
