@@ -1,22 +1,9 @@
 """The embedded SQLite default serves the whole bounce flow with no database server."""
 from __future__ import annotations
 
-import pytest
-from flask_migrate import upgrade
-
 from app import create_app
 from config import load_config
 from models import db
-
-
-@pytest.fixture
-def sqlite_app(tmp_path):
-    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'sms.sqlite3'}"})
-    with app.app_context():
-        upgrade()
-    yield app
-    with app.app_context():
-        db.engine.dispose()
 
 
 def test_default_database_is_an_sqlite_file_under_instance():
