@@ -35,13 +35,8 @@ BODY = "Your one-time code is 424242"
 DESTINATION = "+36301234567"
 FAST_RETRIES = {"SEND_RETRY_DELAY_SECONDS": 0, "VENDOR_TIMEOUT_SECONDS": 5}
 
-
-@pytest.fixture(autouse=True)
-def fresh_sessions():
-    """Start and end every test without pooled connections to an earlier test's server."""
-    vendors.close_sessions()
-    yield
-    vendors.close_sessions()
+# No pooled connection to an earlier test's server (tests/services/conftest.py).
+pytestmark = pytest.mark.usefixtures("fresh_sessions")
 
 
 @pytest.fixture

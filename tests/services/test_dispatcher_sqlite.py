@@ -12,9 +12,10 @@ from app import create_app
 from models import MessageState, OutboundMessage, OutboxItem, db
 from services.clock import utcnow
 from tests.conftest import TEST_SETTINGS
-# fresh_sessions is an autouse fixture: imported, it closes pooled vendor sessions around each test here too.
-from tests.services.test_dispatcher import (FAST_RETRIES, GENESYS_PATH, dispatcher, forwarded_statuses,  # noqa: F401
-                                            fresh_sessions, genesys_client, message, queue_messages)
+from tests.services.test_dispatcher import (FAST_RETRIES, GENESYS_PATH, dispatcher, forwarded_statuses,
+                                            genesys_client, message, queue_messages)
+
+pytestmark = pytest.mark.usefixtures("fresh_sessions")
 
 # A short busy timeout: a commit blocked by a reader fails in a fraction of a second, not in 5 s.
 BUSY_TIMEOUT_SECONDS = 0.2

@@ -30,13 +30,8 @@ TIMEOUT = 5.0
 TINY_TIMEOUT = 0.05
 SLOW_SECONDS = 0.5
 
-
-@pytest.fixture(autouse=True)
-def fresh_sessions():
-    """Start and end every test without pooled connections to an earlier test's server."""
-    vendors.close_sessions()
-    yield
-    vendors.close_sessions()
+# No pooled connection to an earlier test's server (tests/services/conftest.py).
+pytestmark = pytest.mark.usefixtures("fresh_sessions")
 
 
 def genesys_config(base_url: str, **fields: str) -> ClientConfig:
