@@ -74,8 +74,14 @@ def test_only_a_public_peer_passes(public_only, address, public):
 
 
 def test_the_operator_can_allow_private_peers(public_only):
+    sock = PeerSocket("10.0.0.5")
+    with pytest.raises(transport.AddressNotPublic):
+        transport.refuse_non_public_peer(PeerSocket("10.0.0.5"))  # refused until allowed
+
     transport.allow_private_addresses(True)
-    transport.refuse_non_public_peer(PeerSocket("10.0.0.5"))
+    transport.refuse_non_public_peer(sock)
+
+    assert not sock.closed
 
 
 @pytest.mark.parametrize("config_for, path", [(genesys_config, GENESYS_PATH), (twilio_config, "/")])
