@@ -644,20 +644,30 @@ def test_a_state_already_tied_to_its_client_is_left_to_the_send_result(app_conte
 
 
 def drain_with_two_workers(app_context) -> Counter[str]:
-    """Run two dispatchers in threads until neither finds work; return how many each handled."""
+    """Run two dispatchers in threads until neither finds work; return how many each handled.
+
+    Fails if either thread raised: the other would drain the queue alone, and the test pass untested.
+    """
     handled: Counter[str] = Counter()
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
 
     def drain(owner: str) -> None:
-        worker = dispatcher(app_context, owner)
-        with app_context.app_context():
-            while count := worker.run_once():
-                handled[owner] += count
+        try:
+            worker = dispatcher(app_context, owner)
+            start.wait()
+            with app_context.app_context():
+                while count := worker.run_once():
+                    handled[owner] += count
+        except BaseException as exc:  # surfaced below: a thread's failure must fail the test
+            errors.append(exc)
 
     threads = [threading.Thread(target=drain, args=(owner,)) for owner in ("worker-a", "worker-b")]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert errors == []
     return handled
 
 
