@@ -66,6 +66,11 @@ def _positive_seconds(env: dict[str, str], name: str, default: float) -> float:
     return seconds
 
 
+def _text(env: dict[str, str], name: str, default: str) -> str:
+    """Return a text setting, or its default when it is unset or blank."""
+    return (env.get(name) or "").strip() or default
+
+
 def _parsed(env: dict[str, str], name: str, default: str, parse) -> str:
     """Return a setting `parse` reads (a duration or a schedule), checked now, or a start-up error naming it."""
     value = env.get(name, default)
@@ -263,10 +268,12 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "TWILIO_AUTH_TOKEN": env.get("TWILIO_AUTH_TOKEN") or None,
         "PUBLIC_BASE_URL": _public_base_url(env),
         "CONFIG_ENCRYPTION_KEY": env.get("CONFIG_ENCRYPTION_KEY") or None,
-        "EMARSYS_JWKS_URL": env.get("EMARSYS_JWKS_URL", "https://smsemarsys.accounts.ondemand.com/oauth2/certs"),
-        "EMARSYS_TOKEN_ISSUER": env.get("EMARSYS_TOKEN_ISSUER", "https://smsemarsys.accounts.ondemand.com"),
+        # Blank means the default, as for the counts: empty, the verifier could not be built (a traceback
+        # at start-up), and an empty callback base URL would make every forward fail for good.
+        "EMARSYS_JWKS_URL": _text(env, "EMARSYS_JWKS_URL", "https://smsemarsys.accounts.ondemand.com/oauth2/certs"),
+        "EMARSYS_TOKEN_ISSUER": _text(env, "EMARSYS_TOKEN_ISSUER", "https://smsemarsys.accounts.ondemand.com"),
         "EMARSYS_OAUTH_CLIENT_ID": env.get("EMARSYS_OAUTH_CLIENT_ID") or None,
-        "EMARSYS_API_BASE_URL": env.get("EMARSYS_API_BASE_URL", "https://api.emarsys.net/sms/partner/v1"),
+        "EMARSYS_API_BASE_URL": _text(env, "EMARSYS_API_BASE_URL", "https://api.emarsys.net/sms/partner/v1"),
         # The token URL the callbacks' contract names (partner-callbacks.yaml, clientCredentials).
         "PARTNER_OAUTH_TOKEN_URL": env.get("PARTNER_OAUTH_TOKEN_URL",
                                            "https://smsemarsys.accounts.ondemand.com/oauth2/token") or None,

@@ -165,6 +165,15 @@ def test_callback_token_url_defaults_to_the_one_the_callback_contract_names():
     assert load_config({"PARTNER_OAUTH_TOKEN_URL": ""})["PARTNER_OAUTH_TOKEN_URL"] is None
 
 
+@pytest.mark.parametrize("name", ["EMARSYS_JWKS_URL", "EMARSYS_TOKEN_ISSUER", "EMARSYS_API_BASE_URL"])
+def test_a_blank_emarsys_url_means_its_default(name):
+    # Blank (an empty `cf set-env` or user-provided credential), the verifier could not be built.
+    default = load_config({})[name]
+    assert default.startswith("https://")
+    assert load_config({name: "", "EMARSYS_OAUTH_CLIENT_ID": "c"})[name] == default
+    assert load_config({name: "  "})[name] == default
+
+
 @pytest.mark.parametrize("name", ["ADMIN_USERNAME", "SAP_STATUS_USERNAME"])
 @pytest.mark.parametrize("value", ["ops:team", ":ops", "ops:"])
 def test_a_basic_auth_user_name_with_a_colon_stops_start_up_naming_the_setting(name, value):
