@@ -72,9 +72,16 @@ def request_context() -> dict[str, str | None]:
     """Return the current request's id, route, client id and vendor."""
     view_args = request.view_args or {}
     client_id = g.get("client_id") or view_args.get("client_id")
+    # Path segments are the caller's text until a view has checked them (an unknown vendor, a
+    # client id that is no UUID): masked as an unmatched path is. UUIDs keep their digits.
     return {"request_id": request.environ.get(REQUEST_ID_ENVIRON_KEY), "route": request_route(),
-            "client_id": None if client_id is None else str(client_id),
-            "vendor": view_args.get("vendor") or g.get("vendor")}
+            "client_id": None if client_id is None else mask_phone_numbers(str(client_id)),
+            "vendor": g.get("vendor") or masked_segment(view_args.get("vendor"))}
+
+
+def masked_segment(value: str | None) -> str | None:
+    """Return a path segment with token-like runs and phone numbers masked."""
+    return None if value is None else mask_phone_numbers(TOKEN_LIKE_SEGMENT.sub("<token>", value))
 
 
 class RequestContextFilter(logging.Filter):

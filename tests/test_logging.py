@@ -111,6 +111,15 @@ def test_an_unmatched_path_is_logged_without_a_token_it_carries(make_app, capsys
     assert token not in output
 
 
+def test_a_token_in_the_vendor_segment_is_not_logged(make_app, capsys):
+    token = "Zm9vYmFyYmF6cXV4LXNlY3JldC10b2tlbi0xMjM0NQ"
+    assert make_app().test_client().post(f"/vendors/{token}/delivery-reports").status_code == 404
+    output = capsys.readouterr().out
+    [line] = request_lines(log_lines(output))
+    assert (line["route"], line["vendor"]) == ("/vendors/<vendor>/delivery-reports", "<token>")
+    assert token not in output
+
+
 def test_partner_request_lines_carry_the_client_id(partner_setup, make_token, capsys):  # noqa: F811
     client, client_id = partner_setup().test_client(), uuid.uuid4()
     response = client.put(f"/clients/{client_id}/configuration", json={"customFieldValues": GENESYS_FIELDS},
@@ -165,8 +174,20 @@ def request_an_unknown_path_with_a_phone_number(app, client) -> None:
     assert client.get(f"/nowhere/{PHONE.lstrip('+')}").status_code == 404
 
 
+def request_an_unknown_vendor_named_by_a_phone_number(app, client) -> None:
+    """Push a receipt to a vendor segment no vendor has, holding a phone number."""
+    assert client.post(f"/vendors/{PHONE}/delivery-reports").status_code == 404
+
+
+def request_a_partner_client_id_holding_a_phone_number(app, client) -> None:
+    """Ask for a partner client id that is no UUID but a phone number, without a token."""
+    assert client.get(f"/clients/{PHONE}/configuration").status_code in (401, 403, 503)
+
+
 @pytest.mark.parametrize("emit", [log_a_phone_number, log_an_exception_quoting_a_phone_number,
-                                  request_an_unknown_path_with_a_phone_number])
+                                  request_an_unknown_path_with_a_phone_number,
+                                  request_an_unknown_vendor_named_by_a_phone_number,
+                                  request_a_partner_client_id_holding_a_phone_number])
 def test_phone_numbers_are_masked_except_the_last_four_digits(make_app, capsys, emit):
     app = make_app()
     emit(app, app.test_client())
