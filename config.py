@@ -303,6 +303,7 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         # prometheus_client itself reads this variable at import; the scrape must agree with it.
         "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         "METRICS_CACHE_SECONDS": _seconds(env, "METRICS_CACHE_SECONDS", 5),
+        "METRICS_DATABASE_TIMEOUT_MS": _whole(env, "METRICS_DATABASE_TIMEOUT_MS", 2000, minimum=1),
     }
 
 

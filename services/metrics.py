@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
-from sqlalchemy import case, func
+from sqlalchemy import case, func, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from logging_setup import STARTED_ENVIRON_KEY
@@ -50,6 +50,8 @@ WAITING_OUTBOX_STATES = ("pending", "leased")
 EMARSYS_CALLS = "emarsys_calls"
 TOKEN_REFRESHES = "oauth_token_refreshes"
 DEFAULT_CACHE_SECONDS = 5.0
+# Prometheus drops the whole scrape after 10 s by default, so the queries of one together stay under it.
+DEFAULT_DATABASE_TIMEOUT_MS = 2000
 UNMATCHED_ROUTE = "<unmatched>"
 
 REPORTS_INGESTED = Counter(
@@ -164,8 +166,11 @@ class QueueSnapshot:
     worker_counts: list[tuple[str, dict[str, str], int]]
 
 
-def read_queue_snapshot() -> QueueSnapshot:
-    """Read outbound and outbox counts, the oldest waiting item and the worker counters."""
+def read_queue_snapshot(timeout_ms: int = DEFAULT_DATABASE_TIMEOUT_MS) -> QueueSnapshot:
+    """Read outbound and outbox counts, the oldest waiting item and the worker counters, each within the timeout."""
+    if db.engine.dialect.name == "postgresql":
+        # A table lock (a migration's) or a slow count would hold the scrape for the global statement timeout.
+        db.session.execute(text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(timeout_ms)})
     outbound = dict.fromkeys(OUTBOUND_STATES, 0) | dict(db.session.execute(
         db.select(OutboundMessage.state, func.count()).group_by(OutboundMessage.state)).all())
     waiting_since = func.min(case((OutboxItem.state.in_(WAITING_OUTBOX_STATES), OutboxItem.created_at)))
@@ -215,9 +220,11 @@ def worker_families(counts: list[tuple[str, dict[str, str], int]]) -> list[Metri
 class DatabaseCollector(Collector):
     """Collect queue gauges and worker counters from the database at scrape time, with a short cache."""
 
-    def __init__(self, app: Flask, cache_seconds: float = DEFAULT_CACHE_SECONDS):
+    def __init__(self, app: Flask, cache_seconds: float = DEFAULT_CACHE_SECONDS,
+                 timeout_ms: int = DEFAULT_DATABASE_TIMEOUT_MS):
         self.app = app
         self.cache_seconds = cache_seconds
+        self.timeout_ms = timeout_ms
         self._lock = threading.Lock()
         self._cached: list[Metric] | None = None
         self._cached_at = 0.0
@@ -237,7 +244,7 @@ class DatabaseCollector(Collector):
         up = GaugeMetricFamily("sms_metrics_database_up", "Whether the last metrics read of the database worked")
         with self.app.app_context():
             try:
-                families = queue_families(read_queue_snapshot())
+                families = queue_families(read_queue_snapshot(self.timeout_ms))
             except SQLAlchemyError as exc:
                 db.session.rollback()
                 log.warning("metrics: database unavailable: %s", type(exc).__name__)
@@ -286,7 +293,8 @@ def init_metrics(app: Flask) -> AppMetrics:
     PrometheusMetrics(app, path=None, registry=registry, group_by=route)
     for counter in PROCESS_COUNTERS:
         registry.register(counter)
-    collector = DatabaseCollector(app, float(app.config.get("METRICS_CACHE_SECONDS", DEFAULT_CACHE_SECONDS)))
+    collector = DatabaseCollector(app, float(app.config.get("METRICS_CACHE_SECONDS", DEFAULT_CACHE_SECONDS)),
+                                  int(app.config.get("METRICS_DATABASE_TIMEOUT_MS", DEFAULT_DATABASE_TIMEOUT_MS)))
     registry.register(collector)
     metrics = AppMetrics(registry, collector, multiprocess_dir)
     app.extensions["metrics"] = metrics

@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from datetime import timedelta
 from collections.abc import Callable, Iterator
@@ -272,6 +274,30 @@ def test_during_a_database_outage_the_gauges_keep_their_last_values(make_app, do
     assert len(database_series(before)) >= 10
     assert value(during, "sms_outbox_dead_letters") == 3
     assert value(during, "sms_emarsys_calls_total", kind="delivery_report", result="delivered") == 7
+
+
+@pytest.fixture
+def locked_outbox(database_url) -> Iterator[None]:
+    """Hold an ACCESS EXCLUSIVE lock on the outbox, as a migration rewriting it would, for up to 20 s."""
+    engine = create_engine(database_url)
+    connection = engine.connect()
+    connection.execute(text("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE"))
+    release = threading.Timer(20, connection.rollback)
+    release.start()
+    yield
+    release.cancel()
+    connection.rollback()
+    connection.close()
+    engine.dispose()
+
+
+def test_a_scrape_answers_soon_while_the_database_does_not(make_app, locked_outbox):
+    started = time.monotonic()
+    production_timeouts = {"connect_args": {"options": "-c statement_timeout=10000"}}  # config.py's
+    after = scrape(make_app(METRICS_CACHE_SECONDS=0, SQLALCHEMY_ENGINE_OPTIONS=production_timeouts).test_client())
+    # Prometheus gives up on a scrape after 10 s by default, and with it on every series.
+    assert time.monotonic() - started < 8
+    assert value(after, "sms_metrics_database_up") == 0
 
 
 @pytest.mark.parametrize("settings, credentials, status", [
