@@ -15,13 +15,13 @@ import json
 from datetime import datetime
 from ssl import SSLError
 
-from gunicorn import util
+from gunicorn import glogging, util
 from gunicorn.http import errors
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
-from logging_setup import TOKEN_LIKE_SEGMENT, mask_phone_numbers
+from logging_setup import TOKEN_LIKE_SEGMENT, json_lines, mask_phone_numbers
 
 # A header the app tried to send is the app's fault, a 500, as gunicorn itself treats it.
 APP_FAULTS = (errors.InvalidResponseHeader, errors.InvalidResponseHeaderName)
@@ -143,3 +143,16 @@ class SyncJsonWorker(JsonErrorsMixin, SyncWorker):
 
 class ThreadJsonWorker(JsonErrorsMixin, ThreadWorker):
     """Gunicorn's gthread worker, with JSON rejections."""
+
+
+class JsonErrorLogger(glogging.Logger):
+    """Gunicorn's logger, its error log (start, stop, timeouts, rejections) in the app's JSON lines.
+
+    Tracebacks then stay one line each, with phone numbers masked; the access log keeps its format.
+    """
+
+    def setup(self, cfg):
+        """Set gunicorn's handlers up, then make the error log's write JSON."""
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            json_lines(handler)

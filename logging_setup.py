@@ -110,11 +110,16 @@ class ServiceJsonFormatter(JsonFormatter):
         return mask_phone_numbers(super().formatException(ei))
 
 
-def configure(app: Flask) -> None:
-    """Send JSON logs to stdout, tag requests with an id, and warn about unsafe settings."""
-    handler = logging.StreamHandler(sys.stdout)
+def json_lines(handler: logging.Handler) -> logging.Handler:
+    """Make the handler write one masked JSON object per line, with the request context, and return it."""
     handler.setFormatter(ServiceJsonFormatter(LOG_FORMAT, rename_fields={"asctime": "time", "levelname": "level"}))
     handler.addFilter(RequestContextFilter())
+    return handler
+
+
+def configure(app: Flask) -> None:
+    """Send JSON logs to stdout, tag requests with an id, and warn about unsafe settings."""
+    handler = json_lines(logging.StreamHandler(sys.stdout))
     root = logging.getLogger()
     root.handlers = [h for h in root.handlers if not getattr(h, "sms_status", False)]
     handler.sms_status = True

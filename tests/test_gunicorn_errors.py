@@ -182,3 +182,11 @@ def test_a_refused_request_line_is_logged_without_its_numbers_or_text(port, targ
     log = LOGS[port].read_text(errors="replace")
     assert "Invalid request from ip=127.0.0.1" in log
     assert "4915198765432" not in log and "4915112345678" not in log and "please" not in log
+
+
+def test_gunicorns_own_log_lines_are_json_objects_too(port):
+    status, _, _ = exchange(port, b"GET /health HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n")
+    assert status == 400
+    lines = [json.loads(line) for line in LOGS[port].read_text(errors="replace").splitlines() if line.strip()]
+    rejections = [line for line in lines if line["name"] == "gunicorn.error"]
+    assert rejections and all(line["level"] == "WARNING" and "time" in line for line in rejections)
