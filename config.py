@@ -201,13 +201,24 @@ def _is_own_file_holding(path: Path, content: str) -> bool:
         return False
 
 
+def _has_database_parts(service: dict) -> bool:
+    """Tell whether an unmarked service's credentials are a database's parts and no other kind's uri."""
+    credentials = service.get("credentials") or {}
+    return not credentials.get("uri") and _url_from_parts(credentials) is not None
+
+
 def database_url_from_vcap(vcap_services: str | None) -> str | None:
-    """Return the URL of the first bound PostgreSQL service in VCAP_SERVICES, if any."""
+    """Return the URL of the first bound PostgreSQL service in VCAP_SERVICES, if any.
+
+    A service marked as PostgreSQL (tag, label or uri) wins; failing one, the first whose credentials
+    hold hostname, dbname, username and password, such as a `cf cups` binding without `-t postgresql`.
+    """
     if not vcap_services:
         return None
-    for services in _vcap(vcap_services).values():
-        for service in services:
-            url = _is_postgres_service(service) and _url_from_credentials(service.get("credentials") or {})
+    services = [service for entries in _vcap(vcap_services).values() for service in entries]
+    for matches in (_is_postgres_service, _has_database_parts):
+        for service in filter(matches, services):
+            url = _url_from_credentials(service.get("credentials") or {})
             if url:
                 return url
     return None

@@ -39,6 +39,27 @@ def test_bound_postgresql_service_is_found_in_vcap_services(services, expected):
     assert database_url_from_vcap(json.dumps(services)) == expected
 
 
+@pytest.mark.parametrize("services, expected", [
+    # A customer's database bound with `cf cups` and no tag: its credentials alone say what it is.
+    ({"user-provided": [{"name": "customer-db", "label": "user-provided", "tags": [], "credentials": {
+        "hostname": "h", "port": "6432", "dbname": "d", "username": "u", "password": "p"}}]},
+     "postgresql://u:p@h:6432/d"),
+    # A service marked as PostgreSQL wins over an unmarked one listed before it.
+    ({"user-provided": [{"name": "other", "credentials": {"hostname": "x", "dbname": "x", "username": "x",
+                                                         "password": "x"}}],
+      "postgresql-db": [{"name": "db", "label": "postgresql-db", "credentials": {"uri": "postgres://a:b@h/d"}}]},
+     "postgres://a:b@h/d"),
+    # Another kind of database, unmarked: its uri names it.
+    ({"user-provided": [{"name": "mysql", "credentials": {"uri": "mysql://u:p@h/d", "hostname": "h", "dbname": "d",
+                                                         "username": "u", "password": "p"}}]}, None),
+    # Not a database at all: no dbname.
+    ({"user-provided": [{"name": "smtp", "credentials": {"hostname": "h", "username": "u", "password": "p"}}]},
+     None),
+])
+def test_an_untagged_service_with_a_databases_credentials_is_the_database(services, expected):
+    assert database_url_from_vcap(json.dumps(services)) == expected
+
+
 def test_database_url_wins_over_vcap_services():
     vcap = json.dumps({"postgresql-db": [{"tags": ["postgresql"], "credentials": {"uri": "postgres://vcap/d"}}]})
     config = load_config({"DATABASE_URL": "postgres://env/d", "VCAP_SERVICES": vcap})
