@@ -24,7 +24,8 @@ worker_class = ("gunicorn_workers.ThreadJsonWorker" if threads > 1
 
 # The access log names the route template, never the raw path: query strings carry phone numbers
 # and texts, client callback paths carry tokens (logging_setup.py puts the template in the environ).
-access_log_format = '%(h)s "%(m)s %({sms_status.route}e)s" %(s)s %(b)s %(M)sms %({x-vcap-request-id}i)s'
+# Its request id is the app log's (X-Vcap-Request-Id, else X-Request-Id, else generated), from the environ.
+access_log_format = '%(h)s "%(m)s %({sms_status.route}e)s" %(s)s %(b)s %(M)sms %({sms_status.request_id}e)s'
 
 # gunicorn's own lines (start, stop, worker timeouts, the rejections of gunicorn_workers.py) are JSON
 # like the app's; the access line above stays gunicorn's plain text.

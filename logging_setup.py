@@ -29,6 +29,7 @@ CONTEXT_FIELDS = ("request_id", "route", "client_id", "vendor")
 # gunicorn's access log prints this WSGI environ key (`%({sms_status.route}e)s`) instead of the
 # raw path, whose query string carries phone numbers and texts and whose path carries tokens.
 ROUTE_ENVIRON_KEY = "sms_status.route"
+# gunicorn's access log prints this one too (`%({sms_status.request_id}e)s`): its lines and the app's match.
 REQUEST_ID_ENVIRON_KEY = "sms_status.request_id"
 STARTED_ENVIRON_KEY = "sms_status.started"
 # Platform probes every few seconds would drown the log; their lines are DEBUG.

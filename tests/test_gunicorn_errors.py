@@ -1,4 +1,4 @@
-"""Requests gunicorn rejects before the app: JSON answers, and a long vendor GET that fits."""
+"""Requests gunicorn rejects before the app: JSON answers, a long vendor GET that fits, the access line."""
 from __future__ import annotations
 
 import json
@@ -22,8 +22,9 @@ VENV_BIN = Path(sys.executable).parent
 LIMIT = 8190  # gunicorn.conf.py's limit_request_line
 SOCKET_TIMEOUT_S = 10
 STOP_TIMEOUT_S = 10
-# Each running server's log file, by port.
+# Each running server's log file and access-log file, by port.
 LOGS: dict[int, Path] = {}
+ACCESS_LOGS: dict[int, Path] = {}
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +48,11 @@ def port(request, sqlite_url, tmp_path_factory) -> Iterator[int]:
     env.update({"DATABASE_URL": sqlite_url, "GUNICORN_THREADS": request.param, "PYTHONUNBUFFERED": "1"})
     # A file, not a pipe: nobody reads a pipe while the tests run, and a full one would block gunicorn.
     log_path = LOGS[port] = tmp_path_factory.mktemp("gunicorn-log") / "gunicorn.log"
+    ACCESS_LOGS[port] = log_path.with_name("access.log")
     with open(log_path, "wb") as log:
         server = subprocess.Popen([str(VENV_BIN / "gunicorn"), "-w", "1", "-b", f"127.0.0.1:{port}",
                                    "--log-level", "warning", "--graceful-timeout", "2", "--no-control-socket",
+                                   "--access-logfile", str(ACCESS_LOGS[port]),
                                    "wsgi:app"],
                                   cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                   stderr=subprocess.STDOUT)
@@ -190,3 +193,13 @@ def test_gunicorns_own_log_lines_are_json_objects_too(port):
     lines = [json.loads(line) for line in LOGS[port].read_text(errors="replace").splitlines() if line.strip()]
     rejections = [line for line in lines if line["name"] == "gunicorn.error"]
     assert rejections and all(line["level"] == "WARNING" and "time" in line for line in rejections)
+
+
+@pytest.mark.parametrize("header", ["X-Request-Id: req-access-7\r\n", "X-Vcap-Request-Id: vcap-access-8\r\n", ""])
+def test_the_access_line_carries_the_request_id_of_the_app_log(port, header):
+    status, headers, _ = get(port, "/health", header)
+    assert status == 200
+    request_id = headers["x-request-id"]  # the header's, else the one generated for the app's log lines
+    assert request_id == (header.partition(": ")[2].strip() or request_id)
+    lines = ACCESS_LOGS[port].read_text(errors="replace").splitlines()
+    assert lines[-1].startswith('127.0.0.1 "GET /health" 200 ') and lines[-1].endswith(f" {request_id}")
