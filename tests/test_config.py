@@ -94,6 +94,7 @@ def test_database_urls_of_the_installed_drivers_start(url):
 def test_defaults():
     config = load_config({})
     assert (config["STATUS_PAGE_SIZE"], config["ENABLE_CLEAR_ENDPOINT"]) == (100, False)
+    assert config["RETENTION_DAYS"] == 30
 
 
 def test_production_start_without_pull_credentials_logs_a_loud_warning(caplog):

@@ -133,3 +133,23 @@ def test_env_settings_are_ones_the_service_reads(application):
 
 def test_public_base_url_is_a_push_variable(application):
     assert application["env"]["PUBLIC_BASE_URL"] == "((public-base-url))"
+
+
+def readme_section(title: str) -> str:
+    """Return one `## ` section of the README, up to the next one."""
+    readme = (REPO / "README.md").read_text()
+    return readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_tells_the_operator_to_create_every_bound_service(application):
+    deploy = readme_section("Deploy to Cloud Foundry")
+    created = (set(re.findall(r"cf create-service \S+ \S+ (\S+)", deploy))
+               | set(re.findall(r"cf create-user-provided-service (\S+)", deploy)))
+    assert created == set(application["services"])
+
+
+@pytest.mark.parametrize("step", ["cf create-service", "cf create-user-provided-service", "cf set-env",
+                                  "cf push", "cf run-task", "db-upgrade-locked", "advisory lock", "SAP_COM_0258",
+                                  "Emarsys", "partner onboarding", "*Vendors*"])
+def test_the_readme_deploy_section_walks_through_every_step(step):
+    assert step in readme_section("Deploy to Cloud Foundry")
