@@ -6,11 +6,12 @@ batch is accepted. Each entry's errorContext holds the message's `index` in the
 batch and its first fault (`field`, `fault`), checked in the order
 emarsysMessageId, source, destination, message.
 
-A message without an emarsysMessageId (absent, blank, not a string, or the item is
-not an object) cannot be named by its id, yet the spec requires a non-empty one, so
-it is reported under the placeholder id `messages[<index>]`; an id refused for what
-it holds (too long, NUL) still names its message. A repeated
-emarsysMessageId makes every occurrence after the first a bad message.
+A bad message without a usable emarsysMessageId (absent, empty, not a string, or the
+item is not an object) cannot be named by its id, and an entry under an id Emarsys
+never sent could not be matched, so it fails the payload: `globalError` with its
+`index` and `field`. An id of spaces is an id; one refused for what it holds (too
+long, NUL) still names its message. A repeated emarsysMessageId makes every
+occurrence after the first a bad message.
 """
 from __future__ import annotations
 
