@@ -32,8 +32,13 @@ def map_delivery_report(params: Mapping[str, str], received_at: datetime,
     values = lower_keys(params)
     order_id = required_as_spelled(values, "orderID")
     event_at = parse_event_time(required(values, "date"), required(values, "time"))
-    recipient = repair_msisdn(values.get("msisdn", ""))
-    status_code, status_text = split_status(required(values, "status"))
+    raw_msisdn = values.get("msisdn", "")
+    recipient = repair_msisdn(raw_msisdn)
+    status = required(values, "status")
+    if not raw_msisdn.lstrip().startswith("+") and recipient.startswith("+"):
+        # The vendor left every `+` un-encoded; unstripped, a status may begin with the number.
+        status = restore_plus(values["status"], recipient)
+    status_code, status_text = split_status(status)
     outcome, error_type = _rule(status_code, overrides)
     return DeliveryReport(vendor_message_id=order_id, recipient=recipient, status_code=status_code,
                           status_text=status_text, event_at=event_at, outcome=outcome, error_type=error_type)
@@ -64,6 +69,12 @@ def repair_msisdn(raw: str) -> str:
     if not _MSISDN.fullmatch(value):
         raise MappingError("msisdn", "must be a phone number: digits with an optional leading +")
     return value
+
+
+def restore_plus(status: str, number: str) -> str:
+    """Restore the `+` before the number in a status whose un-encoded `+` was decoded as a space."""
+    # The space stands where the `+` stood: after a space or quote (or first), right before the digits.
+    return re.sub(rf"(?<![^\s'\"])\s(?={re.escape(number[1:])}(?![0-9]))", "+", status)
 
 
 def split_status(raw: str) -> tuple[str, str]:

@@ -70,6 +70,23 @@ def test_unencoded_plus_in_phone_number_is_restored(msisdn, expected):
     assert report(msisdn=msisdn).recipient == expected
 
 
+@pytest.mark.parametrize("msisdn, status, text", [
+    # The blog's own request: the `+` of the number arrived un-encoded in the status text too.
+    (" 49123456789", "'0x4503 Message 1 at destination of  49123456789 is out of coverage'",
+     "Message 1 at destination of +49123456789 is out of coverage"),
+    (" 49123456789", "' 49123456789 is out of coverage'", "+49123456789 is out of coverage"),
+    (" 49123456789", "0x4503  49123456789", "+49123456789"),
+    (" 49123456789", " 49123456789 unreachable", "+49123456789 unreachable"),
+    # Only the number itself, only where a `+` can have stood, and only when msisdn lost its `+` too.
+    (" 49123456789", "'0x4503 at destination of 49123456789'", "at destination of 49123456789"),
+    (" 49123456789", "'0x4503 order  491234567890 failed'", "order  491234567890 failed"),
+    ("+49123456789", "'0x4503 at destination of  49123456789'", "at destination of  49123456789"),
+    ("49123456789", "'0x4503 at destination of  49123456789'", "at destination of  49123456789"),
+])
+def test_unencoded_plus_of_the_number_in_the_status_text_is_restored(msisdn, status, text):
+    assert report(msisdn=msisdn, status=status).status_text == text
+
+
 @pytest.mark.parametrize("changes, field", [
     ({"orderID": ""}, "orderID"),
     ({"orderID": None}, "orderID"),

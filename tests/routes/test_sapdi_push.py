@@ -28,6 +28,16 @@ def test_bounce_is_committed_and_answered_200(app, client):
         assert count(RawEvent) == 1
 
 
+def test_the_blogs_notification_is_served_as_the_blog_shows_it(client):
+    # The blog's request, `+` signs un-encoded, and the record its expected response shows.
+    push(client, f"orderid=1636010434&time=103504&date=24042018&msisdn=+49123456789&status={STATUS}")
+    served = client.get("/status?startTimeUTC=20180424000000&endTimeUTC=20180425000000&page=0").get_json()
+    assert served["status"] == [{
+        "messageId": "1636010434", "recipient": "+49123456789", "statusCode": "0x4503",
+        "statusText": "Message 1 of the order 1636010434 at destination of +49123456789 is out of coverage",
+        "type": "Permanent", "timestamp": "20180424103504"}]
+
+
 def test_raw_event_keeps_the_vendor_parameters(app, client):
     push(client, "orderID=9&time=101010&date=01012020&msisdn=%2B4912345&status='0xDBF3 absent'")
     with app.app_context():
