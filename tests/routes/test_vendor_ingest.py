@@ -73,6 +73,8 @@ def test_each_vendor_bounce_appears_in_status_with_its_type(app, client, vendor,
     ("twilio", "SM", {"MessageSid": "SM", "MessageStatus": "delivered"}, "DELIVERED"),
     ("twilio", "SM", {"MessageSid": "SM", "MessageStatus": "queued"}, "ACCEPTED"),
     ("expertflow", "EF", {"MessageSid": "EF", "SmsStatus": "sent"}, "ACCEPTED"),
+    ("genesys", "g", {"type": "receipt", "message_id": "g", "message_state": "7", "result_code": "0"}, "UNKNOWN"),
+    ("twilio", "SM", {"MessageSid": "SM", "MessageStatus": "canceled", "To": "+4915112345"}, "UNKNOWN"),
 ])
 def test_non_bounce_outcomes_are_stored_but_not_pulled(app, client, vendor, message_id, params, outcome):
     assert client.post(f"/vendors/{vendor}/delivery-reports", data=params).status_code == 200
