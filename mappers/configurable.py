@@ -1,8 +1,8 @@
 """Map vendors declared in an operator's mapping file, and load and check that file.
 
 The file (YAML or JSON, see ``vendor-mappings.example.yaml``) has two optional sections:
-- ``vendors``: vendors without code, each naming its request parameters, time format and
-  status table;
+- ``vendors``: vendors without code, each naming its request parameters, time format, time
+  zone and status table;
 - ``overrides``: entries that replace or extend a built-in vendor's status table, keyed as
   that vendor's mapper documents.
 
@@ -16,8 +16,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -38,8 +39,10 @@ OVERRIDE_KEY_PATTERNS = {
 # Vendor names become URL path segments: /vendors/<vendor>/delivery-reports.
 VENDOR_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 EPOCH_UNITS_PER_SECOND = {"epoch": 1, "epoch_ms": 1000}
+# Zone names that load on one machine only: "localtime" is that machine's own zone, if any.
+MACHINE_ZONES = frozenset({"localtime"})
 
-VENDOR_KEYS = ("parameters", "outcomes", "time_format", "default_outcome", "inbound")
+VENDOR_KEYS = ("parameters", "outcomes", "time_format", "timezone", "default_outcome", "inbound")
 PARAMETER_KEYS = ("message_id", "status_code", "recipient", "status_text", "event_time")
 INBOUND_KEYS = ("message_id", "source", "destination", "body")
 ENTRY_KEYS = ("outcome", "error_type")
@@ -68,6 +71,7 @@ class VendorMapping:
     status_text: str | None = None
     event_time: str | None = None
     time_format: str | None = None
+    zone: tzinfo = timezone.utc  # the file's `timezone`: the zone of times written without an offset
     inbound: InboundFields | None = None
 
     @property
@@ -158,20 +162,25 @@ def is_recognised(mapping: VendorMapping, params: Mapping[str, str]) -> bool:
     return status.lower() in mapping.outcomes
 
 
-def parse_event_time(raw: str, time_format: str) -> datetime:
-    """Parse a vendor time as naive UTC; ValueError if it does not match the format."""
+def parse_event_time(raw: str, time_format: str, zone: tzinfo = timezone.utc) -> datetime:
+    """Parse a vendor time as naive UTC, one without an offset as zone's; ValueError if it does not match."""
     if time_format in EPOCH_UNITS_PER_SECOND:
-        seconds = float(raw) / EPOCH_UNITS_PER_SECOND[time_format]
-        try:
-            return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(tzinfo=None)
-        except (OverflowError, OSError) as error:
-            raise ValueError(str(error)) from None
+        return _epoch_time(raw, time_format)
     parsed = _strptime_restoring_offset_plus(raw, time_format)
-    if parsed.tzinfo is None:
-        return parsed  # Times without an offset are declared to be UTC.
+    # fold=0 (strptime's): a wall time that occurs twice as clocks go back is the first, summer-time
+    # one; a wall time skipped as they go forward is read with the offset before the switch.
+    local = parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
     try:
-        return parsed.astimezone(timezone.utc).replace(tzinfo=None)
+        return local.astimezone(timezone.utc).replace(tzinfo=None)
     except OverflowError as error:  # e.g. 0001-01-01T00:00:00+0100 is before year 1 in UTC
+        raise ValueError(str(error)) from None
+
+
+def _epoch_time(raw: str, time_format: str) -> datetime:
+    seconds = float(raw) / EPOCH_UNITS_PER_SECOND[time_format]
+    try:
+        return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(tzinfo=None)
+    except (OverflowError, OSError) as error:
         raise ValueError(str(error)) from None
 
 
@@ -281,7 +290,7 @@ def _event_time(mapping: VendorMapping, fields: Mapping[str, str]) -> datetime |
     if raw is None or mapping.event_time is None or mapping.time_format is None:
         return None
     try:
-        return parse_event_time(raw, mapping.time_format)
+        return parse_event_time(raw, mapping.time_format, mapping.zone)
     except ValueError:
         raise MappingError(mapping.event_time,
                            f"{raw!r} does not match time format {mapping.time_format!r}") from None
@@ -370,12 +379,14 @@ def _parse_vendor(name: object, body: object) -> VendorMapping:
     _check_keys(spec, path, allowed=VENDOR_KEYS, needed=("parameters", "outcomes"))
     parameters = _parse_parameters(spec["parameters"], f"{path}.parameters")
     time_format = _parse_time_format(spec.get("time_format"), parameters, path)
+    zone = _parse_timezone(spec.get("timezone"), time_format, f"{path}.timezone")
     return VendorMapping(
         name=str(name),
         outcomes=_parse_table(spec["outcomes"], f"{path}.outcomes", key_pattern=None),
         default_outcome=_parse_entry(spec.get("default_outcome", "UNKNOWN"),
                                      f"{path}.default_outcome"),
         time_format=time_format,
+        zone=zone,
         inbound=_parse_inbound(spec["inbound"], f"{path}.inbound") if "inbound" in spec else None,
         **parameters,
     )
@@ -416,6 +427,27 @@ def _parse_time_format(value: object, parameters: Mapping[str, str], path: str) 
     if time_format not in EPOCH_UNITS_PER_SECOND:
         _check_strptime_format(time_format, path)
     return time_format
+
+
+def _parse_timezone(value: object, time_format: str | None, path: str) -> tzinfo:
+    if value is None:
+        return timezone.utc
+    if time_format is None:
+        raise _Fault(path, "is set but parameters.event_time is not")
+    directives = {directive for directive, _ in FORMAT_PART.findall(time_format)}
+    if time_format in EPOCH_UNITS_PER_SECOND or directives & {"z", "Z"}:
+        raise _Fault(path, f"does not apply: times in format {time_format!r} carry their own zone")
+    return _zone(_text(value, path), path)
+
+
+def _zone(name: str, path: str) -> ZoneInfo:
+    expected = "expected an IANA name such as 'Europe/Stockholm', or 'UTC'"
+    if name in MACHINE_ZONES:
+        raise _Fault(path, f"{name!r} is this machine's zone, not a named one; {expected}")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # ValueError: a path, or not zone data
+        raise _Fault(path, f"unknown time zone {name!r}; {expected}") from None
 
 
 def _check_strptime_format(time_format: str, path: str) -> None:

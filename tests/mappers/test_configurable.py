@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import zoneinfo
 from datetime import datetime
 from pathlib import Path
 
@@ -173,6 +174,61 @@ def test_event_time_formats_are_read_as_utc(time_format, raw, expected):
     assert configurable.parse_event_time(raw, time_format) == expected
 
 
+STOCKHOLM = zoneinfo.ZoneInfo("Europe/Stockholm")
+
+
+@pytest.mark.parametrize(
+    ("raw", "zone", "expected"),
+    [
+        ("20240115120000000", STOCKHOLM, datetime(2024, 1, 15, 11)),  # winter time, CET +01:00
+        ("20240715120000000", STOCKHOLM, datetime(2024, 7, 15, 10)),  # summer time, CEST +02:00
+        ("20240715120000123", STOCKHOLM, datetime(2024, 7, 15, 10, 0, 0, 123000)),
+        # Clocks go forward at 02:00 on 2024-03-31: 02:00-02:59 never happens there, and is read
+        # with the winter offset (fold=0), as if the clock had not been put forward yet.
+        ("20240331015959999", STOCKHOLM, datetime(2024, 3, 31, 0, 59, 59, 999000)),
+        ("20240331023000000", STOCKHOLM, datetime(2024, 3, 31, 1, 30)),
+        ("20240331030000000", STOCKHOLM, datetime(2024, 3, 31, 1)),
+        # Clocks go back at 03:00 on 2024-10-27: 02:00-02:59 happens twice, and is read as the first,
+        # summer-time one (fold=0).
+        ("20241027015959999", STOCKHOLM, datetime(2024, 10, 26, 23, 59, 59, 999000)),
+        ("20241027023000000", STOCKHOLM, datetime(2024, 10, 27, 0, 30)),
+        ("20241027030000000", STOCKHOLM, datetime(2024, 10, 27, 2)),
+        ("20240715120000123", zoneinfo.ZoneInfo("UTC"), datetime(2024, 7, 15, 12, 0, 0, 123000)),
+        ("20240715120000123", None, datetime(2024, 7, 15, 12, 0, 0, 123000)),  # the default: UTC
+    ],
+)
+def test_event_time_without_an_offset_is_read_in_the_vendor_zone(raw, zone, expected):
+    zone_argument = {"zone": zone} if zone else {}
+    assert configurable.parse_event_time(raw, "%Y%m%d%H%M%S%f", **zone_argument) == expected
+
+
+def test_a_time_before_year_1_in_utc_is_a_value_error():
+    with pytest.raises(ValueError):
+        configurable.parse_event_time("00010101003000000", "%Y%m%d%H%M%S%f", STOCKHOLM)
+
+
+@pytest.mark.parametrize(("declared", "event_at"), [({"timezone": "Europe/Stockholm"}, datetime(2024, 7, 15, 10)),
+                                                    ({}, datetime(2024, 7, 15, 12))])
+def test_declared_timezone_applies_to_the_reports_event_time(declared, event_at):
+    vendor = {**MINIMAL_VENDOR, "parameters": {**MINIMAL_VENDOR["parameters"], "event_time": "at"},
+              "time_format": "%Y%m%d%H%M%S%f", **declared}
+    mapping = configurable.parse_mapping_document({"vendors": {"acme": vendor}}, "tz.yaml").vendors["acme"]
+    params = {"id": "1", "status": "1", "at": "20240715120000000"}
+
+    assert configurable.map_delivery_report(mapping, params, RECEIVED_AT).event_at == event_at
+
+
+def test_zones_load_without_system_zone_data():
+    pytest.importorskip("tzdata")  # requirements.txt: Cloud Foundry's stack may have no /usr/share/zoneinfo
+    zoneinfo.reset_tzpath(to=[])
+    try:
+        zone = zoneinfo.ZoneInfo.no_cache("Europe/Stockholm")
+    finally:
+        zoneinfo.reset_tzpath()
+
+    assert datetime(2024, 7, 15, 12, tzinfo=zone).utcoffset().total_seconds() == 7200
+
+
 def test_inbound_message_uses_declared_fields(tmp_path):
     params = {"MOID": "in-1", "sender": "+4915100", "Receiver": "12345", "text": " hi "}
 
@@ -293,6 +349,13 @@ def broken(path: str, value: object) -> dict:
     return document
 
 
+def timed(time_format: str, zone: object) -> dict:
+    """Return a valid one-vendor document with an event time in the format, and the timezone key."""
+    document = broken("vendors.acme.parameters.event_time", "at")
+    document["vendors"]["acme"].update(time_format=time_format, timezone=zone)
+    return document
+
+
 @pytest.mark.parametrize(
     ("document", "fault"),
     [
@@ -335,6 +398,16 @@ def broken(path: str, value: object) -> dict:
          "bad.yaml: vendors.acme.time_format: is required when parameters.event_time is set"),
         (broken("vendors.acme.time_format", "%Y"),
          "bad.yaml: vendors.acme.time_format: is set but parameters.event_time is not"),
+        (broken("vendors.acme.timezone", "Europe/Stockholm"),
+         "bad.yaml: vendors.acme.timezone: is set but parameters.event_time is not"),
+        (timed("epoch_ms", "Europe/Stockholm"),
+         "bad.yaml: vendors.acme.timezone: does not apply: times in format 'epoch_ms' carry their own zone"),
+        (timed("%Y-%m-%dT%H:%M:%S%z", "UTC"), "bad.yaml: vendors.acme.timezone: does not apply"),
+        (timed("%Y-%m-%d %H:%M:%S %Z", "UTC"), "bad.yaml: vendors.acme.timezone: does not apply"),
+        (timed("%Y%m%d%H%M%S", ""), "bad.yaml: vendors.acme.timezone: must be a non-empty text"),
+        (timed("%Y%m%d%H%M%S", 1), "bad.yaml: vendors.acme.timezone: must be a non-empty text"),
+        (timed("%Y%m%d%H%M%S", "localtime"),
+         "bad.yaml: vendors.acme.timezone: 'localtime' is this machine's zone, not a named one"),
         (broken("vendors.acme.default_outcome", "MAYBE"),
          "bad.yaml: vendors.acme.default_outcome: unknown outcome 'MAYBE'"),
         (broken("vendors.acme.inbound", {"message_id": "id", "source": "from", "body": "b"}),
@@ -411,6 +484,20 @@ def test_malformed_file_error_names_file_and_fault(tmp_path, name, text, fault):
 
     assert str(raised.value).startswith(f"{path}: ")
     assert fault in str(raised.value)
+
+
+@pytest.mark.parametrize("zone", ["Europe/Stockhom", "europe/stockholm", "Europe", "CEST", "../../etc/passwd",
+                                  "/etc/localtime", "zone.tab"])
+def test_unknown_timezone_is_refused_in_one_line_naming_file_vendor_and_key(tmp_path, zone):
+    path = write(tmp_path, "zones.yaml", "vendors:\n  mymsp:\n    parameters: {message_id: id, status_code: s, "
+                                         f"event_time: t}}\n    time_format: '%Y%m%d%H%M%S%f'\n"
+                                         f"    timezone: '{zone}'\n    outcomes: {{'1': DELIVERED}}\n")
+
+    with pytest.raises(MappingFileError) as raised:
+        configurable.load_mapping_file(path)
+
+    assert str(raised.value) == (f"{path}: vendors.mymsp.timezone: unknown time zone {zone!r}; "
+                                 "expected an IANA name such as 'Europe/Stockholm', or 'UTC'")
 
 
 def test_missing_file_error_names_file(tmp_path):

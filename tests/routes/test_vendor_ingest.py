@@ -352,6 +352,20 @@ def test_mapping_file_adds_a_vendor(make_app, mapping_file):
     assert inbound.status_code == 200
 
 
+def test_a_local_event_time_is_pulled_by_sap_as_utc(make_app, mapping_file):
+    mapping_file.write_text(mapping_file.read_text().replace("timezone: UTC", "timezone: Europe/Stockholm"))
+    client = make_app(VENDOR_MAPPINGS_FILE=str(mapping_file)).test_client()
+    response = client.get("/vendors/mymsp/delivery-reports", query_string={
+        "messageId": "msp-tz", "status": "1200", "statusTime": "20240702140405123"})  # 14:04 CEST
+    assert response.status_code == 200
+    # SAP's windows are UTC: 14:00-15:00 (the local time) is empty, 12:00-13:00 holds the report.
+    local_window = client.get("/status?startTimeUTC=20240702140000&endTimeUTC=20240702150000&page=0")
+    utc_window = client.get("/status?startTimeUTC=20240702120000&endTimeUTC=20240702130000&page=0")
+    assert local_window.get_json()["status"] == []
+    assert [(r["messageId"], r["timestamp"]) for r in utc_window.get_json()["status"]] == [
+        ("msp-tz", "20240702120405")]
+
+
 def test_mapping_file_overrides_a_built_in_code(make_app, mapping_file):
     client = make_app(VENDOR_MAPPINGS_FILE=str(mapping_file)).test_client()
     genesys_dr(client, "ov", state="8", result_code="1")
@@ -367,11 +381,17 @@ def test_malformed_mapping_file_stops_start_up_naming_file_and_fault(make_app, t
     assert "broken.yaml" in str(error.value) and "DELIVERD" in str(error.value)
 
 
-def test_a_flask_command_with_a_malformed_mapping_file_fails_in_one_line(tmp_path):
+@pytest.mark.parametrize("text, fault", [
+    ("vendors:\n  acme:\n    parameters: {message_id: id, status_code: s}\n    outcomes: {'1': DELIVERD}\n",
+     "DELIVERD"),
+    ("vendors:\n  acme:\n    parameters: {message_id: id, status_code: s, event_time: t}\n"
+     "    time_format: '%Y%m%d%H%M%S'\n    timezone: Europe/Stockhom\n    outcomes: {'1': DELIVERED}\n",
+     "vendors.acme.timezone: unknown time zone 'Europe/Stockhom'"),
+])
+def test_a_flask_command_with_a_malformed_mapping_file_fails_in_one_line(tmp_path, text, fault):
     # The manifest starts with `flask --app app db-upgrade-locked`: an operator reads this line.
     path = tmp_path / "broken.yaml"
-    path.write_text("vendors:\n  acme:\n    parameters: {message_id: id, status_code: s}\n"
-                    "    outcomes: {'1': DELIVERD}\n")
+    path.write_text(text)
     env = {name: value for name, value in os.environ.items() if not name.startswith(("VCAP_", "PRODUCTION"))}
     env.update(VENDOR_MAPPINGS_FILE=str(path), DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
     done = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "routes"], cwd=REPO, env=env,
@@ -380,7 +400,7 @@ def test_a_flask_command_with_a_malformed_mapping_file_fails_in_one_line(tmp_pat
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     [line] = done.stderr.strip().splitlines()
-    assert line.startswith("Error: VENDOR_MAPPINGS_FILE ") and "broken.yaml" in line and "DELIVERD" in line
+    assert line.startswith("Error: VENDOR_MAPPINGS_FILE ") and "broken.yaml" in line and fault in line
 
 
 @pytest.mark.parametrize("bounce", [{"MessageStatus": "undelivered", "ErrorCode": "30003"},
