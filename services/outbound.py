@@ -6,8 +6,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import case, update
+from sqlalchemy import case, exists, update
 
+from errors import NotFound
 from models import Client, OutboundMessage, db, dialect_insert
 from schemas.client_config import CUSTOM_FIELD_VALUES, VENDORS, ClientConfig, InvalidClientConfig, load_client_config
 from schemas.outbound import OutboundMessage as BatchMessage
@@ -82,8 +83,20 @@ def queue_messages(client_id: uuid.UUID, messages: list[BatchMessage]) -> int:
     queued = len(db.session.execute(stmt, rows).all())
     if queued < len(rows):
         queued += _requeue_cancelled(client_id, [message.emarsys_message_id for message in messages], now)
+    _require_client_still_configured(client_id)
     db.session.commit()
     return queued
+
+
+def _require_client_still_configured(client_id: uuid.UUID) -> None:
+    """Roll back and raise NotFound if the client was deleted since it was read."""
+    # SQLite has no row locks: the FOR SHARE read of the client locked nothing, and a deletion may
+    # have committed since. From the insert on this transaction holds SQLite's one write lock, so a
+    # deletion either shows here or waits for this commit and then cancels what it queued.
+    if db.session.scalar(db.select(exists().where(Client.id == client_id))):
+        return
+    db.session.rollback()
+    raise NotFound(f"client {client_id} is not configured", field="clientId")
 
 
 def _requeue_cancelled(client_id: uuid.UUID, emarsys_message_ids: list[str], now: datetime) -> int:

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from flask_migrate import upgrade
-from sqlalchemy import func, update
+from sqlalchemy import event, func, update
 from werkzeug import Request, Response
 
 from app import create_app
@@ -196,3 +196,32 @@ def count_rows() -> dict[str, int]:
     """Return how many rows each table of the flow holds."""
     models = (RawEvent, MessageState, InboundMessageRecord, OutboxItem, OutboundMessage)
     return {model.__tablename__: db.session.scalar(db.select(func.count()).select_from(model)) for model in models}
+
+
+def test_a_batch_queued_while_its_client_is_deleted_is_refused_or_cancelled_on_sqlite(sqlite_apps, fakes, auth):
+    web, other_process = sqlite_apps
+    genesys, _, _ = fakes
+    client_id = uuid.uuid4()
+    path = f"/clients/{client_id}/configuration"
+    fields = {"vendor": "genesys", "login": "acme", "password": "pw", "baseUrl": genesys.url}
+    assert web.test_client().put(path, headers=auth, json={"customFieldValues": fields}).status_code == 200
+    deleted = []
+
+    def delete_before_the_insert(conn, cursor, statement, *_args) -> None:
+        # Another gunicorn worker deletes the client between the batch's read of it and its insert.
+        if statement.startswith("INSERT INTO outbound_messages") and not deleted:
+            deleted.append(other_process.test_client().delete(path, headers=auth).status_code)
+
+    with web.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", delete_before_the_insert)
+    try:
+        status = web.test_client().post(f"/clients/{client_id}/messages", headers=auth,
+                                        json=messages("em-1")).status_code
+    finally:
+        event.remove(engine, "before_cursor_execute", delete_before_the_insert)
+
+    with web.app_context():
+        states = list(db.session.scalars(db.select(OutboundMessage.state)))
+    assert deleted == [204]
+    assert (status, states) in [(404, []), (202, ["cancelled"])]
