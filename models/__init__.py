@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import BigInteger, Integer, MetaData, event
+from sqlalchemy import BigInteger, Engine, Integer, MetaData, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.orm import DeclarativeBase
@@ -58,6 +59,17 @@ def begin_before_cte_write(cursor, statement, *_args) -> None:
 event.listen(SQLiteDialect_pysqlite, "do_execute", begin_before_cte_write)
 event.listen(SQLiteDialect_pysqlite, "do_execute_no_params", begin_before_cte_write)
 event.listen(SQLiteDialect_pysqlite, "do_executemany", begin_before_cte_write)
+
+
+def write_ahead_log(dbapi_connection, _record) -> None:
+    """Put a SQLite database file in WAL mode, so that reads and the one writer do not block each other."""
+    # In SQLite's default rollback journal a long read (an SAP page, a metrics scrape) holds a
+    # vendor's or the worker's commit for its whole length, up to the busy timeout and a 503.
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+
+event.listen(Engine, "connect", write_ahead_log)
 
 from models.events import RawEvent  # noqa: E402
 from models.messages import Bounce, InboundMessageRecord, MessageState, StatusCursor  # noqa: E402

@@ -1,6 +1,8 @@
 """The embedded SQLite default serves the whole bounce flow with no database server."""
 from __future__ import annotations
 
+import sqlite3
+
 from app import create_app
 from config import load_config
 from models import db
@@ -20,6 +22,25 @@ def test_push_and_pull_end_to_end_on_sqlite(sqlite_app):
     assert body["lastPage"] is True
     assert [(r["messageId"], r["recipient"], r["type"], r["timestamp"]) for r in body["status"]] == [
         ("77", "+4915112345", "Temporary", "20180102080000")]
+
+
+def test_a_receipt_is_stored_while_a_long_read_is_open_on_the_file(sqlite_app):
+    # A reader mid-transaction (an SAP page, a metrics scrape in another process) must not hold the
+    # vendor's write until the busy timeout: in WAL mode readers and the writer do not block.
+    reader = sqlite3.connect(sqlite_app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///"),
+                             isolation_level=None, timeout=0)
+    try:
+        reader.execute("BEGIN")
+        before = reader.execute("SELECT count(*) FROM raw_events").fetchone()
+        response = sqlite_app.test_client().get(
+            "/api/v1/notifications/set?orderID=78&time=080000&date=02012018&msisdn=%2B4915112345&status='0x4503'")
+        assert reader.execute("SELECT count(*) FROM raw_events").fetchone() == before  # its snapshot
+    finally:
+        reader.close()
+    assert response.status_code == 200
+    with sqlite_app.app_context():
+        assert db.session.scalar(db.text("PRAGMA journal_mode")) == "wal"
+        assert db.session.scalar(db.text("SELECT count(*) FROM raw_events")) == before[0] + 1
 
 
 def genesys(client, message_id: str, state: str, result_code: str = "0"):
