@@ -260,7 +260,7 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
     env = dict(os.environ if environ is None else environ)
     env = {**user_provided_settings(env.get("VCAP_SERVICES"), env.get("CONFIG_SERVICE_NAME")), **env}
     database_url = _database_url(env)
-    return {
+    config = {
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(database_url),
         "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(database_url, env),
         **_basic_credentials(env, "SAP_STATUS_USERNAME", "SAP_STATUS_PASSWORD"),
@@ -316,6 +316,20 @@ def load_config(environ: dict[str, str] | None = None) -> dict:
         "METRICS_CACHE_SECONDS": _seconds(env, "METRICS_CACHE_SECONDS", 5),
         "METRICS_DATABASE_TIMEOUT_MS": _whole(env, "METRICS_DATABASE_TIMEOUT_MS", 2000, minimum=1),
     }
+    _check_dispatch_settings(config)
+    return config
+
+
+def _check_dispatch_settings(config: dict) -> None:
+    """Refuse a lease a send could outlive here too, so the web process stops as the worker would."""
+    # Only the worker reads them, but a web process that started would take campaigns that no
+    # worker sends while the worker is refused (on Cloud Foundry, restarted) for ever.
+    from services.dispatcher import DispatchSettings
+
+    try:
+        DispatchSettings.from_config(config)
+    except ValueError as error:
+        raise StartupError(str(error)) from None
 
 
 def _is_production(env: dict[str, str]) -> bool:

@@ -260,3 +260,10 @@ def test_a_colon_in_a_user_name_from_the_user_provided_service_stops_start_up_to
     vcap = json.dumps({"user-provided": [{"name": "cfg", "credentials": {"ADMIN_USERNAME": "ops:team"}}]})
     with pytest.raises(StartupError, match="^ADMIN_USERNAME must not contain ':'"):
         load_config({"VCAP_SERVICES": vcap, "CONFIG_SERVICE_NAME": "cfg"})
+
+
+@pytest.mark.parametrize("environ", [{"LEASE_SECONDS": "20", "VENDOR_TIMEOUT_SECONDS": "10"},
+                                     {"VENDOR_TIMEOUT_SECONDS": "30"}])
+def test_a_lease_a_send_could_outlive_stops_the_web_process_too(environ):
+    with pytest.raises(StartupError, match="^LEASE_SECONDS must be longer than"):
+        load_config(environ)
