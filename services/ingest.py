@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -126,10 +126,13 @@ def record_inbound_message(vendor: str, message: InboundMessage, params: dict[st
     stmt = stmt.on_conflict_do_update(
         index_elements=["vendor", "vendor_message_id"], set_={"client_id": stmt.excluded.client_id},
         where=stored.client_id.is_(None) & stmt.excluded.client_id.isnot(None))
-    inserted = db.session.execute(stmt.returning(InboundMessageRecord.id)).scalar()
+    # The stored row's time: a message taken from an open URL arrived when it was first stored.
+    inserted, received_at = db.session.execute(
+        stmt.returning(InboundMessageRecord.id, InboundMessageRecord.received_at)).one_or_none() or (None, None)
     if inserted is not None and client_id is not None:
+        first_arrival = replace(message, received_at=received_at)
         enqueue_forward(client_id, "inbound_message", message.vendor_message_id,
-                        inbound_message_item(message), message.received_at, now)
+                        inbound_message_item(first_arrival), received_at, now)
     db.session.commit()
     if inserted is not None and client_id is None:
         _warn_unforwarded(vendor, message)

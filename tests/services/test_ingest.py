@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 
-from mappers.report import DeliveryReport, ErrorType, Outcome
+from mappers.report import DeliveryReport, ErrorType, InboundMessage, Outcome
 from models import Bounce, MessageState, OutboxItem, RawEvent, db
 from schemas.callbacks import delivery_report_item
 from schemas.client_config import load_client_config
 from services import ingest
 from services.clients import save_client
 from services.clock import utcnow
-from services.ingest import ReportToAdd, add_send_results, record_delivery_report
+from services.ingest import ReportToAdd, add_send_results, record_delivery_report, record_inbound_message
 from tests.concurrency import post_in_thread, start_waiting_for_a_lock
 from tests.records import insert_client
 
@@ -41,6 +42,21 @@ def test_the_outbox_item_the_statement_builds_is_the_python_delivery_report_item
         [item] = db.session.scalars(db.select(OutboxItem)).all()
         assert (item.client_id, item.kind, item.message_key) == (CLIENT, "delivery_report", "em-42")
         assert item.payload == delivery_report_item(report, "em-42")
+
+
+@pytest.mark.parametrize("app_fixture", ["app", "sqlite_app"])
+def test_an_inbound_message_taken_from_an_open_url_is_forwarded_with_its_first_arrival_time(request, app_fixture):
+    first = datetime(2026, 12, 1, 9, 30)
+    message = InboundMessage(vendor_message_id="mo-1", source="4915100", destination="12345", body="STOP",
+                             received_at=first)
+    with request.getfixturevalue(app_fixture).app_context():
+        insert_client(CLIENT)
+        record_inbound_message("genesys", message, {"message_id": "mo-1"})
+        # The vendor's account is moved to the client's URL and delivers the message again, later.
+        record_inbound_message("genesys", replace(message, received_at=first + timedelta(hours=2)),
+                               {"message_id": "mo-1", "retry": "1"}, CLIENT)
+        [item] = db.session.scalars(db.select(OutboxItem)).all()
+        assert (item.client_id, item.payload["receivedAt"], item.event_at) == (CLIENT, "2026-12-01T09:30:00Z", first)
 
 
 @pytest.mark.parametrize("app_fixture, dialect", [("app", "postgresql"), ("sqlite_app", "sqlite")])
