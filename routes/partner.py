@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
 from errors import Forbidden, NotFound, Unauthorized, Unavailable
+from routes import forbid_caching
 from schemas.client_config import InvalidClientConfig, field_error, load_client_config
 from schemas.outbound import load_outbound_batch_json, payload_error
 from services import vendors
@@ -37,11 +38,8 @@ def require_emarsys_token() -> None:
         raise Forbidden(refused.message, headers=refused.headers) from None
 
 
-@bp.after_request
-def forbid_caching(response: Response) -> Response:
-    """Keep every answer out of caches: configurations carry secrets and callback tokens."""
-    response.headers["Cache-Control"] = "no-store"
-    return response
+# Kept out of every cache: configurations carry secrets and callback tokens.
+bp.after_request(forbid_caching)
 
 
 def configuration_client_id(raw: str) -> uuid.UUID:

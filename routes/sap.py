@@ -1,9 +1,10 @@
 """SAP Marketing Cloud's bounce pull (generic text message adapter) and the blog's helpers."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, current_app, jsonify, request
+from flask import Blueprint, abort, current_app, jsonify, request
 from werkzeug.exceptions import MethodNotAllowed
 
+from routes import forbid_caching
 from routes.auth import basic_auth_required
 from schemas.status import StatusQuerySchema
 from services.bounces import clear_all, fetch_bounce_page
@@ -22,11 +23,8 @@ def refuse_head():
         raise MethodNotAllowed(valid_methods=sorted(request.url_rule.methods - {"HEAD", "OPTIONS"}))
 
 
-@bp.after_request
-def forbid_caching(response: Response) -> Response:
-    """Keep every answer out of caches: bounces carry phone numbers."""
-    response.headers["Cache-Control"] = "no-store"
-    return response
+# Kept out of every cache: bounces carry phone numbers.
+bp.after_request(forbid_caching)
 
 
 @bp.get("/status")
