@@ -13,6 +13,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 from werkzeug.wrappers import Response
 
 from errors import Forbidden, InvalidParameter, NotFound
+from routes import forbid_caching
 from routes.auth import OPERATOR_REALM, credentials_match, credentials_required
 from services import dashboard
 from services.charts import stacked_bar_svg
@@ -158,6 +159,5 @@ def _with_page_headers(response: Response, nonce: str) -> Response:
         f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src 'self' data:; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "same-origin"
-    return response
+    return forbid_caching(response)

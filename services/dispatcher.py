@@ -421,10 +421,10 @@ def _lanes(jobs: list[SendJob]) -> tuple[list[list[SendJob]], dict[tuple[uuid.UU
 
 def _recipient(job: SendJob) -> tuple[uuid.UUID, str]:
     """Return the client and number a job sends to."""
-    return job.message.client_id, phone_number(job.message.destination)
+    return job.message.client_id, _phone_digits(job.message.destination)
 
 
-def phone_number(destination: str) -> str:
+def _phone_digits(destination: str) -> str:
     """Return a destination's digits: '+36301234567' and '36301234567' are one phone to a vendor."""
     return destination.lstrip("+")
 
@@ -459,7 +459,7 @@ def _earlier_attempts(messages: list[ClaimedMessage]) -> dict[int, EarlierAttemp
         return {}
     # Both spellings of each number: Emarsys may write one number with or without its '+'.
     recipients = {(message.client_id, spelling) for message in retried
-                  for spelling in (phone_number(message.destination), "+" + phone_number(message.destination))}
+                  for spelling in (_phone_digits(message.destination), "+" + _phone_digits(message.destination))}
     # A vendor message the earlier attempt may have created is newer than the message itself,
     # so only ids recorded since then (with an hour's margin for clock skew) can be mistaken for it.
     taken = db.session.execute(
@@ -469,9 +469,9 @@ def _earlier_attempts(messages: list[ClaimedMessage]) -> dict[int, EarlierAttemp
                OutboundMessage.updated_at >= min(message.created_at for message in retried) - timedelta(hours=1)))
     taken_by_recipient: dict[tuple[uuid.UUID, str], set[str]] = {}
     for client_id, destination, vendor_message_id in taken:
-        taken_by_recipient.setdefault((client_id, phone_number(destination)), set()).add(vendor_message_id)
+        taken_by_recipient.setdefault((client_id, _phone_digits(destination)), set()).add(vendor_message_id)
     return {message.id: EarlierAttempt(message.created_at, frozenset(
-                taken_by_recipient.get((message.client_id, phone_number(message.destination)), ())))
+                taken_by_recipient.get((message.client_id, _phone_digits(message.destination)), ())))
             for message in retried}
 
 
